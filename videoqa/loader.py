@@ -1,0 +1,78 @@
+"""Loads samples with their decoded media, in order, with a few decode threads ahead of the consumer.
+
+A row whose media is missing or corrupt is skipped and counted by reason (``skipped``), never silently dropped
+and never fatal to a run: the caller exports the counts as metrics. ``on_error="raise"`` turns skips into errors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from videoqa.schema import Sample, resolve_media
+from videoqa.video import FrameSampling, MediaError, VideoClip, load_image, load_video
+
+
+@dataclass
+class LoadedSample:
+    sample: Sample
+    video: VideoClip | None = None
+    image: np.ndarray | None = None
+
+
+class MediaLoader:
+    def __init__(
+        self,
+        root: str | Path,
+        sampling: FrameSampling = FrameSampling(),
+        workers: int = 2,
+        on_error: str = "skip",
+        image_max_pixels: int = 256 * 28 * 28,
+    ):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.root, self.sampling, self.workers, self.on_error = Path(root), sampling, workers, on_error
+        self.image_max_pixels = image_max_pixels
+        self.skipped: Counter[str] = Counter()
+        self.errors: list[str] = []  # the last few messages, for logs
+
+    def load(self, sample: Sample) -> LoadedSample:
+        path = resolve_media(sample.path, self.root)
+        if sample.data_type == "video":
+            return LoadedSample(sample, video=load_video(path, self.sampling))
+        return LoadedSample(
+            sample, image=load_image(path, self.sampling.min_pixels, max(self.image_max_pixels, self.sampling.min_pixels))
+        )
+
+    def _try(self, sample: Sample) -> LoadedSample | MediaError:
+        try:
+            return self.load(sample)
+        except MediaError as e:
+            return e
+
+    def __call__(self, samples: Iterable[Sample]) -> Iterator[LoadedSample]:
+        """Yields loaded samples in input order, decoding up to ``workers * 2`` ahead."""
+        samples = iter(samples)
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            pending = []
+            for s in samples:
+                pending.append(pool.submit(self._try, s))
+                if len(pending) >= max(1, self.workers) * 2:
+                    yield from self._emit(pending.pop(0).result())
+            for fut in pending:
+                yield from self._emit(fut.result())
+
+    def _emit(self, item: LoadedSample | MediaError) -> Iterator[LoadedSample]:
+        if isinstance(item, MediaError):
+            if self.on_error == "raise":
+                raise item
+            reason = "missing" if "not found" in str(item) else "corrupt"
+            self.skipped[reason] += 1
+            self.errors = (self.errors + [str(item)])[-20:]
+            return
+        yield item

@@ -1,0 +1,62 @@
+"""Checks a dataset file row by row: schema, and that each row's video or image exists and decodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from videoqa.schema import read_rows, resolve_media, row_problems
+
+
+@dataclass
+class Problem:
+    row: str  # the row's problem_id, or its index when it has none
+    reason: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}: {self.reason}"
+
+
+def probe_media(path: Path, data_type: str) -> str | None:
+    """Why the file cannot be used, or None. Opens it with the same decoders training uses (cheaply)."""
+    if not path.is_file():
+        return f"{data_type} not found: {path}"
+    try:
+        if data_type == "video":
+            import decord
+
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+            if len(vr) < 2:
+                return f"video has {len(vr)} frame(s): {path}"
+            vr.get_batch([len(vr) - 1])  # a truncated file often opens but fails at its end
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.verify()
+    except Exception as e:  # decord raises its own error types; any failure here means the file is unusable
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"corrupt {data_type} {path}: {msg[:160]}"
+    return None
+
+
+def validate_file(path: str | Path, root: str | Path | None = None, check_media: bool = True) -> tuple[int, list[Problem]]:
+    """(number of rows, problems). Media paths are resolved against ``root`` (default: the file's folder)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    rows = read_rows(path)
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        rid = str(row.get("problem_id", f"#{i}")) if isinstance(row, dict) else f"#{i}"
+        reasons = row_problems(row)
+        if isinstance(row, dict) and "problem_id" in row:
+            if rid in seen:
+                reasons.append("duplicate problem_id")
+            seen.add(rid)
+        if check_media and isinstance(row, dict) and row.get("path") and row.get("data_type") in ("video", "image"):
+            why = probe_media(resolve_media(str(row["path"]), root), row["data_type"])
+            if why:
+                reasons.append(why)
+        problems += [Problem(rid, r) for r in reasons]
+    return len(rows), problems
