@@ -54,3 +54,10 @@ def generate_groups(llm, prompts: list[dict], params) -> tuple[list[Completion],
         for j, c in enumerate(out.outputs)
     ]
     return completions, elapsed
+
+
+def stop_engine(llm) -> None:
+    """Shut the engine's core process down now (instead of at interpreter exit, when logging is already gone)."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()

@@ -23,6 +23,7 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
         tensor_parallel_size=rollout.tensor_parallel_size,
         limit_mm_per_prompt={"video": 1, "image": 1},
         enable_prefix_caching=True,
+        enforce_eager=rollout.device == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager,
     )
     if rollout.device == "cuda":
         kw["gpu_memory_utilization"] = rollout.gpu_memory_utilization
@@ -46,7 +47,7 @@ def render_prompt(tokenizer, item: LoadedSample) -> str:
 def vllm_prompt(tokenizer, item: LoadedSample) -> dict:
     """A vLLM prompt dict: text plus the decoded frames (with metadata) or the image."""
     if item.video is not None:
-        mm = {"video": (item.video.frames, item.video.metadata())}
+        mm = {"video": (item.video.frames, item.video.vllm_metadata())}
     else:
         mm = {"image": item.image}
     return {"prompt": render_prompt(tokenizer, item), "multi_modal_data": mm}

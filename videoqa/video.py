@@ -54,9 +54,10 @@ class VideoClip:
         return len(self.indices) / duration if duration > 0 else self.native_fps
 
     def metadata(self) -> dict:
-        """Metadata for the processor / vLLM, describing the clip as already sampled (do_sample_frames=False).
+        """Metadata for the transformers processor, describing the clip as already sampled.
 
-        The learner and the rollout workers both pass exactly this, so their M-RoPE positions agree.
+        The learner (this) and the rollout workers (``vllm_metadata``) describe the clip identically, so that
+        Qwen2.5-VL's temporal M-RoPE positions, which depend on fps, agree between them.
         """
         t = len(self.indices)
         fps = self.sample_fps
@@ -66,8 +67,13 @@ class VideoClip:
             "duration": t / fps,
             "frames_indices": list(range(t)),
             "video_backend": "decord",
-            "do_sample_frames": False,
+            "height": int(self.frames.shape[1]),
+            "width": int(self.frames.shape[2]),
         }
+
+    def vllm_metadata(self) -> dict:
+        """The same for vLLM, which also needs to be told not to sample frames again."""
+        return {**self.metadata(), "do_sample_frames": False}
 
 
 def round_by(x: float, f: int) -> int:

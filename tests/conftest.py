@@ -1,0 +1,48 @@
+"""Session-wide real parts: one tiny Qwen2.5-VL, one synthetic dataset, one vLLM engine for the whole run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from learner.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    from videoqa.synthetic import make_synthetic
+
+    d = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(d, n=30, seed=0, n_eval=10, progress=False)
+    return d
+
+
+@pytest.fixture(scope="session")
+def test_config():
+    """The demo's config with small sizes, as tests use it."""
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+
+    return load_config(
+        Config, ROOT / "configs" / "demo.yaml", ["rollout.group_size=3", "rollout.max_tokens=24", "rollout.seed=0"]
+    )
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_dir, test_config):
+    """The session's only in-process vLLM engine (about 20 s to start on 2 cores)."""
+    from actors.engine import start_engine, stop_engine
+
+    llm = start_engine(test_config.rollout, str(tiny_model_dir), "float32", seed=0)
+    yield llm
+    stop_engine(llm)

@@ -1,0 +1,107 @@
+"""The `videop2r` console script, run as a user runs it (a subprocess of the installed entry point)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+VIDEOP2R = str(Path(sys.executable).parent / "videop2r")
+
+
+def run(*args, cwd=ROOT, timeout=600):
+    return subprocess.run([VIDEOP2R, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("demo", "make-synthetic", "make-tiny-model", "validate-data", "convert-data", "bench-decode"):
+        assert cmd in r.stdout
+    r = run("demo", "--help")
+    assert r.returncode == 0 and "key.sub=value" in r.stdout
+
+
+def test_config_typo_is_one_line_error():
+    r = run("show-config", "--config", "configs/demo.yaml", "rollout.group_sise=4")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "unknown config key 'rollout.group_sise' (did you mean 'rollout.group_size'?)" in r.stderr
+    ok = run("show-config", "--config", "configs/demo.yaml", "rollout.group_size=5")
+    assert ok.returncode == 0 and "group_size: 5" in ok.stdout
+
+
+def test_validate_data_reports_every_bad_row(tmp_path, synthetic_dir):
+    d = tmp_path / "data"
+    shutil.copytree(synthetic_dir, d)
+    rows = json.loads((d / "train.json").read_text())
+    (d / rows[0]["path"]).unlink()
+    (d / rows[1]["path"]).write_bytes(b"\x00" * 300)
+    rows[2]["problem_type"] = "essay"
+    del rows[3]["problem"]
+    mc = next(i for i, r in enumerate(rows) if r["problem_type"] == "multiple choice" and i > 3)
+    rows[mc]["solution"] = "<answer>F</answer>"
+    (d / "train.json").write_text(json.dumps(rows))
+    r = run("validate-data", d / "train.json")
+    assert r.returncode == 1
+    lines = r.stdout.strip().splitlines()
+    expect = {
+        rows[0]["problem_id"]: "not found",
+        rows[1]["problem_id"]: "corrupt video",
+        rows[2]["problem_id"]: "unknown problem_type 'essay'",
+        rows[3]["problem_id"]: "missing field 'problem'",
+        rows[mc]["problem_id"]: "solution 'F' matches no option",
+    }
+    assert len(lines) == len(expect), lines
+    for rid, reason in expect.items():
+        assert any(line.startswith(f"row {rid}: ") and reason in line for line in lines), (rid, lines)
+    assert f"{len(rows)} rows, 5 bad" in r.stderr
+    assert run("validate-data", synthetic_dir / "eval.json").returncode == 0
+
+
+def test_make_synthetic_and_convert(tmp_path):
+    r = run("make-synthetic", "--out", tmp_path / "s", "--n", 5, "--seed", 1, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((tmp_path / "s" / "train.json").read_text())) == 5
+    r = run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "cot.parquet")
+    assert r.returncode == 0 and "5 rows" in r.stdout
+    from videoqa.schema import load_samples
+
+    assert load_samples(tmp_path / "cot.parquet") == load_samples(tmp_path / "s" / "cot.json")
+    bad = run("convert-data", tmp_path / "missing.json")
+    assert bad.returncode == 2 and "dataset file not found" in bad.stderr
+
+
+def test_make_tiny_model_size_from_overrides(tmp_path):
+    r = run("make-tiny-model", "--out", tmp_path / "m", "tiny_model.num_layers=1", "tiny_model.vocab_size=600")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 1
+    bad = run("make-tiny-model", "--out", tmp_path / "m2", "tiny_model.num_heads=3")
+    assert bad.returncode == 2 and "divisible" in bad.stderr
+
+
+def test_bench_decode_prints_table(tmp_path):
+    r = run("bench-decode", "--data", tmp_path / "b", "--files", 6, "--repeat", 1, "--size", 112)
+    assert r.returncode == 0, r.stderr
+    assert "raw decord (1 thread)" in r.stdout and "loader/raw" in r.stdout
+
+
+@pytest.mark.vllm
+def test_demo_end_to_end(tmp_path):
+    """The main job as a user starts it: builds model and data, generates through vLLM, logs rollouts."""
+    out = tmp_path / "run"
+    r = run("demo", "--config", "configs/demo.yaml", f"run.out_dir={out}", f"model.path={out}/model",
+            f"data.dir={out}/data", "data.synthetic_n=10", "rollout.max_tokens=16", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "10 rows, 0 problems" in r.stdout
+    import pyarrow.parquet as pq
+
+    log = pq.read_table(out / "smoke_rollouts.parquet").to_pylist()
+    assert len(log) == 5 * 4  # one prompt per problem type x group size 4 (configs/demo.yaml)
+    assert {row["problem_type"] for row in log} == {"multiple choice", "numerical", "OCR", "free-form", "regression"}
+    assert all(0 < len(row["token_ids"]) <= 16 for row in log)

@@ -1,0 +1,63 @@
+import pytest
+
+from cluster.config import Config
+from cluster.config_loader import ConfigError, load_config, parse_overrides
+from tests.conftest import ROOT
+
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def test_every_shipped_config_loads():
+    files = sorted((ROOT / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(Config, f)
+
+
+def test_yaml_and_dotted_overrides():
+    cfg = load_config(Config, DEMO, ["rollout.num_workers=4", "rollout.temperature=0.7", "video.nframes=null"])
+    assert cfg.rollout.num_workers == 4
+    assert cfg.rollout.temperature == 0.7
+    assert cfg.video.nframes is None
+    assert cfg.video.max_pixels == 3136  # from the YAML
+    assert cfg.rollout.top_p == 1.0  # default
+
+
+def test_unknown_key_names_the_key_and_suggests():
+    with pytest.raises(ConfigError) as e:
+        load_config(Config, DEMO, ["rollout.num_worker=4"])
+    msg = str(e.value)
+    assert "rollout.num_worker" in msg and "did you mean 'rollout.num_workers'" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rollout:\n  group_sise: 8\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'rollout.group_sise'.*rollout.group_size"):
+        load_config(Config, f)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"rollout.num_workers.*integer.*'many'"):
+        load_config(Config, DEMO, ["rollout.num_workers=many"])
+    with pytest.raises(ConfigError, match=r"rollout.group_size"):
+        load_config(Config, DEMO, ["rollout.group_size=0"])
+    with pytest.raises(ConfigError, match=r"rollout.device"):
+        load_config(Config, DEMO, ["rollout.device=tpu"])
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="num_gpus"):
+        load_config(Config, None, ["rollout.device=cuda"])
+    cfg = load_config(Config, None, ["rollout.device=cuda", "rollout.num_gpus=1"])
+    assert cfg.rollout.device == "cuda"
+
+
+def test_bad_override_syntax_and_missing_file():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_overrides(["rollout.num_workers"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Config, ROOT / "configs" / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(Config, DEMO, ["rollout.device.x=1"])
