@@ -85,6 +85,12 @@ def cmd_bench_decode(args) -> int:
     return run_bench_decode(args.data, files=args.files, repeat=args.repeat, nframes=args.nframes, size=args.size)
 
 
+def cmd_bench_rewards(args) -> int:
+    from cluster.bench_rewards import run_bench_rewards
+
+    return run_bench_rewards(args.data, args.model, n=args.n)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videop2r",
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nframes", type=int, default=16)
     p.add_argument("--size", type=int, default=336, help="frame side of the generated benchmark videos")
     p.set_defaults(func=cmd_bench_decode)
+
+    p = sub.add_parser("bench-rewards", help="benchmark: reward throughput, cache latency, pool scaling")
+    p.add_argument("--data", default="runs/bench/data", help="synthetic data folder (made if missing)")
+    p.add_argument("--model", default="runs/bench/tiny-model", help="tokenizer for token counts (made if missing)")
+    p.add_argument("--n", type=int, default=2000, help="rollouts per measurement")
+    p.set_defaults(func=cmd_bench_rewards)
     return parser
 
 

@@ -71,11 +71,10 @@ class DataSection(Section):
     on_bad_media: Literal["skip", "raise"] = "skip"
 
 
-class RolloutSection(Section):
-    """vLLM rollout workers. CPU vs GPU is only this: device, resources, tensor parallelism."""
+class EngineSection(Section):
+    """Where and how a vLLM engine runs. CPU vs GPU is only this: device, resources, tensor parallelism."""
 
     device: Literal["cpu", "cuda"] = "cpu"
-    num_workers: int = Field(1, ge=1)
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)
     tensor_parallel_size: int = Field(1, ge=1)
@@ -85,17 +84,82 @@ class RolloutSection(Section):
     # None = automatic: eager on the CPU (torch.compile costs ~13 s at start and saves little for small models),
     # compiled graphs on CUDA.
     enforce_eager: bool | None = None
+
+    @model_validator(mode="after")
+    def _device_resources(self):
+        if self.device == "cuda" and self.num_gpus <= 0:
+            raise ValueError("device=cuda needs num_gpus > 0")
+        return self
+
+
+class RolloutSection(EngineSection):
+    """vLLM rollout workers: the engine settings plus grouped sampling."""
+
+    num_workers: int = Field(1, ge=1)
     group_size: int = Field(8, ge=1)  # G rollouts per prompt (paper: 8)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     seed: int = 0
 
+
+class RewardSection(Section):
+    """Reward workers and the reward definition (VideoP2R Eqs. 3-7)."""
+
+    num_workers: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0)  # per reward worker
+    tokenizer: str | None = None  # counts segment tokens for the length reward; default: model.path
+    perception_length: tuple[int, int] = (128, 320)  # paper's ranges, in tokens
+    reasoning_length: tuple[int, int] = (320, 512)
+    length_bonus: float = Field(0.2, ge=0)
+    # A verdict the judge could not give (failure, timeout, garbage): "as_no" counts it as No; "exclude" leaves the
+    # sample out of its perception group's normalisation. Both are counted in the metrics.
+    missing_verdict: Literal["as_no", "exclude"] = "as_no"
+
     @model_validator(mode="after")
-    def _device_resources(self):
-        if self.device == "cuda" and self.num_gpus <= 0:
-            raise ValueError("rollout.device=cuda needs rollout.num_gpus > 0")
+    def _ranges(self):
+        for name in ("perception_length", "reasoning_length"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high")
         return self
+
+
+class JudgeSection(Section):
+    """The perception judge. backend: oracle (synthetic-task stand-in), vllm (engines in Ray actors), http
+    (an OpenAI-compatible endpoint, e.g. a hosted API or `vllm serve`)."""
+
+    backend: Literal["oracle", "vllm", "http"] = "oracle"
+    model: str = ""  # vllm: a model folder; http: the model name the endpoint serves
+    num_engines: int = Field(1, ge=1)  # vllm backend
+    engine: EngineSection = EngineSection()
+    base_url: str = "http://127.0.0.1:8000/v1"  # http backend
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable and never logged
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    timeout_s: float = Field(60, gt=0)  # one call
+    retries: int = Field(2, ge=0)  # extra attempts after a failed call, with exponential backoff
+    backoff_s: float = Field(0.5, ge=0)
+    batch_deadline_s: float = Field(300, gt=0)  # all judge calls of one batch; later verdicts are missing
+    max_concurrency: int = Field(8, ge=1)  # http requests in flight per reward worker
+
+    @model_validator(mode="after")
+    def _model_named(self):
+        if self.backend in ("vllm", "http") and not self.model:
+            raise ValueError(f"judge.backend={self.backend} needs judge.model")
+        return self
+
+
+class CacheSection(Section):
+    """The Redis verdict cache shared by all reward workers. Works without Redis (one warning, a metric)."""
+
+    enabled: bool = True
+    url: str = "redis://127.0.0.1:6379/0"
+    url_env: str = "VIDEOP2R_REDIS_URL"  # when set, overrides url
+    password_env: str = "REDIS_PASSWORD"
+    ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    socket_timeout_s: float = Field(0.5, gt=0)
+    retry_after_s: float = Field(10, ge=0)  # after a failure, judge without the cache this long before retrying
 
 
 class Config(Section):
@@ -105,3 +169,6 @@ class Config(Section):
     data: DataSection = DataSection()
     video: VideoSection = VideoSection()
     rollout: RolloutSection = RolloutSection()
+    reward: RewardSection = RewardSection()
+    judge: JudgeSection = JudgeSection()
+    cache: CacheSection = CacheSection()

@@ -1,1 +1,13 @@
-"""rewards"""
+"""Pure reward functions of VideoP2R (no Ray, torch or vLLM): parsing, accuracy by problem type, the judge's
+prompt and verdict, and the per-process rewards R_P and R_R."""
+
+from rewards.accuracy import PROBLEM_TYPES, accuracy_reward, strip_answer_tags
+from rewards.combine import LengthRule, ProcessRewards, length_reward, needs_judge, process_rewards
+from rewards.judge import PROMPT_VERSION, judge_prompt, parse_judgement, verdict_key
+from rewards.parsing import ParsedResponse, parse_response
+
+__all__ = [
+    "PROBLEM_TYPES", "PROMPT_VERSION", "LengthRule", "ParsedResponse", "ProcessRewards", "accuracy_reward",
+    "judge_prompt", "length_reward", "needs_judge", "parse_judgement", "parse_response", "process_rewards",
+    "strip_answer_tags", "verdict_key",
+]  # fmt: skip

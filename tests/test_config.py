@@ -50,6 +50,12 @@ def test_wrong_type_names_the_key():
 def test_cross_field_validation():
     with pytest.raises(ConfigError, match="num_gpus"):
         load_config(Config, None, ["rollout.device=cuda"])
+    with pytest.raises(ConfigError, match="judge.model"):
+        load_config(Config, None, ["judge.backend=http"])
+    with pytest.raises(ConfigError, match="perception_length"):
+        load_config(Config, None, ["reward.perception_length=[10, 5]"])
+    cfg = load_config(Config, None, ["reward.perception_length=[10, 50]", "judge.engine.num_cpus=2"])
+    assert cfg.reward.perception_length == (10, 50) and cfg.judge.engine.num_cpus == 2
     cfg = load_config(Config, None, ["rollout.device=cuda", "rollout.num_gpus=1"])
     assert cfg.rollout.device == "cuda"
 

@@ -265,3 +265,29 @@ def make_synthetic(out: str | Path, n: int, seed: int, n_eval: int | None = None
             write_parquet(samples, out / "cot.parquet")
     (out / "manifest.json").write_text(json.dumps({"n": n, "n_eval": n_eval, "seed": seed, **kw, **written}, indent=1))
     return written
+
+
+def required_phrases(facts: dict) -> list[str]:
+    """The phrases an observation must contain, in this order, for the answer to follow from it."""
+    kind = facts.get("kind")
+    if kind == "direction":
+        return [facts["target"], facts["start"], facts["end"]]
+    if kind == "count":
+        return [f"{facts['count']} {facts['shape']}"]
+    if kind == "text":
+        return [facts["text"]]
+    if kind == "travel":
+        return [facts["target"], f"{facts['start_pct']}%", f"{facts['end_pct']}%"]
+    raise ValueError(f"unknown synthetic fact kind {kind!r}")
+
+
+def observation_suffices(facts: dict, observation: str) -> bool:
+    """The rule-based judge for the synthetic task: does the observation state the needed facts, in order?
+    A stand-in for the judge LLM in demos and tests; it only knows this generator's facts."""
+    text, pos = observation.lower(), 0
+    for phrase in required_phrases(facts):
+        found = text.find(phrase.lower(), pos)
+        if found < 0:
+            return False
+        pos = found + len(phrase)
+    return True

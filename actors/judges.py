@@ -1,0 +1,201 @@
+"""Perception-judge backends behind one interface: ``verdicts(requests, deadline) -> list[Outcome]``.
+
+- ``OracleJudge``: the rule-based stand-in for the synthetic task (it knows the generator's facts). Demos/tests.
+- ``VLLMJudge``: text LLMs in vLLM engines hosted by ``JudgeEngine`` Ray actors (Llama-3.1-70B or
+  Qwen2.5-72B-Instruct on a cluster; the tiny model in tests), prompts batched per engine.
+- ``HTTPJudge``: an OpenAI-compatible chat endpoint (a hosted API or ``vllm serve``); the API key is read from
+  an environment variable and never logged.
+
+Faults: every call has a timeout, failed calls are retried with exponential backoff (tenacity), and the whole
+batch has a deadline (a ``time.monotonic()`` instant). Whatever is not answered by then is an outcome with
+``verdict=None`` and a status saying why; nothing waits past the deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from rewards import judge_prompt, parse_judgement
+from videoqa.synthetic import observation_suffices
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    question: str
+    correct_answer: str
+    observation: str
+    data_type: str = "video"
+    facts: dict | None = None  # the synthetic generator's facts (only the oracle uses them)
+
+    def prompt(self) -> str:
+        return judge_prompt(self.question, self.correct_answer, self.observation, self.data_type)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: bool | None
+    status: str  # ok | unparseable | failed | timeout | deadline
+    text: str | None = None  # the judge's raw reply (explanation), when there is one
+
+
+class JudgeError(RuntimeError):
+    """A judge call failed in a way worth retrying (timeout, connection, server error)."""
+
+
+def _retrying(retries: int, backoff_s: float, deadline: float) -> Retrying:
+    def before_deadline(state) -> bool:  # stop retrying once the next attempt could not finish in time
+        return time.monotonic() >= deadline
+
+    backoff = wait_exponential(multiplier=backoff_s, max=max(backoff_s * 8, 0.001))
+
+    def wait_within_deadline(state) -> float:
+        return min(backoff(state), max(0.0, deadline - time.monotonic()))
+
+    return Retrying(
+        stop=stop_after_attempt(retries + 1) | before_deadline,
+        wait=wait_within_deadline,
+        retry=retry_if_exception(lambda e: isinstance(e, JudgeError)),
+        reraise=True,
+    )
+
+
+def outcome_from_text(text: str | None) -> Outcome:
+    verdict = parse_judgement(text)
+    return Outcome(verdict, "ok" if verdict is not None else "unparseable", text)
+
+
+class OracleJudge:
+    model_id = "oracle:synthetic-facts"
+
+    def verdicts(self, requests: list[JudgeRequest], deadline: float) -> list[Outcome]:
+        out = []
+        for r in requests:
+            if not r.facts:
+                out.append(Outcome(None, "failed", "the oracle judge needs the synthetic task's facts"))
+            else:
+                out.append(Outcome(observation_suffices(r.facts, r.observation), "ok"))
+        return out
+
+
+class HTTPJudge:
+    """Chat completions against ``base_url`` (OpenAI-compatible), ``max_concurrency`` requests in flight."""
+
+    def __init__(self, cfg):
+        from openai import OpenAI
+
+        self.cfg = cfg
+        self.model_id = f"http:{cfg.model}"
+        # "EMPTY" is what local servers (vllm serve) accept when no key is configured
+        self._client = OpenAI(
+            base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY", timeout=cfg.timeout_s, max_retries=0
+        )
+
+    def _call(self, prompt: str, deadline: float) -> Outcome:
+        import openai
+
+        def once() -> str | None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            try:
+                resp = self._client.with_options(timeout=min(self.cfg.timeout_s, remaining)).chat.completions.create(
+                    model=self.cfg.model,
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=self.cfg.max_tokens,
+                    temperature=self.cfg.temperature,
+                )
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError,
+                    openai.RateLimitError) as e:
+                raise JudgeError(type(e).__name__) from e
+            return resp.choices[0].message.content if resp.choices else None
+
+        try:
+            return outcome_from_text(_retrying(self.cfg.retries, self.cfg.backoff_s, deadline)(once))
+        except (JudgeError, TimeoutError) as e:
+            timed_out = isinstance(e, TimeoutError) or "Timeout" in str(e)
+            return Outcome(None, "timeout" if timed_out else "failed")
+        except Exception as e:  # a 4xx, a malformed body: not worth retrying, counted as a failure
+            return Outcome(None, "failed", f"{type(e).__name__}")
+
+    def verdicts(self, requests: list[JudgeRequest], deadline: float) -> list[Outcome]:
+        pool = ThreadPoolExecutor(max_workers=self.cfg.max_concurrency)
+        futures = [pool.submit(self._call, r.prompt(), deadline) for r in requests]
+        wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        pool.shutdown(wait=False, cancel_futures=True)  # stragglers end at their own timeout, unwaited
+        return [f.result() if f.done() and not f.cancelled() else Outcome(None, "deadline") for f in futures]
+
+
+class JudgeEngine:
+    """A Ray actor body hosting one vLLM engine for a text-only judge LLM (wrapped with ``ray.remote``)."""
+
+    def __init__(self, model: str, engine_cfg, seed: int = 0):
+        from actors.engine import start_engine
+
+        self._llm = start_engine(engine_cfg, model, dtype="auto" if engine_cfg.device == "cuda" else "float32", seed=seed)
+
+    def generate(self, prompts: list[str], max_tokens: int, temperature: float) -> list[str]:
+        from vllm import SamplingParams
+
+        messages = [[{"role": "user", "content": p}] for p in prompts]
+        outs = self._llm.chat(messages, SamplingParams(max_tokens=max_tokens, temperature=temperature), use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    def ready(self) -> bool:
+        return True
+
+
+class VLLMJudge:
+    """Sends each batch to the judge engines (one chunk per engine, in parallel) and waits within the deadline."""
+
+    def __init__(self, cfg, engines: list):
+        if not engines:
+            raise ValueError("the vllm judge needs at least one JudgeEngine actor")
+        self.cfg, self.engines = cfg, engines
+        self.model_id = f"vllm:{os.path.basename(os.path.normpath(cfg.model))}"
+
+    def _chunk(self, engine, prompts: list[str], deadline: float) -> list[Outcome]:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        def once() -> list[str]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            ref = engine.generate.remote(prompts, self.cfg.max_tokens, self.cfg.temperature)
+            try:
+                return ray.get(ref, timeout=min(self.cfg.timeout_s, remaining))
+            except GetTimeoutError as e:
+                ray.cancel(ref)
+                raise JudgeError("Timeout") from e
+            except RayActorError as e:  # the engine died; Ray restarts it and a retry may land
+                raise JudgeError("engine died") from e
+
+        try:
+            return [outcome_from_text(t) for t in _retrying(self.cfg.retries, self.cfg.backoff_s, deadline)(once)]
+        except (JudgeError, TimeoutError) as e:
+            status = "timeout" if isinstance(e, TimeoutError) or "Timeout" in str(e) else "failed"
+            return [Outcome(None, status)] * len(prompts)
+
+    def verdicts(self, requests: list[JudgeRequest], deadline: float) -> list[Outcome]:
+        if not requests:
+            return []
+        prompts = [r.prompt() for r in requests]
+        n = min(len(self.engines), len(prompts))
+        bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            parts = list(pool.map(lambda i: self._chunk(self.engines[i], prompts[bounds[i]:bounds[i + 1]], deadline), range(n)))
+        return [o for part in parts for o in part]
+
+
+def make_judge(cfg, engines: list | None = None):
+    """The backend named by ``judge.backend`` (``cfg`` is a ``JudgeSection``)."""
+    if cfg.backend == "oracle":
+        return OracleJudge()
+    if cfg.backend == "http":
+        return HTTPJudge(cfg)
+    return VLLMJudge(cfg, engines or [])

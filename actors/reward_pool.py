@@ -1,0 +1,56 @@
+"""The reward pool: N reward-worker Ray actors (N from config, independent of the rollout workers) and, for the
+vllm judge backend, the judge-engine actors they share.
+
+``RewardPool.score(items)`` splits a batch into contiguous, even chunks, scores them in parallel and returns the
+rewards in input order with the summed counters. A worker that dies mid-batch is restarted by Ray; its chunk is
+scored again on the next attempt (scoring is idempotent: the judge's verdicts are cached).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from actors.reward_scorer import RewardScorer, ScoredBatch, ScoreItem
+from actors.judges import JudgeEngine
+
+
+class RewardPool:
+    def __init__(self, cfg, tokenizer_path: str | None = None, num_workers: int | None = None):
+        """``cfg`` is the run ``Config``; ``tokenizer_path`` defaults to ``reward.tokenizer`` then ``model.path``."""
+        import ray
+
+        self.cfg = cfg
+        self.engines = []
+        if cfg.judge.backend == "vllm":
+            eng = cfg.judge.engine
+            actor = ray.remote(JudgeEngine).options(
+                num_cpus=eng.num_cpus, num_gpus=eng.num_gpus, max_restarts=-1, max_task_retries=0
+            )
+            self.engines = [actor.remote(cfg.judge.model, eng, seed=i) for i in range(cfg.judge.num_engines)]
+            ray.get([e.ready.remote() for e in self.engines])
+        tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
+        worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, max_restarts=-1, max_task_retries=2)
+        n = num_workers or cfg.reward.num_workers
+        self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines) for _ in range(n)]
+
+    def score(self, items: list[ScoreItem]) -> ScoredBatch:
+        import ray
+
+        if not items:
+            return ScoredBatch([], Counter())
+        n = min(len(self.workers), len(items))
+        bounds = [round(i * len(items) / n) for i in range(n + 1)]
+        refs = [self.workers[i].score.remote(items[bounds[i]:bounds[i + 1]]) for i in range(n)]
+        # every judge call inside has its own deadline; this bound only guards against a wedged worker
+        timeout = self.cfg.judge.batch_deadline_s * 3 + 120
+        parts = ray.get(refs, timeout=timeout)
+        out = ScoredBatch([], Counter())
+        for p in parts:
+            out = out.merge(p)
+        return out
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.workers + self.engines:
+            ray.kill(a)

@@ -1,0 +1,128 @@
+"""Scores a batch of rollouts: parse, judge the observations (through the cache), and combine into R_P and R_R.
+
+``RewardScorer`` is plain Python so it can be tested and benchmarked alone; ``actors.reward_pool`` runs it as
+Ray actors. Its results come back in input order with per-batch counters (cache hits, judge outcomes, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from actors.judges import JudgeRequest, Outcome, make_judge
+from actors.verdict_cache import VerdictCache
+from rewards import LengthRule, needs_judge, parse_response, process_rewards, verdict_key
+from videoqa.prompts import question_text
+from videoqa.schema import Sample, option_letters
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One rollout to score, with what the rewards need from its dataset row."""
+
+    question: str  # with the options appended, as the policy saw it
+    correct_answer: str  # for the judge: the option text for multiple choice ("B. right"), else the answer
+    solution: str
+    problem_type: str
+    data_type: str
+    response: str
+    facts: dict | None = None
+
+    @classmethod
+    def from_sample(cls, sample: Sample, response: str) -> "ScoreItem":
+        answer = sample.answer
+        if sample.problem_type == "multiple choice":
+            letters = option_letters(sample.options)
+            if answer in letters:
+                answer = sample.options[letters.index(answer)]
+        return cls(question_text(sample), answer, sample.solution, sample.problem_type, sample.data_type, response,
+                   sample.extra.get("facts"))
+
+
+@dataclass
+class ScoredBatch:
+    rewards: list  # ProcessRewards, in input order
+    stats: Counter
+
+    def merge(self, other: "ScoredBatch") -> "ScoredBatch":
+        return ScoredBatch(self.rewards + other.rewards, self.stats + other.stats)
+
+
+class RewardScorer:
+    def __init__(self, reward_cfg, judge_cfg, cache_cfg, tokenizer_path: str | None, judge_engines: list | None = None):
+        self.reward_cfg, self.judge_cfg = reward_cfg, judge_cfg
+        self.rule = LengthRule(reward_cfg.perception_length, reward_cfg.reasoning_length, reward_cfg.length_bonus)
+        self.judge = make_judge(judge_cfg, judge_engines)
+        self.cache = VerdictCache.from_config(cache_cfg)
+        self.tokenizer = None
+        if tokenizer_path:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    def _tokens(self, text: str | None) -> int:
+        if not text:
+            return 0
+        if self.tokenizer is None:
+            return len(text.split())
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _judge(self, requests: dict[str, JudgeRequest], stats: Counter) -> dict[str, Outcome]:
+        """Verdicts for unique requests: from the cache where possible, else from the judge (then cached)."""
+        keys = list(requests)
+        outcomes: dict[str, Outcome] = {}
+        cache_before = Counter(self.cache.stats) if self.cache else Counter()
+        cached = self.cache.get_many(keys) if self.cache else [None] * len(keys)
+        for k, hit in zip(keys, cached):
+            if hit is not None and isinstance(hit.get("verdict"), bool):
+                outcomes[k] = Outcome(hit["verdict"], "cached")
+        todo = [k for k in keys if k not in outcomes]
+        if todo:
+            deadline = time.monotonic() + self.judge_cfg.batch_deadline_s
+            stats["judge_calls"] += len(todo)
+            results = self.judge.verdicts([requests[k] for k in todo], deadline)
+            fresh = {}
+            for k, o in zip(todo, results):
+                outcomes[k] = o
+                if o.verdict is not None:
+                    fresh[k] = {"verdict": o.verdict, "judge": self.judge.model_id, "at": int(time.time())}
+            if self.cache:
+                self.cache.put_many(fresh)
+        if self.cache:
+            for name, n in (Counter(self.cache.stats) - cache_before).items():
+                stats[f"cache_{name}"] += n
+            if not self.cache.available:
+                stats["cache_down"] += 1
+        elif self.cache is None:
+            stats["cache_disabled"] += 1
+        return outcomes
+
+    def score(self, items: list[ScoreItem]) -> ScoredBatch:
+        stats: Counter = Counter()
+        parsed = [parse_response(it.response) for it in items]
+        keys: list[str | None] = []
+        requests: dict[str, JudgeRequest] = {}
+        for it, p in zip(items, parsed):
+            if not needs_judge(p):
+                keys.append(None)
+                continue
+            k = verdict_key(self.judge.model_id, it.question, it.correct_answer, p.observation)
+            keys.append(k)
+            requests.setdefault(k, JudgeRequest(it.question, it.correct_answer, p.observation, it.data_type, it.facts))
+        outcomes = self._judge(requests, stats) if requests else {}
+        rewards = []
+        for it, p, k in zip(items, parsed, keys):
+            outcome = outcomes.get(k) if k else None
+            if outcome is not None:
+                stats[f"judge_{outcome.status}"] += 1
+            else:
+                stats["judge_not_needed"] += 1
+            rewards.append(process_rewards(
+                p, it.solution, it.problem_type, outcome.verdict if outcome else None,
+                self._tokens(p.observation), self._tokens(p.think) + self._tokens(p.answer),
+                self.rule, self.reward_cfg.missing_verdict,
+            ))
+        stats["rollouts"] += len(items)
+        stats["perception_excluded"] += sum(not r.perception_valid for r in rewards)
+        return ScoredBatch(rewards, stats)

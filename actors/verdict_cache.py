@@ -1,0 +1,102 @@
+"""The judge-verdict cache in Redis, shared by every reward worker.
+
+Keys are ``rewards.verdict_key`` hashes (judge model, prompt version, question, correct answer, observation);
+values are JSON (never pickle) with a TTL. Only real verdicts are stored: a failure is not cached, so it is
+retried next time. When Redis is unreachable the cache steps aside: one warning per outage, a counter, and
+lookups miss until ``retry_after_s`` has passed; scoring never waits on a dead Redis for more than the socket
+timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+
+log = logging.getLogger(__name__)
+PREFIX = "videop2r:verdict:"
+
+
+class VerdictCache:
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        ttl_s: int = 7 * 24 * 3600,
+        socket_timeout_s: float = 0.5,
+        retry_after_s: float = 10.0,
+    ):
+        import redis
+
+        self.url, self.ttl_s, self.retry_after_s = url, ttl_s, retry_after_s
+        self._client = redis.Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry_on_timeout=False,
+        )
+        self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self._down_until = 0.0
+        self._warned = False
+        self.stats: Counter[str] = Counter()
+
+    @classmethod
+    def from_config(cls, cache) -> "VerdictCache | None":
+        """From a ``CacheSection``: the URL may come from ``url_env``, the password only from ``password_env``."""
+        if not cache.enabled:
+            return None
+        url = os.environ.get(cache.url_env) or cache.url
+        return cls(url, os.environ.get(cache.password_env) or None, cache.ttl_s, cache.socket_timeout_s, cache.retry_after_s)
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, err: Exception) -> None:
+        self.stats["unavailable"] += 1
+        self._down_until = time.monotonic() + self.retry_after_s
+        if not self._warned:  # once per outage; the counter keeps the total
+            host = self.url.split("@")[-1]  # never log a password embedded in the URL
+            log.warning("Redis verdict cache at %s unavailable (%s); judging without it", host, type(err).__name__)
+            self._warned = True
+
+    def get_many(self, keys: list[str]) -> list[dict | None]:
+        if not keys:
+            return []
+        if not self.available:
+            self.stats["misses"] += len(keys)
+            self.stats["skipped_unavailable"] += len(keys)
+            return [None] * len(keys)
+        try:
+            raw = self._client.mget([PREFIX + k for k in keys])
+        except self._errors as e:
+            self._failed(e)
+            self.stats["misses"] += len(keys)
+            return [None] * len(keys)
+        self._warned = False
+        out = []
+        for value in raw:
+            try:
+                out.append(json.loads(value) if value is not None else None)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                self.stats["corrupt"] += 1
+                out.append(None)
+        hits = sum(v is not None for v in out)
+        self.stats["hits"] += hits
+        self.stats["misses"] += len(keys) - hits
+        return out
+
+    def put_many(self, values: dict[str, dict]) -> None:
+        if not values or not self.available:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for k, v in values.items():
+                pipe.set(PREFIX + k, json.dumps(v), ex=self.ttl_s)
+            pipe.execute()
+            self.stats["writes"] += len(values)
+        except self._errors as e:
+            self._failed(e)

@@ -1,0 +1,52 @@
+"""Local service processes the project starts for itself (tests, benchmarks, the single-box demo): a real
+redis-server on a free loopback port. On a cluster, point ``cache.url`` at a managed Redis instead."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """redis-server on loopback, in its own folder, without persistence; ``stop()`` kills it."""
+
+    def __init__(self, workdir: str | Path | None = None, port: int | None = None, start_timeout_s: float = 10.0):
+        import redis
+
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server not found: run `make setup` (it installs the Debian package)")
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="videop2r-redis-"))
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)

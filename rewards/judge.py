@@ -1,0 +1,57 @@
+"""The perception judge's prompt and verdict (VideoP2R Sec. 3.2, Fig. 8): a text-only LLM sees the question, the
+*correct* answer and the observation only, and says whether the answer can be deduced from the observation.
+``<judgement>Yes</judgement>`` -> R_acc,P = 1, ``No`` -> 0, anything else -> no verdict (``None``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+# Bump when the prompt text changes: cached verdicts are keyed by it.
+PROMPT_VERSION = "fig8-v1"
+
+JUDGE_PROMPT = """You will receive a question, its correct answer, and a set of observations extracted from {media}. \
+Your task is to decide - strictly based on the observations - whether the correct answer can be deduced. \
+Do not assume any information beyond what is provided.
+
+### Question
+{question}
+
+### Correct Answer
+{correct_answer}
+
+### Observations
+{observation}
+
+First give a brief explanation. Then give your judgement as <judgement>Yes</judgement> if the correct answer can \
+be deduced from the observations alone, or <judgement>No</judgement> if it cannot."""
+
+_MEDIA = {"video": "a video", "image": "an image"}
+_JUDGEMENT = re.compile(r"<judgement>\s*(yes|no)\s*\.?\s*</judgement>", re.IGNORECASE)
+
+
+def judge_prompt(question: str, correct_answer: str, observation: str, data_type: str) -> str:
+    return JUDGE_PROMPT.format(
+        media=_MEDIA.get(data_type, data_type),
+        question=question.strip(),
+        correct_answer=correct_answer.strip(),
+        observation=observation.strip(),
+    )
+
+
+def parse_judgement(text: str | None) -> bool | None:
+    """True for Yes, False for No; None when there is no judgement tag or the tags disagree."""
+    if not text:
+        return None
+    found = {m.group(1).lower() for m in _JUDGEMENT.finditer(text)}
+    if len(found) != 1:
+        return None
+    return found.pop() == "yes"
+
+
+def verdict_key(judge_model: str, question: str, correct_answer: str, observation: str) -> str:
+    """Cache key of a verdict: everything the verdict depends on, hashed (sha256)."""
+    payload = json.dumps([judge_model, PROMPT_VERSION, question, correct_answer, observation], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,68 @@
+"""A small OpenAI-compatible chat server for fault injection: it answers, stalls, fails or talks nonsense on
+command, and records what it was sent. It stands in for a hosted judge API misbehaving; the real-server path is
+tested against `vllm serve`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class JudgeServer:
+    def __init__(self):
+        self.mode = "yes"  # yes | no | garbage | slow | error
+        self.fail_first = 0  # answer 500 to this many requests first
+        self.delay_s = 0.0
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                    failing = server.fail_first > 0
+                    if failing:
+                        server.fail_first -= 1
+                if server.delay_s:
+                    time.sleep(server.delay_s)
+                if failing or server.mode == "error":
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b'{"error": "injected"}')
+                    return
+                text = {
+                    "yes": "The observation states it. <judgement>Yes</judgement>",
+                    "no": "Not enough. <judgement>No</judgement>",
+                    "garbage": "I like turtles.",
+                }[server.mode]
+                payload = {
+                    "id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

