@@ -17,6 +17,7 @@ test: setup
 
 bench: setup
 	.venv/bin/videop2r bench-decode
+	.venv/bin/videop2r bench-rewards
 
 clean:
 	rm -rf runs/

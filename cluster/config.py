@@ -160,6 +160,7 @@ class CacheSection(Section):
     ttl_s: int = Field(7 * 24 * 3600, ge=1)
     socket_timeout_s: float = Field(0.5, gt=0)
     retry_after_s: float = Field(10, ge=0)  # after a failure, judge without the cache this long before retrying
+    start_local: bool = False  # single-box runs: start a redis-server on a free loopback port and use it
 
 
 class Config(Section):

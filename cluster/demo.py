@@ -1,6 +1,7 @@
-"""The main job. For now: build the tiny model and the synthetic task (once), validate the data, and run one
-grouped generation through a real vLLM engine on real decoded videos, logging the rollouts to Parquet.
-Later stages (SFT, PA-GRPO through Ray actors and DeepSpeed) extend this same entry point.
+"""The main job. For now: build the tiny model and the synthetic task (once), validate the data, run one grouped
+generation through a real vLLM engine on real decoded videos, score it with the reward pool (Ray actors, the
+judge, the Redis verdict cache), and log the scored rollouts to Parquet.
+Later stages (SFT, PA-GRPO through Ray rollout workers and DeepSpeed) extend this same entry point.
 """
 
 from __future__ import annotations
@@ -79,17 +80,19 @@ def run_demo(cfg: Config) -> int:
     t_engine = time.perf_counter() - t0
     completions, t_gen = generate_groups(llm, prompts, sampling_params(cfg.rollout))
     n_tokens = sum(len(c.token_ids) for c in completions)
+    scored = score_completions(cfg, items, completions, str(model_path))
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = []
-    for c in completions:
+    for c, r in zip(completions, scored.rewards):
         it = items[c.prompt_index]
         rows.append(dict(
             problem_id=it.sample.problem_id, problem_type=it.sample.problem_type, sample_index=c.sample_index,
             text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason,
             frames=json.dumps(list(it.video.frames.shape)) if it.video is not None else None,
+            **{f"reward_{k}": v for k, v in r.as_dict().items()},
         ))
     log = out / "smoke_rollouts.parquet"
     pq.write_table(pa.Table.from_pylist(rows), log)
@@ -104,5 +107,42 @@ def run_demo(cfg: Config) -> int:
         f"{n_tokens} tokens in {t_gen:.2f} s ({n_tokens / max(t_gen, 1e-9):.0f} tok/s); engine start {t_engine:.1f} s; "
         f"total {time.perf_counter() - t_start:.1f} s"
     )
-    print(f"[demo] rollouts logged to {log}")
+    st = scored.stats
+    print(
+        f"[demo] rewards ({cfg.judge.backend} judge): mean R_P {sum(r.perception for r in scored.rewards) / len(scored.rewards):.2f}, "
+        f"mean R_R {sum(r.reasoning for r in scored.rewards) / len(scored.rewards):.2f}; judge outcomes "
+        + ", ".join(f"{k[6:]} {v}" for k, v in sorted(st.items()) if k.startswith("judge_") and k != "judge_calls")
+        + f"; cache hits {st.get('cache_hits', 0)}, misses {st.get('cache_misses', 0)}"
+    )
+    print(f"[demo] scored rollouts logged to {log}")
     return 0
+
+
+def score_completions(cfg: Config, items, completions, tokenizer_path: str):
+    """Scores the completions with the reward pool (Ray actors), starting Redis locally if the config says so."""
+    import ray
+
+    from actors.reward_pool import RewardPool
+    from actors.reward_scorer import ScoreItem
+    from cluster.metrics import RewardMetrics
+
+    redis = None
+    if cfg.cache.enabled and cfg.cache.start_local:
+        from cluster.services import RedisServer
+
+        redis = RedisServer()
+        cfg.cache.url = redis.url
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        pool = RewardPool(cfg, tokenizer_path=tokenizer_path)
+        batch = pool.score([ScoreItem.from_sample(items[c.prompt_index].sample, c.text) for c in completions])
+        RewardMetrics().record(batch)
+        pool.shutdown()
+        return batch
+    finally:
+        if owns_ray:
+            ray.shutdown()
+        if redis is not None:
+            redis.stop()

@@ -105,3 +105,13 @@ def test_demo_end_to_end(tmp_path):
     assert len(log) == 5 * 4  # one prompt per problem type x group size 4 (configs/demo.yaml)
     assert {row["problem_type"] for row in log} == {"multiple choice", "numerical", "OCR", "free-form", "regression"}
     assert all(0 < len(row["token_ids"]) <= 16 for row in log)
+    # scored by the reward pool: the random model writes no tags, so no judge call and no reward
+    assert "rewards (oracle judge)" in r.stdout and "not_needed 20" in r.stdout
+    assert all(row["reward_perception"] == 0.0 and row["reward_form_p"] == 0.0 for row in log)
+
+
+def test_bench_rewards_prints_table(tmp_path, tiny_model_dir):
+    r = run("bench-rewards", "--data", tmp_path / "b", "--model", tiny_model_dir, "--n", 60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for row in ("rule rewards, 1 worker", "cache hit, 1 key (p50 / p99)", "reward pool, 2 Ray worker(s)", "2 vs 1 workers"):
+        assert row in r.stdout
