@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from actors.vllm_inputs import engine_env, engine_kwargs
 
 
-def start_engine(rollout, model_path: str, dtype: str = "float32", seed: int = 0):
-    """A ``vllm.LLM``. Call it under ``if __name__ == "__main__":`` in scripts: vLLM spawns its engine process."""
+def start_engine(rollout, model_path: str, dtype: str = "float32", seed: int = 0, **extra):
+    """A ``vllm.LLM`` (``extra`` goes to it, e.g. ``worker_extension_cls``). Call it under
+    ``if __name__ == "__main__":`` in scripts: vLLM spawns its engine process."""
     os.environ.update(engine_env(rollout))
     from vllm import LLM
 
-    return LLM(**engine_kwargs(rollout, model_path, dtype=dtype, seed=seed))
+    return LLM(**engine_kwargs(rollout, model_path, dtype=dtype, seed=seed), **extra)
 
 
 def sampling_params(rollout, n: int | None = None, seed: int | None = None, logprobs: int | None = None):

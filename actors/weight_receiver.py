@@ -1,0 +1,45 @@
+"""The receiving end of the weight transport, inside each vLLM worker process.
+
+vLLM mixes this class into its worker (``LLM(worker_extension_cls="actors.weight_receiver.WeightReceiver")``);
+``LLM.collective_rpc("videop2r_...")`` calls its methods there. Tensors arrive over the torch.distributed channel
+(``actors.weight_transport``); only the small plan travels through the RPC. Weights are loaded with the worker's
+own in-place reload (``reload_weights``), which works on the CPU backend where ``model.load_weights`` after
+start-up does not (linear weights are repacked after loading).
+"""
+
+from __future__ import annotations
+
+from actors.weight_names import accepted_names, check_names
+from actors.weight_transport import WeightPlan, join_channel, receive_tensors
+
+
+class WeightReceiver:
+    def videop2r_join(self, host: str, port: int, timeout_s: float, backend: str = "gloo") -> bool:
+        self._videop2r_backend = backend
+        self._videop2r_pg = join_channel(host, port, timeout_s, backend)
+        return True
+
+    def videop2r_accepted_names(self) -> list[str]:
+        if getattr(self, "_videop2r_names", None) is None:
+            self._videop2r_names = accepted_names(self.vllm_config.model_config.model)
+        return sorted(self._videop2r_names)
+
+    def videop2r_check(self, plan: dict) -> bool:
+        """Validates the names before any tensor moves, so a bad plan fails alone instead of mid-transfer."""
+        plan = WeightPlan.from_dict(plan)
+        self.videop2r_accepted_names()
+        check_names(plan.names, self._videop2r_names)
+        return True
+
+    def videop2r_receive(self, plan: dict) -> int:
+        plan = WeightPlan.from_dict(plan)
+        pg = getattr(self, "_videop2r_pg", None)
+        if pg is None:
+            raise RuntimeError("no weight channel: call videop2r_join first")
+        device = "cpu" if self._videop2r_backend == "gloo" else str(self.device)
+        self.reload_weights(weights_iterator=receive_tensors(pg, plan, device))
+        self._videop2r_version = plan.version
+        return plan.version
+
+    def videop2r_version(self) -> int:
+        return getattr(self, "_videop2r_version", 0)

@@ -1,0 +1,203 @@
+"""Weight transport from the learner to the rollout workers, over torch.distributed: gloo on CPU, nccl on GPU.
+
+Each receiver (one vLLM worker process) gets its own two-member group with the sender ("a channel"), so workers
+can join, die and come back without disturbing the others. A sync sends the same buckets on every channel at
+once. Tensors travel as flat per-dtype buckets of about ``bucket_mb``; the small plan (names, shapes, offsets)
+travels beside them as an ordinary message (``collective_rpc``), because vLLM's RPC cannot carry tensors.
+
+Setting a channel up waits at most ``timeout_s`` for the peer; a missing peer is a ``WeightTransportError`` naming
+the channel, never a hang. NCCL channels (``backend="nccl"``) need GPUs and are not exercised on the CPU boxes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+
+class WeightTransportError(RuntimeError):
+    """A channel could not be formed or a transfer failed; the message names the channel and the likely fix."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    shape: tuple[int, ...]
+    offset: int  # in elements, within the bucket
+    numel: int
+
+
+@dataclass
+class Bucket:
+    dtype: str  # e.g. "float32"
+    numel: int = 0
+    entries: list[Entry] = field(default_factory=list)
+
+
+@dataclass
+class WeightPlan:
+    version: int
+    buckets: list[Bucket]
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for b in self.buckets for e in b.entries]
+
+    def to_dict(self) -> dict:
+        """Plain types only: vLLM's RPC re-encodes arguments (msgpack), which turns dataclasses into dicts."""
+        return {"version": self.version, "buckets": [
+            {"dtype": b.dtype, "numel": b.numel, "entries": [[e.name, list(e.shape), e.offset, e.numel] for e in b.entries]}
+            for b in self.buckets
+        ]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WeightPlan":
+        return cls(d["version"], [
+            Bucket(b["dtype"], b["numel"], [Entry(n, tuple(shape), off, num) for n, shape, off, num in b["entries"]])
+            for b in d["buckets"]
+        ])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel * torch.empty((), dtype=getattr(torch, b.dtype)).element_size() for b in self.buckets)
+
+
+def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_mb: float = 64) -> WeightPlan:
+    """Groups tensors into flat buckets of one dtype each, up to ``bucket_mb`` (a larger tensor gets its own)."""
+    limit = int(bucket_mb * 2**20)
+    buckets: list[Bucket] = []
+    open_by_dtype: dict[str, Bucket] = {}
+    for name, t in named:
+        dtype = str(t.dtype).removeprefix("torch.")
+        b = open_by_dtype.get(dtype)
+        size = t.numel() * t.element_size()
+        if b is None or (b.numel * t.element_size() + size > limit and b.entries):
+            b = Bucket(dtype)
+            buckets.append(b)
+            open_by_dtype[dtype] = b
+        b.entries.append(Entry(name, tuple(t.shape), b.numel, t.numel()))
+        b.numel += t.numel()
+    return WeightPlan(version, buckets)
+
+
+def node_address() -> str:
+    """This node's address as other nodes see it (Ray's view when running under Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return socket.gethostbyname(socket.gethostname())
+
+
+def _group(store, rank: int, timeout_s: float, backend: str):
+    timeout = datetime.timedelta(seconds=timeout_s)
+    prefixed = dist.PrefixStore("videop2r-weights", store)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(prefixed, rank, 2, timeout)
+    if backend == "nccl":  # GPU only
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(prefixed, rank, 2, opts)
+    raise ValueError(f"unknown weight transport backend {backend!r} (gloo or nccl)")
+
+
+def join_channel(host: str, port: int, timeout_s: float, backend: str = "gloo"):
+    """Receiver side: connect to the sender's channel; returns the two-member group (receiver is rank 1)."""
+    try:
+        store = dist.TCPStore(host, port, 2, False, datetime.timedelta(seconds=timeout_s))
+        return _group(store, 1, timeout_s, backend)
+    except (RuntimeError, dist.DistStoreError) as e:
+        raise WeightTransportError(
+            f"could not join the weight channel at {host}:{port} within {timeout_s:.0f} s ({str(e).splitlines()[0]}); "
+            "check that the learner is up and the port is reachable from this node"
+        ) from None
+
+
+def broadcast_bucket(pg, buf: torch.Tensor):
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    return pg.broadcast([buf], opts)
+
+
+def receive_tensors(pg, plan: WeightPlan, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Receiver side: yields (name, tensor) as each bucket arrives, so at most one bucket is held extra."""
+    for b in plan.buckets:
+        buf = torch.empty(b.numel, dtype=getattr(torch, b.dtype), device=device)
+        broadcast_bucket(pg, buf).wait()
+        for e in b.entries:
+            yield e.name, buf[e.offset : e.offset + e.numel].view(e.shape)
+
+
+class WeightSender:
+    """Sender side (rank 0 of every channel). Lives in the process that holds the weights."""
+
+    def __init__(self, host: str | None = None, timeout_s: float = 60.0, backend: str = "gloo", device: str = "cpu"):
+        self.host = host or node_address()
+        self.timeout_s, self.backend, self.device = timeout_s, backend, device
+        self._stores: dict[str, dist.TCPStore] = {}
+        self._groups: dict[str, object] = {}
+
+    def listen(self, key: str) -> tuple[str, int]:
+        """Opens a channel for receiver ``key``; returns the address it should join. Then call ``accept``."""
+        self.close(key)
+        store = dist.TCPStore(self.host, 0, 2, True, datetime.timedelta(seconds=self.timeout_s), wait_for_workers=False)
+        self._stores[key] = store
+        return self.host, store.port
+
+    def accept(self, key: str) -> None:
+        """Waits (at most ``timeout_s``) for receiver ``key`` to join the channel opened by ``listen``."""
+        store = self._stores.get(key)
+        if store is None:
+            raise WeightTransportError(f"weight channel {key!r}: listen() was not called")
+        try:
+            self._groups[key] = _group(store, 0, self.timeout_s, self.backend)
+        except (RuntimeError, dist.DistStoreError) as e:
+            self._stores.pop(key, None)
+            raise WeightTransportError(
+                f"weight channel to {key!r} not formed within {self.timeout_s:.0f} s: the receiver did not join "
+                f"({str(e).splitlines()[0][:200]}); is the rollout worker alive and can it reach {self.host}?"
+            ) from None
+
+    def has_channel(self, key: str) -> bool:
+        return key in self._groups
+
+    def close(self, key: str) -> None:
+        self._groups.pop(key, None)
+        self._stores.pop(key, None)
+
+    def send(self, plan: WeightPlan, named: dict[str, torch.Tensor], keys: list[str]) -> dict[str, str]:
+        """Sends every bucket of ``plan`` on the channels of ``keys`` at once (async ops, then wait).
+
+        Returns the receivers that failed (key -> reason); their channels are closed, the others got everything.
+        """
+        missing = [k for k in keys if k not in self._groups]
+        if missing:
+            raise WeightTransportError(f"no weight channel for {missing}: call listen/accept first")
+        failed: dict[str, str] = {}
+        for b in plan.buckets:
+            live = [k for k in keys if k not in failed]
+            if not live:
+                break
+            flat = torch.cat([named[e.name].detach().reshape(-1).to(self.device) for e in b.entries])
+            works = [(k, broadcast_bucket(self._groups[k], flat)) for k in live]
+            for k, w in works:
+                try:
+                    w.wait()
+                except RuntimeError as e:
+                    failed[k] = str(e).splitlines()[0][:200]
+                    self.close(k)
+        return failed
+
+    def accept_many(self, keys: list[str]) -> None:
+        """``accept`` for several receivers at once (they join concurrently)."""
+        with ThreadPoolExecutor(max_workers=max(1, len(keys))) as pool:
+            list(pool.map(self.accept, keys))

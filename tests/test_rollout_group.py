@@ -1,0 +1,174 @@
+"""Rollout workers in Ray actors with real vLLM engines, the gloo weight transport into them, load sharing,
+membership changes, and a worker killed mid-batch."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from actors.rollout_group import LocalWeightSource, RolloutGroup
+from actors.rollout_worker import RolloutRequest, request_seed
+from actors.vllm_inputs import render_prompt, vllm_prompt
+from actors.weight_transport import WeightSender
+from videoqa.loader import MediaLoader
+from videoqa.schema import load_samples
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def items(synthetic_dir, test_config):
+    samples = [s for s in load_samples(synthetic_dir / "train.json") if s.data_type == "video"][:12]
+    return list(MediaLoader(synthetic_dir, test_config.video.sampling())(samples))
+
+
+@pytest.fixture(scope="module")
+def group(ray_cluster, tiny_model_dir, test_config):
+    source = LocalWeightSource(WeightSender("127.0.0.1", timeout_s=30), bucket_mb=1)
+    g = RolloutGroup(test_config.rollout, test_config.transport, str(tiny_model_dir), source=source, num_workers=2)
+    yield g
+    for slot in list(g.slots.values()):
+        ray_cluster.kill(slot.actor, no_restart=True)
+
+
+def requests_for(items, processor, prefix=""):
+    return [RolloutRequest(prefix + it.sample.problem_id, vllm_prompt(processor.tokenizer, it)) for it in items]
+
+
+def test_grouped_sampling_metadata(group, items, processor, test_config):
+    g = test_config.rollout.group_size
+    out = group.generate(requests_for(items[:6], processor), step=3, logprobs=True)
+    assert [r.request_id for r in out] == [it.sample.problem_id for it in items[:6]]
+    workers = set()
+    for r in out:
+        assert len(r.responses) == g and r.weight_version == 0 and r.prompt_token_ids
+        workers.add(r.worker)
+        for resp in r.responses:
+            assert 0 < len(resp.token_ids) <= test_config.rollout.max_tokens
+            assert len(resp.logprobs) == len(resp.token_ids) and all(lp <= 0 for lp in resp.logprobs)
+            assert resp.finish_reason in ("length", "stop")
+        assert r.timings["generate_s"] > 0
+    assert workers == {"rollout-0", "rollout-1"}  # the batch was shared
+    # per-request seeds: the same step samples the same groups, whichever worker serves them
+    again = group.generate(requests_for(items[:6][::-1], processor), step=3)
+    by_id = {r.request_id: [x.token_ids for x in r.responses] for r in again}
+    assert all(by_id[r.request_id] == [x.token_ids for x in r.responses] for r in out)
+    assert request_seed(0, 3, "a") != request_seed(0, 4, "a")
+
+
+def _perturbed(tiny_model_dir, seed=1, scale=0.05):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def _hf_scores(model, processor, item, tokens):
+    """Teacher-forced: transformers' log-probs of ``tokens`` and its own greedy choice at each step, with the
+    M-RoPE positions vLLM uses (``learner.mrope``)."""
+    from learner.mrope import model_positions
+
+    inputs = processor(text=[render_prompt(processor.tokenizer, item)], videos=[item.video.frames],
+                       video_metadata=[item.video.metadata()], do_sample_frames=False, return_tensors="pt")
+    n = len(tokens)
+    ids = torch.cat([inputs["input_ids"], torch.tensor([tokens])], 1)
+    pos = model_positions(model.config, ids[0].tolist(), inputs)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
+                       pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"]).logits[0]
+    lsm = torch.log_softmax(logits[-n - 1:-1], -1)
+    return lsm[torch.arange(n), torch.tensor(tokens)], lsm.argmax(-1).tolist()
+
+
+def test_weight_sync_matches_transformers(group, items, processor, tiny_model_dir):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = _perturbed(tiny_model_dir)
+    group.source.update(model.state_dict(), version=1)
+    seconds = group.sync_weights()
+    assert seconds < 30
+    assert {s.version for s in group.slots.values()} == {1}
+    greedy = {"temperature": 0.0, "n": 1, "max_tokens": 16}
+    # text only: greedy generation in vLLM equals the perturbed model's in transformers, token for token
+    text = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Which direction does the red square move?"}], tokenize=False,
+        add_generation_prompt=True)
+    out = group.generate([RolloutRequest("text", {"prompt": text})], overrides=greedy)[0]
+    assert out.weight_version == 1
+    ids = processor.tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+    assert out.responses[0].token_ids == ref[0, ids.shape[1]:].tolist()
+    # video: vLLM's greedy tokens are the perturbed model's greedy choices, with the same log-probs, and not the
+    # original model's (so the vision tower's weights arrived too)
+    res = group.generate(requests_for(items[:2], processor), overrides=greedy, logprobs=True)
+    original = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    for item, r in zip(items[:2], res):
+        toks, lps = r.responses[0].token_ids, torch.tensor(r.responses[0].logprobs)
+        hf_lps, hf_greedy = _hf_scores(model, processor, item, toks)
+        assert hf_greedy == toks
+        assert (lps - hf_lps).abs().max() < 1e-3
+        assert (lps - _hf_scores(original, processor, item, toks)[0]).abs().max() > 0.2
+
+
+def test_unknown_parameter_name_fails_before_sending(group, items, processor):
+    before = {k: s.version for k, s in group.slots.items()}
+    named = dict(group.source.named)
+    named["model.language_model.layers.0.not_a_weight"] = torch.zeros(3)
+    group.source.update(named, version=99)
+    with pytest.raises(ValueError, match=r"unknown parameter name 'model.language_model.layers.0.not_a_weight'"):
+        group.sync_weights()
+    assert {k: s.version for k, s in group.slots.items()} == before
+    named.pop("model.language_model.layers.0.not_a_weight")
+    group.source.update(named, version=before["rollout-0"])  # restore the current weights
+    assert len(group.generate(requests_for(items[:1], processor))) == 1  # still serving
+
+
+def test_add_and_remove_workers_between_steps(group, items, processor):
+    version = group.source.version
+    new = group.add_workers(1)
+    assert group.slots[new[0]].version == version  # current weights before it serves
+    out = group.generate(requests_for(items, processor, "m-"))
+    assert len(out) == len(items) and {r.weight_version for r in out} == {version}
+    assert group.remove_workers(1) == new and group.num_workers == 2
+    with pytest.raises(ValueError, match="at least one must stay"):
+        group.remove_workers(2)
+
+
+def test_worker_killed_mid_batch(group, items, processor, test_config):
+    import ray
+
+    version = group.source.version
+    victim = group.slots["rollout-1"]
+    pid = ray.get(victim.actor.state.remote())["pid"]
+    reqs = requests_for(items * 4, processor, "k-")
+    reqs = [RolloutRequest(f"{r.request_id}-{i}", r.prompt) for i, r in enumerate(reqs)]
+    slow = {"max_tokens": 256, "ignore_eos": True}  # ~10 s of work: the kill lands mid-batch
+    timer = threading.Timer(2.0, os.kill, (pid, signal.SIGKILL))
+    timer.start()
+    out = group.generate(reqs, overrides=slow)
+    timer.cancel()
+    assert [r.request_id for r in out] == [r.request_id for r in reqs]  # every group once, in order
+    assert all(len(r.responses) == test_config.rollout.group_size for r in out)
+    assert any("rollout-1 lost" in e for e in group.events)
+    group.wait_until_ready(timeout_s=240)
+    assert any("rollout-1 rejoined at weight version" in e for e in group.events)
+    st = ray.get(victim.actor.state.remote())
+    assert st["pid"] != pid and st["version"] == version  # restarted, and rejoined with the current weights
+    assert group.slots["rollout-1"].ready
+    after = group.generate(requests_for(items[:4], processor, "z-"))
+    assert {r.worker for r in after} == {"rollout-0", "rollout-1"}
