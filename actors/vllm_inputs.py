@@ -27,6 +27,12 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
     )
     if rollout.device == "cuda":
         kw["gpu_memory_utilization"] = rollout.gpu_memory_utilization
+    else:
+        # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a request with its own seed
+        # has its prefill split across steps; per-request seeds are how rollouts stay reproducible, so prompts
+        # are prefilled whole on the CPU.
+        kw["enable_chunked_prefill"] = False
+        kw["max_num_batched_tokens"] = max(rollout.max_model_len, 8192)
     return kw
 
 
@@ -35,6 +41,9 @@ def engine_env(rollout) -> dict[str, str]:
     env = {}
     if rollout.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(rollout.kv_cache_gib))))
+        # The engine's compute threads follow the CPUs the worker was given (Ray sets this inside actors; an
+        # engine started in a plain process gets the same, instead of oversubscribing the cores).
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS") or str(max(1, int(rollout.num_cpus)))
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
     return env
 

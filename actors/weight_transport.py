@@ -129,10 +129,18 @@ def broadcast_bucket(pg, buf: torch.Tensor):
 
 
 def receive_tensors(pg, plan: WeightPlan, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-    """Receiver side: yields (name, tensor) as each bucket arrives, so at most one bucket is held extra."""
-    for b in plan.buckets:
+    """Receiver side: yields (name, tensor) as each bucket arrives. The next bucket is already being received while
+    the caller loads this one (two buckets in memory at most)."""
+
+    def post(b: Bucket):
         buf = torch.empty(b.numel, dtype=getattr(torch, b.dtype), device=device)
-        broadcast_bucket(pg, buf).wait()
+        return buf, broadcast_bucket(pg, buf)
+
+    pending = post(plan.buckets[0]) if plan.buckets else None
+    for i, b in enumerate(plan.buckets):
+        buf, work = pending
+        work.wait()
+        pending = post(plan.buckets[i + 1]) if i + 1 < len(plan.buckets) else None
         for e in b.entries:
             yield e.name, buf[e.offset : e.offset + e.numel].view(e.shape)
 
@@ -183,18 +191,19 @@ class WeightSender:
         if missing:
             raise WeightTransportError(f"no weight channel for {missing}: call listen/accept first")
         failed: dict[str, str] = {}
-        for b in plan.buckets:
-            live = [k for k in keys if k not in failed]
-            if not live:
-                break
-            flat = torch.cat([named[e.name].detach().reshape(-1).to(self.device) for e in b.entries])
-            works = [(k, broadcast_bucket(self._groups[k], flat)) for k in live]
-            for k, w in works:
+        previous: list = []  # bucket i+1 is queued while bucket i is on the wire (two flat copies at most)
+        for b in plan.buckets + [None]:
+            current = []
+            if b is not None:
+                flat = torch.cat([named[e.name].detach().reshape(-1).to(self.device) for e in b.entries])
+                current = [(k, broadcast_bucket(self._groups[k], flat), flat) for k in keys if k not in failed]
+            for k, w, _ in previous:
                 try:
                     w.wait()
                 except RuntimeError as e:
-                    failed[k] = str(e).splitlines()[0][:200]
+                    failed.setdefault(k, str(e).splitlines()[0][:200])
                     self.close(k)
+            previous = current
         return failed
 
     def accept_many(self, keys: list[str]) -> None:

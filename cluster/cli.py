@@ -91,6 +91,12 @@ def cmd_bench_rewards(args) -> int:
     return run_bench_rewards(args.data, args.model, n=args.n)
 
 
+def cmd_bench_rollout(args) -> int:
+    from cluster.bench_rollout import run_bench_rollout
+
+    return run_bench_rollout(args.root, prompts=args.prompts, max_tokens=args.max_tokens, rounds=args.rounds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videop2r",
@@ -146,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="runs/bench/tiny-model", help="tokenizer for token counts (made if missing)")
     p.add_argument("--n", type=int, default=2000, help="rollouts per measurement")
     p.set_defaults(func=cmd_bench_rewards)
+
+    p = sub.add_parser("bench-rollout", help="benchmark: worker-group throughput vs raw vLLM; weight sync vs raw gloo")
+    p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data and models (made if missing)")
+    p.add_argument("--prompts", type=int, default=48)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3, help="repetitions per measurement (best is reported)")
+    p.set_defaults(func=cmd_bench_rollout)
     return parser
 
 

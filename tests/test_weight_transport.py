@@ -1,0 +1,96 @@
+"""The weight transport on its own: bucket plans, a real gloo channel between two processes, the timeout on a
+missing peer, and the parameter-name rules."""
+
+import multiprocessing as mp
+import time
+
+import pytest
+import torch
+
+from actors.weight_names import check_names, to_transformers5
+from actors.weight_transport import (
+    WeightPlan,
+    WeightSender,
+    WeightTransportError,
+    join_channel,
+    plan_buckets,
+    receive_tensors,
+)
+
+
+def test_plan_buckets_by_dtype_and_size():
+    named = {"a": torch.zeros(100, 100), "b": torch.zeros(10, dtype=torch.int64), "c": torch.zeros(300, 1000),
+             "d": torch.zeros(5)}
+    plan = plan_buckets(named.items(), version=3, bucket_mb=0.5)  # 0.5 MiB: c (1.2 MB) gets a bucket of its own
+    assert plan.version == 3 and sorted(plan.names) == sorted(named)
+    by_dtype = {}
+    for b in plan.buckets:
+        by_dtype.setdefault(b.dtype, []).append(b)
+        assert b.numel == sum(e.numel for e in b.entries)
+        assert [e.offset for e in b.entries] == [sum(x.numel for x in b.entries[:i]) for i in range(len(b.entries))]
+    # a | c (over the limit with a, so it starts a bucket) | d (the bucket holding c is full)
+    assert len(by_dtype["int64"]) == 1 and [[e.name for e in b.entries] for b in by_dtype["float32"]] == [["a"], ["c"], ["d"]]
+    assert plan.nbytes == sum(t.numel() * t.element_size() for t in named.values())
+    assert WeightPlan.from_dict(plan.to_dict()) == plan
+
+
+def _receive(host, port, plan_dict, queue):
+    pg = join_channel(host, port, 20)
+    got = {k: v.clone() for k, v in receive_tensors(pg, WeightPlan.from_dict(plan_dict))}
+    queue.put({k: v.numpy() for k, v in got.items()})
+
+
+def test_round_trip_between_processes():
+    ctx = mp.get_context("spawn")
+    named = {"w": torch.randn(64, 33), "i": torch.arange(7), "h": torch.randn(5, dtype=torch.float16)}
+    plan = plan_buckets(named.items(), 1, bucket_mb=0.01)
+    sender = WeightSender("127.0.0.1", timeout_s=20)
+    host, port = sender.listen("r0")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_receive, args=(host, port, plan.to_dict(), queue))
+    proc.start()
+    sender.accept("r0")
+    assert sender.send(plan, named, ["r0"]) == {}
+    got = queue.get(timeout=60)
+    proc.join(timeout=30)
+    for k, t in named.items():
+        assert torch.equal(torch.from_numpy(got[k]), t), k
+
+
+def test_missing_peer_is_a_clear_error_not_a_hang():
+    sender = WeightSender("127.0.0.1", timeout_s=2)
+    sender.listen("ghost")
+    t0 = time.monotonic()
+    with pytest.raises(WeightTransportError, match=r"weight channel to 'ghost' not formed within 2 s"):
+        sender.accept("ghost")
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(WeightTransportError, match="listen\\(\\) was not called"):
+        sender.accept("never-listened")
+
+
+def test_joining_a_missing_sender_fails_in_time():
+    from cluster.services import free_port
+
+    t0 = time.monotonic()
+    with pytest.raises(WeightTransportError, match=r"could not join the weight channel at 127.0.0.1:\d+ within 2 s"):
+        join_channel("127.0.0.1", free_port(), 2)
+    assert time.monotonic() - t0 < 10
+
+
+def test_names_in_transformers5_form():
+    assert to_transformers5("model.layers.0.mlp.up_proj.weight") == "model.language_model.layers.0.mlp.up_proj.weight"
+    assert to_transformers5("visual.blocks.0.attn.qkv.weight") == "model.visual.blocks.0.attn.qkv.weight"
+    assert to_transformers5("lm_head.weight") == "lm_head.weight"
+    assert to_transformers5("model.language_model.norm.weight") == "model.language_model.norm.weight"
+    check_names(["a", "b"], {"a", "b", "c"})
+    with pytest.raises(ValueError, match=r"unknown parameter name 'x' \(and 1 more\)"):
+        check_names(["a", "x", "y"], {"a"})
+
+
+def test_checkpoint_names_of_the_tiny_model(tiny_model_dir):
+    from actors.weight_names import accepted_names
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    accepted = accepted_names(tiny_model_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    check_names(list(model.state_dict()), accepted)  # what the learner will send is accepted as-is
