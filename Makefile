@@ -18,6 +18,7 @@ test: setup
 bench: setup
 	.venv/bin/videop2r bench-decode
 	.venv/bin/videop2r bench-rewards
+	.venv/bin/videop2r bench-rollout
 
 clean:
 	rm -rf runs/
