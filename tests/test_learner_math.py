@@ -1,0 +1,104 @@
+"""Advantages, token masks and the loss, against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from learner import group_advantages, policy_loss, process_advantages, token_advantages
+from learner.masks import process_masks, token_bytes
+
+
+def test_group_advantages_by_hand():
+    adv, flat = group_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, 5.0]), group_size=2)
+    assert torch.allclose(adv, torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0, 0.0]), atol=1e-5)
+    assert flat == 2  # the two groups with equal rewards carry no signal
+    adv, _ = group_advantages(torch.tensor([0.0, 1.0, 2.0, 3.0]), 4)
+    std = math.sqrt(1.25)  # population std of 0..3
+    assert torch.allclose(adv, torch.tensor([-1.5, -0.5, 0.5, 1.5]) / std, atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by group_size=3"):
+        group_advantages(torch.zeros(4), 3)
+
+
+def test_excluded_samples_leave_the_normalisation():
+    r = torch.tensor([0.0, 2.0, 100.0, 1.0])
+    adv, _ = group_advantages(r, 4, valid=torch.tensor([True, True, False, True]))
+    # over {0, 2, 1}: mean 1, population std sqrt(2/3)
+    s = math.sqrt(2 / 3)
+    assert torch.allclose(adv, torch.tensor([-1 / s, 1 / s, 0.0, 0.0]), atol=1e-5)
+
+
+def test_pa_grpo_equals_grpo_when_processes_agree():
+    r = torch.tensor([0.0, 1.0, 3.0, 1.0, 2.0, 2.0, 2.0, 0.5])
+    a_p, a_r, _ = process_advantages(r, r, 4, "pa_grpo")
+    g_p, g_r, _ = process_advantages(r, r, 4, "grpo")
+    single, _ = group_advantages(r, 4)
+    m_p = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]] * 8)
+    m_r = 1 - m_p
+    m_p[3], m_r[3] = 0.5, 0.5  # an unsplittable response
+    pa = token_advantages(a_p, a_r, m_p, m_r)
+    gr = token_advantages(g_p, g_r, m_p, m_r)
+    assert torch.allclose(pa, gr, atol=1e-5)
+    assert torch.allclose(pa, single[:, None].expand(8, 5), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown advantage mode"):
+        process_advantages(r, r, 4, "ppo")
+
+
+def test_policy_loss_by_hand():
+    logp = torch.tensor([[math.log(0.5), math.log(0.2)]])
+    old = torch.tensor([[math.log(0.25), math.log(0.2)]])  # ratios 2.0 and 1.0
+    adv = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    loss, st = policy_loss(logp, old, None, adv, mask, clip_eps=0.2, beta=0.0)
+    # token 1: min(2*1, 1.2*1) = 1.2; token 2: min(-1, -1) = -1 -> loss = -(1.2 - 1) / 2
+    assert loss.item() == pytest.approx(-0.1, abs=1e-6) and st["clip_fraction"] == 0.5
+    ref = old.clone()
+    loss_kl, st = policy_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04)
+    d = ref - logp
+    k3 = (torch.exp(d) - d - 1).mean().item()
+    assert loss_kl.item() == pytest.approx(-0.1 + 0.04 * k3, abs=1e-6) and st["kl"] == pytest.approx(k3, abs=1e-6)
+
+
+def test_aggregations_differ_on_uneven_lengths():
+    logp = torch.zeros(2, 3)
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    tok, _ = policy_loss(logp, logp, None, adv, mask, beta=0)
+    seq, _ = policy_loss(logp, logp, None, adv, mask, beta=0, aggregation="seq_mean_token_mean")
+    assert tok.item() == pytest.approx(-(3 - 2) / 4) and seq.item() == pytest.approx(-(1 - 2) / 2)
+    with pytest.raises(ValueError, match="aggregation"):
+        policy_loss(logp, logp, None, adv, mask, aggregation="sum")
+
+
+def test_gradient_routing():
+    """With A_R = 0, reasoning-token log-probs receive no gradient, and vice versa."""
+    logp = torch.randn(2, 6, requires_grad=True)
+    m_p = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.float32)
+    m_r = 1 - m_p
+    for a_p, a_r, silent in ((torch.tensor([1.0, -1.0]), torch.zeros(2), m_r), (torch.zeros(2), torch.tensor([0.5, 2.0]), m_p)):
+        logp.grad = None
+        loss, _ = policy_loss(logp, logp.detach(), None, token_advantages(a_p, a_r, m_p, m_r), torch.ones(2, 6), beta=0)
+        loss.backward()
+        assert torch.all(logp.grad[silent.bool()] == 0)
+        assert torch.all(logp.grad[(1 - silent).bool()] != 0)
+
+
+def test_process_masks_from_generated_ids(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "<observation>I see a red square.</observation><think>It moves left.</think><answer>A</answer>"
+    ids = tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
+    assert b"".join(token_bytes(tok, ids)) == (text + "<|im_end|>").encode()
+    m_p, m_r, ok = process_masks(tok, ids)
+    assert ok and torch.all(m_p + m_r == 1)
+    perception_text = tok.decode([t for t, m in zip(ids, m_p) if m == 1])
+    # the observation span, plus at most the one token that straddles the boundary (BPE may merge "><")
+    assert perception_text.startswith("<observation>I see a red square.</observation>")
+    assert len(perception_text) - len("<observation>I see a red square.</observation>") < 3
+    assert "think" not in perception_text and m_r[-1] == 1  # the end-of-turn token is reasoning's
+    assert m_p.nonzero().flatten().tolist() == list(range(int(m_p.sum())))  # one contiguous span from the start
+    m_p, m_r, ok = process_masks(tok, tok.encode("no tags here", add_special_tokens=False))
+    assert not ok and torch.all(m_p == 0.5) and torch.all(m_r == 0.5)
+    # a response whose observation is never closed cannot be split either
+    assert not process_masks(tok, tok.encode("<observation>I see", add_special_tokens=False))[2]
