@@ -115,6 +115,30 @@ class TransportSection(Section):
     host: str | None = None  # the sender's address as workers see it; default: this node's IP
 
 
+class LearnerSection(Section):
+    """The DeepSpeed learner and the PA-GRPO / GRPO update (VideoP2R Eqs. 5-7; Video-R1's defaults)."""
+
+    algorithm: Literal["pa_grpo", "grpo"] = "pa_grpo"  # grpo: the process-agnostic baseline
+    zero_stage: int = Field(2, ge=0, le=3)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    backend: Literal["gloo", "nccl"] = "gloo"  # gloo on CPU, nccl on GPU
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    total_steps: int = Field(1000, ge=1)  # for the cosine schedule
+    micro_batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, gt=0)
+    freeze: list[str] = ["model.visual"]  # parameter-name prefixes kept frozen (a random tiny vision tower must be)
+    update_epochs: int = Field(1, ge=1)  # passes over each rollout batch
+    minibatches: int = Field(1, ge=1)  # optimizer steps per pass
+    clip_eps: float = Field(0.2, gt=0)
+    beta: float = Field(0.04, ge=0)  # KL to the frozen reference (the SFT model), k3 estimator
+    aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
+
+
 class RewardSection(Section):
     """Reward workers and the reward definition (VideoP2R Eqs. 3-7)."""
 
@@ -183,6 +207,7 @@ class Config(Section):
     video: VideoSection = VideoSection()
     rollout: RolloutSection = RolloutSection()
     transport: TransportSection = TransportSection()
+    learner: LearnerSection = LearnerSection()
     reward: RewardSection = RewardSection()
     judge: JudgeSection = JudgeSection()
     cache: CacheSection = CacheSection()
