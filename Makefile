@@ -19,6 +19,7 @@ bench: setup
 	.venv/bin/videop2r bench-decode
 	.venv/bin/videop2r bench-rewards
 	.venv/bin/videop2r bench-rollout
+	.venv/bin/videop2r bench-learner
 
 clean:
 	rm -rf runs/

@@ -97,6 +97,12 @@ def cmd_bench_rollout(args) -> int:
     return run_bench_rollout(args.root, prompts=args.prompts, max_tokens=args.max_tokens, rounds=args.rounds)
 
 
+def cmd_bench_learner(args) -> int:
+    from cluster.bench_learner import run_bench_learner
+
+    return run_bench_learner(args.root, rounds=args.rounds, model=args.model, zero_stage=args.zero_stage)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videop2r",
@@ -159,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="repetitions per measurement (best is reported)")
     p.set_defaults(func=cmd_bench_rollout)
+
+    p = sub.add_parser("bench-learner", help="benchmark: PA-GRPO vs GRPO step time, log-prob throughput")
+    p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data and model (made if missing)")
+    p.add_argument("--model", default=None, help="a Qwen2.5-VL folder (default: the tiny model under --root)")
+    p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.set_defaults(func=cmd_bench_learner)
     return parser
 
 

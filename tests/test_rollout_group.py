@@ -138,6 +138,30 @@ def test_unknown_parameter_name_fails_before_sending(group, items, processor):
     assert len(group.generate(requests_for(items[:1], processor))) == 1  # still serving
 
 
+def test_learner_weights_reach_the_workers(group, items, processor, tiny_model_dir):
+    """ZeRO-3 learner -> gathered weights -> gloo -> vLLM: after the sync, vLLM scores like the learner."""
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+    from learner.engine import Learner
+
+    cfg = load_config(Config, None, ["learner.zero_stage=3", "learner.lr=1e-2", "learner.micro_batch_size=4"])
+    learner = Learner(cfg, str(tiny_model_dir), with_reference=False)
+    tok = learner.processor.tokenizer
+    targets = [tok.encode("<observation>x</observation><think>y</think><answer>A</answer>", add_special_tokens=False)] * 4
+    for _ in range(3):
+        learner.sft_step(items[:4], targets)
+    version = group.source.version + 1
+    group.source.update(learner.state_dict_for_rollout(), version=version)
+    group.sync_weights()
+    res = group.generate(requests_for(items[:2], processor, "l-"), overrides={"temperature": 0.0, "n": 1,
+                                                                               "max_tokens": 12}, logprobs=True)
+    assert {r.weight_version for r in res} == {version}
+    ours = learner.logprobs(items[:2], [r.responses[0].token_ids for r in res])
+    for i, r in enumerate(res):
+        lps = torch.tensor(r.responses[0].logprobs)
+        assert (ours[i, : len(lps)] - lps).abs().max() < 1e-3
+
+
 def test_add_and_remove_workers_between_steps(group, items, processor):
     version = group.source.version
     new = group.add_workers(1)
