@@ -40,7 +40,7 @@ def run_bench_rewards(data: str | Path, model: str | None, n: int = 2000, lookup
     from actors.verdict_cache import VerdictCache
     from cluster.config import Config
     from cluster.config_loader import load_config
-    from cluster.services import RedisServer
+    from cluster.services import RedisServer, init_ray
 
     data = Path(data)
     if not (data / "cot.json").is_file():
@@ -80,7 +80,7 @@ def run_bench_rewards(data: str | Path, model: str | None, n: int = 2000, lookup
     finally:
         redis.stop()
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(num_cpus=4)
     try:
         rates = {}
         for workers in (1, 2):

@@ -94,7 +94,9 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
 
     from vllm import SamplingParams
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from cluster.services import init_ray
+
+    init_ray(num_cpus=4)
     try:
         # both engines stay up and the rounds alternate, so drift in the machine's speed hits both alike
         llm = start_engine(cfg.rollout, str(tiny))

@@ -134,7 +134,9 @@ def score_completions(cfg: Config, items, completions, tokenizer_path: str):
         cfg.cache.url = redis.url
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        from cluster.services import init_ray
+
+        init_ray()
     try:
         pool = RewardPool(cfg, tokenizer_path=tokenizer_path)
         batch = pool.score([ScoreItem.from_sample(items[c.prompt_index].sample, c.text) for c in completions])

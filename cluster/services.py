@@ -50,3 +50,19 @@ class RedisServer:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
+
+
+def init_ray(**local_kwargs) -> None:
+    """Connects to the Ray cluster this process was started in (``ray job submit`` sets RAY_ADDRESS), or else
+    starts a private local one with ``local_kwargs`` (never attaching to some other cluster on the machine)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = {"log_to_driver": False, "configure_logging": False}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address="auto", **quiet)
+    else:
+        ray.init(address="local", include_dashboard=False, **quiet, **local_kwargs)

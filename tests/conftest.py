@@ -62,7 +62,8 @@ def ray_cluster():
     """One local Ray cluster for the session (logical CPUs above the 2 real ones, so several actors fit)."""
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    # address="local": a private cluster, even if another one (e.g. the ray-job test's) runs on this machine
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
