@@ -173,12 +173,13 @@ class Learner:
             m_p[i, : len(ids)], m_r[i, : len(ids)] = mp_, mr_
             unsplittable += not ok
         adv = token_advantages(a_p, a_r, m_p, m_r)
+        # log-probs of the policy that sampled (before this update) and of the frozen reference
         old, ref = [], []
         for chunk in _chunks(list(range(len(rollouts))), cfg.micro_batch_size):
-            sub = ([items[i] for i in chunk], [responses[i] for i in chunk], None, [prompts[i] for i in chunk])
-            old.append(_pad(self.logprobs(sub[0], sub[1], prompts=sub[3]), R))
+            its, resp, prm = [items[i] for i in chunk], [responses[i] for i in chunk], [prompts[i] for i in chunk]
+            old.append(_pad(self.logprobs(its, resp, prompts=prm), R))
             if self.reference is not None:
-                ref.append(_pad(self.logprobs(sub[0], sub[1], model=self.reference, prompts=sub[3]), R))
+                ref.append(_pad(self.logprobs(its, resp, model=self.reference, prompts=prm), R))
         old_lp = torch.cat(old)
         ref_lp = torch.cat(ref) if ref else None
         losses, stats_acc = [], []
