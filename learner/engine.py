@@ -136,9 +136,10 @@ class Learner:
 
     # -- stage 1: SFT -------------------------------------------------------------------------------------------
     def sft_step(self, items, targets: list[list[int]]) -> float:
-        """One optimizer step of next-token loss on the target ids (prompt tokens masked)."""
+        """One optimizer step of next-token loss on the target ids (prompt tokens masked), accumulated over
+        ``grad_accum`` micro-batches."""
         losses = []
-        for chunk in _chunks(list(range(len(items))), self.cfg.micro_batch_size):
+        for chunk in _split(list(range(len(items))), self.cfg.grad_accum):
             batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk], [targets[i] for i in chunk])
             lp = response_logprobs(self.engine, batch)
             loss = -(lp.sum() / batch.response_mask.sum().clamp(min=1))
@@ -185,9 +186,12 @@ class Learner:
         losses, stats_acc = [], []
         order = list(range(len(rollouts)))
         per_mb = math.ceil(len(order) / cfg.minibatches)
+        if per_mb < cfg.grad_accum:
+            raise ValueError(f"a minibatch of {per_mb} rollouts cannot be split into learner.grad_accum={cfg.grad_accum} "
+                             "micro-batches: lower grad_accum or minibatches")
         for _ in range(cfg.update_epochs):
             for mb in _chunks(order, per_mb):
-                for chunk in _chunks(mb, max(1, math.ceil(len(mb) / cfg.grad_accum))):
+                for chunk in _split(mb, cfg.grad_accum):  # exactly grad_accum micro-steps: one optimizer step
                     batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk],
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
                     lp = _pad(response_logprobs(self.engine, batch), R)
@@ -253,6 +257,15 @@ class Learner:
 def _chunks(xs: list, n: int) -> list[list]:
     n = max(1, n)
     return [xs[i:i + n] for i in range(0, len(xs), n)]
+
+
+def _split(xs: list, parts: int) -> list[list]:
+    """``xs`` in exactly ``parts`` near-equal contiguous pieces (each non-empty when len(xs) >= parts), so that
+    DeepSpeed's accumulation boundary falls at the end of every optimizer step."""
+    if len(xs) < parts:
+        raise ValueError(f"{len(xs)} samples cannot fill learner.grad_accum={parts} micro-batches")
+    bounds = [round(i * len(xs) / parts) for i in range(parts + 1)]
+    return [xs[bounds[i]:bounds[i + 1]] for i in range(parts)]
 
 
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -111,3 +111,16 @@ def test_learner_logprobs_match_vllm(vllm_engine, tiny_model_dir, synthetic_dir,
     for i, lps in enumerate(vllm_lp):
         diff = (ours[i, : len(lps)] - torch.tensor(lps)).abs().max().item()
         assert diff < 1e-3, (i, diff)
+
+
+def test_gradient_accumulation_steps_once_per_call(tiny_model_dir, cot_items):
+    learner = Learner(learner_cfg("learner.zero_stage=2", "learner.grad_accum=2", "learner.minibatches=2"),
+                      str(tiny_model_dir))
+    targets = targets_for(learner, cot_items)
+    learner.sft_step(cot_items, targets)
+    assert learner.engine.global_steps == 1  # two micro-batches, one optimizer step
+    learner.reset_reference()
+    learner.rl_step(rollouts_for(cot_items, targets), group_size=4)
+    assert learner.engine.global_steps == 3  # two minibatches of two micro-batches each
+    with pytest.raises(ValueError, match="grad_accum=2"):
+        learner.sft_step(cot_items[:1], targets[:1])
