@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -205,8 +204,3 @@ class WeightSender:
                     self.close(k)
             previous = current
         return failed
-
-    def accept_many(self, keys: list[str]) -> None:
-        """``accept`` for several receivers at once (they join concurrently)."""
-        with ThreadPoolExecutor(max_workers=max(1, len(keys))) as pool:
-            list(pool.map(self.accept, keys))

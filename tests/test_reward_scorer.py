@@ -1,7 +1,6 @@
 """The reward scorer with the oracle and HTTP judges, the real Redis verdict cache, and injected judge faults."""
 
 import logging
-import os
 import time
 
 import pytest

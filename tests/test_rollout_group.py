@@ -4,7 +4,6 @@ membership changes, and a worker killed mid-batch."""
 import os
 import signal
 import threading
-import time
 
 import pytest
 import torch

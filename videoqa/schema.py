@@ -16,13 +16,14 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
+from rewards.accuracy import PROBLEM_TYPES
+from rewards.accuracy import strip_answer_tags as solution_text
+
 DATA_TYPES = ("video", "image")
 REQUIRED_FIELDS = ("problem_id", "problem", "data_type", "problem_type", "solution", "path")
 _KNOWN = set(REQUIRED_FIELDS) | {"options", "data_source", "observation", "process", "extra"}
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _OPTION_RE = re.compile(r"^\s*([A-Z])[.):]")
 
 
@@ -51,11 +52,6 @@ class Sample:
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def solution_text(solution: str) -> str:
-    m = _ANSWER_RE.search(solution)
-    return (m.group(1) if m else solution).strip()
 
 
 def option_letters(options: list[str]) -> list[str]:
@@ -184,11 +180,6 @@ def write_json(samples: list[Sample], path: str | Path) -> Path:
         rows.append({k: v for k, v in r.items() if v is not None})
     path.write_text(json.dumps(rows, indent=1))
     return path
-
-
-def iter_media_paths(samples: list[Sample], root: str | Path) -> Iterator[tuple[Sample, Path]]:
-    for s in samples:
-        yield s, resolve_media(s.path, root)
 
 
 def resolve_media(path: str, root: str | Path) -> Path:
