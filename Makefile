@@ -16,10 +16,10 @@ test: setup
 	@bash scripts/test.sh
 
 bench: setup
-	.venv/bin/videop2r bench-decode
-	.venv/bin/videop2r bench-rewards
-	.venv/bin/videop2r bench-rollout
-	.venv/bin/videop2r bench-learner
+	.venv/bin/python -m benchmarks decode
+	.venv/bin/python -m benchmarks rewards
+	.venv/bin/python -m benchmarks rollout
+	.venv/bin/python -m benchmarks learner
 
 clean:
 	rm -rf runs/

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from rewards import judge_prompt, parse_judgement
-from videoqa.synthetic import observation_suffices
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,9 @@ class OracleJudge:
     model_id = "oracle:synthetic-facts"
 
     def verdicts(self, requests: list[JudgeRequest], deadline: float) -> list[Outcome]:
+        # imported here: the synthetic generator (a test/demo fixture, toy/) is only needed by this stand-in judge
+        from toy.synthetic import observation_suffices
+
         out = []
         for r in requests:
             if not r.facts:

@@ -15,14 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from learner.tiny_model import build_tiny_model
+    from toy.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
-    from videoqa.synthetic import make_synthetic
+    from toy.synthetic import make_synthetic
 
     d = tmp_path_factory.mktemp("synthetic")
     make_synthetic(d, n=30, seed=0, n_eval=10, progress=False)

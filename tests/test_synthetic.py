@@ -5,7 +5,10 @@ import pytest
 
 from videoqa.prompts import chat_messages, sft_target, user_text
 from videoqa.schema import load_samples
-from videoqa.synthetic import COLORS, TASKS, make_synthetic, observation_suffices
+from toy.synthetic import (
+    COLORS, DIRECTIONS, TASKS, SyntheticTask, make_synthetic, observation_suffices, parse_mix, render_clip,
+    type_sequence,
+)
 from videoqa.validate import validate_file
 from videoqa.video import FrameSampling, load_video
 
@@ -97,7 +100,128 @@ def test_prompt_format():
 
 def test_manifest(synthetic_dir):
     m = json.loads((synthetic_dir / "manifest.json").read_text())
-    assert m["n"] == 30 and m["seed"] == 0
+    assert m["n"] == 30 and m["seed"] == 0 and m["style"] == "varied" and m["mix"] is None
+
+
+# -- the demo style -------------------------------------------------------------------------------------------
+DEMO_OPTIONS = ["A. left", "B. right", "C. up", "D. down"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    make_synthetic(d, n=20, seed=3, n_eval=5, style="demo", progress=False)
+    return d
+
+
+def test_demo_direction_scenes():
+    """One large mover (radius size/6) crossing 70% of the frame; options always in the same order."""
+    task = SyntheticTask(11, style="demo")
+    seen = set()
+    for _ in range(40):
+        scene, d = task.direction_mc()
+        assert len(scene.movers) == 1
+        (m,) = scene.movers
+        assert m.r == 112 // 6 and (m.dx == 0) != (m.dy == 0)
+        assert abs(abs(m.dx + m.dy) * (task.frames - 1) / task.size - 0.70) < 1e-9
+        assert d["options"] == DEMO_OPTIONS
+        assert DEMO_OPTIONS["ABCD".index(d["answer"])].endswith(d["facts"]["direction"])
+        seen.add(d["facts"]["direction"])
+    assert seen == set(DIRECTIONS)  # every answer letter occurs
+    # free-form and regression use the same one-large-shape recipe
+    for make in (task.describe_free_form, task.travel_regression):
+        scene, _ = make()
+        assert len(scene.movers) == 1 and scene.movers[0].r == 112 // 6
+
+
+def test_demo_rows_valid_and_pixels(demo_dir):
+    from videoqa.schema import load_samples
+
+    for name in ("train.json", "cot.json", "eval.json"):
+        assert validate_file(demo_dir / name)[1] == []
+    rows = load_samples(demo_dir / "cot.json")
+    assert {r.problem_type for r in rows} == set(TASKS)  # no mix: round-robin, as in the varied style
+    checked = 0
+    for s in rows:
+        assert observation_suffices(s.extra["facts"], s.observation)
+        if s.problem_type != "multiple choice":
+            continue
+        assert s.options == DEMO_OPTIONS
+        clip = load_video(demo_dir / s.path, FrameSampling(nframes=16, max_pixels=112 * 112))
+        present = [c for c, rgb in COLORS.items() if _centroid(clip.frames[0], rgb) is not None]
+        assert present == [s.extra["facts"]["target"].split()[0]], present  # one shape only
+        rgb = COLORS[present[0]]
+        move = _centroid(clip.frames[-1], rgb) - _centroid(clip.frames[0], rgb)
+        # ~70% of the frame; a large shape near the border is clipped a little, which shifts its centroid
+        assert abs(np.abs(move).max() / 112 * 100 - 70) < 8, (s.problem_id, move)
+        checked += 1
+    assert checked >= 3
+
+
+def test_style_varied_is_the_default_and_styles_differ(tmp_path):
+    make_synthetic(tmp_path / "a", n=6, seed=2, progress=False)
+    make_synthetic(tmp_path / "b", n=6, seed=2, style="varied", progress=False)
+    make_synthetic(tmp_path / "c", n=6, seed=2, style="demo", progress=False)
+    for name in ("train.json", "cot.json", "eval.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    assert (tmp_path / "a" / "train.json").read_text() != (tmp_path / "c" / "train.json").read_text()
+    with pytest.raises(ValueError, match="unknown synthetic style"):
+        SyntheticTask(0, style="fancy")
+
+
+def test_render_clip_matches_the_scene():
+    scene, d = SyntheticTask(4, frames=8, size=56, style="demo").direction_mc()
+    clip = render_clip(scene, 8, 56)
+    assert clip.shape == (8, 56, 56, 3) and clip.dtype == np.uint8
+    rgb = COLORS[d["facts"]["target"].split()[0]]
+    move = _centroid(clip[-1], rgb) - _centroid(clip[0], rgb)
+    axis = int(np.argmax(np.abs(move)))
+    seen = ("left", "right")[int(move[0] > 0)] if axis == 0 else ("up", "down")[int(move[1] > 0)]
+    assert seen == d["facts"]["direction"]
+
+
+# -- the problem-type mix ----------------------------------------------------------------------------------
+def test_type_sequence_follows_the_weights():
+    mix = {"multiple choice": 6, "OCR": 1, "free-form": 1, "numerical": 1, "regression": 1}
+    seq = type_sequence(200, seed=7, mix=mix)
+    counts = {t: seq.count(t) for t in TASKS}
+    assert counts == {"multiple choice": 120, "numerical": 20, "OCR": 20, "free-form": 20, "regression": 20}
+    assert seq == type_sequence(200, seed=7, mix=mix)  # deterministic for a seed
+    assert seq != type_sequence(200, seed=8, mix=mix)  # and shuffled by it
+    assert seq[:20].count("multiple choice") not in (0, 20)  # interleaved, not in blocks
+    odd = type_sequence(7, seed=0, mix={"multiple choice": 2, "OCR": 1})
+    assert sorted(odd).count("multiple choice") in (4, 5) and set(odd) == {"multiple choice", "OCR"}
+    assert type_sequence(7, seed=0, mix=None) == [TASKS[i % 5] for i in range(7)]
+    for bad in ({"counting": 1}, {"OCR": -1}, {"OCR": 0}):
+        with pytest.raises(ValueError, match="bad mix"):
+            type_sequence(5, 0, bad)
+
+
+def test_mix_in_make_synthetic(tmp_path):
+    from videoqa.schema import load_samples
+
+    mix = {"multiple choice": 3, "numerical": 1}
+    make_synthetic(tmp_path / "a", n=12, seed=9, n_eval=10, mix=mix, progress=False)
+    make_synthetic(tmp_path / "b", n=12, seed=9, n_eval=10, mix=mix, progress=False)
+    train = [r.problem_type for r in load_samples(tmp_path / "a" / "train.json")]
+    assert sorted(train) == ["multiple choice"] * 9 + ["numerical"] * 3
+    cot = [r.problem_type for r in load_samples(tmp_path / "a" / "cot.json")]
+    assert cot == train
+    evals = [r.problem_type for r in load_samples(tmp_path / "a" / "eval.json")]
+    assert evals == [TASKS[i % 5] for i in range(10)]  # eval: all five types, round-robin, whatever the mix
+    for name in ("train.json", "cot.json", "eval.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["mix"] == {"multiple choice": 3.0, "numerical": 1.0} and m["style"] == "varied"
+
+
+def test_parse_mix():
+    text = "multiple choice=6,OCR=1,free-form=1,numerical=1,regression=1"
+    assert parse_mix(text) == {"multiple choice": 6.0, "OCR": 1.0, "free-form": 1.0, "numerical": 1.0, "regression": 1.0}
+    assert parse_mix(" OCR = 2 , ") == {"OCR": 2.0}
+    for bad in ("OCR", "OCR=x", "counting=1", "OCR=0", ""):
+        with pytest.raises(ValueError, match="bad mix"):
+            parse_mix(bad)
 
 
 def test_oracle_judge_needs_the_facts_in_order():

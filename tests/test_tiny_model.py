@@ -1,11 +1,13 @@
-"""The tiny Qwen2.5-VL loads in transformers and generates from a real decoded video."""
+"""The tiny Qwen2.5-VL loads in transformers, generates from a real decoded video, and its video features are
+centred (so that a model trained from it can use them)."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from learner.tiny_model import SPECIAL_TOKENS
+from toy.tiny_model import SPECIAL_TOKENS, TinySize, build_tiny_model, demo_clips, video_features
 from videoqa.loader import MediaLoader
 from videoqa.prompts import chat_messages
 from videoqa.schema import load_samples
@@ -59,3 +61,38 @@ def test_generates_from_video_in_transformers(hf, synthetic_dir):
     assert int((inputs["input_ids"] == video_id).sum()) == 16
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 8 or out[0, -1].item() in model.generation_config.eos_token_id
+
+
+def _feature_stats(model_dir):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    # new clips: the build re-centred on clips drawn with the model's seed (0), these come from another seed
+    feats = video_features(model, AutoProcessor.from_pretrained(model_dir), demo_clips(32, seed=1234))
+    assert feats.shape == (32 * 16, model.config.text_config.hidden_size)  # 16 video tokens per 8x56x56 clip
+    mu = feats.mean(0)
+    return float(mu.abs().max()), float((feats - mu).std())
+
+
+def test_video_features_are_centred(tiny_model_dir):
+    """The LM only learns from the video when the features vary around zero rather than around a shared offset."""
+    max_mean, std = _feature_stats(tiny_model_dir)
+    assert max_mean < 0.01 and 0.01 <= std <= 0.04, (max_mean, std)
+    note = json.loads((tiny_model_dir / "videop2r_tiny.json").read_text())
+    assert note["recentre"] is True and note["feature_std"] == 0.02 and note["hidden_size"] == 128
+
+
+def test_without_recentring_features_are_offset(tmp_path):
+    max_mean, std = _feature_stats(build_tiny_model(tmp_path / "raw", seed=0, recentre=False))
+    assert not (max_mean < 0.01 and 0.01 <= std <= 0.04), (max_mean, std)
+
+
+def test_size_from_any_object_with_the_fields(tmp_path):
+    """The CLI passes the config's pydantic section; scripts pass a TinySize. Both describe the same model."""
+    from cluster.config import TinyModelSection
+
+    assert TinyModelSection().model_dump() == asdict(TinySize())  # the same fields and defaults
+    a = build_tiny_model(tmp_path / "a", TinySize(num_layers=1, vocab_size=600), recentre=False)
+    b = build_tiny_model(tmp_path / "b", TinyModelSection(num_layers=1, vocab_size=600), recentre=False)
+    for name in ("config.json", "videop2r_tiny.json", "tokenizer.json"):
+        assert (a / name).read_text() == (b / name).read_text(), name

@@ -59,17 +59,16 @@ def _prompts(cfg, data: Path, model: str, n: int):
 
 
 def _ensure(data: Path, model: Path, big: Path):
-    from cluster.config import TinyModelSection
-    from learner.tiny_model import build_tiny_model
-    from videoqa.synthetic import make_synthetic
+    from toy.synthetic import make_synthetic
+    from toy.tiny_model import TinySize, build_tiny_model
 
     if not (data / "train.json").is_file():
         make_synthetic(data, n=80, seed=0, progress=False)
     if not (model / "config.json").is_file():
         build_tiny_model(model)
     if not (big / "config.json").is_file():  # ~100M parameters, still head_dim 64
-        build_tiny_model(big, TinyModelSection(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12,
-                                               intermediate_size=3072))
+        build_tiny_model(big, TinySize(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12,
+                                       intermediate_size=3072))
 
 
 def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_tokens: int = 256, rounds: int = 3) -> int:

@@ -44,11 +44,11 @@ def run_bench_rewards(data: str | Path, model: str | None, n: int = 2000, lookup
 
     data = Path(data)
     if not (data / "cot.json").is_file():
-        from videoqa.synthetic import make_synthetic
+        from toy.synthetic import make_synthetic
 
         make_synthetic(data, n=50, seed=0, progress=False)
     if model and not (Path(model) / "config.json").is_file():
-        from learner.tiny_model import build_tiny_model
+        from toy.tiny_model import build_tiny_model
 
         build_tiny_model(model)
     items = _rollouts(data, n)

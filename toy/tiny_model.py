@@ -3,14 +3,38 @@ locally with Qwen's special tokens and chat template, and the image/video proces
 
 Nothing is downloaded. The defaults (LM 2 layers x 128, vision 2 blocks x 32) start a vLLM engine on 2 CPU cores
 in well under a minute; CPU paged attention needs head_dim 64, so hidden_size / num_heads must stay 64.
+
+The random vision tower's outputs barely differ between videos (spread 0.005 around a shared offset of 0.019),
+and the LM then ignores the video. ``build_tiny_model`` therefore re-centres the tower's last layer so that video
+features are zero-mean with std ~0.02; with that (and the demo-style task) SFT and RL learn from the video
+(../shared/ENVIRONMENT.md, "Can a tiny model learn the synthetic task").
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from cluster.config import TinyModelSection
+# No import of cluster/: this is a fixture, usable without the training system's config.
+
+
+@dataclass
+class TinySize:
+    """The model's sizes; the same fields and defaults as cluster.config.TinyModelSection (which the CLI passes)."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    num_kv_heads: int = 1
+    intermediate_size: int = 256
+    vision_depth: int = 2
+    vision_hidden_size: int = 32
+    vision_heads: int = 1
+    vocab_size: int = 1024  # the tokenizer's BPE vocabulary, before special tokens
+
+
+SIZE_FIELDS = tuple(f.name for f in fields(TinySize))
 
 # Qwen2.5-VL's special tokens, in Qwen's order (they follow the BPE vocabulary, as in the released tokenizer).
 SPECIAL_TOKENS = [
@@ -39,17 +63,21 @@ CHAT_TEMPLATE = (
 
 
 def tokenizer_corpus(n_scenes: int = 400, seed: int = 0) -> list[str]:
-    """Text the tokenizer learns merges from: the prompts and CoT of the synthetic task, plus the tags."""
-    from videoqa.prompts import INSTRUCTION, ANSWER_FORMAT
-    from videoqa.synthetic import TASKS, SyntheticTask
+    """Text the tokenizer learns merges from: the prompts and CoT of the synthetic task in both styles (the demo
+    style's fixed option list included), plus the tags."""
+    from toy.synthetic import TASKS, SyntheticTask
+    from videoqa.prompts import ANSWER_FORMAT, INSTRUCTION
 
-    task = SyntheticTask(seed)
-    makers = [task.direction_mc, task.count_numerical, task.read_text_ocr, task.describe_free_form, task.travel_regression]
     texts = [INSTRUCTION] + list(ANSWER_FORMAT.values()) + ["You are a helpful assistant.", "system user assistant"]
-    for i in range(n_scenes):
-        _, d = makers[i % len(TASKS)]()
-        texts.append(d["problem"] + " " + " ".join(d.get("options", [])))
-        texts.append(f"<observation>{d['observation']}</observation><think>{d['think']}</think><answer>{d['answer']}</answer>")
+    for style, count in (("varied", n_scenes), ("demo", n_scenes // 4)):
+        task = SyntheticTask(seed, style=style)
+        makers = [task.direction_mc, task.count_numerical, task.read_text_ocr, task.describe_free_form,
+                  task.travel_regression]
+        for i in range(count):
+            _, d = makers[i % len(TASKS)]()
+            texts.append(d["problem"] + " " + " ".join(d.get("options", [])))
+            texts.append(f"<observation>{d['observation']}</observation><think>{d['think']}</think>"
+                         f"<answer>{d['answer']}</answer>")
     texts.append("0 1 2 3 4 5 6 7 8 9 10 20 30 40 50 60 70 80 90 100 . , ? ! % : ; ( ) - Yes No <judgement>Yes</judgement>")
     return texts
 
@@ -78,8 +106,46 @@ def build_tokenizer(vocab_size: int, corpus: list[str]):
     return hf
 
 
-def build_tiny_model(out: str | Path, size: TinyModelSection = TinyModelSection(), seed: int = 0) -> Path:
-    """Writes a loadable Qwen2.5-VL folder to ``out`` and returns its path."""
+def demo_clips(n: int = 16, seed: int = 0, frames: int = 8, size: int = 56) -> list:
+    """``n`` demo-style direction clips in memory, (frames, size, size, 3) uint8 each: the shape of what the
+    loader feeds the model in the demo (8 frames of 56x56)."""
+    from toy.synthetic import SyntheticTask, render_clip
+
+    task = SyntheticTask(seed, frames=frames, size=size, style="demo")
+    return [render_clip(task.direction_mc()[0], frames, size) for _ in range(n)]
+
+
+def video_features(model, processor, clips: list):
+    """The vision tower's output for ``clips``: (video tokens of all clips, LM hidden size)."""
+    import torch
+
+    inputs = processor.video_processor(videos=clips, do_sample_frames=False, return_tensors="pt")
+    visual = model.model.visual  # transformers 5: the tower lives on the inner Qwen2_5_VLModel
+    with torch.no_grad():
+        out = visual(inputs["pixel_values_videos"].to(visual.dtype), grid_thw=inputs["video_grid_thw"])
+    return out.pooler_output  # after the 2x2 patch merger: what replaces the <|video_pad|> embeddings
+
+
+def recentre_vision_output(model, processor, feature_std: float = 0.02, n_clips: int = 32, seed: int = 0) -> None:
+    """Make the video features zero-mean with std ``feature_std``: an affine change of the merger's last Linear
+    (the features are that layer's output), measured on demo-style clips. A random tower's features share one
+    offset that dwarfs what varies between videos; removing it lets the LM see the differences."""
+    import torch
+
+    feats = video_features(model, processor, demo_clips(n_clips, seed=seed))
+    mu = feats.mean(0)
+    scale = feature_std / float((feats - mu).std())
+    last = model.model.visual.merger.mlp[2]
+    with torch.no_grad():
+        last.weight.mul_(scale)
+        last.bias.copy_((last.bias - mu) * scale)
+
+
+def build_tiny_model(out: str | Path, size=None, seed: int = 0, recentre: bool = True,
+                     feature_std: float = 0.02) -> Path:
+    """Writes a loadable Qwen2.5-VL folder to ``out`` and returns its path. ``size``: any object with
+    ``TinySize``'s fields (a ``TinySize``, or the config's ``TinyModelSection``); None is the defaults.
+    ``recentre``: re-centre the vision tower's output (``recentre_vision_output``) before saving."""
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -89,6 +155,7 @@ def build_tiny_model(out: str | Path, size: TinyModelSection = TinyModelSection(
         Qwen2VLVideoProcessor,
     )
 
+    size = size or TinySize()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(size.vocab_size, tokenizer_corpus(seed=seed))
@@ -134,7 +201,6 @@ def build_tiny_model(out: str | Path, size: TinyModelSection = TinyModelSection(
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(out)
     # Our loader sizes frames (multiples of 28 within the configured budget) before the processor sees them, so
     # the processor's own bounds are wide and it does not resample.
     pixel_bounds = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 1280)
@@ -144,6 +210,11 @@ def build_tiny_model(out: str | Path, size: TinyModelSection = TinyModelSection(
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
+    if recentre:  # before saving: the processor is needed to feed clips through the tower
+        recentre_vision_output(model, processor, feature_std, seed=seed)
+    model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "videop2r_tiny.json").write_text(json.dumps({"seed": seed, **size.model_dump()}, indent=1))
+    note = {"seed": seed, **{k: getattr(size, k) for k in SIZE_FIELDS}, "recentre": recentre,
+            "feature_std": feature_std if recentre else None}
+    (out / "videop2r_tiny.json").write_text(json.dumps(note, indent=1))
     return out

@@ -13,11 +13,11 @@ def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_si
     from cluster.config import Config
     from cluster.config_loader import load_config
     from learner.engine import Learner, Rollout
-    from learner.tiny_model import build_tiny_model
+    from toy.tiny_model import build_tiny_model
     from videoqa.loader import MediaLoader
     from videoqa.prompts import sft_target
     from videoqa.schema import load_samples
-    from videoqa.synthetic import make_synthetic
+    from toy.synthetic import make_synthetic
 
     root = Path(root)
     data = root / "data"

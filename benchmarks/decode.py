@@ -35,7 +35,7 @@ def _loader(samples, root: Path, sampling: FrameSampling, workers: int) -> int:
 def run_bench_decode(data: str | Path, files: int = 60, repeat: int = 3, nframes: int = 16, size: int = 336) -> int:
     data = Path(data)
     if not (data / "train.json").is_file():
-        from videoqa.synthetic import make_synthetic
+        from toy.synthetic import make_synthetic
 
         # larger frames than the demo's, closer to real clips (the paper samples 16 frames of ~448x448)
         make_synthetic(data, n=max(files, 10), seed=0, frames=32, size=size, progress=False)

@@ -1,0 +1,82 @@
+"""``python -m benchmarks {decode,rewards,rollout,learner}``: each prints a table (see the modules' docstrings).
+
+Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
+data and tiny model it needs under ``runs/bench`` on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_decode(args) -> int:
+    from benchmarks.decode import run_bench_decode
+
+    return run_bench_decode(args.data, files=args.files, repeat=args.repeat, nframes=args.nframes, size=args.size)
+
+
+def cmd_rewards(args) -> int:
+    from benchmarks.rewards import run_bench_rewards
+
+    return run_bench_rewards(args.data, args.model, n=args.n)
+
+
+def cmd_rollout(args) -> int:
+    from benchmarks.rollout import run_bench_rollout
+
+    return run_bench_rollout(args.root, prompts=args.prompts, max_tokens=args.max_tokens, rounds=args.rounds)
+
+
+def cmd_learner(args) -> int:
+    from benchmarks.learner import run_bench_learner
+
+    return run_bench_learner(args.root, rounds=args.rounds, model=args.model, zero_stage=args.zero_stage)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description="VideoP2R benchmarks (each prints a table).")
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+
+    p = sub.add_parser("decode", help="data-loader decode throughput vs raw decord")
+    p.add_argument("--data", default="runs/bench/data", help="synthetic data folder (made if missing)")
+    p.add_argument("--files", type=int, default=60, help="videos to decode per pass")
+    p.add_argument("--repeat", type=int, default=3, help="passes per method (best is reported)")
+    p.add_argument("--nframes", type=int, default=16)
+    p.add_argument("--size", type=int, default=336, help="frame side of the generated benchmark videos")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("rewards", help="reward throughput, cache latency, pool scaling")
+    p.add_argument("--data", default="runs/bench/data", help="synthetic data folder (made if missing)")
+    p.add_argument("--model", default="runs/bench/tiny-model", help="tokenizer for token counts (made if missing)")
+    p.add_argument("--n", type=int, default=2000, help="rollouts per measurement")
+    p.set_defaults(func=cmd_rewards)
+
+    p = sub.add_parser("rollout", help="worker-group throughput vs raw vLLM; weight sync vs raw gloo")
+    p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data and models (made if missing)")
+    p.add_argument("--prompts", type=int, default=48)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3, help="repetitions per measurement (best is reported)")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("learner", help="PA-GRPO vs GRPO step time, log-prob throughput")
+    p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data and model (made if missing)")
+    p.add_argument("--model", default=None, help="a Qwen2.5-VL folder (default: the tiny model under --root)")
+    p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.set_defaults(func=cmd_learner)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
