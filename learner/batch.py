@@ -38,12 +38,16 @@ def build_inputs(processor, config, items: list[LoadedSample], responses: list[l
     """``prompts`` (from ``prompt_inputs``) may be passed in when the same prompt is scored many times (a group)."""
     prompts = prompts or [prompt_inputs(processor, it) for it in items]
     pad = processor.tokenizer.pad_token_id or 0
+    media = {config.image_token_id, config.video_token_id}
     seqs, positions, lengths = [], [], []
     for p, resp in zip(prompts, responses):
-        ids = p["input_ids"][0].tolist() + list(resp)
+        prompt_ids = p["input_ids"][0].tolist()
+        # A sampled <|video_pad|> / <|image_pad|> in a response is not a vision block: the model would try to put
+        # video features there. It enters the model as padding (its log-prob is still that of the sampled id).
+        ids = prompt_ids + [pad if t in media else t for t in resp]
         seqs.append(ids)
-        positions.append(model_positions(config, ids, p)[:, 0])
-        lengths.append(p["input_ids"].shape[1])
+        positions.append(response_positions(model_positions(config, prompt_ids, p)[:, 0], len(resp)))
+        lengths.append(len(prompt_ids))
     L = max(len(s) for s in seqs)
     B = len(seqs)
     input_ids = torch.full((B, L), pad, dtype=torch.long)
@@ -69,6 +73,14 @@ def build_inputs(processor, config, items: list[LoadedSample], responses: list[l
         rid[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
         rmask[i, : len(r)] = 1
     return ScoredInputs(kw, rid, rmask, lengths)
+
+
+def response_positions(prompt_positions: torch.Tensor, n: int) -> torch.Tensor:
+    """The prompt's M-RoPE positions (3, P) extended over ``n`` generated text tokens: every axis continues from
+    the prompt's largest position + 1, as vLLM decodes."""
+    start = int(prompt_positions.max()) + 1 if prompt_positions.numel() else 0
+    tail = torch.arange(start, start + n, dtype=prompt_positions.dtype).view(1, -1).expand(3, -1)
+    return torch.cat([prompt_positions, tail], dim=1)
 
 
 def response_logprobs(model, batch: ScoredInputs) -> torch.Tensor:

@@ -25,18 +25,32 @@ from learner.loss import policy_loss, token_advantages
 from learner.masks import process_masks
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _init_distributed(backend: str) -> None:
+    """Joins the DeepSpeed world described by RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (set by the launcher,
+    or by ``cluster.learner_group`` for learner ranks in Ray actors); a lone process makes a world of one."""
     import deepspeed
     import torch.distributed as dist
 
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:  # a single process, not started by a launcher
-        from cluster.services import free_port
-
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+                          MASTER_PORT=str(_free_port()))
     deepspeed.init_distributed(dist_backend=backend)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def ds_config(cfg) -> dict:
@@ -75,14 +89,17 @@ class Rollout:
     r_perception: float
     r_reasoning: float
     perception_valid: bool = True
+    behaviour_logprobs: list[float] | None = None  # vLLM's log-prob of each sampled token
+    stale: bool = False  # sampled by older weights than the learner's: corrected by truncated importance sampling
 
 
 class Learner:
     def __init__(self, cfg, model_path: str, with_reference: bool = True):
+        """``cfg`` is a ``LearnerSection`` (or a whole run config, whose ``learner`` section is used)."""
         import deepspeed
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-        self.cfg = cfg.learner
+        self.cfg = getattr(cfg, "learner", cfg)
         _init_distributed(self.cfg.backend)
         dtype = torch.bfloat16 if self.cfg.dtype == "bfloat16" else torch.float32
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
@@ -149,12 +166,18 @@ class Learner:
         return float(np.mean(losses))
 
     # -- stage 2: PA-GRPO / GRPO --------------------------------------------------------------------------------
-    def rl_step(self, rollouts: list[Rollout], group_size: int) -> dict:
-        """One update on a rollout batch laid out group after group (G responses of a prompt side by side)."""
+    def rl_step(self, rollouts: list[Rollout], group_size: int, zero_perception: bool = False) -> dict:
+        """One update on a rollout batch laid out group after group (G responses of a prompt side by side).
+
+        ``zero_perception``: the step's perception rewards are not trustworthy (too many missing judge verdicts), so
+        they are left out: PA-GRPO's A_P is zero, GRPO's advantage comes from R_R alone.
+        """
         cfg = self.cfg
         tok = self.processor.tokenizer
         r_p = torch.tensor([r.r_perception for r in rollouts])
         r_r = torch.tensor([r.r_reasoning for r in rollouts])
+        if zero_perception:
+            r_p = torch.zeros_like(r_p)
         valid = torch.tensor([r.perception_valid for r in rollouts])
         a_p, a_r, adv_stats = process_advantages(r_p, r_r, group_size, cfg.algorithm, valid)
         items = [r.item for r in rollouts]
@@ -174,6 +197,7 @@ class Learner:
             m_p[i, : len(ids)], m_r[i, : len(ids)] = mp_, mr_
             unsplittable += not ok
         adv = token_advantages(a_p, a_r, m_p, m_r)
+        tokens = (m_p + m_r > 0).float()
         # log-probs of the policy that sampled (before this update) and of the frozen reference
         old, ref = [], []
         for chunk in _chunks(list(range(len(rollouts))), cfg.micro_batch_size):
@@ -183,12 +207,16 @@ class Learner:
                 ref.append(_pad(self.logprobs(its, resp, model=self.reference, prompts=prm), R))
         old_lp = torch.cat(old)
         ref_lp = torch.cat(ref) if ref else None
+        behaviour = _behaviour(rollouts, R)
+        is_weight, mismatch = _importance(old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens,
+                                          cfg.is_clamp)
         losses, stats_acc = [], []
         order = list(range(len(rollouts)))
         per_mb = math.ceil(len(order) / cfg.minibatches)
         if per_mb < cfg.grad_accum:
             raise ValueError(f"a minibatch of {per_mb} rollouts cannot be split into learner.grad_accum={cfg.grad_accum} "
                              "micro-batches: lower grad_accum or minibatches")
+        nonfinite_before, skipped_before = self.nonfinite_losses, self.skipped_steps
         for _ in range(cfg.update_epochs):
             for mb in _chunks(order, per_mb):
                 for chunk in _split(mb, cfg.grad_accum):  # exactly grad_accum micro-steps: one optimizer step
@@ -196,17 +224,22 @@ class Learner:
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
                     lp = _pad(response_logprobs(self.engine, batch), R)
                     idx = torch.tensor(chunk)
-                    mask = (m_p[idx] + m_r[idx] > 0).float()
-                    loss, st = policy_loss(lp, old_lp[idx], None if ref_lp is None else ref_lp[idx], adv[idx], mask,
-                                           cfg.clip_eps, cfg.beta, cfg.aggregation)
+                    loss, st = policy_loss(lp, old_lp[idx], None if ref_lp is None else ref_lp[idx], adv[idx],
+                                           tokens[idx], cfg.clip_eps, cfg.beta, cfg.aggregation,
+                                           is_weight=None if is_weight is None else is_weight[idx])
                     self._backward_step(loss)
                     losses.append(float(loss.detach()))
                     stats_acc.append(st)
         self.step += 1
-        out = {"loss": float(np.mean(losses)), "unsplittable": unsplittable, **adv_stats,
-               "skipped_steps": self.skipped_steps, "lr": self.scheduler.get_last_lr()[0]}
+        finite = [x for x in losses if math.isfinite(x)]
+        out = {"loss": float(np.mean(finite)) if finite else float("nan"), "unsplittable": unsplittable, **adv_stats,
+               "nonfinite_losses": self.nonfinite_losses - nonfinite_before,
+               "skipped_steps": self.skipped_steps - skipped_before, "lr": self.scheduler.get_last_lr()[0],
+               "mismatch_kl": mismatch, "trained_tokens": int(tokens.sum()),
+               "perception_tokens": float(m_p.sum()), "reasoning_tokens": float(m_r.sum())}
         for k in ("kl", "clip_fraction", "ratio_mean"):
-            out[k] = float(np.mean([s[k] for s in stats_acc]))
+            vals = [s[k] for s in stats_acc if math.isfinite(s[k])]
+            out[k] = float(np.mean(vals)) if vals else float("nan")
         return out
 
     def reset_reference(self) -> None:
@@ -232,17 +265,23 @@ class Learner:
         return dict(self.named_weights())
 
     # -- checkpoints --------------------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """DeepSpeed state (model, optimizer, scheduler) + RNG states + step, and a Hugging Face copy under hf/."""
+    def save(self, directory: str | Path, with_hf: bool = True) -> Path:
+        """DeepSpeed state (model, optimizer, scheduler) + RNG states + step, and a Hugging Face copy under hf/.
+        Every rank calls it (DeepSpeed's save is a collective)."""
         directory = Path(directory)
         client = {"step": self.step, "nonfinite_losses": self.nonfinite_losses, "rng": _rng_state()}
         self.engine.save_checkpoint(str(directory), tag=f"step{self.step}", client_state=client)
-        hf = directory / "hf"
-        module = self.engine.module
-        state = self.state_dict_for_rollout()
-        module.save_pretrained(hf, state_dict=state)
-        self.processor.save_pretrained(hf)
+        if with_hf:
+            self.save_hf(directory / "hf")
         return directory
+
+    def save_hf(self, directory: str | Path) -> None:
+        """A Hugging Face copy (transformers and vLLM load it). Every rank takes part in the ZeRO-3 gathers; only
+        rank 0 writes."""
+        state = self.state_dict_for_rollout()
+        if _rank() == 0:
+            self.engine.module.save_pretrained(Path(directory), state_dict=state)
+            self.processor.save_pretrained(Path(directory))
 
     def load(self, directory: str | Path, tag: str | None = None) -> int:
         _, client = self.engine.load_checkpoint(str(directory), tag=tag)
@@ -252,6 +291,14 @@ class Learner:
         self.nonfinite_losses = client.get("nonfinite_losses", 0)
         _set_rng_state(client["rng"])
         return self.step
+
+
+def sft_targets(tokenizer, items) -> list[list[int]]:
+    """The SFT target ids of CoT rows: observation, think and answer in their tags, then the end-of-turn token."""
+    from videoqa.prompts import sft_target
+
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return [tokenizer.encode(sft_target(it.sample), add_special_tokens=False) + [end] for it in items]
 
 
 def _chunks(xs: list, n: int) -> list[list]:
@@ -266,6 +313,36 @@ def _split(xs: list, parts: int) -> list[list]:
         raise ValueError(f"{len(xs)} samples cannot fill learner.grad_accum={parts} micro-batches")
     bounds = [round(i * len(xs) / parts) for i in range(parts + 1)]
     return [xs[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+def _behaviour(rollouts: list[Rollout], width: int) -> torch.Tensor | None:
+    """vLLM's log-probs (B, width), or None when a rollout lacks them."""
+    if any(r.behaviour_logprobs is None for r in rollouts):
+        return None
+    out = torch.zeros(len(rollouts), width)
+    for i, r in enumerate(rollouts):
+        out[i, : len(r.behaviour_logprobs)] = torch.tensor(r.behaviour_logprobs, dtype=torch.float32)
+    return out
+
+
+def _importance(old_lp: torch.Tensor, behaviour: torch.Tensor | None, stale: torch.Tensor, tokens: torch.Tensor,
+                clamp: float) -> tuple[torch.Tensor | None, float]:
+    """(per-token truncated importance weights, mismatch KL).
+
+    A stale rollout was sampled by older weights (the behaviour policy mu) than the ones the update starts from
+    (pi_old): its tokens are weighted by min(pi_old / mu, clamp) (truncated IS, as in decoupled PPO / AReaL); fresh
+    rollouts get 1. The mismatch KL, k3 estimate of KL(mu || pi_old) over every token, is ~0 when the rollout
+    workers hold exactly the learner's weights, so it also catches weight-sync bugs.
+    """
+    if behaviour is None:
+        return None, float("nan")
+    log_ratio = (old_lp - behaviour) * tokens
+    d = log_ratio.double()  # float32 rounds the k3 of a 1e-6 difference to exactly 0
+    mismatch = float(((torch.exp(d) - 1 - d) * tokens).sum() / tokens.sum().clamp(min=1))
+    if not bool(stale.any()):
+        return None, mismatch
+    weight = torch.clamp(torch.exp(log_ratio), max=clamp)
+    return torch.where(stale[:, None], weight, torch.ones_like(weight)), mismatch
 
 
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:

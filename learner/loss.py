@@ -25,11 +25,15 @@ def policy_loss(
     clip_eps: float = 0.2,
     beta: float = 0.04,
     aggregation: str = "token_mean",
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Loss and stats. All tensors (B, T); ``mask`` is 1 on generated tokens, 0 on padding."""
+    """Loss and stats. All tensors (B, T); ``mask`` is 1 on generated tokens, 0 on padding. ``is_weight``: per-token
+    truncated importance weights pi_old / mu for rollouts sampled by an older policy mu (overlapped mode)."""
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
+    if is_weight is not None:
+        surrogate = surrogate * is_weight.detach()
     per_token = -surrogate
     kl = torch.zeros_like(logp)
     if ref_logp is not None and beta:
