@@ -15,7 +15,8 @@ from actors.judges import JudgeEngine
 
 
 class RewardPool:
-    def __init__(self, cfg, tokenizer_path: str | None = None, num_workers: int | None = None):
+    def __init__(self, cfg, tokenizer_path: str | None = None, num_workers: int | None = None,
+                 start_timeout_s: float = 300):
         """``cfg`` is the run ``Config``; ``tokenizer_path`` defaults to ``reward.tokenizer`` then ``model.path``."""
         import ray
 
@@ -32,6 +33,13 @@ class RewardPool:
         worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, max_restarts=-1, max_task_retries=2)
         n = num_workers or cfg.reward.num_workers
         self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines) for _ in range(n)]
+        try:  # a pool the cluster has no room for fails here, not as a silent wait in the first score()
+            ray.get([w.__ray_ready__.remote() for w in self.workers], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise RuntimeError(f"{n} reward worker(s) of {cfg.reward.num_cpus} CPU did not start within "
+                               f"{start_timeout_s:.0f} s: the cluster lacks the CPUs (lower reward.num_workers or "
+                               "reward.num_cpus, or add nodes)") from None
 
     def score(self, items: list[ScoreItem]) -> ScoredBatch:
         import ray

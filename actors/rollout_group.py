@@ -21,7 +21,7 @@ import torch
 
 from actors.rollout_worker import RolloutRequest, RolloutResult, RolloutWorker
 from actors.weight_names import check_names
-from actors.weight_transport import WeightPlan, WeightSender, plan_buckets
+from actors.weight_transport import WeightPlan, WeightSender, WeightTransportError, plan_buckets
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,22 @@ class LocalWeightSource:
 class Slot:
     name: str
     actor: object
+    placement_group: object = None  # each worker has its own, so it can be added or removed alone
     incarnation: str = ""
     version: int = 0
     ready: bool = False
-    state_ref: object = None  # pending state() call while the worker restarts
+    state_ref: object = None  # pending state() call while the worker starts or restarts
+    needs_sync: bool = False  # its last weight sync failed: brought up to date before it serves again
+
+
+@dataclass
+class SyncReport:
+    seconds: float
+    outcomes: dict[str, str]  # worker -> "ok" or why it did not get the weights
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, v in self.outcomes.items() if v != "ok"]
 
 
 class RolloutGroup:
@@ -78,46 +90,70 @@ class RolloutGroup:
         self._next_id = 0
         self._accepted: set[str] | None = None
         self.events: list[str] = []  # deaths, restarts, re-syncs: for logs and tests
-        self.add_workers(num_workers or rollout_cfg.num_workers)
+        self.add_workers(num_workers or rollout_cfg.num_workers, wait=True)
 
     # -- membership ----------------------------------------------------------------------------------------------
-    def _actor_class(self):
+    def _new_actor(self, name: str):
+        """A worker in a placement group of its own (one bundle: its CPUs and GPUs)."""
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        return ray.remote(RolloutWorker).options(
+        bundle = {"CPU": self.cfg.num_cpus}
+        if self.cfg.num_gpus:
+            bundle["GPU"] = self.cfg.num_gpus
+        pg = ray.util.placement_group([bundle], name=f"videop2r-{name}-{id(self):x}")
+        actor = ray.remote(RolloutWorker).options(
             num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, max_restarts=self.cfg.max_restarts,
             max_task_retries=0, max_concurrency=1,
-        )
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
+        ).remote(self.cfg, self.model_path, self.dtype, name)
+        return actor, pg
 
-    def add_workers(self, n: int) -> list[str]:
-        import ray
-
-        cls = self._actor_class()
+    def add_workers(self, n: int, wait: bool = True) -> list[str]:
+        """Starts ``n`` workers. ``wait=False`` returns at once: each joins (with the current weights) when its
+        engine is up, in ``generate`` or ``wait_until_ready``."""
         new = []
         for _ in range(n):
             name = f"rollout-{self._next_id}"
             self._next_id += 1
-            self.slots[name] = Slot(name, cls.remote(self.cfg, self.model_path, self.dtype, name))
+            actor, pg = self._new_actor(name)
+            self.slots[name] = Slot(name, actor, pg, state_ref=actor.state.remote())
             new.append(name)
-        states = ray.get([self.slots[k].actor.state.remote() for k in new])  # waits for the engines to start
-        for k, st in zip(new, states):
-            self.slots[k].incarnation = st["incarnation"]
-        if self._accepted is None:
-            self._accepted = set(ray.get(self.slots[new[0]].actor.accepted_names.remote()))
-        self._bring_up_to_date(new)
+            self.events.append(f"{name} starting")
+        if wait:
+            self.wait_until_ready()
         return new
 
     def remove_workers(self, n: int) -> list[str]:
+        """Removes the ``n`` newest workers. Call it between batches: nothing is in flight then, so they are
+        drained."""
         import ray
 
         gone = list(self.slots)[-n:] if n > 0 else []
         if len(gone) >= len(self.slots):
             raise ValueError(f"cannot remove {n} of {len(self.slots)} rollout workers: at least one must stay")
         for k in gone:
-            ray.kill(self.slots.pop(k).actor, no_restart=True)
+            slot = self.slots.pop(k)
+            ray.kill(slot.actor, no_restart=True)
+            if slot.placement_group is not None:
+                ray.util.remove_placement_group(slot.placement_group)
             if self.source:
                 self.source.close(k)
+            self.events.append(f"{k} removed")
         return gone
+
+    def shutdown(self) -> None:
+        import ray
+
+        for slot in list(self.slots.values()):
+            ray.kill(slot.actor, no_restart=True)
+            if slot.placement_group is not None:
+                ray.util.remove_placement_group(slot.placement_group)
+        self.slots.clear()
+
+    @property
+    def ready_workers(self) -> int:
+        return sum(s.ready for s in self.slots.values())
 
     @property
     def num_workers(self) -> int:
@@ -141,27 +177,51 @@ class RolloutGroup:
             return
         self.sync_weights(names)
 
-    def sync_weights(self, names: list[str] | None = None) -> float:
-        """Sends ``source``'s current weights to the workers (default: all ready ones); returns seconds taken."""
+    def sync_weights(self, names: list[str] | None = None) -> SyncReport:
+        """Sends ``source``'s current weights to the workers (default: every live one that is not starting).
+        Returns each worker's outcome. A worker whose sync failed does not serve until a later sync succeeds
+        (``generate`` retries it first); a worker that died is restarted by Ray and rejoins with the weights."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         plan = self.source.plan
         check_names(plan.names, self._accepted)  # before any tensor moves: a bad name fails alone
-        names = names if names is not None else [k for k, s in self.slots.items() if s.ready]
+        if names is None:
+            names = [k for k, s in self.slots.items() if s.state_ref is None]
         t0 = time.perf_counter()
-        for k in names:
+        outcomes: dict[str, str] = {}
+        for k in list(names):
             if not self.source.has_channel(k):
-                self._connect(k)
+                try:
+                    self._connect(k)
+                except (WeightTransportError, RayActorError, GetTimeoutError) as e:
+                    outcomes[k] = f"channel: {type(e).__name__}"
+        names = [k for k in names if k not in outcomes]
         refs = {k: self.slots[k].actor.receive_weights.remote(plan) for k in names}
-        failed = self.source.send(names)
+        failed = self.source.send(names) if names else {}
         for k, ref in refs.items():
             try:
-                self.slots[k].version = ray.get(ref, timeout=self.transport.timeout_s + 60)
-                self.slots[k].ready = k not in failed
+                version = ray.get(ref, timeout=self.transport.timeout_s + 60)
+                if k in failed:
+                    outcomes[k] = f"send: {failed[k]}"
+                else:
+                    self.slots[k].version, outcomes[k] = version, "ok"
             except (RayActorError, GetTimeoutError) as e:
+                outcomes[k] = f"lost: {type(e).__name__}"
                 self._lost(k, f"weight sync: {type(e).__name__}")
-        return time.perf_counter() - t0
+            except Exception as e:  # the worker could not load them: it must not serve a half-loaded model
+                outcomes[k] = f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        for k, why in outcomes.items():
+            slot = self.slots.get(k)
+            if slot is None or slot.state_ref is not None:
+                continue
+            slot.ready, slot.needs_sync = why == "ok", why != "ok"
+            if why != "ok":
+                self.source.close(k)
+                self.events.append(f"{k} sync failed ({why})")
+                log.warning("rollout worker %s did not get weight version %d (%s); it waits for the next sync",
+                            k, plan.version, why)
+        return SyncReport(time.perf_counter() - t0, outcomes)
 
     def _lost(self, name: str, why: str) -> None:
         """A worker died: stop using it, and ask for its state, which answers once Ray has restarted it."""
@@ -185,12 +245,17 @@ class RolloutGroup:
             slot.state_ref = slot.actor.state.remote()
             return
         except ActorDiedError:  # out of restarts: it is gone for good
-            self.slots.pop(name)
+            gone = self.slots.pop(name)
+            if gone.placement_group is not None:
+                ray.util.remove_placement_group(gone.placement_group)
             self.events.append(f"{name} removed (no restarts left)")
             return
+        rejoined = bool(slot.incarnation)  # it served before (a restart), or it is new
         slot.state_ref, slot.incarnation, slot.version = None, st["incarnation"], st["version"]
+        if self._accepted is None:
+            self._accepted = set(ray.get(slot.actor.accepted_names.remote()))
         self._bring_up_to_date([name])
-        self.events.append(f"{name} rejoined at weight version {self.slots[name].version}")
+        self.events.append(f"{name} {'rejoined' if rejoined else 'joined'} at weight version {slot.version}")
 
     def wait_until_ready(self, timeout_s: float = 300) -> None:
         """Blocks until every restarting worker is back (and has the current weights)."""
@@ -210,6 +275,11 @@ class RolloutGroup:
 
         if not requests:
             return []
+        behind = [k for k, s in self.slots.items() if s.needs_sync and s.state_ref is None]
+        if behind:  # a failed sync is retried before that worker serves again
+            self.sync_weights(behind)
+        if not any(s.ready for s in self.slots.values()):
+            self.wait_until_ready()
         ready = [k for k, s in self.slots.items() if s.ready]
         n_chunks = 1 if len(ready) <= 1 else len(ready) * self.cfg.chunks_per_worker
         size = math.ceil(len(requests) / max(1, n_chunks))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from actors.weight_transport import WeightPlan
 
 RECEIVER = "actors.weight_receiver.WeightReceiver"
+MEDIA_TOKENS = ("<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass
@@ -56,6 +57,9 @@ class RolloutWorker:
         self.llm = start_engine(rollout_cfg, model_path, dtype, seed=rollout_cfg.seed, worker_extension_cls=RECEIVER)
         self.start_s = time.perf_counter() - t0
         self.version = 0
+        # A sampled vision placeholder token is no text: it would break the M-RoPE layout the learner scores with.
+        tok = self.llm.get_tokenizer()
+        self.banned = {int(tok.convert_tokens_to_ids(t)): -100.0 for t in MEDIA_TOKENS if t in tok.get_vocab()}
 
     def state(self) -> dict:
         return {"name": self.name, "incarnation": self.incarnation, "version": self.version, "pid": os.getpid(),
@@ -89,7 +93,7 @@ class RolloutWorker:
 
         c = self.cfg
         base = dict(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-                    logprobs=0 if logprobs else None)
+                    logprobs=0 if logprobs else None, logit_bias=dict(self.banned) or None)
         base.update(overrides or {})
         params = [SamplingParams(**base, seed=request_seed(c.seed, step, r.request_id)) for r in requests]
         t0 = time.perf_counter()

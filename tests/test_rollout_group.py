@@ -98,8 +98,8 @@ def test_weight_sync_matches_transformers(group, items, processor, tiny_model_di
 
     model = _perturbed(tiny_model_dir)
     group.source.update(model.state_dict(), version=1)
-    seconds = group.sync_weights()
-    assert seconds < 30
+    report = group.sync_weights()
+    assert report.seconds < 30 and report.outcomes == {"rollout-0": "ok", "rollout-1": "ok"}
     assert {s.version for s in group.slots.values()} == {1}
     greedy = {"temperature": 0.0, "n": 1, "max_tokens": 16}
     # text only: greedy generation in vLLM equals the perturbed model's in transformers, token for token
