@@ -18,6 +18,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. rollout.num_workers=2")
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true",
+                   help="start over in a run.out_dir that already holds a run (its checkpoints and logs are deleted)")
+    p.add_argument("--verbose", action="store_true", help="show vLLM's, Ray's and DeepSpeed's INFO output too")
+
+
 def _config(args):
     from cluster.config import Config
     from cluster.config_loader import load_config
@@ -26,10 +33,16 @@ def _config(args):
 
 
 def cmd_make_synthetic(args) -> int:
-    from videoqa.synthetic import make_synthetic
+    from toy.synthetic import make_synthetic, parse_mix
 
+    try:
+        mix = parse_mix(args.mix) if args.mix else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     written = make_synthetic(
-        args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, frames=args.frames, size=args.size, progress=not args.quiet
+        args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, frames=args.frames, size=args.size, style=args.style,
+        mix=mix, progress=not args.quiet,
     )
     for split, path in written.items():
         print(f"{split:6s} {path}")
@@ -37,7 +50,7 @@ def cmd_make_synthetic(args) -> int:
 
 
 def cmd_make_tiny_model(args) -> int:
-    from learner.tiny_model import build_tiny_model
+    from toy.tiny_model import build_tiny_model
 
     cfg = _config(args)
     out = build_tiny_model(args.out, cfg.tiny_model, seed=args.seed)
@@ -73,34 +86,56 @@ def cmd_show_config(args) -> int:
     return 0
 
 
+def _quiet_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="[%(name)s] %(message)s")
+
+
 def cmd_demo(args) -> int:
     from cluster.demo import run_demo
 
-    return run_demo(_config(args))
+    _quiet_logging(args.verbose)
+    return run_demo(_config(args), force=args.force, verbose=args.verbose)
 
 
-def cmd_bench_decode(args) -> int:
-    from cluster.bench_decode import run_bench_decode
+def cmd_sft(args) -> int:
+    from cluster.stages import run_sft
 
-    return run_bench_decode(args.data, files=args.files, repeat=args.repeat, nframes=args.nframes, size=args.size)
-
-
-def cmd_bench_rewards(args) -> int:
-    from cluster.bench_rewards import run_bench_rewards
-
-    return run_bench_rewards(args.data, args.model, n=args.n)
+    _quiet_logging(args.verbose)
+    run_sft(_config(args), force=args.force, verbose=args.verbose)
+    return 0
 
 
-def cmd_bench_rollout(args) -> int:
-    from cluster.bench_rollout import run_bench_rollout
+def cmd_train(args) -> int:
+    from cluster.stages import run_train
 
-    return run_bench_rollout(args.root, prompts=args.prompts, max_tokens=args.max_tokens, rounds=args.rounds)
+    _quiet_logging(args.verbose)
+    summary = run_train(_config(args), force=args.force, verbose=args.verbose)
+    if not summary.get("stopped_early"):
+        print(f"[train] {summary['steps']} steps ({summary['algorithm']}); model written to {summary.get('hf')}")
+    return 0
 
 
-def cmd_bench_learner(args) -> int:
-    from cluster.bench_learner import run_bench_learner
+def cmd_scale(args) -> int:
+    from cluster.control import ControlPlane
+    from cluster.run_dir import RunDir
 
-    return run_bench_learner(args.root, rounds=args.rounds, model=args.model, zero_stage=args.zero_stage)
+    control = RunDir(args.run).control()
+    if not control.get("redis_url"):
+        raise FileNotFoundError(f"{args.run}: the run has no control plane (Redis) to scale through")
+    import redis
+
+    plane = ControlPlane(control["redis_url"], control["run_id"], timeout_s=5)
+    try:
+        plane.set_desired_workers(args.rollout_workers)
+        state = plane.state() or {}
+    except redis.RedisError as e:
+        raise FileNotFoundError(f"the run's control plane at {control['redis_url'].split('@')[-1]} is not reachable "
+                                f"({type(e).__name__}): is the run still going?") from None
+    print(f"{control['run_id']}: rollout workers {state.get('rollout_workers', '?')} -> {args.rollout_workers} "
+          "(applied at the next step boundary)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,9 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the main job: tiny model + synthetic data, then generation through vLLM")
-    _add_config_args(p)
+    p = sub.add_parser("demo", help="the main job: tiny model + synthetic task, evaluate, SFT, evaluate, PA-GRPO, "
+                                    "evaluate; summary.json and a reward-curve PNG")
+    _add_run_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sft", help="stage 1: SFT on the process-aware CoT rows; writes run.out_dir/hf")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("train", help="stage 2: PA-GRPO (or learner.algorithm=grpo) from model.path, the SFT model")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("scale", help="change a running `train`'s rollout worker count (at its next step boundary)")
+    p.add_argument("--run", required=True, help="the run's out_dir")
+    p.add_argument("--rollout-workers", type=int, required=True)
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("make-synthetic", help="write the synthetic video QA task (all five problem types)")
     p.add_argument("--out", required=True, help="output folder")
@@ -121,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=16, help="frames per video (default 16, at 8 fps)")
     p.add_argument("--size", type=int, default=112, help="frame side in pixels (default 112)")
+    p.add_argument("--style", choices=("varied", "demo"), default="varied",
+                   help="varied: several small shapes (default); demo: one large shape, fixed options (learnable)")
+    p.add_argument("--mix", default=None, metavar="TYPE=W,...",
+                   help='training-row weights per problem type, e.g. "multiple choice=6,OCR=1,free-form=1,numerical=1,'
+                   'regression=1" (default: equal, round-robin); the eval split always has all five equally')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_make_synthetic)
 
@@ -144,45 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show-config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
     p.set_defaults(func=cmd_show_config)
-
-    p = sub.add_parser("bench-decode", help="benchmark: data-loader decode throughput vs raw decord")
-    p.add_argument("--data", default="runs/bench/data", help="synthetic data folder (made if missing)")
-    p.add_argument("--files", type=int, default=60, help="videos to decode per pass")
-    p.add_argument("--repeat", type=int, default=3, help="passes per method (best is reported)")
-    p.add_argument("--nframes", type=int, default=16)
-    p.add_argument("--size", type=int, default=336, help="frame side of the generated benchmark videos")
-    p.set_defaults(func=cmd_bench_decode)
-
-    p = sub.add_parser("bench-rewards", help="benchmark: reward throughput, cache latency, pool scaling")
-    p.add_argument("--data", default="runs/bench/data", help="synthetic data folder (made if missing)")
-    p.add_argument("--model", default="runs/bench/tiny-model", help="tokenizer for token counts (made if missing)")
-    p.add_argument("--n", type=int, default=2000, help="rollouts per measurement")
-    p.set_defaults(func=cmd_bench_rewards)
-
-    p = sub.add_parser("bench-rollout", help="benchmark: worker-group throughput vs raw vLLM; weight sync vs raw gloo")
-    p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data and models (made if missing)")
-    p.add_argument("--prompts", type=int, default=48)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=3, help="repetitions per measurement (best is reported)")
-    p.set_defaults(func=cmd_bench_rollout)
-
-    p = sub.add_parser("bench-learner", help="benchmark: PA-GRPO vs GRPO step time, log-prob throughput")
-    p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data and model (made if missing)")
-    p.add_argument("--model", default=None, help="a Qwen2.5-VL folder (default: the tiny model under --root)")
-    p.add_argument("--zero-stage", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
-    p.set_defaults(func=cmd_bench_learner)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.run_dir import RunExistsError
     from videoqa.schema import RowError
     from videoqa.video import MediaError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, RowError, MediaError) as e:
+    except (ConfigError, FileNotFoundError, RowError, MediaError, RunExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,8 +12,11 @@ from videoqa.video import FrameSampling
 
 class RunSection(Section):
     name: str = "demo"
-    out_dir: str = "runs/demo"  # checkpoints, rollout logs, generated data and model go below this
+    out_dir: str = "runs/demo"  # checkpoints, rollout logs, metrics and summary go below this (made absolute)
     seed: int = 0
+    # auto: continue from the latest checkpoint in out_dir when there is one; never: start fresh (a folder that
+    # already holds a run is refused unless the command is given --force)
+    resume: Literal["auto", "never"] = "auto"
 
 
 class TinyModelSection(Section):
@@ -131,12 +134,68 @@ class LearnerSection(Section):
     micro_batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, gt=0)
+    num_ranks: int = Field(1, ge=1)  # learner processes (Ray actors, one per GPU), forming one DeepSpeed world
+    num_cpus: float = Field(1, gt=0)  # per rank
+    num_gpus: float = Field(0, ge=0)  # per rank (1 on a GPU cluster)
     freeze: list[str] = ["model.visual"]  # parameter-name prefixes kept frozen (a random tiny vision tower must be)
     update_epochs: int = Field(1, ge=1)  # passes over each rollout batch
     minibatches: int = Field(1, ge=1)  # optimizer steps per pass
     clip_eps: float = Field(0.2, gt=0)
     beta: float = Field(0.04, ge=0)  # KL to the frozen reference (the SFT model), k3 estimator
     aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
+    is_clamp: float = Field(2.0, gt=0)  # truncated importance weight vs the behaviour policy (stale rollouts)
+
+    @model_validator(mode="after")
+    def _backend_device(self):
+        if self.backend == "nccl" and self.num_gpus <= 0:
+            raise ValueError("learner.backend=nccl needs learner.num_gpus > 0 (use gloo on the CPU)")
+        return self
+
+
+class SFTSection(Section):
+    """Stage 1: SFT on the process-aware CoT rows (``data.cot_file``). Its own learning rate and optimizer state;
+    the other learner settings (ZeRO stage, dtype, ranks, freezing, micro-batches) come from ``learner``."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)  # rows per optimizer step, over all learner ranks
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    checkpoint_every: int = Field(100, ge=0)  # 0: only at the end
+
+
+class TrainerSection(Section):
+    """Stage 2: the RL loop (PA-GRPO or GRPO, ``learner.algorithm``)."""
+
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(16, ge=1)  # B prompts, each sampled G = rollout.group_size times
+    # 0: synchronous (generate with the weights just trained). k >= 1: the next batch is generated while the
+    # learner updates; a rollout more than k weight versions old is never trained on (its group is regenerated).
+    max_staleness: int = Field(1, ge=0)
+    drop_flat_groups: bool = False  # dynamic sampling: replace groups with no reward variance by fresh prompts
+    max_resample_rounds: int = Field(2, ge=0)  # bound on the extra generations dynamic sampling may do per step
+    checkpoint_every: int = Field(10, ge=0)  # 0: only at the end (and on SIGTERM)
+    keep_checkpoints: int = Field(2, ge=1)  # the newest ones are kept
+    log_rollouts: bool = True  # rollouts/*.parquet
+
+
+class EvalSection(Section):
+    """Held-out evaluation (the demo's accuracy measurements): greedy decoding on ``data.eval_file``."""
+
+    max_rows: int = Field(200, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+
+class DemoSection(Section):
+    """The demo's synthetic task (see toy/synthetic.py) and whether to run the controls (GRPO; more SFT)."""
+
+    style: Literal["varied", "demo"] = "demo"
+    mix: dict[str, float] | None = None  # training-row weights per problem type; None: equal
+    eval_rows: int = Field(200, ge=5)  # held-out questions, all five types equally
+    controls: bool = False
+
+
+class MetricsSection(Section):
+    port: int = Field(0, ge=0, le=65535)  # the driver's Prometheus /metrics; 0 = off
 
 
 class RewardSection(Section):
@@ -151,6 +210,9 @@ class RewardSection(Section):
     # A verdict the judge could not give (failure, timeout, garbage): "as_no" counts it as No; "exclude" leaves the
     # sample out of its perception group's normalisation. Both are counted in the metrics.
     missing_verdict: Literal["as_no", "exclude"] = "as_no"
+    # Where more than this fraction of a step's verdicts is missing (judge down), the step's perception advantages
+    # are zeroed instead of training on made-up "No"s (counted, warned).
+    max_missing_frac: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -211,3 +273,19 @@ class Config(Section):
     reward: RewardSection = RewardSection()
     judge: JudgeSection = JudgeSection()
     cache: CacheSection = CacheSection()
+    sft: SFTSection = SFTSection()
+    trainer: TrainerSection = TrainerSection()
+    eval: EvalSection = EvalSection()
+    metrics: MetricsSection = MetricsSection()
+    demo: DemoSection = DemoSection()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.rollout.group_size < 2:
+            raise ValueError("rollout.group_size must be >= 2 (one sample per prompt has no group to compare with)")
+        if self.trainer.prompts_per_step % self.learner.num_ranks:
+            raise ValueError(f"trainer.prompts_per_step={self.trainer.prompts_per_step} must be a multiple of "
+                             f"learner.num_ranks={self.learner.num_ranks} (whole groups go to each rank)")
+        if self.sft.batch_size % self.learner.num_ranks:
+            raise ValueError(f"sft.batch_size={self.sft.batch_size} must be a multiple of learner.num_ranks")
+        return self

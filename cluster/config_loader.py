@@ -75,7 +75,8 @@ def _explain(model: type[BaseModel], err: ValidationError, source: str) -> Confi
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"config key '{key}': {e['msg']}{got_s}")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"config key '{key}': {msg}{got_s}" if key else msg)
     return ConfigError(f"{source}: " + "; ".join(lines))
 
 

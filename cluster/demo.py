@@ -1,7 +1,11 @@
-"""The main job. For now: build the tiny model and the synthetic task (once), validate the data, run one grouped
-generation through a real vLLM engine on real decoded videos, score it with the reward pool (Ray actors, the
-judge, the Redis verdict cache), and log the scored rollouts to Parquet.
-Later stages (SFT, PA-GRPO through Ray rollout workers and DeepSpeed) extend this same entry point.
+"""The main job, on a 2-core CPU box with the real stack: build the tiny model and the synthetic task (only inside
+the demo's own folder), measure held-out accuracy of the untrained model, SFT, measure, PA-GRPO (Ray actors, vLLM
+rollout workers, the reward pool with the oracle judge, the DeepSpeed learner as a Ray actor, weight broadcast,
+Redis, the metrics endpoint), measure; write ``summary.json`` and a reward-curve PNG.
+
+Each stage resumes (its own run folder under ``run.out_dir``), so a rerun continues where an interrupted one
+stopped. ``demo.controls=true`` adds the honest controls: GRPO from the same SFT checkpoint with the same seeds, and
+SFT continued for the wall time the RL stage took.
 """
 
 from __future__ import annotations
@@ -11,140 +15,179 @@ import time
 from pathlib import Path
 
 from cluster.config import Config
+from cluster.evaluate import evaluate, paired_gain
+from cluster.stack import Dataset, Stack
 
 
-def ensure_tiny_model(cfg: Config) -> Path:
-    path = Path(cfg.model.path)
-    if not (path / "config.json").is_file():
-        from learner.tiny_model import build_tiny_model
-
-        print(f"[demo] building the tiny Qwen2.5-VL at {path}")
-        build_tiny_model(path, cfg.tiny_model, seed=cfg.run.seed)
-    return path
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
-def ensure_synthetic(cfg: Config) -> Path:
-    d = Path(cfg.data.dir)
-    if not (d / cfg.data.train_file).is_file():
-        from videoqa.synthetic import make_synthetic
+def ensure_fixtures(cfg: Config, out: Path) -> None:
+    """The tiny model and the synthetic task are generated only inside the demo's folder, never over a path the
+    user named elsewhere (there a missing model or dataset is an error)."""
+    model, data = Path(cfg.model.path), Path(cfg.data.dir)
+    if not (model / "config.json").is_file():
+        if not _inside(model, out):
+            raise FileNotFoundError(f"model.path {model} has no model; the demo builds the tiny model only under "
+                                    f"run.out_dir ({out})")
+        from toy.tiny_model import build_tiny_model
 
-        print(f"[demo] writing the synthetic task ({cfg.data.synthetic_n} rows) to {d}")
-        make_synthetic(
-            d, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed, frames=cfg.data.synthetic_frames,
-            size=cfg.data.synthetic_size,
-        )
-    return d
+        print(f"[demo] building the tiny Qwen2.5-VL at {model}")
+        build_tiny_model(model, cfg.tiny_model, seed=cfg.run.seed)
+    if not (data / cfg.data.train_file).is_file():
+        if not _inside(data, out):
+            raise FileNotFoundError(f"data.dir {data} has no {cfg.data.train_file}; the demo writes the synthetic "
+                                    f"task only under run.out_dir ({out})")
+        from toy.synthetic import make_synthetic
+
+        d = cfg.demo
+        print(f"[demo] writing the synthetic task to {data}")
+        make_synthetic(data, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed, n_eval=d.eval_rows,
+                       frames=cfg.data.synthetic_frames, size=cfg.data.synthetic_size, style=d.style, mix=d.mix)
 
 
-def one_per_type(samples):
-    seen, picked = set(), []
-    for s in samples:
-        if s.problem_type not in seen:
-            seen.add(s.problem_type)
-            picked.append(s)
-    return picked
+def stage_config(cfg: Config, out_dir: Path, **updates) -> Config:
+    """A copy of the demo's config for one stage (its own run folder)."""
+    c = cfg.model_copy(deep=True)
+    c.run.out_dir = str(out_dir)
+    for dotted, value in updates.items():
+        section, key = dotted.split("__")
+        setattr(getattr(c, section), key, value)
+    return c
 
 
-def run_demo(cfg: Config) -> int:
-    from videoqa.loader import MediaLoader
-    from videoqa.schema import load_samples
-    from videoqa.validate import validate_file
+def model_eval(cfg: Config, stack: Stack, items: list) -> dict:
+    from actors.reward_pool import RewardPool
+    from actors.rollout_group import RolloutGroup
+
+    rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, num_workers=1)
+    pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
+    try:
+        return evaluate(rollout, pool, stack.tokenizer, items, cfg.eval.temperature)
+    finally:
+        pool.shutdown()
+        rollout.shutdown()
+
+
+def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
+    from cluster.stages import run_sft, run_train
 
     t_start = time.perf_counter()
-    out = Path(cfg.run.out_dir)
+    out = Path(cfg.run.out_dir).resolve()
+    if (out / "summary.json").is_file() and not force:
+        print(f"[demo] {out}/summary.json exists: the demo is complete (pass --force to run it again)")
+        print_report(json.loads((out / "summary.json").read_text()))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
-    model_path = ensure_tiny_model(cfg)
-    data_dir = ensure_synthetic(cfg)
-    train_file = data_dir / cfg.data.train_file
-    n, problems = validate_file(train_file)
-    print(f"[demo] {train_file}: {n} rows, {len(problems)} problems")
-    for p in problems[:10]:
-        print(f"  {p}")
-
-    loader = MediaLoader(data_dir, cfg.video.sampling(), cfg.data.loader_workers, cfg.data.on_bad_media,
-                         cfg.video.image_max_pixels)
-    items = list(loader(one_per_type(load_samples(train_file))))
-    if loader.skipped:
-        print(f"[demo] skipped media: {dict(loader.skipped)}")
-
-    from transformers import AutoTokenizer
-
-    from actors.engine import generate_groups, sampling_params, start_engine
-    from actors.vllm_inputs import vllm_prompt
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompts = [vllm_prompt(tokenizer, it) for it in items]
-    print(f"[demo] starting vLLM ({cfg.rollout.device}) on {model_path}")
-    t0 = time.perf_counter()
-    llm = start_engine(cfg.rollout, str(model_path), cfg.model.dtype, cfg.run.seed)
-    t_engine = time.perf_counter() - t0
-    completions, t_gen = generate_groups(llm, prompts, sampling_params(cfg.rollout))
-    n_tokens = sum(len(c.token_ids) for c in completions)
-    scored = score_completions(cfg, items, completions, str(model_path))
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = []
-    for c, r in zip(completions, scored.rewards):
-        it = items[c.prompt_index]
-        rows.append(dict(
-            problem_id=it.sample.problem_id, problem_type=it.sample.problem_type, sample_index=c.sample_index,
-            text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason,
-            frames=json.dumps(list(it.video.frames.shape)) if it.video is not None else None,
-            **{f"reward_{k}": v for k, v in r.as_dict().items()},
-        ))
-    log = out / "smoke_rollouts.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), log)
-
-    print(f"\n{'problem type':16s} {'media':18s} first response (untrained model: random text)")
-    for i, it in enumerate(items):
-        shape = "x".join(map(str, it.video.frames.shape)) if it.video is not None else "image " + "x".join(map(str, it.image.shape))
-        first = next(c for c in completions if c.prompt_index == i)
-        print(f"{it.sample.problem_type:16s} {shape:18s} {first.text[:60]!r}")
-    print(
-        f"\n[demo] {len(items)} prompts x {cfg.rollout.group_size} samples = {len(completions)} responses, "
-        f"{n_tokens} tokens in {t_gen:.2f} s ({n_tokens / max(t_gen, 1e-9):.0f} tok/s); engine start {t_engine:.1f} s; "
-        f"total {time.perf_counter() - t_start:.1f} s"
-    )
-    st = scored.stats
-    print(
-        f"[demo] rewards ({cfg.judge.backend} judge): mean R_P {sum(r.perception for r in scored.rewards) / len(scored.rewards):.2f}, "
-        f"mean R_R {sum(r.reasoning for r in scored.rewards) / len(scored.rewards):.2f}; judge outcomes "
-        + ", ".join(f"{k[6:]} {v}" for k, v in sorted(st.items()) if k.startswith("judge_") and k != "judge_calls")
-        + f"; cache hits {st.get('cache_hits', 0)}, misses {st.get('cache_misses', 0)}"
-    )
-    print(f"[demo] scored rollouts logged to {log}")
+    ensure_fixtures(cfg, out)
+    with Stack(cfg, verbose) as stack:
+        held_out = Dataset(cfg, cfg.data.eval_file)
+        items = [it for _, it in held_out.load(list(range(min(len(held_out), cfg.eval.max_rows))))]
+        cached = out / "eval_untrained.json"
+        if not cached.is_file():
+            print(f"[demo] evaluating the untrained model on {len(items)} held-out questions")
+            cached.write_text(json.dumps(model_eval(cfg, stack, items)))
+        ev_untrained = json.loads(cached.read_text())
+        sft = run_sft(stage_config(cfg, out / "sft"), force=force, stack=stack)
+        t_rl = time.perf_counter()
+        rl = run_train(stage_config(cfg, out / cfg.learner.algorithm, model__path=sft["hf"]), force=force,
+                       stack=stack, evaluate_on=items)
+        rl_seconds = time.perf_counter() - t_rl
+        summary = summarize(cfg, ev_untrained, rl, sft, out, time.perf_counter() - t_start)
+        if cfg.demo.controls:
+            summary["controls"] = run_controls(cfg, stack, out, sft, items, rl_seconds, force)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_demo(out, summary)
+    print_report(summary)
     return 0
 
 
-def score_completions(cfg: Config, items, completions, tokenizer_path: str):
-    """Scores the completions with the reward pool (Ray actors), starting Redis locally if the config says so."""
-    import ray
+def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, rl_seconds: float, force: bool) -> dict:
+    """GRPO from the same SFT checkpoint and seeds; SFT continued for the RL stage's wall time."""
+    from cluster.stages import run_sft, run_train
 
-    from actors.reward_pool import RewardPool
-    from actors.reward_scorer import ScoreItem
-    from cluster.metrics import RewardMetrics
+    grpo = run_train(stage_config(cfg, out / "grpo", model__path=sft["hf"], learner__algorithm="grpo"),
+                     force=force, stack=stack, evaluate_on=items)
+    per_step = sft["seconds"] / max(1, sft["steps"])
+    extra = max(1, int(rl_seconds / per_step))
+    more = run_sft(stage_config(cfg, out / "sft-more", sft__steps=cfg.sft.steps + extra), force=force, stack=stack)
+    ev_more = model_eval(stage_config(cfg, out / "sft-more", model__path=more["hf"]), stack, items)
+    return {"grpo": {"accuracy": grpo["eval_end"]["accuracy"], "yes_rate": grpo["eval_end"]["yes_rate"],
+                     "seconds": grpo["seconds"]},
+            "sft_more": {"extra_steps": extra, "accuracy": ev_more["accuracy"], "yes_rate": ev_more["yes_rate"]}}
 
-    redis = None
-    if cfg.cache.enabled and cfg.cache.start_local:
-        from cluster.services import RedisServer
 
-        redis = RedisServer()
-        cfg.cache.url = redis.url
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        from cluster.services import init_ray
+def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seconds: float) -> dict:
+    ev_sft, ev_rl = rl["eval_start"], rl["eval_end"]
+    stages = {"untrained": untrained, "sft": ev_sft, cfg.learner.algorithm: ev_rl}
+    first = _first_step_pass_at_g(out / cfg.learner.algorithm)
+    return {
+        "seconds": seconds, "held_out_questions": untrained["n"], "algorithm": cfg.learner.algorithm,
+        "sft_steps": sft["steps"], "rl_steps": rl["steps"], "rl_seconds": rl["seconds"],
+        "accuracy": {k: v["accuracy"] for k, v in stages.items()},
+        "accuracy_se": {k: v["accuracy_se"] for k, v in stages.items()},
+        "accuracy_by_type": {k: v["accuracy_by_type"] for k, v in stages.items()},
+        "yes_rate": {k: v["yes_rate"] for k, v in stages.items()},
+        "gain_sft": paired_gain(untrained, ev_sft), "gain_rl": paired_gain(ev_sft, ev_rl),
+        "gain_yes_rl": paired_gain(ev_sft, ev_rl, "per_row_yes"),
+        "rl_start_training_prompts": first,
+    }
 
-        init_ray()
-    try:
-        pool = RewardPool(cfg, tokenizer_path=tokenizer_path)
-        batch = pool.score([ScoreItem.from_sample(items[c.prompt_index].sample, c.text) for c in completions])
-        RewardMetrics().record(batch)
-        pool.shutdown()
-        return batch
-    finally:
-        if owns_ray:
-            ray.shutdown()
-        if redis is not None:
-            redis.stop()
+
+def _first_step_pass_at_g(run: Path) -> dict:
+    """On the first RL step's prompts: mean sampled accuracy and pass@G (some sample fully right)."""
+    import pyarrow.parquet as pq
+
+    files = sorted((run / "rollouts").glob("step_*.parquet"))
+    if not files:
+        return {}
+    rows = pq.read_table(files[0]).to_pylist()
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(r["prompt_id"], []).append(r["acc_r"])
+    return {"mean_sample_accuracy": sum(r["acc_r"] for r in rows) / len(rows),
+            "pass_at_g": sum(max(v) >= 1.0 for v in groups.values()) / len(groups), "prompts": len(groups)}
+
+
+def print_report(s: dict) -> None:
+    acc, se, yes = s["accuracy"], s["accuracy_se"], s["yes_rate"]
+    print(f"\n[demo] held-out reasoning accuracy ({s['held_out_questions']} questions, greedy), perception Yes-rate:")
+    for k in acc:
+        print(f"  {k:10s} accuracy {acc[k]:.3f} +/- {se[k]:.3f}   Yes-rate {yes[k]:.3f}")
+    for name, g in (("SFT - untrained", s["gain_sft"]), ("RL - SFT", s["gain_rl"])):
+        print(f"  {name:16s} {g['gain']:+.3f} +/- {g['se']:.3f} (paired; {g['z']:.1f} SE)")
+    f = s.get("rl_start_training_prompts") or {}
+    if f:
+        print(f"  at the RL start: pass@G {f['pass_at_g']:.2f} vs mean sampled accuracy {f['mean_sample_accuracy']:.2f}")
+    for name, c in (s.get("controls") or {}).items():
+        print(f"  control {name}: accuracy {c['accuracy']:.3f}, Yes-rate {c['yes_rate']:.3f}")
+    print(f"[demo] done in {s['seconds'] / 60:.1f} min")
+
+
+def plot_demo(out: Path, summary: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cluster.run_dir import RunDir
+
+    rows = RunDir(out / summary["algorithm"]).metrics()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    for key, label in (("reward_perception", "R_P (perception)"), ("reward_reasoning", "R_R (reasoning)"),
+                       ("accuracy", "accuracy (sampled)"), ("judge_yes_rate", "judge Yes-rate")):
+        a.plot(steps, [r[key] for r in rows], label=label)
+    a.set_xlabel("RL step")
+    a.set_title(f"{summary['algorithm']} on the synthetic task")
+    a.legend()
+    names = list(summary["accuracy"])
+    b.bar(names, [summary["accuracy"][k] for k in names], yerr=[2 * summary["accuracy_se"][k] for k in names])
+    b.set_ylabel("held-out accuracy (greedy), +/- 2 SE")
+    b.set_ylim(0, 1)
+    fig.tight_layout()
+    path = out / "reward_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

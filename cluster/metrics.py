@@ -43,3 +43,47 @@ class RewardMetrics:
             n = len(batch.rewards)
             self.reward_mean.labels(process="perception").set(sum(r.perception for r in batch.rewards) / n)
             self.reward_mean.labels(process="reasoning").set(sum(r.reasoning for r in batch.rewards) / n)
+
+
+# The step metrics the driver exports: metric name -> (key of the metrics.jsonl row, help). The jsonl row is the
+# full record; Prometheus gets these gauges (issue: monitoring extends this list and the dashboards).
+STEP_GAUGES = {
+    "videop2r_step": ("step", "RL steps completed"),
+    "videop2r_weight_version": ("weight_version", "The learner's weight version"),
+    "videop2r_reward_perception": ("reward_perception", "Mean R_P of the step's rollouts"),
+    "videop2r_reward_reasoning": ("reward_reasoning", "Mean R_R of the step's rollouts"),
+    "videop2r_accuracy": ("accuracy", "Mean reasoning accuracy of the step's rollouts"),
+    "videop2r_judge_yes_rate": ("judge_yes_rate", "Share of judged observations found sufficient"),
+    "videop2r_loss": ("loss", "Policy loss"),
+    "videop2r_kl": ("kl", "KL to the reference (k3)"),
+    "videop2r_mismatch_kl": ("mismatch_kl", "KL between vLLM's and the learner's log-probs (k3)"),
+    "videop2r_staleness_max": ("staleness_max", "Largest weight-version lag of a trained rollout"),
+    "videop2r_step_seconds": ("time/step", "Wall time of the last step"),
+    "videop2r_rollout_workers": ("rollout_workers", "Rollout workers in the group"),
+    "videop2r_rollout_workers_ready": ("rollout_workers_ready", "Rollout workers serving"),
+    "videop2r_last_step_timestamp_seconds": ("time", "Unix time the last step finished"),
+}
+
+
+class StepMetrics:
+    """Gauges of the last step, served on ``metrics.port`` (0: not served) with prometheus-client's exposition."""
+
+    def __init__(self, port: int = 0, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.gauges = {name: Gauge(name, doc, registry=self.registry) for name, (_, doc) in STEP_GAUGES.items()}
+        self.rewards = RewardMetrics(self.registry)
+        self.server = None
+        if port:
+            from prometheus_client import start_http_server
+
+            self.server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    def record_step(self, row: dict) -> None:
+        for name, (key, _) in STEP_GAUGES.items():
+            value = row.get(key)
+            if isinstance(value, (int, float)):
+                self.gauges[name].set(float(value))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()

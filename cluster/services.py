@@ -52,17 +52,27 @@ class RedisServer:
         self.proc.wait(timeout=10)
 
 
-def init_ray(**local_kwargs) -> None:
+# vLLM's, DeepSpeed's and transformers' INFO lines stay out of the actors' output unless --verbose: the console
+# shows our progress and the warnings actors log (Redis down, a judge failing).
+QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1", "TRANSFORMERS_VERBOSITY": "error",
+             "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def init_ray(verbose: bool = False, **local_kwargs) -> None:
     """Connects to the Ray cluster this process was started in (``ray job submit`` sets RAY_ADDRESS), or else
     starts a private local one with ``local_kwargs`` (never attaching to some other cluster on the machine)."""
+    import logging
     import os
 
     import ray
 
     if ray.is_initialized():
         return
-    quiet = {"log_to_driver": False, "configure_logging": False}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto", **quiet)
+    env = {"TOKENIZERS_PARALLELISM": "false"} if verbose else dict(QUIET_ENV)
+    common = {"log_to_driver": True, "configure_logging": True,
+              "logging_level": logging.INFO if verbose else logging.WARNING}
+    if os.environ.get("RAY_ADDRESS"):  # a submitted job: its runtime env (deploy/submit.sh) sets the variables
+        ray.init(address="auto", **common)
     else:
-        ray.init(address="local", include_dashboard=False, **quiet, **local_kwargs)
+        ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env}, **common, **local_kwargs)

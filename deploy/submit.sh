@@ -13,5 +13,7 @@ if [ -z "${RAY_AUTH_MODE:-}" ] && { [ -n "${RAY_AUTH_TOKEN:-}" ] || [ -f "$HOME/
 fi
 RAY="${RAY:-.venv/bin/ray}"
 exec "$RAY" job submit --address "$RAY_ADDRESS" --working-dir . \
-  --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.egg-info", "__pycache__", ".pytest_cache"]}' \
+  --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.egg-info", "__pycache__", ".pytest_cache"],
+    "env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
+                 "PYTHONWARNINGS": "ignore"}}' \
   -- python -m cluster.cli "$@"

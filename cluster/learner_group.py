@@ -1,0 +1,233 @@
+"""The learner as Ray actors: ``learner.num_ranks`` processes in one placement group forming a DeepSpeed world
+themselves (MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK set from Ray, as OpenRLHF does).
+
+Every rank runs every step, checkpoint and weight gather (ZeRO-3 gathers and saves are collectives, so nothing
+hangs on rank-0-only code); rank 0 also owns the weight version and the sender of the weight transport, and is the
+only one that writes the Hugging Face copy. ``LearnerGroup`` is also the ``RolloutGroup``'s weight source: the
+weights it sends are a snapshot taken after an update (``publish``), never parameters a running update is changing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from actors.weight_transport import WeightPlan
+
+# The weight channel's methods run beside a long update on rank 0 (a restarted rollout worker may rejoin mid-step):
+# they touch only the published snapshot, never the live parameters.
+WEIGHTS = "weights"
+
+
+@ray.remote(concurrency_groups={WEIGHTS: 1})
+class LearnerRank:
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+        self.learner = None
+        self.source = None
+
+    def address(self) -> tuple[str, int]:
+        from cluster.services import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, cfg, model_path: str, master: tuple[str, int], with_reference: bool, transport=None) -> dict:
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
+                          MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
+        # Ray gives each actor its GPU (CUDA_VISIBLE_DEVICES), so the local rank inside it is always 0.
+        from learner.engine import Learner
+
+        self.learner = Learner(cfg, model_path, with_reference=with_reference)
+        if self.rank == 0 and transport is not None:
+            from actors.rollout_group import LocalWeightSource
+            from actors.weight_transport import WeightSender
+
+            sender = WeightSender(transport.host, transport.timeout_s, transport.backend)
+            self.source = LocalWeightSource(sender, transport.bucket_mb)
+        return {"step": self.learner.step, "frozen_params": self.learner.frozen_params}
+
+    # -- steps (every rank, its own shard) -------------------------------------------------------------------------
+    def sft_step(self, items: list, indices: list[int]) -> dict:
+        from learner.engine import sft_targets
+
+        chosen = [items[i] for i in indices]
+        loss = self.learner.sft_step(chosen, sft_targets(self.learner.processor.tokenizer, chosen))
+        return {"loss": loss, "skipped_steps": self.learner.skipped_steps, "rows": len(chosen)}
+
+    def rl_step(self, items: list, rollouts: list[dict], group_size: int, zero_perception: bool) -> dict:
+        from learner.engine import Rollout
+
+        batch = [Rollout(item=items[r.pop("prompt_index")], **r) for r in rollouts]
+        return self.learner.rl_step(batch, group_size, zero_perception)
+
+    def reset_reference(self) -> None:
+        self.learner.reset_reference()
+
+    def run(self, fn):
+        """Runs ``fn(learner)`` on this rank (tests inject faults this way)."""
+        return fn(self.learner)
+
+    # -- weights -------------------------------------------------------------------------------------------------
+    def publish(self, version: int) -> dict | None:
+        """Every rank gathers (ZeRO-3); rank 0 keeps a CPU snapshot and returns its plan."""
+        named = {k: v.detach().to("cpu", copy=True) for k, v in self.learner.named_weights()}
+        if self.source is None:
+            return None
+        return self.source.update(named, version).to_dict()
+
+    @ray.method(concurrency_group=WEIGHTS)
+    def listen(self, key: str):
+        return self.source.listen(key)
+
+    @ray.method(concurrency_group=WEIGHTS)
+    def accept(self, key: str) -> None:
+        self.source.accept(key)
+
+    @ray.method(concurrency_group=WEIGHTS)
+    def close(self, key: str) -> None:
+        self.source.close(key)
+
+    @ray.method(concurrency_group=WEIGHTS)
+    def send(self, keys: list[str]) -> dict[str, str]:
+        return self.source.send(keys)
+
+    # -- checkpoints (every rank) ------------------------------------------------------------------------------
+    def save(self, directory: str, with_hf: bool = True) -> None:
+        self.learner.save(directory, with_hf)
+
+    def save_hf(self, directory: str) -> None:
+        self.learner.save_hf(directory)
+
+    def load(self, directory: str) -> int:
+        return self.learner.load(directory)
+
+
+class LearnerGroup:
+    """The learner ranks, driven together. Also the rollout workers' weight source (rank 0's sender)."""
+
+    def __init__(self, cfg, model_path: str, with_reference: bool = True, transport=None, lr: float | None = None,
+                 warmup_steps: int | None = None, timeout_s: float = 600):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        lcfg = cfg.learner
+        if lr is not None:  # SFT has its own learning rate (and, being its own engine, its own optimizer state)
+            lcfg = lcfg.model_copy(update={"lr": lr, "warmup_steps": warmup_steps or 0})
+        self.cfg, self.world = lcfg, lcfg.num_ranks
+        bundle = {"CPU": lcfg.num_cpus, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {})}
+        self.placement_group = ray.util.placement_group([bundle] * self.world, strategy="PACK")
+        try:
+            ray.get(self.placement_group.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(self.placement_group)
+            raise RuntimeError(f"the cluster has no room for {self.world} learner rank(s) of {bundle} within "
+                               f"{timeout_s:.0f} s: lower learner.num_ranks / num_cpus / num_gpus") from None
+        self.ranks = [
+            LearnerRank.options(
+                num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus, max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i),
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(lcfg.num_cpus))),
+                                          **({} if lcfg.num_gpus else {"DS_ACCELERATOR": "cpu"})}},
+            ).remote(i, self.world)
+            for i in range(self.world)
+        ]
+        master = ray.get(self.ranks[0].address.remote())
+        infos = ray.get([r.setup.remote(lcfg, model_path, master, with_reference, transport if i == 0 else None)
+                         for i, r in enumerate(self.ranks)])
+        self.step = infos[0]["step"]
+        self.plan: WeightPlan | None = None
+        self._channels: set[str] = set()
+
+    @property
+    def rank0(self):
+        return self.ranks[0]
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def sft_step(self, items_ref, n: int) -> dict:
+        shards = _shards(list(range(n)), self.world)
+        outs = ray.get([r.sft_step.remote(items_ref, s) for r, s in zip(self.ranks, shards)])
+        self.step += 1
+        return {"loss": sum(o["loss"] for o in outs) / len(outs), "skipped_steps": outs[0]["skipped_steps"]}
+
+    def rl_step_async(self, items_ref, rollouts: list[dict], group_size: int, zero_perception: bool) -> list:
+        """Starts an update on every rank (whole groups per rank); ``finish_rl_step`` collects it."""
+        groups = [rollouts[i:i + group_size] for i in range(0, len(rollouts), group_size)]
+        shards = [[r for g in part for r in g] for part in _shards(groups, self.world)]
+        return [r.rl_step.remote(items_ref, s, group_size, zero_perception) for r, s in zip(self.ranks, shards)]
+
+    def finish_rl_step(self, refs: list) -> dict:
+        outs = ray.get(refs)
+        self.step += 1
+        return merge_rank_stats(outs)
+
+    def reset_reference(self) -> None:
+        ray.get([r.reset_reference.remote() for r in self.ranks])
+
+    # -- weights (the RolloutGroup's source) ---------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.plan.version if self.plan else 0
+
+    def publish(self, version: int) -> WeightPlan:
+        plans = ray.get([r.publish.remote(version) for r in self.ranks])
+        self.plan = WeightPlan.from_dict(plans[0])
+        return self.plan
+
+    def listen(self, key: str):
+        return ray.get(self.rank0.listen.remote(key))
+
+    def accept(self, key: str) -> None:
+        ray.get(self.rank0.accept.remote(key))
+
+    def close(self, key: str) -> None:
+        self._channels.discard(key)
+        ray.get(self.rank0.close.remote(key))
+
+    def has_channel(self, key: str) -> bool:
+        return key in self._channels
+
+    def send(self, keys: list[str]) -> dict[str, str]:
+        failed = ray.get(self.rank0.send.remote(keys))
+        self._channels.update(k for k in keys if k not in failed)
+        self._channels.difference_update(failed)
+        return failed
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def save(self, directory: str, with_hf: bool = True) -> None:
+        ray.get([r.save.remote(directory, with_hf) for r in self.ranks])
+
+    def save_hf(self, directory: str) -> None:
+        ray.get([r.save_hf.remote(directory) for r in self.ranks])
+
+    def load(self, directory: str) -> int:
+        steps = ray.get([r.load.remote(directory) for r in self.ranks])
+        self.step = steps[0]
+        return self.step
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)
+        ray.util.remove_placement_group(self.placement_group)
+
+
+def _shards(xs: list, parts: int) -> list[list]:
+    size = len(xs) // parts
+    if size * parts != len(xs):
+        raise ValueError(f"{len(xs)} items cannot be shared evenly by {parts} learner ranks")
+    return [xs[i * size:(i + 1) * size] for i in range(parts)]
+
+
+def merge_rank_stats(outs: list[dict]) -> dict:
+    """Counts add up over ranks; everything else is the ranks' mean (their shards are the same size)."""
+    counts = {"unsplittable", "flat_groups_perception", "flat_groups_reasoning", "flat_groups", "trained_tokens",
+              "perception_tokens", "reasoning_tokens"}
+    merged = {}
+    for k in outs[0]:
+        vals = [o[k] for o in outs]
+        if k in counts:
+            merged[k] = sum(vals)
+        elif k in ("lr", "skipped_steps", "nonfinite_losses"):  # the same on every rank (a skip is global)
+            merged[k] = max(vals)
+        else:
+            merged[k] = sum(vals) / len(vals)
+    return merged

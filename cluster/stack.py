@@ -1,0 +1,108 @@
+"""What every stage of a run stands on: the Ray cluster, the local Redis (when asked for), the dataset with its
+decoder, and the prompts. One ``Stack`` per command; stages (SFT, RL, evaluation) share it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from videoqa.loader import LoadedSample, MediaLoader
+from videoqa.schema import Sample, load_samples
+
+log = logging.getLogger("videop2r")
+
+
+class Dataset:
+    """The rows of one dataset file and their decoder. Rows whose media is missing or corrupt are skipped and
+    counted (``skipped``); the caller takes replacements."""
+
+    def __init__(self, cfg, file: str):
+        self.root = Path(cfg.data.dir)
+        self.path = self.root / file
+        self.samples: list[Sample] = load_samples(self.path)
+        if not self.samples:
+            raise ValueError(f"{self.path} has no rows")
+        self.loader = MediaLoader(self.root, cfg.video.sampling(), cfg.data.loader_workers, cfg.data.on_bad_media,
+                                  cfg.video.image_max_pixels)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def skipped(self):
+        return self.loader.skipped
+
+    def load(self, indices: list[int]) -> list[tuple[int, LoadedSample]]:
+        """Decoded rows (each video once), in order, without the ones that failed to decode."""
+        wanted = [self.samples[i] for i in indices]
+        by_id = {}
+        for item in self.loader(wanted):
+            by_id.setdefault(item.sample.problem_id, item)
+        return [(i, by_id[self.samples[i].problem_id]) for i in indices if self.samples[i].problem_id in by_id]
+
+
+class Stack:
+    def __init__(self, cfg, verbose: bool = False):
+        from cluster.services import RedisServer, init_ray
+
+        self.cfg, self.redis = cfg, None
+        if cfg.cache.start_local:
+            self.redis = RedisServer()
+            cfg.cache.url = self.redis.url
+            cfg.cache.start_local = False  # the stages of this command share this one
+        self.owns_ray = False
+        import ray
+
+        if not ray.is_initialized():
+            init_ray(verbose, num_cpus=logical_cpus(cfg))
+            self.owns_ray = True
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.cfg.model.path)
+        return self._tokenizer
+
+    def redis_url(self) -> str:
+        import os
+
+        return os.environ.get(self.cfg.cache.url_env) or self.cfg.cache.url
+
+    def close(self) -> None:
+        import ray
+
+        if self.owns_ray and ray.is_initialized():
+            ray.shutdown()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def logical_cpus(cfg) -> int:
+    """CPUs a private local cluster announces: every role's reservation (plus room to scale), at least the
+    machine's cores. Roles reserve logical CPUs; on a 2-core box they take turns on the real ones."""
+    import math
+    import os
+
+    need = (cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus * 2
+            + cfg.reward.num_workers * cfg.reward.num_cpus)
+    if cfg.judge.backend == "vllm":
+        need += cfg.judge.num_engines * cfg.judge.engine.num_cpus
+    return max(os.cpu_count() or 1, math.ceil(need) + 1)
+
+
+def check_model(path: str) -> None:
+    """A clear error for a model folder that is missing or incomplete."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model.path {p} is not a Hugging Face model folder (no config.json): point model.path "
+                                "at a Qwen2.5-VL folder (or the hf/ folder `videop2r sft` writes)")

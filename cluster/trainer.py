@@ -1,0 +1,232 @@
+"""Stage 2, the RL loop (PA-GRPO or GRPO) as one Ray job: generate (rollout workers) -> score (reward pool) ->
+update (learner ranks) -> sync (weights to the workers) -> log, metrics, checkpoint.
+
+With ``trainer.max_staleness >= 1`` the next batch is generated while the learner updates (one batch ahead):
+its rollouts come from weights one version behind the update that trains on them, and the loss corrects for that
+with truncated importance sampling. A group more than ``max_staleness`` versions old is sampled again.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import Counter
+
+import ray
+import torch
+
+from actors.reward_scorer import ScoreItem
+from actors.rollout_worker import RolloutRequest
+from actors.vllm_inputs import vllm_prompt
+from cluster.step_batch import StepBatch
+from learner.advantages import process_advantages
+
+log = logging.getLogger("videop2r")
+
+
+class RLTrainer:
+    def __init__(self, cfg, stack, run, dataset, learner, rollout, pool, control=None, metrics=None):
+        self.cfg, self.stack, self.run, self.data = cfg, stack, run, dataset
+        self.learner, self.rollout, self.pool = learner, rollout, pool
+        self.control, self.metrics = control, metrics
+        self.step = learner.step
+        self.order = None  # videoqa.sampler.IndexOrder, set by the caller (fresh or from a checkpoint)
+        self.counters: Counter = Counter()  # run totals: skipped inputs, stale groups, zeroed perception steps, ...
+        self.stop_requested = False
+        self.hooks: list = []  # called as hook(trainer, step) after each step (tests inject faults here)
+        self.last_step_at = time.time()
+
+    # -- the step ---------------------------------------------------------------------------------------------
+    def run_step(self, step: int, pending: StepBatch | None) -> StepBatch | None:
+        t0 = time.perf_counter()
+        self.apply_scaling()
+        batch = self.refresh_stale(pending or self.produce(step))
+        update = self.update(batch)  # on the learner ranks, in the background
+        overlap = self.cfg.trainer.max_staleness > 0 and step < self.cfg.trainer.steps and not self.stop_requested
+        upcoming = self.produce(step + 1) if overlap else None  # under the weights the update is replacing
+        stats = self.finish_update(update)
+        sync = self.sync()
+        self.record(batch, stats, sync, time.perf_counter() - t0, overlap)
+        return upcoming
+
+    def produce(self, step: int, n: int | None = None) -> StepBatch:
+        """B prompts (or ``n``), G rollouts each, scored; flat groups replaced when dynamic sampling is on."""
+        batch = self.generate(step, n or self.cfg.trainer.prompts_per_step)
+        self.score(batch)
+        rounds = 0
+        while self.cfg.trainer.drop_flat_groups and rounds < self.cfg.trainer.max_resample_rounds:
+            flat_p, flat_r = batch.flat_groups()
+            flat = [i for i, (p, r) in enumerate(zip(flat_p, flat_r)) if p and r]
+            if not flat:
+                break
+            fresh = self.generate(step, len(flat), salt=f"r{rounds}")
+            self.score(fresh)
+            batch.replace_groups(flat, fresh)
+            batch.resampled_groups += len(flat)
+            rounds += 1
+        return batch
+
+    def generate(self, step: int, n: int, salt: str = "") -> StepBatch:
+        t0 = time.perf_counter()
+        picked: list[tuple[int, object]] = []
+        while len(picked) < n:  # rows whose media fails to decode are skipped (counted) and replaced
+            before = sum(self.data.skipped.values())
+            picked += self.data.load(self.order.take(n - len(picked)))
+            if sum(self.data.skipped.values()) - before >= n and not picked:
+                raise RuntimeError(f"no decodable media in {n} consecutive rows of {self.data.path}: "
+                                   f"{self.data.loader.errors[-1] if self.data.loader.errors else ''}")
+        rows, items = [i for i, _ in picked], [it for _, it in picked]
+        t1 = time.perf_counter()
+        requests = [RolloutRequest(f"{salt}{k}:{it.sample.problem_id}", vllm_prompt(self.stack.tokenizer, it))
+                    for k, it in enumerate(items)]
+        results = self.rollout.generate(requests, step=step, logprobs=True)
+        return StepBatch(step, rows, items, results,
+                         timings={"decode": t1 - t0, "generate": time.perf_counter() - t1})
+
+    def score(self, batch: StepBatch) -> None:
+        t0 = time.perf_counter()
+        scored = self.pool.score([ScoreItem.from_sample(batch.items[i].sample, resp.text)
+                                  for i, resp in batch.responses()])
+        batch.rewards, batch.score_stats = scored.rewards, batch.score_stats + scored.stats
+        batch.timings["score"] = batch.timings.get("score", 0.0) + time.perf_counter() - t0
+
+    def refresh_stale(self, batch: StepBatch) -> StepBatch:
+        """Groups more than ``max_staleness`` versions behind the learner are sampled again (never trained on)."""
+        k = self.cfg.trainer.max_staleness
+        stale = [i for i, v in enumerate(batch.versions()) if self.learner.version - v > k]
+        if stale:
+            self.rollout.wait_until_ready()
+            fresh = self.generate(batch.step, len(stale), salt="stale")
+            self.score(fresh)
+            batch.replace_groups(stale, fresh)
+            batch.regenerated_groups += len(stale)
+        return batch
+
+    def update(self, batch: StepBatch):
+        t0 = time.perf_counter()
+        missing = batch.missing_verdict_fraction()
+        batch.zero_perception = missing > self.cfg.reward.max_missing_frac
+        if batch.zero_perception:
+            log.warning("step %d: %.0f%% of the judge's verdicts are missing (reward.max_missing_frac=%.2f): "
+                        "perception advantages zeroed for this step", batch.step, 100 * missing,
+                        self.cfg.reward.max_missing_frac)
+        batch.learner_version = self.learner.version
+        items_ref = ray.put(batch.items)  # each prompt's frames once, shared by every rank
+        refs = self.learner.rl_step_async(items_ref, batch.learner_rollouts(self.learner.version),
+                                          batch.group_size, batch.zero_perception)
+        return refs, t0
+
+    def finish_update(self, update) -> dict:
+        refs, t0 = update
+        t1 = time.perf_counter()
+        stats = self.learner.finish_rl_step(refs)
+        stats["update_wait_s"] = time.perf_counter() - t1
+        stats["update_s"] = time.perf_counter() - t0
+        return stats
+
+    def sync(self):
+        t0 = time.perf_counter()
+        self.learner.publish(self.learner.step)
+        report = self.rollout.sync_weights()
+        report.seconds = time.perf_counter() - t0  # the gather and snapshot on the learner included
+        return report
+
+    # -- bookkeeping --------------------------------------------------------------------------------------------
+    def record(self, batch: StepBatch, stats: dict, sync, wall: float, overlapped: bool) -> None:
+        self.step = batch.step
+        G = batch.group_size
+        r_p = torch.tensor([r.perception for r in batch.rewards])
+        r_r = torch.tensor([r.reasoning for r in batch.rewards])
+        if batch.zero_perception:
+            r_p = torch.zeros_like(r_p)
+        valid = torch.tensor([r.perception_valid for r in batch.rewards])
+        a_p, a_r, _ = process_advantages(r_p, r_r, G, self.cfg.learner.algorithm, valid)
+        staleness = [batch.learner_version - v for v in batch.versions()]
+        self.counters["regenerated_groups"] += batch.regenerated_groups
+        self.counters["resampled_groups"] += batch.resampled_groups
+        self.counters["zeroed_perception_steps"] += int(batch.zero_perception)
+        self.counters["nonfinite_steps"] += int(stats.get("skipped_steps", 0) > 0 or stats.get("nonfinite_losses", 0) > 0)
+        flat_p, flat_r = batch.flat_groups()
+        t = batch.timings
+        row = {
+            "step": batch.step, "time": time.time(), "weight_version": self.learner.version,
+            **batch.reward_summary(),
+            **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+            "flat_groups_frac_perception": sum(flat_p) / len(flat_p), "flat_groups_frac_reasoning": sum(flat_r) / len(flat_r),
+            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
+            "missing_verdict_frac": batch.missing_verdict_fraction(), "zeroed_perception": batch.zero_perception,
+            "time/decode": t.get("decode", 0.0), "time/generate": t.get("generate", 0.0), "time/score": t.get("score", 0.0),
+            "time/update": stats["update_s"], "time/update_wait": stats["update_wait_s"], "time/sync": sync.seconds,
+            "time/step": wall, "overlapped": overlapped,
+            "generated_tokens": sum(len(resp.token_ids) for _, resp in batch.responses()),
+            "rollout_workers": self.rollout.num_workers, "rollout_workers_ready": self.rollout.ready_workers,
+            "sync_failed": len(sync.failed), "prompt_ids": [it.sample.problem_id for it in batch.items],
+            "skipped_media": dict(self.data.skipped), **{f"total/{k}": v for k, v in self.counters.items()},
+            **{f"judge/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("judge_")},
+            **{f"cache/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("cache_")},
+        }
+        self.run.log_metrics(row)
+        if self.cfg.trainer.log_rollouts:
+            self.run.log_rollouts(batch.step, batch.log_rows({"advantage_perception": a_p, "advantage_reasoning": a_r}))
+        if self.metrics is not None:
+            self.metrics.record_step(row)
+        if self.control is not None:
+            self.control.report({"step": batch.step, "weight_version": self.learner.version,
+                                 "rollout_workers": self.rollout.num_workers})
+        self.last_row, self.last_step_at = row, time.time()
+        for hook in self.hooks:
+            hook(self, batch.step)
+
+    def apply_scaling(self) -> None:
+        """The desired rollout worker count (``videop2r scale``), applied between steps: new workers join with the
+        current weights once their engines are up; removed ones are idle now (drained)."""
+        if self.control is None:
+            return
+        want = self.control.desired_workers()
+        have = self.rollout.num_workers
+        if want is None or want == have:
+            return
+        if want > have:
+            log.warning("scaling rollout workers %d -> %d (new ones join once started)", have, want)
+            self.rollout.add_workers(want - have, wait=False)
+        else:
+            log.warning("scaling rollout workers %d -> %d", have, want)
+            self.rollout.remove_workers(have - want)
+
+    def driver_state(self) -> dict:
+        return {"step": self.step, "weight_version": self.learner.version, "order": self.order.state(),
+                "counters": dict(self.counters)}
+
+    def checkpoint(self) -> None:
+        tmp, final = self.run.checkpoint_dir(self.step)
+        self.learner.save(str(tmp), with_hf=False)
+        self.run.commit_checkpoint(tmp, final, self.driver_state(), self.cfg.trainer.keep_checkpoints)
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    def train(self, progress=None) -> None:
+        """Runs to ``trainer.steps`` (or until SIGTERM / Ctrl-C, after which it checkpoints and returns)."""
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def request_stop(signum, frame):
+            if self.stop_requested:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            log.warning("stopping after this step (a checkpoint follows)")
+
+        for s in previous:
+            signal.signal(s, request_stop)
+        try:
+            pending, every, saved = None, self.cfg.trainer.checkpoint_every, self.step
+            while self.step < self.cfg.trainer.steps and not self.stop_requested:
+                pending = self.run_step(self.step + 1, pending)
+                if progress is not None:
+                    progress(self, self.last_row)
+                if every and self.step % every == 0:
+                    self.checkpoint()
+                    saved = self.step
+            if self.step != saved:
+                self.checkpoint()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
