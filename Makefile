@@ -20,6 +20,7 @@ bench: setup
 	.venv/bin/python -m benchmarks rewards
 	.venv/bin/python -m benchmarks rollout
 	.venv/bin/python -m benchmarks learner
+	.venv/bin/python -m benchmarks train
 
 clean:
 	rm -rf runs/

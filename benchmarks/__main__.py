@@ -1,4 +1,4 @@
-"""``python -m benchmarks {decode,rewards,rollout,learner}``: each prints a table (see the modules' docstrings).
+"""``python -m benchmarks {decode,rewards,rollout,learner,train}``: each prints a table (see the modules' docstrings).
 
 Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
 data and tiny model it needs under ``runs/bench`` on first use.
@@ -34,6 +34,12 @@ def cmd_learner(args) -> int:
     return run_bench_learner(args.root, rounds=args.rounds, model=args.model, zero_stage=args.zero_stage)
 
 
+def cmd_train(args) -> int:
+    from benchmarks.train import run_bench_train
+
+    return run_bench_train(args.root, steps=args.steps, prompts=args.prompts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="VideoP2R benchmarks (each prints a table).")
@@ -66,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-stage", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.set_defaults(func=cmd_learner)
+
+    p = sub.add_parser("train", help="RL step-time split, driver overhead, synchronous vs overlapped, PA-GRPO vs GRPO")
+    p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data, model and runs")
+    p.add_argument("--steps", type=int, default=10, help="measured steps per run (after one warm-up step)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -26,8 +26,9 @@ def _open_run(cfg, force: bool) -> tuple[RunDir, str, dict | None]:
     latest = run.latest_checkpoint() if resume else None
     run_id = run.prepare(cfg, resume=resume, force=force)
     state = json.loads((latest / "driver.json").read_text()) if latest else None
-    if state:
-        run.truncate_metrics(state["step"])  # steps after the checkpoint are done again
+    run.truncate_metrics(state["step"] if state else 0)  # steps after the checkpoint are done again
+    if not state:
+        (run.path / "eval_start.json").unlink(missing_ok=True)
     return run, run_id, (dict(state, path=str(latest)) if state else None)
 
 

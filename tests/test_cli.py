@@ -103,18 +103,25 @@ def test_make_tiny_model_size_from_overrides(tmp_path):
 
 @pytest.mark.vllm
 def test_demo_end_to_end(tmp_path):
-    """The main job as a user starts it: builds model and data, generates through vLLM, logs rollouts."""
+    """The main job as a user starts it, on tiny budgets: builds model and data inside its folder, evaluates,
+    SFT, evaluates, PA-GRPO, evaluates; writes summary.json and the PNG; a rerun finds it complete."""
     out = tmp_path / "run"
-    r = run("demo", "--config", "configs/demo.yaml", f"run.out_dir={out}", f"model.path={out}/model",
-            f"data.dir={out}/data", "data.synthetic_n=10", "rollout.max_tokens=16", timeout=900)
+    small = [f"run.out_dir={out}", f"model.path={out}/model", f"data.dir={out}/data", "data.synthetic_n=20",
+             "demo.eval_rows=10", "eval.max_rows=10", "sft.steps=20", "trainer.steps=2", "trainer.prompts_per_step=2",
+             "rollout.group_size=2", "rollout.max_tokens=16", "rollout.num_cpus=1", "learner.num_cpus=1"]
+    r = run("demo", "--config", "configs/demo.yaml", *small, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "10 rows, 0 problems" in r.stdout
-    import pyarrow.parquet as pq
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["accuracy"]) == {"untrained", "sft", "pa_grpo"} and summary["held_out_questions"] == 10
+    assert set(summary["accuracy_by_type"]["sft"]) == {"multiple choice", "numerical", "OCR", "free-form", "regression"}
+    assert summary["rl_steps"] == 2 and (out / "reward_curves.png").stat().st_size > 10_000
+    assert (out / "pa_grpo" / "metrics.jsonl").is_file() and (out / "sft" / "hf" / "config.json").is_file()
+    assert "held-out reasoning accuracy" in r.stdout and "Loading weights" not in r.stdout + r.stderr
+    again = run("demo", "--config", "configs/demo.yaml", *small)
+    assert again.returncode == 0 and "the demo is complete" in again.stdout
+    # a model path outside the demo's folder is never generated into
+    elsewhere = tmp_path / "my-model"
+    bad = run("demo", "--config", "configs/demo.yaml", *small[:1], f"run.out_dir={tmp_path}/other",
+              f"model.path={elsewhere}")
+    assert bad.returncode == 2 and "has no model" in bad.stderr and not elsewhere.exists()
 
-    log = pq.read_table(out / "smoke_rollouts.parquet").to_pylist()
-    assert len(log) == 5 * 4  # one prompt per problem type x group size 4 (configs/demo.yaml)
-    assert {row["problem_type"] for row in log} == {"multiple choice", "numerical", "OCR", "free-form", "regression"}
-    assert all(0 < len(row["token_ids"]) <= 16 for row in log)
-    # scored by the reward pool: the random model writes no tags, so no judge call and no reward
-    assert "rewards (oracle judge)" in r.stdout and "not_needed 20" in r.stdout
-    assert all(row["reward_perception"] == 0.0 and row["reward_form_p"] == 0.0 for row in log)

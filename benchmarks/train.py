@@ -1,0 +1,68 @@
+"""Benchmark of the RL step on the real stack, printed as a table: the step-time split (decode, generate, score,
+update, sync) over ``steps`` steps after a warm-up step, the driver's overhead (step wall time / sum of the
+parts; target <= 1.05, synchronous mode), synchronous vs overlapped step time, and PA-GRPO vs GRPO end to end
+(target <= 1.03). All runs start from one short SFT of the tiny model on demo-style data, with the same seeds.
+
+On a 2-core box, generation and the update compete for the same cores, so overlapping them cannot gain much here:
+the table shows what it costs or saves; on a GPU cluster they run on different devices.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from pathlib import Path
+
+PARTS = ("time/decode", "time/generate", "time/score", "time/update", "time/sync")
+
+
+def _setup(root: Path) -> tuple[Path, Path]:
+    from toy.synthetic import make_synthetic
+    from toy.tiny_model import build_tiny_model
+
+    data, model = root / "train-data", root / "tiny-model"
+    if not (data / "train.json").is_file():
+        make_synthetic(data, n=200, seed=0, n_eval=10, frames=8, size=56, style="demo", progress=False)
+    if not (model / "config.json").is_file():
+        build_tiny_model(model)
+    return data, model
+
+
+def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: int = 8) -> int:
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+    from cluster.run_dir import RunDir
+    from cluster.stack import Stack
+    from cluster.stages import run_sft, run_train
+
+    root = Path(root)
+    data, model = _setup(root)
+    base = [f"model.path={model}", f"data.dir={data}", f"trainer.prompts_per_step={prompts}", "trainer.checkpoint_every=0",
+            f"trainer.steps={steps + 1}", "trainer.log_rollouts=false", "sft.steps=150", "sft.checkpoint_every=0"]
+    cfg = load_config(Config, "configs/demo.yaml", base + [f"run.out_dir={root}/train-sft"])
+    runs = {"pa_grpo, synchronous": ["trainer.max_staleness=0"], "pa_grpo, overlapped": ["trainer.max_staleness=1"],
+            "grpo, synchronous": ["trainer.max_staleness=0", "learner.algorithm=grpo"]}
+    results = {}
+    with Stack(cfg) as stack:
+        sft = run_sft(cfg, stack=stack) if not (root / "train-sft" / "hf" / "config.json").is_file() else {
+            "hf": str(root / "train-sft" / "hf")}
+        for name, extra in runs.items():
+            out = root / ("train-" + name.replace(", ", "-"))
+            shutil.rmtree(out, ignore_errors=True)
+            c = load_config(Config, "configs/demo.yaml", base + extra + [f"run.out_dir={out}", f"model.path={sft['hf']}"])
+            c.cache.url, c.cache.start_local = cfg.cache.url, False
+            run_train(c, stack=stack)
+            results[name] = RunDir(out).metrics()[1:]  # the first step warms up
+    print(f"\nRL step benchmark: {steps} steps after a warm-up, B={prompts} prompts x G={cfg.rollout.group_size}, "
+          f"tiny model, 1 rollout worker, 1 learner rank (median seconds per step)")
+    print(f"{'run':22s} {'step':>6s} " + " ".join(f"{p[5:]:>8s}" for p in PARTS) + f" {'overhead':>9s}")
+    med = {}
+    for name, rows in results.items():
+        med[name] = statistics.median(r["time/step"] for r in rows)
+        parts = [statistics.median(r[p] for r in rows) for p in PARTS]
+        overhead = statistics.median(r["time/step"] / sum(r[p] for p in PARTS) for r in rows)
+        print(f"{name:22s} {med[name]:6.2f} " + " ".join(f"{p:8.2f}" for p in parts) + f" {overhead:9.3f}")
+    sync, over, grpo = med["pa_grpo, synchronous"], med["pa_grpo, overlapped"], med["grpo, synchronous"]
+    print(f"\noverlapped / synchronous step time: {over / sync:.2f}  (2 cores shared by generation and update)")
+    print(f"PA-GRPO / GRPO step time: {sync / grpo:.3f}  (target <= 1.03)")
+    return 0

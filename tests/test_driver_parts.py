@@ -1,0 +1,133 @@
+"""The driver's pure parts: data order and its resume state, the run folder, a step's batch bookkeeping, the
+importance weights and mismatch KL, and the config's cross-field checks."""
+
+import json
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from actors.rollout_worker import Response, RolloutResult
+from cluster.run_dir import RunDir, RunExistsError
+from cluster.step_batch import StepBatch
+from learner.engine import _importance
+from learner.loss import policy_loss
+from rewards import ProcessRewards
+from videoqa.sampler import IndexOrder
+
+
+def test_index_order_visits_every_row_once_per_epoch_across_batches():
+    order = IndexOrder(10, seed=3)
+    seen = [order.take(4) for _ in range(5)]  # 20 rows: two epochs, batches straddle the boundary
+    flat = [i for b in seen for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # each epoch its own permutation
+    assert order.state() == {"epoch": 1, "position": 10}
+
+
+@pytest.mark.parametrize("cut", [3, 5])  # 5 batches of 2 = exactly one epoch: resume at the epoch boundary
+def test_index_order_resumes_from_its_state(cut):
+    a = IndexOrder(10, seed=1)
+    for _ in range(cut):
+        a.take(2)
+    state = a.state()
+    expect = [a.take(2) for _ in range(8)]
+    b = IndexOrder(10, seed=1, **state)
+    assert [b.take(2) for _ in range(8)] == expect
+    with pytest.raises(ValueError, match="empty"):
+        IndexOrder(0)
+
+
+def test_run_dir_refuses_to_overwrite_and_commits_checkpoints_atomically(tmp_path):
+    cfg = SimpleNamespace(run=SimpleNamespace(name="t"), model_dump=lambda mode: {"run": {"name": "t"}})
+    run = RunDir(tmp_path / "r")
+    run_id = run.prepare(cfg, resume=False, force=False)
+    run.write_control(run_id, "redis://x")
+    run.log_metrics({"step": 1, "loss": 0.5})
+    run.log_metrics({"step": 2, "loss": 0.4})
+    with pytest.raises(RunExistsError, match="already holds a run"):
+        RunDir(tmp_path / "r").prepare(cfg, resume=False, force=False)
+    assert run.prepare(cfg, resume=True, force=False) == run_id  # a resume keeps the run id
+    tmp, final = run.checkpoint_dir(2)
+    tmp.mkdir()
+    (tmp / "weights").write_text("w")
+    assert run.latest_checkpoint() is None  # half-written: not a checkpoint
+    run.commit_checkpoint(tmp, final, {"step": 2}, keep=1)
+    assert run.latest_checkpoint() == final and json.loads((final / "driver.json").read_text()) == {"step": 2}
+    tmp, final3 = run.checkpoint_dir(3)
+    tmp.mkdir()
+    run.commit_checkpoint(tmp, final3, {"step": 3}, keep=1)
+    assert run.list_checkpoints() == [final3]  # the older one is pruned
+    run.truncate_metrics(1)
+    assert [r["step"] for r in run.metrics()] == [1]
+    run.prepare(cfg, resume=False, force=True)
+    assert run.metrics() == [] and run.latest_checkpoint() is None
+
+
+def _rewards(p, r, verdict=True):
+    return ProcessRewards(acc_p=p, form_p=0, len_p=0, acc_r=r, form_r=0, len_r=0, verdict=verdict,
+                          perception_valid=True)
+
+
+def _batch(versions, G=2):
+    items = [SimpleNamespace(sample=SimpleNamespace(problem_id=f"p{i}", problem_type="OCR")) for i in range(len(versions))]
+    results = [RolloutResult(f"p{i}", [1], [Response([5, 6], "x", "stop", [-0.1, -0.2]) for _ in range(G)], v, "w0")
+               for i, v in enumerate(versions)]
+    return StepBatch(3, list(range(len(versions))), items, results)
+
+
+def test_step_batch_bookkeeping():
+    b = _batch([2, 1])
+    b.rewards = [_rewards(1, 0), _rewards(0, 0), _rewards(1, 1), _rewards(1, 1)]
+    flat_p, flat_r = b.flat_groups()
+    assert flat_p == [False, True] and flat_r == [True, True]
+    rows = b.learner_rollouts(learner_version=2)
+    assert [r["prompt_index"] for r in rows] == [0, 0, 1, 1]
+    assert [r["stale"] for r in rows] == [False, False, True, True]  # version 1 < the learner's 2
+    b.score_stats = Counter(judge_ok=6, judge_failed=3, judge_timeout=1, judge_not_needed=5)
+    assert b.missing_verdict_fraction() == pytest.approx(0.4)
+    other = _batch([2])
+    other.rewards = [_rewards(0, 1), _rewards(1, 0)]
+    b.replace_groups([1], other)
+    assert b.versions() == [2, 2] and [r.acc_r for r in b.rewards] == [0, 0, 1, 0]
+    log = b.log_rows({"advantage_perception": [0.5, -0.5, 1, -1]})
+    assert [r["advantage_perception"] for r in log] == [0.5, -0.5, 1, -1] and log[2]["prompt_id"] == "p0"
+
+
+def test_truncated_importance_weights_and_mismatch_kl():
+    tokens = torch.ones(2, 3)
+    old = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    behaviour = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -0.5, -1.0]])
+    w, mismatch = _importance(old, behaviour, torch.tensor([False, True]), tokens, clamp=2.0)
+    assert torch.equal(w[0], torch.ones(3))  # fresh rollouts are not reweighted
+    assert torch.allclose(w[1], torch.tensor([2.0, torch.exp(torch.tensor(-0.5)), 1.0]))  # e^1 clamped to 2
+    assert mismatch > 0.01
+    w, same = _importance(old, old.clone(), torch.tensor([False, False]), tokens, clamp=2.0)
+    assert w is None and same == 0.0
+    _, tiny = _importance(old, old + 1e-6, torch.tensor([False, False]), tokens, clamp=2.0)
+    assert 0 < tiny < 1e-10  # computed in float64: a 1e-6 weight-sync difference still shows
+
+
+def test_importance_weight_scales_the_policy_gradient():
+    logp = torch.zeros(1, 2, requires_grad=True)
+    adv, mask = torch.tensor([[1.0, 1.0]]), torch.ones(1, 2)
+    loss, _ = policy_loss(logp, torch.zeros(1, 2), None, adv, mask, beta=0.0)
+    loss.backward()
+    g1 = logp.grad.clone()
+    logp.grad = None
+    loss, _ = policy_loss(logp, torch.zeros(1, 2), None, adv, mask, beta=0.0, is_weight=torch.tensor([[2.0, 0.5]]))
+    loss.backward()
+    assert torch.allclose(logp.grad, g1 * torch.tensor([[2.0, 0.5]]))
+
+
+def test_config_cross_checks():
+    from cluster.config import Config
+    from cluster.config_loader import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="group_size must be >= 2"):
+        load_config(Config, None, ["rollout.group_size=1"])
+    with pytest.raises(ConfigError, match="multiple of learner.num_ranks=2"):
+        load_config(Config, None, ["learner.num_ranks=2", "trainer.prompts_per_step=3"])
+    with pytest.raises(ConfigError, match="nccl needs learner.num_gpus"):
+        load_config(Config, None, ["learner.backend=nccl"])

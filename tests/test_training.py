@@ -1,0 +1,225 @@
+"""The training system end to end on the real stack (Ray actors, vLLM rollout workers, the reward pool, Redis, the
+DeepSpeed learner as Ray actors, the weight broadcast): SFT, then short RL runs in both modes, resume after a
+SIGKILL, GRPO from the same start on two learner ranks, and a run that survives scaling and faults."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.config import Config
+from cluster.config_loader import load_config
+from cluster.run_dir import RunDir
+from tests.conftest import ROOT
+from videoqa.sampler import IndexOrder
+
+pytestmark = pytest.mark.vllm
+VIDEOP2R = str(Path(sys.executable).parent / "videop2r")
+B, G = 4, 3
+
+
+def overrides(out, model, data, *extra):
+    return [f"run.out_dir={out}", f"model.path={model}", f"data.dir={data}", "rollout.group_size=3",
+            "rollout.max_tokens=48", f"trainer.prompts_per_step={B}", "trainer.checkpoint_every=2",
+            "trainer.steps=4", "trainer.max_staleness=0", "learner.micro_batch_size=12", "cache.retry_after_s=0.5",
+            "sft.steps=120", "sft.batch_size=8", "data.loader_workers=1", "rollout.chunks_per_worker=1",
+            "rollout.num_cpus=1", "learner.num_cpus=1", *extra]
+
+
+def config(*args):
+    return load_config(Config, ROOT / "configs" / "demo.yaml", overrides(*args))
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from toy.synthetic import make_synthetic
+
+    d = tmp_path_factory.mktemp("demo-data")
+    make_synthetic(d, n=40, seed=0, n_eval=10, frames=8, size=56, style="demo", progress=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
+    from cluster.stages import run_sft
+
+    out = tmp_path_factory.mktemp("sft")
+    summary = run_sft(config(out, tiny_model_dir, demo_data))
+    rows = RunDir(out).metrics()
+    assert summary["steps"] == 120 and rows[-1]["loss"] < rows[0]["loss"] - 2  # it learns the CoT format
+    assert (out / "hf" / "config.json").is_file()
+    return out / "hf"
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_cluster, sft_model, demo_data, tmp_path_factory):
+    """An uninterrupted synchronous PA-GRPO run of 4 steps (checkpoints at 2 and 4)."""
+    from cluster.stages import run_train
+
+    out = tmp_path_factory.mktemp("rl-sync")
+    summary = run_train(config(out, sft_model, demo_data))
+    return out, summary
+
+
+def test_synchronous_run_writes_its_folder(reference_run, demo_data):
+    out, summary = reference_run
+    run = RunDir(out)
+    rows = run.metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and summary["steps"] == 4
+    assert [r["weight_version"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["staleness_max"] == 0 and not r["overlapped"] for r in rows)
+    # the workers hold exactly the learner's weights: vLLM's and the learner's log-probs agree (float32)
+    assert all(0 <= r["mismatch_kl"] < 1e-6 for r in rows), [r["mismatch_kl"] for r in rows]
+    assert rows[0]["format_perception"] > 0.5  # SFT taught the format, so the judge had observations to judge
+    order = IndexOrder(40, seed=0)
+    rollouts = run.read_rollouts()
+    for r in rows:  # the data order is the seeded one, and each prompt has exactly G rollouts of that step
+        ids = [x["prompt_id"] for x in rollouts if x["step"] == r["step"]]
+        assert sorted(set(ids)) == sorted(r["prompt_ids"]) and len(ids) == B * G
+        assert [f"train-{i:05d}" for i in order.take(B)] == r["prompt_ids"]
+    first = [x for x in rollouts if x["step"] == 1]
+    assert {x["weight_version"] for x in first} == {0} and {x["weight_version"] for x in rollouts if x["step"] == 4} == {3}
+    for key in ("response", "r_perception", "r_reasoning", "acc_p", "form_r", "advantage_perception",
+                "advantage_reasoning", "worker", "problem_type", "response_tokens"):
+        assert key in first[0]
+    assert [p.name for p in run.list_checkpoints()] == ["step_000002", "step_000004"]
+    assert (out / "hf" / "config.json").is_file() and json.loads((out / "summary.json").read_text())["steps"] == 4
+    assert "api_key" not in (out / "config.yaml").read_text()
+
+
+def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_model, demo_data, tmp_path):
+    """Killed (the whole job, SIGKILL) after step 3; the resume redoes step 3 from the step-2 checkpoint and its
+    prompts and losses equal the uninterrupted run's."""
+    ref_out, _ = reference_run
+    out = tmp_path / "rl"
+    args = [VIDEOP2R, "train", "--config", "configs/demo.yaml", *overrides(out, sft_model, demo_data)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not [r for r in RunDir(out).metrics() if r["step"] == 3]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert RunDir(out).latest_checkpoint().name == "step_000002"
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    got, want = RunDir(out).metrics(), RunDir(ref_out).metrics()
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for g, w in zip(got[2:], want[2:]):
+        assert g["prompt_ids"] == w["prompt_ids"]
+        assert g["loss"] == pytest.approx(w["loss"], rel=1e-5, abs=1e-7)
+        assert g["reward_reasoning"] == pytest.approx(w["reward_reasoning"])
+    assert json.loads((out / "summary.json").read_text())["resumed_from"].endswith("step_000002")
+
+
+def test_grpo_on_two_learner_ranks_from_the_same_start(reference_run, sft_model, demo_data, tmp_path):
+    """The baseline: same SFT start and seeds, so step 1 samples the same rollouts; two DeepSpeed ranks (gloo)."""
+    from cluster.stages import run_train
+
+    ref_out, _ = reference_run
+    out = tmp_path / "grpo"
+    run_train(config(out, sft_model, demo_data, "learner.algorithm=grpo", "learner.num_ranks=2", "trainer.steps=2",
+                     "learner.zero_stage=3"))
+    mine, ref = RunDir(out).read_rollouts(), RunDir(ref_out).read_rollouts()
+    first = [(x["prompt_id"], x["response"]) for x in mine if x["step"] == 1]
+    assert first == [(x["prompt_id"], x["response"]) for x in ref if x["step"] == 1]
+    rows = RunDir(out).metrics()
+    assert [r["step"] for r in rows] == [1, 2] and "flat_groups" in rows[0] and rows[1]["mismatch_kl"] < 1e-6
+    # GRPO gives every token of a rollout one advantage
+    assert all(x["advantage_perception"] == x["advantage_reasoning"] for x in mine)
+
+
+def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo_data, tmp_path):
+    """max_staleness=1 with: `videop2r scale` 1 -> 2 -> 1 workers, a rollout worker SIGKILLed mid-generation, a
+    reward worker killed, redis-server killed and brought back, the judge failing for a step, a non-finite loss."""
+    import ray
+
+    from cluster.stages import run_train
+    from tests.judge_server import JudgeServer
+
+    judge = JudgeServer()
+    out = tmp_path / "rl"
+    cfg = config(out, sft_model, demo_data, "trainer.max_staleness=1", "trainer.steps=9", "judge.backend=http",
+                 f"judge.base_url={judge.base_url}", "judge.model=test", "judge.retries=0", "judge.timeout_s=2",
+                 "cache.enabled=true")
+    events = {}
+
+    def scale(n):
+        r = subprocess.run([VIDEOP2R, "scale", "--run", str(out), "--rollout-workers", str(n)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+    def pid_of(actor):
+        return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+    def hook(trainer, step):
+        if step == 1:
+            scale(2)
+        if step == 2:
+            trainer.rollout.wait_until_ready(timeout_s=240)  # the new worker joins (with the weights)
+            assert trainer.rollout.ready_workers == 2
+        if step == 3:  # SIGKILL a rollout worker while the next batch is being generated
+            victim = trainer.rollout.slots["rollout-0"].actor
+            threading.Timer(0.3, os.kill, (pid_of(victim), signal.SIGKILL)).start()
+            events["rollout_killed"] = True
+        if step == 4:
+            os.kill(pid_of(trainer.pool.workers[0]), signal.SIGKILL)
+            trainer.stack.redis.stop()
+        if step == 5:
+            judge.mode = "error"
+        if step == 6:
+            from cluster.services import RedisServer
+
+            judge.mode = "yes"
+            trainer.stack.redis = RedisServer(port=int(trainer.stack.redis.url.rsplit(":", 1)[1].split("/")[0]))
+
+            def nan_once(learner):
+                import torch
+
+                def hook(g):
+                    handle.remove()
+                    return g * float("nan")
+
+                handle = learner.engine.module.lm_head.weight.register_hook(hook)
+
+            ray.get(trainer.learner.ranks[0].run.remote(nan_once))
+        if step == 7:
+            scale(1)
+
+    try:
+        summary = run_train(cfg, hooks=[hook])
+    finally:
+        judge.close()
+    rows = {r["step"]: r for r in RunDir(out).metrics()}
+    assert sorted(rows) == list(range(1, 10)) and summary["steps"] == 9
+    # overlapped: each batch after the first was generated one version behind the update that trained on it
+    assert all(rows[s]["staleness_max"] <= 1 for s in rows) and any(rows[s]["staleness_max"] == 1 for s in rows)
+    assert all(rows[s]["overlapped"] for s in range(1, 9))
+    # scaling: two workers served, then one again
+    assert max(r["rollout_workers_ready"] for r in rows.values()) == 2 and rows[9]["rollout_workers"] == 1
+    # nothing lost or duplicated: every step has B prompts x G rollouts, in the seeded order
+    rollouts = RunDir(out).read_rollouts()
+    order = IndexOrder(40, seed=0)
+    for s, r in rows.items():
+        ids = [x["prompt_id"] for x in rollouts if x["step"] == s]
+        assert len(ids) == B * G and sorted(set(ids)) == sorted(r["prompt_ids"])
+        assert r["prompt_ids"] == [f"train-{i:05d}" for i in order.take(B)]
+    assert len({x["worker"] for x in rollouts}) >= 2
+    assert any("lost" in e for e in summary["rollout_events"])
+    # redis down: scored uncached, counted; back: cached again
+    assert rows[5]["cache/unavailable"] + rows[5].get("cache/skipped_unavailable", 0) > 0
+    assert rows[8].get("cache/writes", 0) + rows[8].get("cache/hits", 0) > 0
+    # the judge failing: that step's perception advantages were zeroed (counted), not made-up "No"s
+    failed = [s for s, r in rows.items() if r["zeroed_perception"]]
+    assert failed and all(rows[s]["missing_verdict_frac"] > 0.2 for s in failed)
+    assert summary["counters"]["zeroed_perception_steps"] == len(failed)
+    zeroed = [x for x in rollouts if x["step"] in failed]
+    assert all(x["advantage_perception"] == 0 for x in zeroed)
+    # the non-finite loss: the step was skipped, counted
+    assert summary["counters"]["nonfinite_steps"] >= 1
