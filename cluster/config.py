@@ -191,6 +191,12 @@ class DemoSection(Section):
     style: Literal["varied", "demo"] = "demo"
     mix: dict[str, float] | None = None  # training-row weights per problem type; None: equal
     eval_rows: int = Field(200, ge=5)  # held-out questions, all five types equally
+    # SFT stops once greedy accuracy on validation rows (the training mix, their own seed; never the held-out
+    # rows) reaches this, checked every sft_check_every steps: RL starts where the skill has appeared but is far
+    # from done (sft.steps is the upper bound). 0 disables the check.
+    val_rows: int = Field(48, ge=0)
+    sft_stop_accuracy: float = Field(0.5, ge=0, le=1)
+    sft_check_every: int = Field(20, ge=1)
     controls: bool = False
 
 

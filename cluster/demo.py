@@ -44,7 +44,8 @@ def ensure_fixtures(cfg: Config, out: Path) -> None:
         d = cfg.demo
         print(f"[demo] writing the synthetic task to {data}")
         make_synthetic(data, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed, n_eval=d.eval_rows,
-                       frames=cfg.data.synthetic_frames, size=cfg.data.synthetic_size, style=d.style, mix=d.mix)
+                       frames=cfg.data.synthetic_frames, size=cfg.data.synthetic_size, style=d.style, mix=d.mix,
+                       n_val=d.val_rows)
 
 
 def stage_config(cfg: Config, out_dir: Path, **updates) -> Config:
@@ -57,21 +58,48 @@ def stage_config(cfg: Config, out_dir: Path, **updates) -> Config:
     return c
 
 
-def model_eval(cfg: Config, stack: Stack, items: list) -> dict:
-    from actors.reward_pool import RewardPool
-    from actors.rollout_group import RolloutGroup
+class Evaluator:
+    """A rollout worker and a reward pool for the demo's measurements outside RL: the untrained model, and the
+    validation checks that decide when SFT stops (the worker then receives the SFT learner's weights)."""
 
-    rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, num_workers=1)
-    pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
+    def __init__(self, cfg: Config, stack: Stack):
+        from actors.reward_pool import RewardPool
+        from actors.rollout_group import RolloutGroup
+
+        self.cfg, self.stack = cfg, stack
+        self.rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, num_workers=1)
+        self.pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
+        self.checks: list[dict] = []
+
+    def __call__(self, items: list) -> dict:
+        return evaluate(self.rollout, self.pool, self.stack.tokenizer, items, self.cfg.eval.temperature)
+
+    def sft_stop(self, val_items: list, threshold: float):
+        def should_stop(learner, step: int) -> str | None:
+            self.rollout.source = learner  # the SFT learner's current weights, then greedy on validation rows
+            learner.publish(step)
+            self.rollout.sync_weights()
+            acc = self(val_items)["accuracy"]
+            self.checks.append({"step": step, "val_accuracy": acc})
+            return f"validation accuracy {acc:.2f} >= {threshold}" if acc >= threshold else None
+
+        return should_stop
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.rollout.shutdown()
+
+
+def model_eval(cfg: Config, stack: Stack, items: list) -> dict:
+    ev = Evaluator(cfg, stack)
     try:
-        return evaluate(rollout, pool, stack.tokenizer, items, cfg.eval.temperature)
+        return ev(items)
     finally:
-        pool.shutdown()
-        rollout.shutdown()
+        ev.close()
 
 
 def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
-    from cluster.stages import run_sft, run_train
+    from cluster.stages import run_train
 
     t_start = time.perf_counter()
     out = Path(cfg.run.out_dir).resolve()
@@ -84,12 +112,11 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
     with Stack(cfg, verbose) as stack:
         held_out = Dataset(cfg, cfg.data.eval_file)
         items = [it for _, it in held_out.load(list(range(min(len(held_out), cfg.eval.max_rows))))]
-        cached = out / "eval_untrained.json"
-        if not cached.is_file():
-            print(f"[demo] evaluating the untrained model on {len(items)} held-out questions")
-            cached.write_text(json.dumps(model_eval(cfg, stack, items)))
-        ev_untrained = json.loads(cached.read_text())
-        sft = run_sft(stage_config(cfg, out / "sft"), force=force, stack=stack)
+        sft_done = out / "sft" / "summary.json"
+        if force or not sft_done.is_file() or not (out / "eval_untrained.json").is_file():
+            sft_stage(cfg, stack, out, items, force)
+        sft = json.loads(sft_done.read_text())
+        ev_untrained = json.loads((out / "eval_untrained.json").read_text())
         t_rl = time.perf_counter()
         rl = run_train(stage_config(cfg, out / cfg.learner.algorithm, model__path=sft["hf"]), force=force,
                        stack=stack, evaluate_on=items)
@@ -103,6 +130,30 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
     return 0
 
 
+def sft_stage(cfg: Config, stack: Stack, out: Path, items: list, force: bool) -> dict:
+    """Untrained measurement, then SFT until validation accuracy shows the skill (or sft.steps)."""
+    from cluster.stages import run_sft
+
+    evaluator = Evaluator(cfg, stack)
+    try:
+        cached = out / "eval_untrained.json"
+        if not cached.is_file():
+            print(f"[demo] evaluating the untrained model on {len(items)} held-out questions")
+            cached.write_text(json.dumps(evaluator(items)))
+        d, stop = cfg.demo, None
+        val_file = Path(cfg.data.dir) / "val.json"
+        if d.sft_stop_accuracy > 0 and val_file.is_file():
+            val = Dataset(cfg, "val.json")
+            stop = evaluator.sft_stop([it for _, it in val.load(list(range(len(val))))], d.sft_stop_accuracy)
+        sft = run_sft(stage_config(cfg, out / "sft"), force=force, stack=stack, should_stop=stop,
+                      check_every=d.sft_check_every)
+        sft["validation_checks"] = evaluator.checks
+        (out / "sft" / "summary.json").write_text(json.dumps(sft, indent=1))
+        return sft
+    finally:
+        evaluator.close()
+
+
 def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, rl_seconds: float, force: bool) -> dict:
     """GRPO from the same SFT checkpoint and seeds; SFT continued for the RL stage's wall time."""
     from cluster.stages import run_sft, run_train
@@ -111,6 +162,10 @@ def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, r
                      force=force, stack=stack, evaluate_on=items)
     per_step = sft["seconds"] / max(1, sft["steps"])
     extra = max(1, int(rl_seconds / per_step))
+    import shutil
+
+    if not (out / "sft-more" / "checkpoints").is_dir():  # continue from SFT's last checkpoint (optimizer included)
+        shutil.copytree(out / "sft" / "checkpoints", out / "sft-more" / "checkpoints")
     more = run_sft(stage_config(cfg, out / "sft-more", sft__steps=cfg.sft.steps + extra), force=force, stack=stack)
     ev_more = model_eval(stage_config(cfg, out / "sft-more", model__path=more["hf"]), stack, items)
     return {"grpo": {"accuracy": grpo["eval_end"]["accuracy"], "yes_rate": grpo["eval_end"]["yes_rate"],
@@ -124,7 +179,8 @@ def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seco
     first = _first_step_pass_at_g(out / cfg.learner.algorithm)
     return {
         "seconds": seconds, "held_out_questions": untrained["n"], "algorithm": cfg.learner.algorithm,
-        "sft_steps": sft["steps"], "rl_steps": rl["steps"], "rl_seconds": rl["seconds"],
+        "sft_steps": sft["steps"], "sft_stopped_by": sft.get("stopped_by"),
+        "sft_validation_checks": sft.get("validation_checks"), "rl_steps": rl["steps"], "rl_seconds": rl["seconds"],
         "accuracy": {k: v["accuracy"] for k, v in stages.items()},
         "accuracy_se": {k: v["accuracy_se"] for k, v in stages.items()},
         "accuracy_by_type": {k: v["accuracy_by_type"] for k, v in stages.items()},

@@ -46,7 +46,10 @@ def check_cot_rows(data: Dataset) -> None:
                          f"(first: {', '.join(bad[:3])}); use a CoT file (data.cot_file)")
 
 
-def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None = None) -> dict:
+def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None = None, should_stop=None,
+            check_every: int = 0) -> dict:
+    """``should_stop(learner_group, step) -> str | None``, asked every ``check_every`` steps: a reason to end SFT
+    there (the demo stops once validation accuracy shows the skill RL should sharpen, leaving it headroom)."""
     from cluster.learner_group import LearnerGroup
 
     check_model(cfg.model.path)
@@ -57,14 +60,14 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
         data = Dataset(cfg, cfg.data.cot_file)
         check_cot_rows(data)
         learner = LearnerGroup(cfg, cfg.model.path, with_reference=False, lr=cfg.sft.lr,
-                               warmup_steps=cfg.sft.warmup_steps)
+                               warmup_steps=cfg.sft.warmup_steps, transport=cfg.transport if should_stop else None)
         order = IndexOrder(len(data), cfg.run.seed)
         if state:
             learner.load(state["path"])
             order = IndexOrder(len(data), cfg.run.seed, **state["order"])
         t_start, bar = time.perf_counter(), _bar(cfg.sft.steps, learner.step, "sft")
-        B, every = cfg.sft.batch_size, cfg.sft.checkpoint_every
-        while learner.step < cfg.sft.steps:
+        B, every, stop = cfg.sft.batch_size, cfg.sft.checkpoint_every, None
+        while learner.step < cfg.sft.steps and stop is None:
             t0 = time.perf_counter()
             picked = []
             while len(picked) < B:
@@ -77,14 +80,18 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
             run.log_metrics(row)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
-            if (every and learner.step % every == 0) or learner.step == cfg.sft.steps:
+            if should_stop and check_every and learner.step % check_every == 0:
+                stop = should_stop(learner, learner.step)
+                if stop:
+                    bar.write(f"[sft] stopping at step {learner.step}: {stop}")
+            if (every and learner.step % every == 0) or learner.step == cfg.sft.steps or stop:
                 tmp, final = run.checkpoint_dir(learner.step)
                 learner.save(str(tmp), with_hf=False)
                 run.commit_checkpoint(tmp, final, {"step": learner.step, "order": order.state()}, 1)
         bar.close()
         learner.save_hf(str(run.path / "hf"))
         learner.shutdown()
-        summary = {"stage": "sft", "steps": learner.step, "final_loss": run.metrics()[-1]["loss"],
+        summary = {"stage": "sft", "steps": learner.step, "final_loss": run.metrics()[-1]["loss"], "stopped_by": stop,
                    "seconds": time.perf_counter() - t_start, "hf": str(run.path / "hf"),
                    "skipped_media": dict(data.skipped)}
         run.write_summary(summary)

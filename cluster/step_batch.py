@@ -24,6 +24,7 @@ class StepBatch:
     resampled_groups: int = 0  # flat groups replaced by fresh prompts (dynamic sampling)
     zero_perception: bool = False  # too many missing verdicts: this step trains without perception advantages
     learner_version: int = 0  # the weight version the update on this batch started from
+    order_before: dict | None = None  # the data order's state before this batch took its rows
 
     @property
     def group_size(self) -> int:

@@ -34,6 +34,7 @@ class RLTrainer:
         self.order = None  # videoqa.sampler.IndexOrder, set by the caller (fresh or from a checkpoint)
         self.counters: Counter = Counter()  # run totals: skipped inputs, stale groups, zeroed perception steps, ...
         self.stop_requested = False
+        self.pending: StepBatch | None = None  # the next batch, generated during the last update (overlapped)
         self.hooks: list = []  # called as hook(trainer, step) after each step (tests inject faults here)
         self.last_step_at = time.time()
 
@@ -68,21 +69,31 @@ class RLTrainer:
         return batch
 
     def generate(self, step: int, n: int, salt: str = "") -> StepBatch:
+        """The next ``n`` prompts of the data order (rows whose media fails to decode are skipped, counted, and
+        replaced), each decoded once, sampled G times."""
         t0 = time.perf_counter()
+        order_before = self.order.state()
         picked: list[tuple[int, object]] = []
-        while len(picked) < n:  # rows whose media fails to decode are skipped (counted) and replaced
-            before = sum(self.data.skipped.values())
-            picked += self.data.load(self.order.take(n - len(picked)))
-            if sum(self.data.skipped.values()) - before >= n and not picked:
-                raise RuntimeError(f"no decodable media in {n} consecutive rows of {self.data.path}: "
+        tried = 0
+        while len(picked) < n:
+            if tried > len(self.data) + n:
+                raise RuntimeError(f"fewer than {n} rows of {self.data.path} decode ({dict(self.data.skipped)}): "
                                    f"{self.data.loader.errors[-1] if self.data.loader.errors else ''}")
-        rows, items = [i for i, _ in picked], [it for _, it in picked]
+            want = n - len(picked)
+            picked += self.data.load(self.order.take(want))
+            tried += want
+        decoded = time.perf_counter()
+        batch = self.sample(step, [i for i, _ in picked], [it for _, it in picked], salt)
+        batch.timings["decode"] = decoded - t0
+        batch.order_before = order_before
+        return batch
+
+    def sample(self, step: int, rows: list[int], items: list, salt: str = "") -> StepBatch:
         t1 = time.perf_counter()
         requests = [RolloutRequest(f"{salt}{k}:{it.sample.problem_id}", vllm_prompt(self.stack.tokenizer, it))
                     for k, it in enumerate(items)]
         results = self.rollout.generate(requests, step=step, logprobs=True)
-        return StepBatch(step, rows, items, results,
-                         timings={"decode": t1 - t0, "generate": time.perf_counter() - t1})
+        return StepBatch(step, rows, items, results, timings={"generate": time.perf_counter() - t1})
 
     def score(self, batch: StepBatch) -> None:
         t0 = time.perf_counter()
@@ -95,9 +106,8 @@ class RLTrainer:
         """Groups more than ``max_staleness`` versions behind the learner are sampled again (never trained on)."""
         k = self.cfg.trainer.max_staleness
         stale = [i for i, v in enumerate(batch.versions()) if self.learner.version - v > k]
-        if stale:
-            self.rollout.wait_until_ready()
-            fresh = self.generate(batch.step, len(stale), salt="stale")
+        if stale:  # the same prompts, sampled again by the current weights
+            fresh = self.sample(batch.step, [batch.rows[i] for i in stale], [batch.items[i] for i in stale], "stale")
             self.score(fresh)
             batch.replace_groups(stale, fresh)
             batch.regenerated_groups += len(stale)
@@ -195,7 +205,10 @@ class RLTrainer:
             self.rollout.remove_workers(have - want)
 
     def driver_state(self) -> dict:
-        return {"step": self.step, "weight_version": self.learner.version, "order": self.order.state(),
+        # A batch generated ahead (overlapped mode) is not in the checkpoint: a resume generates it again, so the
+        # data order is saved as it was before that batch took its rows.
+        order = self.pending.order_before if self.pending is not None else self.order.state()
+        return {"step": self.step, "weight_version": self.learner.version, "order": order,
                 "counters": dict(self.counters)}
 
     def checkpoint(self) -> None:
@@ -217,9 +230,9 @@ class RLTrainer:
         for s in previous:
             signal.signal(s, request_stop)
         try:
-            pending, every, saved = None, self.cfg.trainer.checkpoint_every, self.step
+            every, saved = self.cfg.trainer.checkpoint_every, self.step
             while self.step < self.cfg.trainer.steps and not self.stop_requested:
-                pending = self.run_step(self.step + 1, pending)
+                self.pending = self.run_step(self.step + 1, self.pending)
                 if progress is not None:
                     progress(self, self.last_row)
                 if every and self.step % every == 0:

@@ -108,6 +108,7 @@ def test_demo_end_to_end(tmp_path):
     out = tmp_path / "run"
     small = [f"run.out_dir={out}", f"model.path={out}/model", f"data.dir={out}/data", "data.synthetic_n=20",
              "demo.eval_rows=10", "eval.max_rows=10", "sft.steps=20", "trainer.steps=2", "trainer.prompts_per_step=2",
+             "demo.val_rows=6", "demo.sft_check_every=10",
              "rollout.group_size=2", "rollout.max_tokens=16", "rollout.num_cpus=1", "learner.num_cpus=1"]
     r = run("demo", "--config", "configs/demo.yaml", *small, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -115,6 +116,8 @@ def test_demo_end_to_end(tmp_path):
     assert set(summary["accuracy"]) == {"untrained", "sft", "pa_grpo"} and summary["held_out_questions"] == 10
     assert set(summary["accuracy_by_type"]["sft"]) == {"multiple choice", "numerical", "OCR", "free-form", "regression"}
     assert summary["rl_steps"] == 2 and (out / "reward_curves.png").stat().st_size > 10_000
+    # SFT's stop check ran on the validation rows through a rollout worker holding the SFT learner's weights
+    assert [c["step"] for c in summary["sft_validation_checks"]] == [10, 20]
     assert (out / "pa_grpo" / "metrics.jsonl").is_file() and (out / "sft" / "hf" / "config.json").is_file()
     assert "held-out reasoning accuracy" in r.stdout and "Loading weights" not in r.stdout + r.stderr
     again = run("demo", "--config", "configs/demo.yaml", *small)

@@ -119,18 +119,26 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
 
 
 def test_grpo_on_two_learner_ranks_from_the_same_start(reference_run, sft_model, demo_data, tmp_path):
-    """The baseline: same SFT start and seeds, so step 1 samples the same rollouts; two DeepSpeed ranks (gloo)."""
+    """The baseline: same SFT start and seeds, so step 1 samples the same rollouts; two DeepSpeed ranks (gloo),
+    ZeRO-3; dynamic sampling replaces exactly the groups flat in both processes by fresh prompts."""
     from cluster.stages import run_train
 
     ref_out, _ = reference_run
     out = tmp_path / "grpo"
-    run_train(config(out, sft_model, demo_data, "learner.algorithm=grpo", "learner.num_ranks=2", "trainer.steps=2",
-                     "learner.zero_stage=3"))
+    summary = run_train(config(out, sft_model, demo_data, "learner.algorithm=grpo", "learner.num_ranks=2",
+                               "trainer.steps=2", "learner.zero_stage=3", "trainer.drop_flat_groups=true"))
     mine, ref = RunDir(out).read_rollouts(), RunDir(ref_out).read_rollouts()
-    first = [(x["prompt_id"], x["response"]) for x in mine if x["step"] == 1]
-    assert first == [(x["prompt_id"], x["response"]) for x in ref if x["step"] == 1]
     rows = RunDir(out).metrics()
     assert [r["step"] for r in rows] == [1, 2] and "flat_groups" in rows[0] and rows[1]["mismatch_kl"] < 1e-6
+    groups = lambda xs: {p: [(x["response"], x["r_perception"], x["r_reasoning"]) for x in xs if x["prompt_id"] == p]
+                         for p in dict.fromkeys(x["prompt_id"] for x in xs)}
+    mine1, ref1 = groups([x for x in mine if x["step"] == 1]), groups([x for x in ref if x["step"] == 1])
+    assert len(mine1) == B and all(len(g) == G for g in mine1.values())
+    for p in set(ref1) & set(mine1):
+        assert mine1[p] == ref1[p]  # same start, same seeds: the same group
+    flat = {p for p, g in ref1.items() if len({x[1] for x in g}) == 1 and len({x[2] for x in g}) == 1}
+    assert flat and set(ref1) - set(mine1) == flat  # exactly the groups without signal were replaced
+    assert summary["counters"]["resampled_groups"] == rows[-1]["total/resampled_groups"] >= len(flat)
     # GRPO gives every token of a rollout one advantage
     assert all(x["advantage_perception"] == x["advantage_reasoning"] for x in mine)
 
@@ -223,3 +231,6 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
     assert all(x["advantage_perception"] == 0 for x in zeroed)
     # the non-finite loss: the step was skipped, counted
     assert summary["counters"]["nonfinite_steps"] >= 1
+    # a checkpoint taken while the next batch was already generated resumes at that batch's prompts (not after)
+    state = json.loads((out / "checkpoints" / "step_000008" / "driver.json").read_text())
+    assert state["order"] == {"epoch": 0, "position": 8 * B}
