@@ -3,6 +3,7 @@ project's environment. The head gets its own ports and process group, so it neit
 session's private cluster."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_train_as_a_ray_job_scales_and_stops_cleanly(ray_head, tiny_model_dir, s
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    job = next(w for w in (r.stdout + r.stderr).split() if w.startswith("raysubmit_"))
+    job = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr).group(0)
     run = RunDir(out)
 
     def wait_for(pred, what, timeout=300):
