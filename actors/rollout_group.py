@@ -125,11 +125,12 @@ class RolloutGroup:
         return new
 
     def remove_workers(self, n: int) -> list[str]:
-        """Removes the ``n`` newest workers. Call it between batches: nothing is in flight then, so they are
-        drained."""
+        """Removes ``n`` workers: those not serving (starting or restarting) first, then the newest. Call it between
+        batches: nothing is in flight then, so they are drained."""
         import ray
 
-        gone = list(self.slots)[-n:] if n > 0 else []
+        by_preference = sorted(self.slots, key=lambda k: (self.slots[k].ready, -list(self.slots).index(k)))
+        gone = by_preference[:n] if n > 0 else []
         if len(gone) >= len(self.slots):
             raise ValueError(f"cannot remove {n} of {len(self.slots)} rollout workers: at least one must stay")
         for k in gone:

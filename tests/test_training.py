@@ -221,8 +221,9 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
     assert len({x["worker"] for x in rollouts}) >= 2
     assert any("lost" in e for e in summary["rollout_events"])
     # redis down: scored uncached, counted; back: cached again
-    assert rows[5]["cache/unavailable"] + rows[5].get("cache/skipped_unavailable", 0) > 0
-    assert rows[8].get("cache/writes", 0) + rows[8].get("cache/hits", 0) > 0
+    down = [s for s, r in rows.items() if r.get("cache/unavailable", 0) + r.get("cache/skipped_unavailable", 0) > 0]
+    assert down and all(rows[s].get("cache/writes", 0) == 0 for s in down)
+    assert rows[9].get("cache/writes", 0) + rows[9].get("cache/hits", 0) > 0
     # the judge failing: that step's perception advantages were zeroed (counted), not made-up "No"s
     failed = [s for s, r in rows.items() if r["zeroed_perception"]]
     assert failed and all(rows[s]["missing_verdict_frac"] > 0.2 for s in failed)
