@@ -103,9 +103,10 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
 
     t_start = time.perf_counter()
     out = Path(cfg.run.out_dir).resolve()
-    if (out / "summary.json").is_file() and not force:
+    done = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else None
+    if done and not force and ("controls" in done or not cfg.demo.controls):
         print(f"[demo] {out}/summary.json exists: the demo is complete (pass --force to run it again)")
-        print_report(json.loads((out / "summary.json").read_text()))
+        print_report(done)
         return 0
     out.mkdir(parents=True, exist_ok=True)
     ensure_fixtures(cfg, out)
@@ -122,6 +123,9 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
                        stack=stack, evaluate_on=items)
         rl_seconds = time.perf_counter() - t_rl
         summary = summarize(cfg, ev_untrained, rl, sft, out, time.perf_counter() - t_start)
+        if done and not force:  # a finished demo asked for its controls: keep its measured times
+            summary.update(seconds=done["seconds"], rl_seconds=done["rl_seconds"])
+            rl_seconds = done["rl_seconds"]
         if cfg.demo.controls:
             summary["controls"] = run_controls(cfg, stack, out, sft, items, rl_seconds, force)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -166,11 +170,13 @@ def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, r
 
     if not (out / "sft-more" / "checkpoints").is_dir():  # continue from SFT's last checkpoint (optimizer included)
         shutil.copytree(out / "sft" / "checkpoints", out / "sft-more" / "checkpoints")
-    more = run_sft(stage_config(cfg, out / "sft-more", sft__steps=cfg.sft.steps + extra), force=force, stack=stack)
+    more = run_sft(stage_config(cfg, out / "sft-more", sft__steps=sft["steps"] + extra), force=force, stack=stack)
     ev_more = model_eval(stage_config(cfg, out / "sft-more", model__path=more["hf"]), stack, items)
+    ev_sft = grpo["eval_start"]
     return {"grpo": {"accuracy": grpo["eval_end"]["accuracy"], "yes_rate": grpo["eval_end"]["yes_rate"],
-                     "seconds": grpo["seconds"]},
-            "sft_more": {"extra_steps": extra, "accuracy": ev_more["accuracy"], "yes_rate": ev_more["yes_rate"]}}
+                     "seconds": grpo["seconds"], "gain_over_sft": paired_gain(ev_sft, grpo["eval_end"])},
+            "sft_more": {"extra_steps": extra, "accuracy": ev_more["accuracy"], "yes_rate": ev_more["yes_rate"],
+                         "gain_over_sft": paired_gain(ev_sft, ev_more)}}
 
 
 def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seconds: float) -> dict:

@@ -116,6 +116,18 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
         assert g["loss"] == pytest.approx(w["loss"], rel=1e-5, abs=1e-7)
         assert g["reward_reasoning"] == pytest.approx(w["reward_reasoning"])
     assert json.loads((out / "summary.json").read_text())["resumed_from"].endswith("step_000002")
+    # resume again with two rollout workers, up to the end of the first epoch (40 rows / B=4: step 10) ...
+    from cluster.stages import run_train
+
+    run_train(config(out, sft_model, demo_data, "trainer.steps=10", "rollout.num_workers=2"))
+    assert RunDir(out).latest_checkpoint().name == "step_000010"
+    # ... and from that epoch-boundary checkpoint into the next epoch
+    run_train(config(out, sft_model, demo_data, "trainer.steps=12"))
+    rows, order = RunDir(out).metrics(), IndexOrder(40, seed=0)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [r["prompt_ids"] for r in rows] == [[f"train-{i:05d}" for i in order.take(B)] for _ in rows]
+    assert {r["rollout_workers"] for r in rows[4:10]} == {2} and {r["rollout_workers"] for r in rows[10:]} == {1}
+    assert len({x["worker"] for x in RunDir(out).read_rollouts() if 5 <= x["step"] <= 10}) == 2
 
 
 def test_grpo_on_two_learner_ranks_from_the_same_start(reference_run, sft_model, demo_data, tmp_path):
