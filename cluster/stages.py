@@ -22,7 +22,7 @@ def _open_run(cfg, force: bool) -> tuple[RunDir, str, dict | None]:
     """The run folder (absolute), its run id, and the driver state of the checkpoint to resume from."""
     run = RunDir(cfg.run.out_dir)
     cfg.run.out_dir = str(run.path)
-    resume = cfg.run.resume == "auto"
+    resume = cfg.run.resume == "auto" and not force  # --force starts over
     latest = run.latest_checkpoint() if resume else None
     run_id = run.prepare(cfg, resume=resume, force=force)
     state = json.loads((latest / "driver.json").read_text()) if latest else None

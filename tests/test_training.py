@@ -200,8 +200,6 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
             trainer.stack.redis = RedisServer(port=int(trainer.stack.redis.url.rsplit(":", 1)[1].split("/")[0]))
 
             def nan_once(learner):
-                import torch
-
                 def hook(g):
                     handle.remove()
                     return g * float("nan")
