@@ -7,6 +7,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-start}" in
   start)
     port="${2:-8265}"
+    # a dead rollout worker's vLLM engine processes are reaped instead of outliving it
+    export RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper=true
     ray start --head --disable-usage-stats --dashboard-host=127.0.0.1 --dashboard-port="$port" \
       --port="${RAY_GCS_PORT:-6380}" --num-cpus="${RAY_NUM_CPUS:-4}" >/dev/null
     echo "RAY_ADDRESS=http://127.0.0.1:$port"

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.vllm
 def ray_head(tmp_path_factory):
     venv_bin = str(Path(sys.executable).parent)
     # a stopped job gets SIGTERM, and SIGKILL only after this grace (long enough to write its checkpoint)
-    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "RAY_JOB_STOP_WAIT_TIME_S": "60",
+           "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true"}
     dash = free_port()
     ports = {"--port": free_port(), "--dashboard-port": dash, "--ray-client-server-port": free_port(),
              "--dashboard-agent-listen-port": free_port(), "--metrics-export-port": free_port(),

@@ -106,6 +106,8 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the job's own cluster died with it; its vLLM engines (child processes of its workers) are orphans now
+    subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)
     assert RunDir(out).latest_checkpoint().name == "step_000002"
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
