@@ -10,7 +10,7 @@ setup-gpu:
 	@bash scripts/setup.sh --gpu
 
 demo: setup
-	TORCH_EXTENSIONS_DIR=$${TORCH_EXTENSIONS_DIR:-$$PWD/.venv/torch_extensions} .venv/bin/videop2r demo --config configs/demo.yaml
+	.venv/bin/videop2r demo --config configs/demo.yaml
 
 test: setup
 	@bash scripts/test.sh

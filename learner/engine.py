@@ -44,7 +44,19 @@ def _init_distributed(backend: str) -> None:
     if "RANK" not in os.environ:  # a single process, not started by a launcher
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+    _skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=backend)
+
+
+def _skip_shm_comm_op() -> None:
+    """Keeps DeepSpeed from JIT-compiling its CPU shared-memory comm op at start-up. Only ``inference_all_reduce``
+    (tensor-parallel inference) uses it; training collectives go through torch.distributed either way. Building it
+    at run time made every learner rank race for one build lock: a rank killed mid-build leaves the lock and the
+    next start hangs, and a failed build makes the ranks waiting on it fail to import the module."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 def _rank() -> int:
