@@ -48,15 +48,16 @@ def engine_env(rollout) -> dict[str, str]:
     return env
 
 
-def render_prompt(tokenizer, item: LoadedSample) -> str:
+def render_prompt(tokenizer, item: LoadedSample, style: str = "process") -> str:
     """The chat-formatted prompt text, with one video/image placeholder that vLLM expands."""
-    return tokenizer.apply_chat_template(chat_messages(item.sample), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(chat_messages(item.sample, style), tokenize=False,
+                                         add_generation_prompt=True)
 
 
-def vllm_prompt(tokenizer, item: LoadedSample) -> dict:
+def vllm_prompt(tokenizer, item: LoadedSample, style: str = "process") -> dict:
     """A vLLM prompt dict: text plus the decoded frames (with metadata) or the image."""
     if item.video is not None:
         mm = {"video": (item.video.frames, item.video.vllm_metadata())}
     else:
         mm = {"image": item.image}
-    return {"prompt": render_prompt(tokenizer, item), "multi_modal_data": mm}
+    return {"prompt": render_prompt(tokenizer, item, style), "multi_modal_data": mm}

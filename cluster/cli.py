@@ -117,6 +117,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _flag_overrides(args, mapping: dict[str, str]) -> None:
+    """Command-line flags become dotted overrides (after the config file's values, before explicit overrides)."""
+    import json
+
+    extra = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in mapping.items()
+             if getattr(args, flag) not in (None, [], False)]
+    args.overrides = extra + list(args.overrides)
+
+
+def cmd_eval(args) -> int:
+    from cluster.bench_eval import run_eval
+
+    _quiet_logging(args.verbose)
+    if args.bench:
+        args.bench = [str(Path(b).resolve()) for b in args.bench]
+    _flag_overrides(args, {"bench": "eval.benchmarks", "out": "eval.out_dir", "prompt": "eval.prompt",
+                           "model": "model.path", "judge": "eval.judge"})
+    run_eval(_config(args), force=args.force, verbose=args.verbose)
+    return 0
+
+
 def cmd_scale(args) -> int:
     from cluster.control import ControlPlane
     from cluster.run_dir import RunDir
@@ -157,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="stage 2: PA-GRPO (or learner.algorithm=grpo) from model.path, the SFT model")
     _add_run_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="score a checkpoint on benchmark files in the Video-R1 evaluation format "
+                                    "(defaults: the paper's settings); resumes when rerun")
+    p.add_argument("--model", default=None, help="the checkpoint (a Hugging Face folder; default model.path)")
+    p.add_argument("--bench", action="append", default=[], metavar="FILE",
+                   help="a benchmark file (JSON, JSONL or Parquet; media paths relative to it); repeat for several")
+    p.add_argument("--out", default=None, help="output folder (default eval.out_dir)")
+    p.add_argument("--prompt", choices=("process", "video-r1"), default=None,
+                   help="process: the observation/think/answer prompt (default); video-r1: Video-R1's think/answer "
+                   "prompt, for numbers that compare with theirs")
+    p.add_argument("--judge", action="store_true", help="also judge each observation (perception sufficiency rate)")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("scale", help="change a running `train`'s rollout worker count (at its next step boundary)")
     p.add_argument("--run", required=True, help="the run's out_dir")

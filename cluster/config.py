@@ -179,10 +179,26 @@ class TrainerSection(Section):
 
 
 class EvalSection(Section):
-    """Held-out evaluation (the demo's accuracy measurements): greedy decoding on ``data.eval_file``."""
+    """`videop2r eval` on benchmark files, with the paper's evaluation settings as defaults (32 frames at
+    256x28x28 pixels, temperature 0.01, top_p 0.001); the demo's held-out measurements use the same code with its
+    own settings (configs/demo.yaml)."""
 
-    max_rows: int = Field(200, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    benchmarks: list[str] = []  # files in the Video-R1 evaluation format (JSON, JSONL or Parquet)
+    out_dir: str = "runs/eval"  # per-sample Parquet, summary.json and results.md (resumes when rerun)
+    prompt: Literal["process", "video-r1"] = "process"  # video-r1: their think/answer prompt, to compare numbers
+    max_rows: int | None = Field(None, ge=1)  # per benchmark (the first rows); None: all
+    temperature: float = Field(0.01, ge=0)
+    top_p: float = Field(0.001, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    nframes: int = Field(32, ge=2)
+    max_pixels: int = Field(256 * 28 * 28, ge=28 * 28)
+    batch_rows: int = Field(64, ge=1)  # rows generated and saved together: a killed run loses at most these
+    judge: bool = False  # also judge each observation (the perception sufficiency rate) with the judge section
+
+    def sampling(self, video: VideoSection) -> FrameSampling:
+        """Frames for evaluation: ``nframes`` frames of at most ``max_pixels`` (the video section's minimum)."""
+        return FrameSampling(video.fps, video.min_frames, max(video.max_frames, self.nframes), self.nframes,
+                             min(video.min_pixels, self.max_pixels), self.max_pixels)
 
 
 class DemoSection(Section):

@@ -72,7 +72,7 @@ class Evaluator:
         self.checks: list[dict] = []
 
     def __call__(self, items: list) -> dict:
-        return evaluate(self.rollout, self.pool, self.stack.tokenizer, items, self.cfg.eval.temperature)
+        return evaluate(self.rollout, self.pool, self.stack.tokenizer, items, self.cfg.eval)
 
     def sft_stop(self, val_items: list, threshold: float):
         def should_stop(learner, step: int) -> str | None:
@@ -111,8 +111,8 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ensure_fixtures(cfg, out)
     with Stack(cfg, verbose) as stack:
-        held_out = Dataset(cfg, cfg.data.eval_file)
-        items = [it for _, it in held_out.load(list(range(min(len(held_out), cfg.eval.max_rows))))]
+        held_out = Dataset(cfg, cfg.data.eval_file, sampling=cfg.eval.sampling(cfg.video))
+        items = [it for _, it in held_out.load(list(range(min(len(held_out), cfg.eval.max_rows or len(held_out)))))]
         sft_done = out / "sft" / "summary.json"
         if force or not sft_done.is_file() or not (out / "eval_untrained.json").is_file():
             sft_stage(cfg, stack, out, items, force)

@@ -16,14 +16,14 @@ class Dataset:
     """The rows of one dataset file and their decoder. Rows whose media is missing or corrupt are skipped and
     counted (``skipped``); the caller takes replacements."""
 
-    def __init__(self, cfg, file: str):
+    def __init__(self, cfg, file: str, sampling=None):
         self.root = Path(cfg.data.dir)
         self.path = self.root / file
         self.samples: list[Sample] = load_samples(self.path)
         if not self.samples:
             raise ValueError(f"{self.path} has no rows")
-        self.loader = MediaLoader(self.root, cfg.video.sampling(), cfg.data.loader_workers, cfg.data.on_bad_media,
-                                  cfg.video.image_max_pixels)
+        self.loader = MediaLoader(self.root, sampling or cfg.video.sampling(), cfg.data.loader_workers,
+                                  cfg.data.on_bad_media, cfg.video.image_max_pixels)
 
     def __len__(self) -> int:
         return len(self.samples)

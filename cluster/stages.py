@@ -153,7 +153,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         if evaluate_on:  # measured once, before the first step; a resumed run reads it back
             first = run.path / "eval_start.json"
             if not first.is_file():
-                first.write_text(json.dumps(evaluate(rollout, pool, stack.tokenizer, evaluate_on, cfg.eval.temperature)))
+                first.write_text(json.dumps(evaluate(rollout, pool, stack.tokenizer, evaluate_on, cfg.eval)))
             summary["eval_start"] = json.loads(first.read_text())
         t0 = time.perf_counter()
         bar = _bar(cfg.trainer.steps, trainer.step, cfg.learner.algorithm)
@@ -175,7 +175,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
             learner.save_hf(str(run.path / "hf"))
             summary["hf"] = str(run.path / "hf")
             if evaluate_on:
-                summary["eval_end"] = evaluate(rollout, pool, stack.tokenizer, evaluate_on, cfg.eval.temperature)
+                summary["eval_end"] = evaluate(rollout, pool, stack.tokenizer, evaluate_on, cfg.eval)
         run.write_summary(summary)
         metrics.close()
         return summary

@@ -109,7 +109,8 @@ def test_demo_end_to_end(tmp_path):
     small = [f"run.out_dir={out}", f"model.path={out}/model", f"data.dir={out}/data", "data.synthetic_n=20",
              "demo.eval_rows=10", "eval.max_rows=10", "sft.steps=20", "trainer.steps=2", "trainer.prompts_per_step=2",
              "demo.val_rows=6", "demo.sft_check_every=10",
-             "rollout.group_size=2", "rollout.max_tokens=16", "rollout.num_cpus=1", "learner.num_cpus=1"]
+             "rollout.group_size=2", "rollout.max_tokens=16", "eval.max_tokens=16", "rollout.num_cpus=1",
+             "learner.num_cpus=1"]
     r = run("demo", "--config", "configs/demo.yaml", *small, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

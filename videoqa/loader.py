@@ -59,26 +59,33 @@ class MediaLoader:
 
     def __call__(self, samples: Iterable[Sample]) -> Iterator[LoadedSample]:
         """Yields loaded samples in input order, decoding up to ``workers * 2`` ahead (``workers=0``: inline)."""
+        for _, item in self.results(samples):
+            if not isinstance(item, str):
+                yield item
+
+    def results(self, samples: Iterable[Sample]) -> Iterator[tuple[Sample, LoadedSample | str]]:
+        """Every sample in input order with its loaded media, or the skip reason ("missing" or "corrupt")."""
         samples = iter(samples)
         if self.workers == 0:
             for s in samples:
-                yield from self._emit(self._try(s))
+                yield s, self._emit(self._try(s))
             return
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             pending = []
             for s in samples:
-                pending.append(pool.submit(self._try, s))
+                pending.append((s, pool.submit(self._try, s)))
                 if len(pending) >= self.workers * 2:
-                    yield from self._emit(pending.pop(0).result())
-            for fut in pending:
-                yield from self._emit(fut.result())
+                    s0, fut = pending.pop(0)
+                    yield s0, self._emit(fut.result())
+            for s0, fut in pending:
+                yield s0, self._emit(fut.result())
 
-    def _emit(self, item: LoadedSample | MediaError) -> Iterator[LoadedSample]:
+    def _emit(self, item: LoadedSample | MediaError) -> LoadedSample | str:
         if isinstance(item, MediaError):
             if self.on_error == "raise":
                 raise item
             reason = "missing" if "not found" in str(item) else "corrupt"
             self.skipped[reason] += 1
             self.errors = (self.errors + [str(item)])[-20:]
-            return
-        yield item
+            return reason
+        return item
