@@ -20,7 +20,7 @@ from pathlib import Path
 from cluster.batch_store import BatchStore, file_digest, latest_by
 from cluster.evaluate import score_items, summarize
 from rewards import PROBLEM_TYPES
-from videoqa.schema import RowError, read_rows, sample_from_row
+from videoqa.schema import load_samples_skipping
 
 
 def _benchmark_names(files: list[Path]) -> list[str]:
@@ -40,16 +40,9 @@ def _identity(cfg, files: list[Path]) -> dict:
 
 
 def load_benchmark(path: Path, max_rows: int | None) -> tuple[list, Counter, list[str]]:
-    """(row index, Sample) pairs, malformed rows counted, and their messages (the first few)."""
-    rows = read_rows(path)[:max_rows]
-    samples, skipped, messages = [], Counter(), []
-    for i, row in enumerate(rows):
-        try:
-            samples.append((i, sample_from_row(row, i)))
-        except RowError as e:
-            skipped["malformed"] += 1
-            messages.append(f"{path.name}: {e}")
-    return samples, skipped, messages
+    """(row index, Sample) pairs, malformed rows counted, and their messages."""
+    samples, malformed = load_samples_skipping(path, max_rows)
+    return samples, Counter({"malformed": len(malformed)}), malformed
 
 
 def run_eval(cfg, force: bool = False, verbose: bool = False) -> dict:

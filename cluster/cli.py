@@ -138,6 +138,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_make_cot(args) -> int:
+    from cluster.make_cot import run_make_cot
+
+    _quiet_logging(args.verbose)
+    if args.input:
+        args.input = str(Path(args.input).resolve())
+    _flag_overrides(args, {"input": "cot.input", "out": "cot.out_dir", "teacher": "model.path"})
+    run_make_cot(_config(args), force=args.force, verbose=args.verbose)
+    return 0
+
+
 def cmd_scale(args) -> int:
     from cluster.control import ControlPlane
     from cluster.run_dir import RunDir
@@ -191,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", action="store_true", help="also judge each observation (perception sufficiency rate)")
     _add_run_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("make-cot", help="build process-aware CoT (SFT) rows with the paper's funnel: teacher "
+                                        "generation, answer check, judge check; resumes when rerun")
+    p.add_argument("--input", default=None, help="Video-R1 rows (JSON, JSONL or Parquet; default cot.input)")
+    p.add_argument("--out", default=None, help="output folder (default cot.out_dir)")
+    p.add_argument("--teacher", default=None, help="the teacher checkpoint (default model.path)")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_make_cot)
 
     p = sub.add_parser("scale", help="change a running `train`'s rollout worker count (at its next step boundary)")
     p.add_argument("--run", required=True, help="the run's out_dir")

@@ -201,6 +201,21 @@ class EvalSection(Section):
                              min(video.min_pixels, self.max_pixels), self.max_pixels)
 
 
+class CotSection(Section):
+    """`videop2r make-cot`: the paper's CoT funnel (teacher generation at temperature 0, answer accuracy >=
+    0.6, judge says the observation suffices). The teacher is model.path; the judge is the judge section."""
+
+    input: str = ""  # Video-R1 JSON, JSONL or Parquet rows (media paths relative to the file)
+    out_dir: str = "runs/cot"  # cot.parquet (SFT rows), funnel.parquet, funnel.json; resumes when rerun
+    max_rows: int | None = Field(None, ge=1)  # the first rows only; None: all
+    samples: int = Field(1, ge=1)  # teacher outputs per question; the most accurate one that passes is kept
+    temperature: float = Field(0.0, ge=0)  # paper: 0 (one sample); more samples need a temperature > 0
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    min_accuracy: float = Field(0.6, ge=0, le=1)  # step 2: the paper drops answers scoring under 0.6
+    batch_rows: int = Field(64, ge=1)  # rows generated, judged and saved together
+
+
 class DemoSection(Section):
     """The demo's synthetic task (see toy/synthetic.py) and whether to run the controls (GRPO; more SFT)."""
 
@@ -298,6 +313,7 @@ class Config(Section):
     sft: SFTSection = SFTSection()
     trainer: TrainerSection = TrainerSection()
     eval: EvalSection = EvalSection()
+    cot: CotSection = CotSection()
     metrics: MetricsSection = MetricsSection()
     demo: DemoSection = DemoSection()
 
@@ -308,6 +324,9 @@ class Config(Section):
         if self.trainer.prompts_per_step % self.learner.num_ranks:
             raise ValueError(f"trainer.prompts_per_step={self.trainer.prompts_per_step} must be a multiple of "
                              f"learner.num_ranks={self.learner.num_ranks} (whole groups go to each rank)")
+        if self.cot.samples > 1 and self.cot.temperature == 0:
+            raise ValueError(f"cot.samples={self.cot.samples} at cot.temperature=0 gives {self.cot.samples} identical "
+                             "outputs: set cot.temperature > 0 (e.g. 0.7) or cot.samples=1")
         if self.sft.batch_size % self.learner.num_ranks:
             raise ValueError(f"sft.batch_size={self.sft.batch_size} must be a multiple of learner.num_ranks")
         return self

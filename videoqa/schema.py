@@ -154,6 +154,18 @@ def load_samples(path: str | Path) -> list[Sample]:
     return [sample_from_row(r, i) for i, r in enumerate(read_rows(path))]
 
 
+def load_samples_skipping(path: str | Path, max_rows: int | None = None) -> tuple[list[tuple[int, Sample]], list[str]]:
+    """(row index, sample) for every usable row of the first ``max_rows``, and one message per malformed row
+    (batch jobs count those and go on; ``load_samples`` stops at the first)."""
+    samples, malformed = [], []
+    for i, row in enumerate(read_rows(path)[:max_rows]):
+        try:
+            samples.append((i, sample_from_row(row, i)))
+        except RowError as e:
+            malformed.append(f"{Path(path).name}: {e}")
+    return samples, malformed
+
+
 def write_parquet(samples: list[Sample], path: str | Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
