@@ -52,17 +52,23 @@ class BatchStore:
         return out
 
     def write(self, name: str, records: list[dict]) -> Path:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         folder = self.parts / name
         folder.mkdir(parents=True, exist_ok=True)
         n = max((int(p.stem.split("_")[1]) for p in folder.glob("part_*.parquet")), default=-1) + 1
-        final = folder / f"part_{n:06d}.parquet"
-        tmp = folder / f".tmp_{final.name}"
-        pq.write_table(pa.Table.from_pylist(records), tmp)
-        tmp.rename(final)
-        return final
+        return write_records(records, folder / f"part_{n:06d}.parquet")
+
+
+def write_records(records: list[dict], path: Path) -> Path:
+    """Records as Parquet, written under a temporary name and renamed. Every key of any record becomes a column
+    (pyarrow would take the columns from the first record alone)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    tmp = path.with_name(f".tmp_{path.name}")
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in records]), tmp)
+    tmp.rename(path)
+    return path
 
 
 def latest_by(records: list[dict], key: str) -> dict:

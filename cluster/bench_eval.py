@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cluster.batch_store import BatchStore, file_digest, latest_by
+from cluster.batch_store import BatchStore, file_digest, latest_by, write_records
 from cluster.evaluate import score_items, summarize
 from rewards import PROBLEM_TYPES
 from videoqa.schema import load_samples_skipping
@@ -123,9 +123,6 @@ def _mean(values: list[float]) -> float:
 
 
 def _collect(cfg, store: BatchStore, names: list[str], files: list[Path], benchmarks: dict) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = {"model": cfg.model.path, "prompt": cfg.eval.prompt, "judge": cfg.eval.judge, "benchmarks": {},
            "malformed_examples": []}
     for name, path in zip(names, files):
@@ -143,7 +140,7 @@ def _collect(cfg, store: BatchStore, names: list[str], files: list[Path], benchm
         }
         out["malformed_examples"].extend(messages)
         if ok:
-            pq.write_table(pa.Table.from_pylist(sorted(ok, key=lambda r: r["row"])), store.path / f"{name}.parquet")
+            write_records(sorted(ok, key=lambda r: r["row"]), store.path / f"{name}.parquet")
     return out
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from cluster.batch_store import BatchStore, file_digest, latest_by
+from cluster.batch_store import BatchStore, file_digest, latest_by, write_records
 from rewards import PROMPT_VERSION
 from videoqa.cot_funnel import Decision, decide, funnel_table, needs_judging, screen
 from videoqa.schema import Sample, load_samples_skipping, resolve_media, write_parquet
@@ -133,9 +133,6 @@ def _record(row: int, sample: Sample, cands, verdicts, d: Decision) -> dict:
 
 
 def _collect(cfg, store: BatchStore, source: Path, samples: list, malformed: list[str]) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     latest = latest_by(store.records(PART), "row")
     decided, skipped, kept = [], Counter({"malformed": len(malformed)}), []
     for i, s in samples:
@@ -154,7 +151,7 @@ def _collect(cfg, store: BatchStore, source: Path, samples: list, malformed: lis
     out = store.path / "cot.parquet"
     write_parquet(kept, out)
     if latest:
-        pq.write_table(pa.Table.from_pylist([latest[i] for i in sorted(latest)]), store.path / "funnel.parquet")
+        write_records([latest[i] for i in sorted(latest)], store.path / "funnel.parquet")
     return {"input": str(source), "teacher": cfg.model.path, "judge": f"{cfg.judge.backend}:{cfg.judge.model}",
             "rows_in": rows_in, "kept": len(kept), "cot_file": str(out),
             "funnel": funnel_table(rows_in, decisions, {k: v for k, v in skipped.items() if v}),

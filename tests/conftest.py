@@ -70,3 +70,44 @@ def ray_cluster():
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
+
+
+# -- the training tests' shared run: the demo config on tiny budgets, its data, and an SFT model that knows the format
+B, G = 4, 3
+
+
+def overrides(out, model, data, *extra):
+    return [f"run.out_dir={out}", f"model.path={model}", f"data.dir={data}", "rollout.group_size=3",
+            "rollout.max_tokens=48", f"trainer.prompts_per_step={B}", "trainer.checkpoint_every=2",
+            "trainer.steps=4", "trainer.max_staleness=0", "learner.micro_batch_size=12", "cache.retry_after_s=0.5",
+            "sft.steps=120", "sft.batch_size=8", "data.loader_workers=1", "rollout.chunks_per_worker=1",
+            "rollout.num_cpus=1", "learner.num_cpus=1", *extra]
+
+
+def config(*args):
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+
+    return load_config(Config, ROOT / "configs" / "demo.yaml", overrides(*args))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    from toy.synthetic import make_synthetic
+
+    d = tmp_path_factory.mktemp("demo-data")
+    make_synthetic(d, n=40, seed=0, n_eval=10, frames=8, size=56, style="demo", progress=False)
+    return d
+
+
+@pytest.fixture(scope="session")
+def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
+    from cluster.run_dir import RunDir
+    from cluster.stages import run_sft
+
+    out = tmp_path_factory.mktemp("sft")
+    summary = run_sft(config(out, tiny_model_dir, demo_data))
+    rows = RunDir(out).metrics()
+    assert summary["steps"] == 120 and rows[-1]["loss"] < rows[0]["loss"] - 2  # it learns the CoT format
+    assert (out / "hf" / "config.json").is_file()
+    return out / "hf"

@@ -13,48 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import Config
-from cluster.config_loader import load_config
 from cluster.run_dir import RunDir
-from tests.conftest import ROOT
+from tests.conftest import B, G, ROOT, config, overrides  # noqa: F401 - the shared run settings
 from videoqa.sampler import IndexOrder
 
 pytestmark = pytest.mark.vllm
 VIDEOP2R = str(Path(sys.executable).parent / "videop2r")
-B, G = 4, 3
-
-
-def overrides(out, model, data, *extra):
-    return [f"run.out_dir={out}", f"model.path={model}", f"data.dir={data}", "rollout.group_size=3",
-            "rollout.max_tokens=48", f"trainer.prompts_per_step={B}", "trainer.checkpoint_every=2",
-            "trainer.steps=4", "trainer.max_staleness=0", "learner.micro_batch_size=12", "cache.retry_after_s=0.5",
-            "sft.steps=120", "sft.batch_size=8", "data.loader_workers=1", "rollout.chunks_per_worker=1",
-            "rollout.num_cpus=1", "learner.num_cpus=1", *extra]
-
-
-def config(*args):
-    return load_config(Config, ROOT / "configs" / "demo.yaml", overrides(*args))
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from toy.synthetic import make_synthetic
-
-    d = tmp_path_factory.mktemp("demo-data")
-    make_synthetic(d, n=40, seed=0, n_eval=10, frames=8, size=56, style="demo", progress=False)
-    return d
-
-
-@pytest.fixture(scope="module")
-def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
-    from cluster.stages import run_sft
-
-    out = tmp_path_factory.mktemp("sft")
-    summary = run_sft(config(out, tiny_model_dir, demo_data))
-    rows = RunDir(out).metrics()
-    assert summary["steps"] == 120 and rows[-1]["loss"] < rows[0]["loss"] - 2  # it learns the CoT format
-    assert (out / "hf" / "config.json").is_file()
-    return out / "hf"
 
 
 @pytest.fixture(scope="module")
