@@ -21,6 +21,7 @@ bench: setup
 	.venv/bin/python -m benchmarks rollout
 	.venv/bin/python -m benchmarks learner
 	.venv/bin/python -m benchmarks train
+	.venv/bin/python -m benchmarks eval
 
 clean:
 	rm -rf runs/

@@ -1,4 +1,4 @@
-"""``python -m benchmarks {decode,rewards,rollout,learner,train}``: each prints a table (see the modules' docstrings).
+"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval}``: each prints a table (see the modules' docstrings).
 
 Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
 data and tiny model it needs under ``runs/bench`` on first use.
@@ -40,6 +40,12 @@ def cmd_train(args) -> int:
     return run_bench_train(args.root, steps=args.steps, prompts=args.prompts)
 
 
+def cmd_eval(args) -> int:
+    from benchmarks.eval import run_bench_eval
+
+    return run_bench_eval(args.root, rows=args.rows, max_tokens=args.max_tokens)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="VideoP2R benchmarks (each prints a table).")
@@ -78,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="measured steps per run (after one warm-up step)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluation throughput with 1 vs 2 rollout workers; make-cot throughput")
+    p.add_argument("--root", default="runs/bench", help="folder for the synthetic data and tiny model (made if missing)")
+    p.add_argument("--rows", type=int, default=48)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_eval)
+
     return parser
 
 

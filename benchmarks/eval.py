@@ -1,0 +1,72 @@
+"""Benchmark of the data pipeline and evaluation, printed as a table:
+
+1. evaluation throughput (rows/s: decode, generate, score with ``eval_score``) through 1 vs 2 rollout workers on
+   the same rows, sampling and seeds, measured once the workers are up (each worker gets ``rollout.num_cpus``);
+2. ``make-cot`` end to end (teacher generation, answer check, oracle judge through Redis, Parquet), rows/s
+   including its start-up, and its funnel.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+
+def _ensure(data: Path, model: Path) -> None:
+    from toy.synthetic import make_synthetic
+    from toy.tiny_model import build_tiny_model
+
+    if not (data / "train.json").is_file():
+        make_synthetic(data, n=80, seed=0, progress=False)
+    if not (model / "config.json").is_file():
+        build_tiny_model(model)
+
+
+def _eval_rows_per_s(cfg, stack, items, workers: int, batch_rows: int) -> float:
+    from actors.rollout_group import RolloutGroup
+    from cluster.evaluate import score_items
+
+    group = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, num_workers=workers)
+    try:
+        group.wait_until_ready()
+        score_items(group, None, stack.tokenizer, items[:4], cfg.eval)  # warm-up
+        t0 = time.perf_counter()
+        for start in range(0, len(items), batch_rows):
+            score_items(group, None, stack.tokenizer, items[start:start + batch_rows], cfg.eval)
+        return len(items) / (time.perf_counter() - t0)
+    finally:
+        group.shutdown()
+
+
+def run_bench_eval(root: str | Path = "runs/bench", rows: int = 48, max_tokens: int = 64, num_cpus: float = 1) -> int:
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+    from cluster.make_cot import run_make_cot
+    from cluster.stack import Dataset, Stack
+
+    root = Path(root)
+    data, model = root / "data", root / "tiny-model"
+    _ensure(data, model)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(Config, None, [
+            f"model.path={model}", f"data.dir={data}", "data.eval_file=train.json", f"eval.max_tokens={max_tokens}",
+            "eval.nframes=8", "eval.max_pixels=12544", f"rollout.num_cpus={num_cpus}", "cache.start_local=true",
+            f"cot.input={data / 'train.json'}", f"cot.out_dir={tmp}/cot", f"cot.max_rows={rows}",
+            f"cot.max_tokens={max_tokens}", "cot.batch_rows=16", "video.nframes=8", "video.max_pixels=12544",
+        ])
+        with Stack(cfg) as stack:
+            ds = Dataset(cfg, "train.json", sampling=cfg.eval.sampling(cfg.video))
+            items = [it for _, it in ds.load(list(range(min(rows, len(ds)))))]
+            one = _eval_rows_per_s(cfg, stack, items, 1, cfg.eval.batch_rows)
+            two = _eval_rows_per_s(cfg, stack, items, 2, cfg.eval.batch_rows)
+            t0 = time.perf_counter()
+            funnel = run_make_cot(cfg)["funnel"]
+            cot_rate = rows / (time.perf_counter() - t0)
+    print(f"\nData pipeline and evaluation ({len(items)} rows, {max_tokens} new tokens, {num_cpus} CPU per worker)")
+    print(f"  {'eval, 1 rollout worker (rows/s)':44s} {one:8.2f}")
+    print(f"  {'eval, 2 rollout workers (rows/s)':44s} {two:8.2f}")
+    print(f"  {'eval 2 vs 1 workers':44s} {two / one:8.2f}x")
+    print(f"  {'make-cot end to end, incl. start (rows/s)':44s} {cot_rate:8.2f}")
+    print("  make-cot funnel: " + ", ".join(f"{k} {n}" for k, n in funnel))
+    return 0
