@@ -20,11 +20,24 @@ def run(*args, cwd=ROOT, timeout=600):
 def test_help_lists_commands():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("demo", "make-synthetic", "make-tiny-model", "validate-data", "convert-data"):
+    for cmd in ("demo", "sft", "train", "eval", "make-cot", "make-synthetic", "make-tiny-model", "validate-data",
+                "convert-data"):
         assert cmd in r.stdout
     assert "bench-" not in r.stdout  # benchmarks are `python -m benchmarks` (tests/test_benchmarks.py)
     r = run("demo", "--help")
     assert r.returncode == 0 and "key.sub=value" in r.stdout
+
+
+def test_eval_and_make_cot_refuse_bad_input_in_one_line(tmp_path, tiny_model_dir):
+    r = run("eval", "--model", tiny_model_dir, "--out", tmp_path / "e")
+    assert r.returncode == 2 and r.stderr.strip() == "error: no benchmark files: pass --bench FILE (or eval.benchmarks=[...])"
+    r = run("eval", "--model", tiny_model_dir, "--bench", tmp_path / "nope.json", "--out", tmp_path / "e")
+    assert r.returncode == 2 and "benchmark file not found" in r.stderr and "nope.json" in r.stderr
+    r = run("make-cot", "--input", tmp_path / "nope.json", "--teacher", tiny_model_dir, "--out", tmp_path / "c")
+    assert r.returncode == 2 and "is not a file" in r.stderr and r.stderr.strip().count("\n") == 0
+    r = run("make-cot", "--input", tmp_path / "nope.json", "cot.samples=4")  # 4 identical greedy samples
+    assert r.returncode == 2 and "cot.temperature > 0" in r.stderr
+    assert not (tmp_path / "e").exists() and not (tmp_path / "c").exists()
 
 
 def test_config_typo_is_one_line_error():
