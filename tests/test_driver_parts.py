@@ -95,6 +95,34 @@ def test_step_batch_bookkeeping():
     assert [r["advantage_perception"] for r in log] == [0.5, -0.5, 1, -1] and log[2]["prompt_id"] == "p0"
 
 
+@pytest.mark.parametrize("max_staleness, redone", [(1, [2]), (0, [1, 2]), (2, [])])
+def test_refresh_stale_resamples_only_groups_beyond_max_staleness(max_staleness, redone):
+    from cluster.trainer import RLTrainer
+
+    trainer = RLTrainer.__new__(RLTrainer)  # only the refresh logic: sampling and scoring are recorded stand-ins
+    trainer.cfg = SimpleNamespace(trainer=SimpleNamespace(max_staleness=max_staleness))
+    trainer.learner = SimpleNamespace(version=5)
+    calls = []
+
+    def sample(step, rows, items, salt=""):
+        calls.append((step, rows, [it.sample.problem_id for it in items], salt))
+        fresh = _batch([5] * len(rows))
+        fresh.rows, fresh.items = rows, items
+        return fresh
+
+    def score(batch):
+        batch.rewards = [_rewards(9, 9)] * (len(batch.rows) * 2)
+
+    trainer.sample, trainer.score = sample, score
+    b = _batch([5, 4, 3])  # 0, 1 and 2 versions behind the learner
+    b.rewards = [_rewards(0, 0)] * 6
+    out = trainer.refresh_stale(b)
+    assert calls == ([(3, redone, [f"p{i}" for i in redone], "stale")] if redone else [])
+    assert out.versions() == [5 if i in redone else v for i, v in enumerate([5, 4, 3])]
+    assert out.regenerated_groups == len(redone)
+    assert [r.acc_p for r in out.rewards[::2]] == [9 if i in redone else 0 for i in range(3)]
+
+
 def test_truncated_importance_weights_and_mismatch_kl():
     tokens = torch.ones(2, 3)
     old = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
