@@ -92,6 +92,10 @@ class EngineSection(Section):
     def _device_resources(self):
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device=cuda needs num_gpus > 0")
+        if self.device == "cuda" and self.num_gpus < self.tensor_parallel_size:
+            # the engine's tensor-parallel processes use the GPUs Ray gives its actor (CUDA_VISIBLE_DEVICES)
+            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} needs num_gpus >= "
+                             f"{self.tensor_parallel_size} (the engine's GPUs come from its Ray actor)")
         return self
 
 

@@ -58,6 +58,13 @@ def test_cross_field_validation():
     assert cfg.reward.perception_length == (10, 50) and cfg.judge.engine.num_cpus == 2
     cfg = load_config(Config, None, ["rollout.device=cuda", "rollout.num_gpus=1"])
     assert cfg.rollout.device == "cuda"
+    with pytest.raises(ConfigError, match="tensor_parallel_size=4 needs num_gpus >= 4"):  # a TP teacher or judge
+        load_config(Config, None, ["rollout.device=cuda", "rollout.num_gpus=2", "rollout.tensor_parallel_size=4"])
+    assert load_config(Config, None, ["judge.engine.device=cuda", "judge.engine.num_gpus=4",
+                                      "judge.engine.tensor_parallel_size=4"]).judge.engine.tensor_parallel_size == 4
+    with pytest.raises(ConfigError, match="cot.temperature > 0"):
+        load_config(Config, None, ["cot.samples=4"])
+    assert load_config(Config, None, ["cot.samples=4", "cot.temperature=0.7"]).cot.samples == 4
 
 
 def test_bad_override_syntax_and_missing_file():

@@ -96,6 +96,14 @@ def test_prompt_format():
     assert chat_messages(img)[0]["content"][0] == {"type": "image"} and "image" in user_text(img)
     with pytest.raises(ValueError, match="needs 'observation'"):
         sft_target(s)
+    # Video-R1's evaluation prompt: their question layout ("Options:" straight after the problem), think/answer only
+    r1 = user_text(s, "video-r1")
+    assert r1.startswith("Which direction does the red square move?Options:\nA. left\nB. right\n\nPlease think")
+    assert "<observation>" not in r1 and r1.endswith("single option letter (e.g., A, B, C, D, etc.) within the "
+                                                     "<answer> </answer> tags.")
+    assert "from the image/video" in user_text(Sample("3", "Read it.", "video", "OCR", "STOP", "x.mp4"), "video-r1")
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        user_text(s, "r1")
 
 
 def test_manifest(synthetic_dir):
