@@ -43,7 +43,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from benchmarks.eval import run_bench_eval
 
-    return run_bench_eval(args.root, rows=args.rows, max_tokens=args.max_tokens)
+    return run_bench_eval(args.root, rows=args.rows, max_tokens=args.max_tokens, teacher=args.teacher, data=args.data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs/bench", help="folder for the synthetic data and tiny model (made if missing)")
     p.add_argument("--rows", type=int, default=48)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--teacher", default=None, help="a trained model (e.g. runs/demo/sft/hf; default: the random tiny one)")
+    p.add_argument("--data", default=None, help="its data folder (e.g. runs/demo/data)")
     p.set_defaults(func=cmd_eval)
 
     return parser

@@ -39,21 +39,25 @@ def _eval_rows_per_s(cfg, stack, items, workers: int, batch_rows: int) -> float:
         group.shutdown()
 
 
-def run_bench_eval(root: str | Path = "runs/bench", rows: int = 48, max_tokens: int = 64, num_cpus: float = 1) -> int:
+def run_bench_eval(root: str | Path = "runs/bench", rows: int = 48, max_tokens: int = 64, num_cpus: float = 1,
+                   teacher: str | None = None, data: str | None = None) -> int:
+    """``teacher``/``data``: a trained model and its data (e.g. the demo's ``runs/demo/sft/hf`` and
+    ``runs/demo/data``), so that make-cot's later steps (answer check, judge) see real work; default: the random
+    tiny model, whose outputs all fail the template."""
     from cluster.config import Config
     from cluster.config_loader import load_config
     from cluster.make_cot import run_make_cot
     from cluster.stack import Dataset, Stack
 
     root = Path(root)
-    data, model = root / "data", root / "tiny-model"
-    _ensure(data, model)
+    data_dir, model = Path(data) if data else root / "data", Path(teacher) if teacher else root / "tiny-model"
+    if not (teacher and data):
+        _ensure(data_dir, model)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(Config, None, [
-            f"model.path={model}", f"data.dir={data}", "data.eval_file=train.json", f"eval.max_tokens={max_tokens}",
-            "eval.nframes=8", "eval.max_pixels=12544", f"rollout.num_cpus={num_cpus}", "cache.start_local=true",
-            f"cot.input={data / 'train.json'}", f"cot.out_dir={tmp}/cot", f"cot.max_rows={rows}",
-            f"cot.max_tokens={max_tokens}", "cot.batch_rows=16", "video.nframes=8", "video.max_pixels=12544",
+        cfg = load_config(Config, "configs/demo.yaml", [  # the demo's frames (8 at 56x56) and its oracle judge
+            f"model.path={model}", f"data.dir={data_dir}", f"eval.max_tokens={max_tokens}",
+            f"rollout.num_cpus={num_cpus}", f"cot.input={data_dir / 'train.json'}", f"cot.out_dir={tmp}/cot",
+            f"cot.max_rows={rows}", f"cot.max_tokens={max_tokens}", "cot.batch_rows=16", "eval.batch_rows=16",
         ])
         with Stack(cfg) as stack:
             ds = Dataset(cfg, "train.json", sampling=cfg.eval.sampling(cfg.video))

@@ -37,7 +37,8 @@ def ray_head(tmp_path_factory):
     while True:  # the job API answers once the dashboard is up
         probe = subprocess.run([f"{venv_bin}/ray", "job", "list", "--address", address], env={**env, "RAY_AUTH_MODE": "token"},
                                capture_output=True, text=True)
-        if probe.returncode == 0:
+        # `ray job list` exits 0 even when it could not connect: the head is up when it printed no error
+        if probe.returncode == 0 and "Error" not in probe.stdout + probe.stderr:
             break
         if proc.poll() is not None or time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -69,7 +70,9 @@ def test_train_as_a_ray_job_scales_and_stops_cleanly(ray_head, tiny_model_dir, s
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    job = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr).group(0)
+    found = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr)
+    assert found, (r.stdout + r.stderr)[-3000:]
+    job = found.group(0)
     run = RunDir(out)
 
     def wait_for(pred, what, timeout=300):
