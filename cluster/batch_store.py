@@ -5,7 +5,7 @@
 
 A rerun with the same settings reads the parts back and continues with the rows that have no record yet, so a
 killed job loses at most the batch in flight. Other settings in a folder that holds records are refused unless
-``--force`` (which deletes the old records).
+``--force`` (which deletes the old records); a non-empty folder that is not such an output is always refused.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ class BatchStore:
         self.path = Path(out_dir).resolve()
         self.parts = self.path / "parts"
         job = self.path / "job.json"
+        if self.path.is_dir() and any(self.path.iterdir()) and not job.is_file():
+            raise RunExistsError(f"{self.path} holds files that are not this command's output: choose an empty or "
+                                 "new output folder")
         if self.parts.is_dir() and any(self.parts.rglob("part_*.parquet")):
             old = json.loads(job.read_text()) if job.is_file() else {}
             if force:

@@ -46,7 +46,7 @@ def load_benchmark(path: Path, max_rows: int | None) -> tuple[list, Counter, lis
 
 
 def run_eval(cfg, force: bool = False, verbose: bool = False) -> dict:
-    from cluster.stack import Stack, check_model
+    from cluster.stack import Stack, check_judge_fits, check_model
 
     files = [Path(f) for f in cfg.eval.benchmarks]
     if not files:
@@ -55,9 +55,11 @@ def run_eval(cfg, force: bool = False, verbose: bool = False) -> dict:
         if not f.is_file():
             raise FileNotFoundError(f"benchmark file not found: {f}")
     check_model(cfg.model.path)
-    store = BatchStore(cfg.eval.out_dir, _identity(cfg, files), force)
     names = _benchmark_names(files)
     benchmarks = {n: load_benchmark(f, cfg.eval.max_rows) for n, f in zip(names, files)}
+    if cfg.eval.judge:
+        check_judge_fits(cfg, [s for b in benchmarks.values() for _, s in b[0]])
+    store = BatchStore(cfg.eval.out_dir, _identity(cfg, files), force)
     todo = {}
     for n, (samples, _, _) in benchmarks.items():
         done = {i for i, r in latest_by(store.records(n), "row").items() if r["status"] == "ok"}

@@ -38,15 +38,16 @@ def _identity(cfg, source: Path) -> dict:
 
 
 def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
-    from cluster.stack import Stack, check_model
+    from cluster.stack import Stack, check_judge_fits, check_model
 
     source = Path(cfg.cot.input)
     if not cfg.cot.input or not source.is_file():
         raise FileNotFoundError(f"cot.input {cfg.cot.input!r} is not a file: pass --input FILE (Video-R1 JSON, "
                                 "JSONL or Parquet)")
     check_model(cfg.model.path)
-    store = BatchStore(cfg.cot.out_dir, _identity(cfg, source), force)
     samples, malformed = load_samples_skipping(source, cfg.cot.max_rows)
+    check_judge_fits(cfg, [s for _, s in samples])
+    store = BatchStore(cfg.cot.out_dir, _identity(cfg, source), force)
     finished = {i for i, r in latest_by(store.records(PART), "row").items() if r["final"]}
     todo = [(i, s) for i, s in samples if i not in finished]
     t0 = time.perf_counter()

@@ -106,3 +106,10 @@ def check_model(path: str) -> None:
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"model.path {p} is not a Hugging Face model folder (no config.json): point model.path "
                                 "at a Qwen2.5-VL folder (or the hf/ folder `videop2r sft` writes)")
+
+
+def check_judge_fits(cfg, samples) -> None:
+    """The oracle judge knows only the synthetic task's facts: on other data every verdict would be missing."""
+    if cfg.judge.backend == "oracle" and samples and not any("facts" in s.extra for s in samples):
+        raise FileNotFoundError("judge.backend=oracle needs the synthetic task's facts, which these rows lack: use "
+                                "judge.backend=vllm or judge.backend=http (see configs/judge-http.yaml)")

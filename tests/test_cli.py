@@ -28,7 +28,7 @@ def test_help_lists_commands():
     assert r.returncode == 0 and "key.sub=value" in r.stdout
 
 
-def test_eval_and_make_cot_refuse_bad_input_in_one_line(tmp_path, tiny_model_dir):
+def test_eval_and_make_cot_refuse_bad_input_in_one_line(tmp_path, tiny_model_dir, synthetic_dir):
     r = run("eval", "--model", tiny_model_dir, "--out", tmp_path / "e")
     assert r.returncode == 2 and r.stderr.strip() == "error: no benchmark files: pass --bench FILE (or eval.benchmarks=[...])"
     r = run("eval", "--model", tiny_model_dir, "--bench", tmp_path / "nope.json", "--out", tmp_path / "e")
@@ -38,6 +38,18 @@ def test_eval_and_make_cot_refuse_bad_input_in_one_line(tmp_path, tiny_model_dir
     r = run("make-cot", "--input", tmp_path / "nope.json", "cot.samples=4")  # 4 identical greedy samples
     assert r.returncode == 2 and "cot.temperature > 0" in r.stderr
     assert not (tmp_path / "e").exists() and not (tmp_path / "c").exists()
+    rows = json.loads((synthetic_dir / "eval.json").read_text())
+    for row in rows:
+        row.pop("facts", None)
+    (tmp_path / "real.json").write_text(json.dumps(rows))  # rows like a real dataset's: no synthetic facts
+    r = run("make-cot", "--input", tmp_path / "real.json", "--teacher", tiny_model_dir, "--out", tmp_path / "c")
+    assert r.returncode == 2 and "judge.backend=oracle needs the synthetic task's facts" in r.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = run("eval", "--model", tiny_model_dir, "--bench", synthetic_dir / "eval.json", "--out", mine)
+    assert r.returncode == 2 and "not this command's output" in r.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_config_typo_is_one_line_error():
