@@ -9,6 +9,7 @@ types and bad values fail at start-up, before anything expensive starts.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,5 +103,21 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
         raise _explain(model, e, source) from None
 
 
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]+@", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """The value with any password embedded in a URL (``redis://:pw@host``) replaced by ``***``."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    return value
+
+
 def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML, for printing and for run folders: passwords in URLs are redacted (keys are only ever
+    named by their environment variables)."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)

@@ -21,7 +21,6 @@ import time
 import uuid
 from pathlib import Path
 
-import yaml
 
 CHECKPOINT = re.compile(r"^step_(\d+)$")
 
@@ -53,7 +52,9 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.rollouts.mkdir(exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
-        (self.path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        from cluster.config_loader import dump_config
+
+        (self.path / "config.yaml").write_text(dump_config(cfg))
         control = self.path / "control.json"
         if control.exists():
             return json.loads(control.read_text())["run_id"]

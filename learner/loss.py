@@ -48,7 +48,10 @@ def policy_loss(
         raise ValueError(f"unknown loss aggregation {aggregation!r} (token_mean or seq_mean_token_mean)")
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
-        clipped = ((ratio - 1).abs() > clip_eps).to(mask.dtype)
+        # tokens where the clipped branch is the one min() takes (its gradient is zero): r above 1 + eps with A > 0,
+        # or below 1 - eps with A < 0; a ratio outside the range on the other side still gets its gradient
+        clipped = (((ratio > 1 + clip_eps) & (advantages > 0)) | ((ratio < 1 - clip_eps) & (advantages < 0)))
+        clipped = clipped.to(mask.dtype)
         stats = {
             "kl": float((kl * mask).sum() / n),
             "clip_fraction": float((clipped * mask).sum() / n),

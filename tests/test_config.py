@@ -74,3 +74,20 @@ def test_bad_override_syntax_and_missing_file():
         load_config(Config, ROOT / "configs" / "nope.yaml")
     with pytest.raises(ConfigError, match="is a value, not a section"):
         load_config(Config, DEMO, ["rollout.device.x=1"])
+
+
+def test_passwords_in_urls_are_redacted_when_shown_or_saved(tmp_path):
+    from cluster.config_loader import dump_config, redact
+    from cluster.run_dir import RunDir
+
+    cfg = load_config(Config, DEMO, ["cache.url=redis://:s3cret@redis-master:6379/0",
+                                     "judge.base_url=https://user:tok3n@judge.example/v1"])
+    shown = dump_config(cfg)
+    assert "s3cret" not in shown and "tok3n" not in shown
+    assert "redis://:***@redis-master:6379/0" in shown and "https://user:***@judge.example/v1" in shown
+    cfg.run.out_dir = str(tmp_path / "run")
+    RunDir(cfg.run.out_dir).prepare(cfg, resume=False, force=False)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "s3cret" not in saved and "redis://:***@" in saved
+    assert cfg.cache.url == "redis://:s3cret@redis-master:6379/0"  # the running config keeps it
+    assert redact(["http://127.0.0.1:8000/v1", "redis://host:6379"]) == ["http://127.0.0.1:8000/v1", "redis://host:6379"]

@@ -52,6 +52,15 @@ def test_policy_loss_by_hand():
     loss, st = policy_loss(logp, old, None, adv, mask, clip_eps=0.2, beta=0.0)
     # token 1: min(2*1, 1.2*1) = 1.2; token 2: min(-1, -1) = -1 -> loss = -(1.2 - 1) / 2
     assert loss.item() == pytest.approx(-0.1, abs=1e-6) and st["clip_fraction"] == 0.5
+    # all four sides of the clip: r = 2 and r = 0.5, each with A = +1 and A = -1
+    lp = torch.tensor([[math.log(0.5), math.log(0.5), math.log(0.1), math.log(0.1)]])
+    op = torch.tensor([[math.log(0.25), math.log(0.25), math.log(0.2), math.log(0.2)]])
+    a = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    loss4, st4 = policy_loss(lp, op, None, a, torch.ones(1, 4), clip_eps=0.2, beta=0.0)
+    # r=2,A=+1: min(2, 1.2) = 1.2 (clipped); r=2,A=-1: min(-2, -1.2) = -2 (not clipped: the pessimistic side)
+    # r=0.5,A=+1: min(0.5, 0.8) = 0.5 (not clipped); r=0.5,A=-1: min(-0.5, -0.8) = -0.8 (clipped)
+    assert loss4.item() == pytest.approx(-(1.2 - 2 + 0.5 - 0.8) / 4, abs=1e-6)
+    assert st4["clip_fraction"] == 0.5  # only the two tokens whose clipped branch was taken
     ref = old.clone()
     loss_kl, st = policy_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04)
     d = ref - logp
