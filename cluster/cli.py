@@ -32,6 +32,19 @@ def _config(args):
     return load_config(Config, args.config, args.overrides)
 
 
+class OutputExistsError(RuntimeError):
+    """A command would write over something the user owns."""
+
+
+def _writable_folder(out: str, force: bool) -> None:
+    """Generators write only into a new or empty folder (``--force``: into a non-empty one, replacing their files)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise OutputExistsError(f"--out {p} is a file, not a folder: choose a folder path")
+    if p.is_dir() and any(p.iterdir()) and not force:
+        raise OutputExistsError(f"--out {p} is not empty: choose a new folder, or pass --force to write over its files")
+
+
 def cmd_make_synthetic(args) -> int:
     from toy.synthetic import make_synthetic, parse_mix
 
@@ -40,6 +53,7 @@ def cmd_make_synthetic(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _writable_folder(args.out, args.force)
     written = make_synthetic(
         args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, frames=args.frames, size=args.size, style=args.style,
         mix=mix, progress=not args.quiet,
@@ -53,6 +67,7 @@ def cmd_make_tiny_model(args) -> int:
     from toy.tiny_model import build_tiny_model
 
     cfg = _config(args)
+    _writable_folder(args.out, args.force)
     out = build_tiny_model(args.out, cfg.tiny_model, seed=args.seed)
     print(f"tiny Qwen2.5-VL written to {out}")
     return 0
@@ -72,9 +87,15 @@ def cmd_validate_data(args) -> int:
 def cmd_convert_data(args) -> int:
     from videoqa.schema import load_samples, write_parquet
 
+    out = Path(args.out or Path(args.file).with_suffix(".parquet"))
+    if out.resolve() == Path(args.file).resolve():
+        raise OutputExistsError(f"--out {out} is the input file: choose another output path")
+    if out.exists() and not args.force:
+        raise OutputExistsError(f"{out} exists: choose another --out, or pass --force to replace it")
     samples = load_samples(args.file)
-    out = args.out or str(Path(args.file).with_suffix(".parquet"))
-    write_parquet(samples, out)
+    tmp = out.with_name(f".tmp_{out.name}")  # written whole, then renamed: a failed write leaves no half file
+    write_parquet(samples, tmp)
+    tmp.replace(out)
     print(f"{len(samples)} rows -> {out}")
     return 0
 
@@ -229,11 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help='training-row weights per problem type, e.g. "multiple choice=6,OCR=1,free-form=1,numerical=1,'
                    'regression=1" (default: equal, round-robin); the eval split always has all five equally')
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
     p.set_defaults(func=cmd_make_synthetic)
 
     p = sub.add_parser("make-tiny-model", help="build a small random Qwen2.5-VL (sizes from the tiny_model section)")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
     _add_config_args(p)
     p.set_defaults(func=cmd_make_tiny_model)
 
@@ -246,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert-data", help="convert a Video-R1 JSON/JSONL file to Parquet")
     p.add_argument("file")
     p.add_argument("--out", default=None, help="output .parquet (default: beside the input)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (never the input)")
     p.set_defaults(func=cmd_convert_data)
 
     p = sub.add_parser("show-config", help="print the resolved config (after overrides) as YAML")
@@ -262,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, RowError, MediaError, RunExistsError) as e:
+    except (ConfigError, FileNotFoundError, RowError, MediaError, RunExistsError, OutputExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -100,6 +100,18 @@ def test_make_synthetic_and_convert(tmp_path):
     assert load_samples(tmp_path / "cot.parquet") == load_samples(tmp_path / "s" / "cot.json")
     bad = run("convert-data", tmp_path / "missing.json")
     assert bad.returncode == 2 and "dataset file not found" in bad.stderr
+    # nothing the user owns is overwritten without --force, and the input never
+    before = (tmp_path / "cot.parquet").read_bytes()
+    again = run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "cot.parquet")
+    assert again.returncode == 2 and "--force" in again.stderr and (tmp_path / "cot.parquet").read_bytes() == before
+    assert run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "cot.parquet", "--force").returncode == 0
+    src = (tmp_path / "s" / "cot.json").read_bytes()
+    same = run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "s" / "cot.json", "--force")
+    assert same.returncode == 2 and "is the input file" in same.stderr and (tmp_path / "s" / "cot.json").read_bytes() == src
+    train = (tmp_path / "s" / "train.json").read_text()
+    over = run("make-synthetic", "--out", tmp_path / "s", "--n", 7, "--seed", 2, "--quiet")
+    assert over.returncode == 2 and "not empty" in over.stderr and (tmp_path / "s" / "train.json").read_text() == train
+    assert run("make-synthetic", "--out", tmp_path / "cot.parquet", "--n", 5, "--quiet").returncode == 2  # a file
 
 
 def test_make_synthetic_style_and_mix(tmp_path):
@@ -124,6 +136,10 @@ def test_make_tiny_model_size_from_overrides(tmp_path):
     assert cfg["text_config"]["num_hidden_layers"] == 1
     bad = run("make-tiny-model", "--out", tmp_path / "m2", "tiny_model.num_heads=3")
     assert bad.returncode == 2 and "divisible" in bad.stderr
+    weights = sorted(p.name for p in (tmp_path / "m").iterdir())
+    over = run("make-tiny-model", "--out", tmp_path / "m")
+    assert over.returncode == 2 and "not empty" in over.stderr
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == weights
 
 
 @pytest.mark.vllm
