@@ -44,6 +44,9 @@ def process_advantages(
         a_r, flat_r = group_advantages(r_reasoning, group_size)
         return a_p, a_r, {"flat_groups_perception": flat_p, "flat_groups_reasoning": flat_r}
     if mode == "grpo":
-        a, flat = group_advantages(torch.as_tensor(r_perception) + torch.as_tensor(r_reasoning), group_size)
+        # a rollout whose R_P is unknown (missing verdict, reward.missing_verdict=exclude) has no known total: it
+        # is left out of its group, as PA-GRPO leaves it out of the perception group
+        total = torch.as_tensor(r_perception) + torch.as_tensor(r_reasoning)
+        a, flat = group_advantages(total, group_size, perception_valid)
         return a, a.clone(), {"flat_groups": flat}
     raise ValueError(f"unknown advantage mode {mode!r} (pa_grpo or grpo)")

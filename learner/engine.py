@@ -188,9 +188,9 @@ class Learner:
         tok = self.processor.tokenizer
         r_p = torch.tensor([r.r_perception for r in rollouts])
         r_r = torch.tensor([r.r_reasoning for r in rollouts])
-        if zero_perception:
-            r_p = torch.zeros_like(r_p)
         valid = torch.tensor([r.perception_valid for r in rollouts])
+        if zero_perception:  # perception is out of this step: every rollout's (reasoning-only) reward counts
+            r_p, valid = torch.zeros_like(r_p), torch.ones_like(valid)
         a_p, a_r, adv_stats = process_advantages(r_p, r_r, group_size, cfg.algorithm, valid)
         items = [r.item for r in rollouts]
         responses = [r.response_ids for r in rollouts]

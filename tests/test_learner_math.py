@@ -44,6 +44,16 @@ def test_pa_grpo_equals_grpo_when_processes_agree():
         process_advantages(r, r, 4, "ppo")
 
 
+def test_grpo_leaves_out_rollouts_whose_perception_reward_is_unknown():
+    r_p = torch.tensor([1.0, 0.0, 9.0, 1.0])  # rollout 2's verdict is missing: its R_P (9) means nothing
+    r_r = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    valid = torch.tensor([True, True, False, True])
+    a, _, _ = process_advantages(r_p, r_r, 4, "grpo", perception_valid=valid)
+    expected, _ = group_advantages(torch.tensor([2.0, 1.0, 0.0, 1.0]), 4, valid)
+    assert a[2] == 0 and torch.allclose(a, expected)
+    assert torch.allclose(a[[0, 1, 3]], group_advantages(torch.tensor([2.0, 1.0, 1.0]), 3)[0])  # as if it were absent
+
+
 def test_policy_loss_by_hand():
     logp = torch.tensor([[math.log(0.5), math.log(0.2)]])
     old = torch.tensor([[math.log(0.25), math.log(0.2)]])  # ratios 2.0 and 1.0
