@@ -138,6 +138,7 @@ class Learner:
         self.model_config = model.config
         self.step = 0
         self.nonfinite_losses = 0
+        self._stage0_skipped = 0  # steps the stage-0 guard skipped (ZeRO counts its own)
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def logprobs(self, items, responses, model=None, prompts=None) -> torch.Tensor:
@@ -149,19 +150,31 @@ class Learner:
     def _backward_step(self, loss: torch.Tensor) -> None:
         """Backward and (at the accumulation boundary) an optimizer step.
 
-        A non-finite loss or gradient must not move the weights. DeepSpeed's ZeRO optimizer checks the global
-        gradient norm before stepping and skips the step (zeroing the gradients, counting ``skipped_steps``) when
-        it is not finite; a non-finite loss makes the gradients non-finite, so it takes the same path.
+        A non-finite loss or gradient must not move the weights. DeepSpeed's ZeRO optimizer (stages 1-3) checks
+        the global gradient norm before stepping and skips the step (zeroing the gradients, counting
+        ``skipped_steps``) when it is not finite; a non-finite loss makes the gradients non-finite, so it takes the
+        same path. At stage 0 DeepSpeed steps the plain optimizer unchecked, so the check is here. The gradients
+        are already averaged over ranks at the boundary, so every rank decides alike. The step still runs (it keeps
+        DeepSpeed's counters and the LR schedule in step) with zero gradients at learning rate 0, which leaves
+        every weight as it was (AdamW's decay is scaled by the learning rate too); only the moments decay once.
         """
         if not torch.isfinite(loss.detach()):
             self.nonfinite_losses += 1
         self.engine.backward(loss)
+        if self.cfg.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                for g in grads:
+                    g.zero_()
+                for group in self.engine.optimizer.param_groups:
+                    group["lr"] = 0.0  # the LR scheduler's step after this one sets the scheduled value again
+                self._stage0_skipped += 1
         self.engine.step()
 
     @property
     def skipped_steps(self) -> int:
         """Optimizer steps not applied because the loss or the gradient was not finite."""
-        return int(getattr(self.engine, "skipped_steps", 0))
+        return int(getattr(self.engine, "skipped_steps", 0)) + self._stage0_skipped
 
     # -- stage 1: SFT -------------------------------------------------------------------------------------------
     def sft_step(self, items, targets: list[list[int]]) -> float:
