@@ -38,7 +38,9 @@ class VerdictCache:
             socket_connect_timeout=socket_timeout_s,
             retry_on_timeout=False,
         )
-        self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        # any Redis error is an outage to score through: connection loss, timeouts, and the server refusing
+        # (OOM under maxmemory, READONLY during a failover, NOPERM, a wrong password)
+        self._errors = (redis.RedisError, OSError)
         self._down_until = 0.0
         self._warned = False
         self.stats: Counter[str] = Counter()
@@ -80,10 +82,13 @@ class VerdictCache:
         out = []
         for value in raw:
             try:
-                out.append(json.loads(value) if value is not None else None)
+                entry = json.loads(value) if value is not None else None
             except (json.JSONDecodeError, UnicodeDecodeError):
+                entry = ""
+            if entry is not None and not isinstance(entry, dict):  # not ours, or damaged: judged again
                 self.stats["corrupt"] += 1
-                out.append(None)
+                entry = None
+            out.append(entry)
         hits = sum(v is not None for v in out)
         self.stats["hits"] += hits
         self.stats["misses"] += len(keys) - hits

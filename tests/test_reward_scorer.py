@@ -109,6 +109,28 @@ def test_redis_killed_mid_run(cot, tmp_path, caplog):
     assert metrics.registry.get_sample_value("videop2r_verdict_cache_total", {"result": "unavailable"}) == 1
 
 
+def test_redis_refusing_writes_and_foreign_values_score_uncached(cot, tmp_path):
+    """A server that answers with errors (OOM under maxmemory) is an outage, and a cached value that is not a
+    verdict entry is judged again; neither crashes scoring."""
+    server = RedisServer(tmp_path)
+    try:
+        cfg = cfg_with(f"cache.url={server.url}", "cache.retry_after_s=0")
+        sc = scorer(cfg)
+        first = sc.score(items_for(cot[:3], sft_target))
+        keys = sorted(server.client.keys("videop2r:verdict:*"))
+        assert first.stats["cache_writes"] == 3 and len(keys) == 3
+        server.client.set(keys[0], "5")  # valid JSON, not an entry
+        server.client.set(keys[1], "[true]")
+        server.client.config_set("maxmemory", 1)  # every write is now refused with an OOM error
+        server.client.config_set("maxmemory-policy", "noeviction")
+        again = sc.score(items_for(cot[:4], sft_target))
+        assert [r.acc_p for r in again.rewards] == [1.0] * 4
+        assert again.stats["cache_corrupt"] == 2 and again.stats["cache_hits"] == 1
+        assert again.stats["cache_unavailable"] == 1 and again.stats["judge_calls"] == 3  # the write failed, counted
+    finally:
+        server.stop()
+
+
 def test_no_redis_at_all_still_scores(cot):
     cfg = cfg_with(f"cache.url=redis://127.0.0.1:{free_port()}/0")
     batch = scorer(cfg).score(items_for(cot[:3], sft_target))
