@@ -60,6 +60,14 @@ class VideoSection(Section):
     def sampling(self) -> FrameSampling:
         return FrameSampling(self.fps, self.min_frames, self.max_frames, self.nframes, self.min_pixels, self.max_pixels)
 
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"video.min_frames={self.min_frames} is above video.max_frames={self.max_frames}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"video.min_pixels={self.min_pixels} is above video.max_pixels={self.max_pixels}")
+        return self
+
 
 class DataSection(Section):
     dir: str = "runs/demo/data"  # where `make-synthetic` writes (or where a real dataset lives)
@@ -328,6 +336,11 @@ class Config(Section):
         if self.trainer.prompts_per_step % self.learner.num_ranks:
             raise ValueError(f"trainer.prompts_per_step={self.trainer.prompts_per_step} must be a multiple of "
                              f"learner.num_ranks={self.learner.num_ranks} (whole groups go to each rank)")
+        for name, n in (("rollout.max_tokens", self.rollout.max_tokens), ("eval.max_tokens", self.eval.max_tokens),
+                        ("cot.max_tokens", self.cot.max_tokens)):
+            if n >= self.rollout.max_model_len:  # the prompt (with its video tokens) needs room too
+                raise ValueError(f"{name}={n} leaves no room for the prompt in rollout.max_model_len="
+                                 f"{self.rollout.max_model_len}: raise max_model_len or lower {name}")
         if self.cot.samples > 1 and self.cot.temperature == 0:
             raise ValueError(f"cot.samples={self.cot.samples} at cot.temperature=0 gives {self.cot.samples} identical "
                              "outputs: set cot.temperature > 0 (e.g. 0.7) or cot.samples=1")

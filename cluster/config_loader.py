@@ -64,11 +64,15 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _explain(model: type[BaseModel], err: ValidationError, source: str) -> ConfigError:
-    lines = []
+def _explain(model: type[BaseModel], err: ValidationError, source: str, overridden: set[str] = frozenset()
+             ) -> ConfigError:
+    """One line naming each bad key and where it came from: the file, or the command line's dotted override."""
+    by_source: dict[str, list[str]] = {}
     known = _known_keys(model)
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
+        from_cli = key and any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in overridden)
+        lines = by_source.setdefault("command line" if from_cli else source, [])
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -78,7 +82,7 @@ def _explain(model: type[BaseModel], err: ValidationError, source: str) -> Confi
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"config key '{key}': {msg}{got_s}" if key else msg)
-    return ConfigError(f"{source}: " + "; ".join(lines))
+    return ConfigError("; ".join(f"{src}: " + "; ".join(lines) for src, lines in by_source.items()))
 
 
 def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
@@ -95,12 +99,15 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
             raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    for key, value in parse_overrides(overrides or []):
+    parsed = parse_overrides(overrides or [])
+    for key, value in parsed:
         _set_dotted(tree, key, value)
+    if parsed and path is None:
+        source = "config (defaults)"
     try:
         return model.model_validate(tree)
     except ValidationError as e:
-        raise _explain(model, e, source) from None
+        raise _explain(model, e, source, {k for k, _ in parsed}) from None
 
 
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]+@", re.IGNORECASE)

@@ -62,6 +62,13 @@ def test_cross_field_validation():
         load_config(Config, None, ["rollout.device=cuda", "rollout.num_gpus=2", "rollout.tensor_parallel_size=4"])
     assert load_config(Config, None, ["judge.engine.device=cuda", "judge.engine.num_gpus=4",
                                       "judge.engine.tensor_parallel_size=4"]).judge.engine.tensor_parallel_size == 4
+    with pytest.raises(ConfigError, match="video.min_frames=20 is above video.max_frames=16"):
+        load_config(Config, None, ["video.min_frames=20"])
+    with pytest.raises(ConfigError, match="video.min_pixels"):
+        load_config(Config, None, ["video.min_pixels=200000"])
+    with pytest.raises(ConfigError, match="eval.max_tokens=4096 leaves no room"):
+        load_config(Config, None, ["eval.max_tokens=4096"])
+    assert load_config(Config, None, ["eval.max_tokens=4096", "rollout.max_model_len=16384"]).eval.max_tokens == 4096
     with pytest.raises(ConfigError, match="cot.temperature > 0"):
         load_config(Config, None, ["cot.samples=4"])
     assert load_config(Config, None, ["cot.samples=4", "cot.temperature=0.7"]).cot.samples == 4
@@ -91,3 +98,15 @@ def test_passwords_in_urls_are_redacted_when_shown_or_saved(tmp_path):
     assert "s3cret" not in saved and "redis://:***@" in saved
     assert cfg.cache.url == "redis://:s3cret@redis-master:6379/0"  # the running config keeps it
     assert redact(["http://127.0.0.1:8000/v1", "redis://host:6379"]) == ["http://127.0.0.1:8000/v1", "redis://host:6379"]
+
+
+def test_errors_name_where_the_bad_value_came_from(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rollout:\n  temperature: hot\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Config, f, ["trainer.stepz=3"])
+    msg = str(e.value)
+    assert f"{f}: config key 'rollout.temperature'" in msg  # from the file
+    assert "command line: unknown config key 'trainer.stepz' (did you mean 'trainer.steps'?)" in msg
+    with pytest.raises(ConfigError, match=r"^command line: config key 'rollout.top_p'"):
+        load_config(Config, DEMO, ["rollout.top_p=2"])
