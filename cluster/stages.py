@@ -12,7 +12,7 @@ import time
 import ray
 
 from cluster.run_dir import RunDir
-from cluster.stack import Dataset, Stack, check_model
+from cluster.stack import Dataset, Stack, check_judge_fits, check_model
 from videoqa.sampler import IndexOrder
 
 log = logging.getLogger("videop2r")
@@ -116,12 +116,20 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
     from cluster.trainer import RLTrainer
 
     check_model(cfg.model.path)
+    if cfg.rollout.tensor_parallel_size > 1:
+        from cluster.config_loader import ConfigError
+
+        # the weight transport sends whole tensors into one engine process; a sharded engine would need them split
+        raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: training needs "
+                          "rollout workers of tensor_parallel_size 1 (scale with rollout.num_workers); eval and "
+                          "make-cot can use larger ones")
+    data = Dataset(cfg, cfg.data.train_file)
+    check_judge_fits(cfg, data.samples)
     run, run_id, state = _open_run(cfg, force)
     own = stack is None
     stack = stack or Stack(cfg, verbose)
     parts = []
     try:
-        data = Dataset(cfg, cfg.data.train_file)
         learner = LearnerGroup(cfg, cfg.model.path, with_reference=True, transport=cfg.transport)
         parts.append(learner)
         order = IndexOrder(len(data), cfg.run.seed)
