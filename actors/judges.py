@@ -23,6 +23,28 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from rewards import judge_prompt, parse_judgement
 
 
+class JudgeAuthError(RuntimeError):
+    """The judge endpoint refused the API key (401/403): every verdict would fail, so the run stops."""
+
+
+def _is_local(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def judge_api_key(cfg) -> str:
+    """The HTTP judge's key, read from ``judge.api_key_env``. Missing: an error naming the variable, unless the
+    endpoint is on this machine (a local ``vllm serve`` accepts any key, sent as "EMPTY")."""
+    key = os.environ.get(cfg.api_key_env)
+    if key:
+        return key
+    if _is_local(cfg.base_url):
+        return "EMPTY"
+    raise JudgeAuthError(f"the judge's API key is not set: export it as {cfg.api_key_env} (judge.api_key_env) "
+                         f"for {cfg.base_url}")
+
+
 @dataclass(frozen=True)
 class JudgeRequest:
     question: str
@@ -92,10 +114,7 @@ class HTTPJudge:
 
         self.cfg = cfg
         self.model_id = f"http:{cfg.model}"
-        # "EMPTY" is what local servers (vllm serve) accept when no key is configured
-        self._client = OpenAI(
-            base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY", timeout=cfg.timeout_s, max_retries=0
-        )
+        self._client = OpenAI(base_url=cfg.base_url, api_key=judge_api_key(cfg), timeout=cfg.timeout_s, max_retries=0)
 
     def _call(self, prompt: str, deadline: float) -> Outcome:
         import openai
@@ -114,10 +133,16 @@ class HTTPJudge:
             except (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError,
                     openai.RateLimitError) as e:
                 raise JudgeError(type(e).__name__) from e
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise JudgeAuthError(f"the judge at {self.cfg.base_url} refused the API key from "
+                                     f"{self.cfg.api_key_env} ({e.status_code}): check the key and the model "
+                                     "name's access") from None
             return resp.choices[0].message.content if resp.choices else None
 
         try:
             return outcome_from_text(_retrying(self.cfg.retries, self.cfg.backoff_s, deadline)(once))
+        except JudgeAuthError:
+            raise
         except (JudgeError, TimeoutError) as e:
             timed_out = isinstance(e, TimeoutError) or "Timeout" in str(e)
             return Outcome(None, "timeout" if timed_out else "failed")
@@ -129,6 +154,9 @@ class HTTPJudge:
         futures = [pool.submit(self._call, r.prompt(), deadline) for r in requests]
         wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         pool.shutdown(wait=False, cancel_futures=True)  # stragglers end at their own timeout, unwaited
+        for f in futures:  # a refused key stops the run rather than turning into "failed" verdicts
+            if f.done() and not f.cancelled() and isinstance(f.exception(), JudgeAuthError):
+                raise f.exception()
         return [f.result() if f.done() and not f.cancelled() else Outcome(None, "deadline") for f in futures]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from actors.reward_scorer import RewardScorer, ScoredBatch, ScoreItem
-from actors.judges import JudgeEngine
+from actors.judges import JudgeEngine, judge_api_key
 
 
 class RewardPool:
@@ -30,7 +30,11 @@ class RewardPool:
             self.engines = [actor.remote(cfg.judge.model, eng, seed=i) for i in range(cfg.judge.num_engines)]
             ray.get([e.ready.remote() for e in self.engines])
         tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
-        worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, max_restarts=-1, max_task_retries=2)
+        options = {}
+        if cfg.judge.backend == "http":  # checked here, before any actor starts; the actors get it in their env
+            options["runtime_env"] = {"env_vars": {cfg.judge.api_key_env: judge_api_key(cfg.judge)}}
+        worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, max_restarts=-1, max_task_retries=2,
+                                                  **options)
         n = num_workers or cfg.reward.num_workers
         self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines) for _ in range(n)]
         try:  # a pool the cluster has no room for fails here, not as a silent wait in the first score()

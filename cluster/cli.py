@@ -283,9 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     from videoqa.schema import RowError
     from videoqa.video import MediaError
 
+    from actors.judges import JudgeAuthError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except JudgeAuthError as e:  # raised in a reward actor, it arrives wrapped: its own message is the line
+        print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
+        return 2
     except (ConfigError, FileNotFoundError, RowError, MediaError, RunExistsError, OutputExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

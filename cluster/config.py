@@ -281,7 +281,10 @@ class JudgeSection(Section):
     num_engines: int = Field(1, ge=1)  # vllm backend
     engine: EngineSection = EngineSection()
     base_url: str = "http://127.0.0.1:8000/v1"  # http backend
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable and never logged
+    # the key is read from this variable (in the driver, then handed to the reward actors) and never logged or
+    # saved; a project-specific name, so that a user's OPENAI_API_KEY is never sent to some other base_url
+    api_key_env: str = "VIDEOP2R_JUDGE_API_KEY"
+    allow_insecure_http: bool = False  # plain http to a non-local base_url (the key would travel in clear)
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     timeout_s: float = Field(60, gt=0)  # one call
@@ -294,7 +297,17 @@ class JudgeSection(Section):
     def _model_named(self):
         if self.backend in ("vllm", "http") and not self.model:
             raise ValueError(f"judge.backend={self.backend} needs judge.model")
+        if self.backend == "http" and not is_local_url(self.base_url) and not self.base_url.startswith("https://") \
+                and not self.allow_insecure_http:
+            raise ValueError(f"judge.base_url {self.base_url} is not https: the API key would travel in clear (use "
+                             "https, or set judge.allow_insecure_http=true for a trusted network)")
         return self
+
+
+def is_local_url(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 class CacheSection(Section):

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class JudgeServer:
     def __init__(self):
-        self.mode = "yes"  # yes | no | garbage | slow | error
+        self.mode = "yes"  # yes | no | garbage | slow | error | unauthorized
         self.fail_first = 0  # answer 500 to this many requests first
         self.delay_s = 0.0
         self.requests: list[dict] = []
@@ -32,6 +32,12 @@ class JudgeServer:
                         server.fail_first -= 1
                 if server.delay_s:
                     time.sleep(server.delay_s)
+                if server.mode == "unauthorized":
+                    self.send_response(401)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "invalid api key", "type": "invalid_request_error"}}')
+                    return
                 if failing or server.mode == "error":
                     self.send_response(500)
                     self.end_headers()

@@ -167,6 +167,30 @@ def test_http_judge_answers_and_sends_key_from_env(judge_server, monkeypatch, ca
     assert HTTPJudge(cfg.judge).verdicts([REQ], time.monotonic() + 10)[0].verdict is False
 
 
+def test_http_judge_key_is_required_checked_and_a_refusal_stops(judge_server, monkeypatch, cot):
+    from actors.judges import JudgeAuthError, judge_api_key
+    from cluster.config_loader import ConfigError
+
+    remote = load_config(Config, None, ["judge.backend=http", "judge.model=m", "judge.base_url=https://judge.example/v1"])
+    monkeypatch.delenv("VIDEOP2R_JUDGE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "a-users-openai-key")  # never picked up by default
+    with pytest.raises(JudgeAuthError, match="export it as VIDEOP2R_JUDGE_API_KEY"):
+        judge_api_key(remote.judge)
+    monkeypatch.setenv("VIDEOP2R_JUDGE_API_KEY", "k")
+    assert judge_api_key(remote.judge) == "k"
+    with pytest.raises(ConfigError, match="not https"):
+        load_config(Config, None, ["judge.backend=http", "judge.model=m", "judge.base_url=http://judge.example/v1"])
+    assert load_config(Config, None, ["judge.backend=http", "judge.model=m", "judge.base_url=http://judge.example/v1",
+                                      "judge.allow_insecure_http=true"]).judge.allow_insecure_http
+    judge_server.mode = "unauthorized"  # a 401: the run stops with the reason, not a column of "failed" verdicts
+    cfg = http_cfg(judge_server, "judge.retries=3")
+    with pytest.raises(JudgeAuthError, match=r"refused the API key from VIDEOP2R_JUDGE_API_KEY \(401\)"):
+        HTTPJudge(cfg.judge).verdicts([REQ, REQ], time.monotonic() + 10)
+    assert len(judge_server.requests) <= 2  # not retried
+    with pytest.raises(JudgeAuthError):
+        scorer(cfg).score(items_for(cot[:2], sft_target))
+
+
 def test_http_judge_retries_server_errors(judge_server):
     judge_server.fail_first = 2
     cfg = http_cfg(judge_server, "judge.retries=2")
