@@ -44,6 +44,11 @@ def test_good_row_and_extra_fields_survive():
         ({"options": []}, "multiple choice without options"),
         ({"options": ["left", "right"]}, "does not start with a letter"),
         ({"options": "A. left"}, "options is not a list"),
+        ({"solution": "<answer> </answer>"}, "empty answer in solution"),
+        ({"problem_type": "numerical", "options": [], "solution": "<answer>three</answer>"},
+         "numerical solution 'three' is not a number"),
+        ({"problem_type": "regression", "options": [], "solution": "<answer>about 4</answer>"},
+         "regression solution 'about 4' is not a number"),
     ],
 )
 def test_row_problems(change, reason):
@@ -51,6 +56,12 @@ def test_row_problems(change, reason):
     assert any(reason in p for p in problems), problems
     with pytest.raises(RowError, match=r"^row 3: "):
         sample_from_row({**GOOD, **change})
+
+
+def test_numeric_solutions_that_are_numbers_pass():
+    for solution in ("<answer>3</answer>", "<answer>1,200.5</answer>", "-2", 7):
+        row = {**GOOD, "problem_type": "numerical", "options": [], "solution": solution}
+        assert row_problems(row) == [], solution
 
 
 def test_non_object_row():
@@ -94,3 +105,11 @@ def test_unreadable_files(tmp_path):
 def test_sample_is_plain_data():
     s = Sample("1", "q", "video", "OCR", "<answer>CAT</answer>", "x.mp4")
     assert s.to_row()["extra"] == {} and s.answer == "CAT"
+
+
+def test_an_empty_dataset_is_reported(tmp_path):
+    from videoqa.validate import validate_file
+
+    (tmp_path / "empty.json").write_text("[]")
+    n, problems = validate_file(tmp_path / "empty.json")
+    assert n == 0 and [str(p) for p in problems] == [f"row -: {tmp_path / 'empty.json'} has no rows"]

@@ -81,6 +81,14 @@ def row_problems(row: Any) -> list[str]:
     if not isinstance(options, list):
         problems.append("options is not a list")
         options = []
+    solution = row.get("solution")
+    if isinstance(solution, str) and solution and not solution_text(solution):
+        problems.append("empty answer in solution")
+    elif ptype in ("numerical", "regression") and isinstance(solution, (str, int, float)) and solution != "":
+        try:  # the accuracy rewards compare numbers: a text answer could never score
+            float(solution_text(str(solution)).replace(",", ""))
+        except ValueError:
+            problems.append(f"{ptype} solution {solution_text(str(solution))!r} is not a number")
     if ptype == "multiple choice":
         letters = option_letters(options)
         if not options:

@@ -59,4 +59,6 @@ def validate_file(path: str | Path, root: str | Path | None = None, check_media:
             if why:
                 reasons.append(why)
         problems += [Problem(rid, r) for r in reasons]
+    if not rows:
+        problems.append(Problem("-", f"{path} has no rows"))
     return len(rows), problems
