@@ -77,3 +77,17 @@ def write_records(records: list[dict], path: Path) -> Path:
 def latest_by(records: list[dict], key: str) -> dict:
     """The last record per key (a retried row's newest record wins)."""
     return {r[key]: r for r in records}
+
+
+def load_batch(loader, batch: list) -> tuple[list, list]:
+    """Decodes a batch of (row index, sample): ([(row, loaded sample)], [(row, sample, reason)]) where the reason is
+    why the media failed ("missing" or "corrupt"; the row is recorded so, and retried by a rerun)."""
+    row_of = {id(s): i for i, s in batch}
+    loaded, failed = [], []
+    for sample, item in loader.results([s for _, s in batch]):
+        if isinstance(item, str):
+            failed.append((row_of[id(sample)], sample, item))
+        else:
+            loaded.append((row_of[id(sample)], item))
+    return loaded, failed
+

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cluster.batch_store import BatchStore, file_digest, latest_by, write_records
+from cluster.batch_store import BatchStore, file_digest, latest_by, load_batch, write_records
 from cluster.evaluate import score_items, summarize
 from rewards import PROBLEM_TYPES
 from videoqa.schema import load_samples_skipping
@@ -97,18 +97,14 @@ def _generate(cfg, stack, store: BatchStore, files: list[Path], names: list[str]
             rows, scores = todo[name], []
             for start in range(0, len(rows), cfg.eval.batch_rows):
                 batch = rows[start:start + cfg.eval.batch_rows]
-                index = {id(s): i for i, s in batch}
-                loaded, records = [], []
-                for sample, item in loader.results([s for _, s in batch]):
-                    if isinstance(item, str):  # missing or corrupt media: recorded, retried by a rerun
-                        records.append({"row": index[id(sample)], "problem_id": sample.problem_id,
-                                        "problem_type": sample.problem_type, "status": item})
-                    else:
-                        loaded.append(item)
-                ids = [f"eval:{name}:{index[id(it.sample)]}" for it in loaded]
-                for it, rec in zip(loaded, score_items(rollout, pool, stack.tokenizer, loaded, cfg.eval, ids)):
-                    records.append({"row": index[id(it.sample)], **rec, "status": "ok",
-                                    "answer": it.sample.answer, "data_source": it.sample.data_source})
+                loaded, failed = load_batch(loader, batch)
+                records = [{"row": row, "problem_id": s.problem_id, "problem_type": s.problem_type, "status": why}
+                           for row, s, why in failed]
+                items = [it for _, it in loaded]
+                ids = [f"eval:{name}:{row}" for row, _ in loaded]
+                for (row, it), rec in zip(loaded, score_items(rollout, pool, stack.tokenizer, items, cfg.eval, ids)):
+                    records.append({"row": row, **rec, "status": "ok", "answer": it.sample.answer,
+                                    "data_source": it.sample.data_source})
                 store.write(name, records)
                 scores.extend(r["score"] for r in records if r["status"] == "ok")
                 bar.update(len(batch))

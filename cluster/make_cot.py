@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from cluster.batch_store import BatchStore, file_digest, latest_by, write_records
+from cluster.batch_store import BatchStore, file_digest, latest_by, load_batch, write_records
 from rewards import PROMPT_VERSION
 from videoqa.cot_funnel import Decision, decide, funnel_table, needs_judging, screen
 from videoqa.schema import Sample, load_samples_skipping, resolve_media, write_parquet
@@ -51,11 +51,13 @@ def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
     finished = {i for i, r in latest_by(store.records(PART), "row").items() if r["final"]}
     todo = [(i, s) for i, s in samples if i not in finished]
     t0 = time.perf_counter()
+    judge_stats = Counter()
     if todo:
         with Stack(cfg, verbose) as stack:
-            _generate(cfg, stack, store, source, todo)
+            judge_stats = _generate(cfg, stack, store, source, todo)
     summary = _collect(cfg, store, source, samples, malformed)
     summary["seconds"] = time.perf_counter() - t0
+    summary["judge_stats"] = {k: v for k, v in sorted(judge_stats.items()) if k.startswith("judge_")}  # this run
     (store.path / "funnel.json").write_text(json.dumps(summary, indent=1))
     width = max(len(k) for k, _ in summary["funnel"])
     print("\n".join(f"  {k:<{width}}  {n:>7d}" for k, n in summary["funnel"]))
@@ -65,7 +67,8 @@ def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
     return summary
 
 
-def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int, Sample]]) -> None:
+def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int, Sample]]) -> Counter:
+    """Generates, screens, judges and records ``todo`` batch by batch; returns the reward pool's counters."""
     from tqdm import tqdm
 
     from actors.reward_pool import RewardPool
@@ -84,35 +87,28 @@ def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int,
     overrides = {"n": c.samples, "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens}
     bar = tqdm(total=len(todo), desc="make-cot", unit="row", dynamic_ncols=True)
     kept = no_verdict = 0
+    stats = Counter()
     try:
         for start in range(0, len(todo), c.batch_rows):
             batch = todo[start:start + c.batch_rows]
-            index = {id(s): i for i, s in batch}
-            loaded, records = [], []
-            for sample, item in loader.results([s for _, s in batch]):
-                if isinstance(item, str):  # missing or corrupt media: recorded, retried by a rerun
-                    records.append({"row": index[id(sample)], "problem_id": sample.problem_id, "reason": item,
-                                    "final": False})
-                else:
-                    loaded.append(item)
-            if not loaded:
-                store.write(PART, records)
-                bar.update(len(batch))
-                continue
-            requests = [RolloutRequest(f"cot:{index[id(it.sample)]}", vllm_prompt(stack.tokenizer, it))
-                        for it in loaded]
+            loaded, failed = load_batch(loader, batch)
+            records = [{"row": row, "problem_id": s.problem_id, "reason": why, "final": False}
+                       for row, s, why in failed]
+            rows, loaded = [row for row, _ in loaded], [it for _, it in loaded]
+            requests = [RolloutRequest(f"cot:{row}", vllm_prompt(stack.tokenizer, it)) for row, it in zip(rows, loaded)]
             results = rollout.generate(requests, step=0, overrides=overrides)
             candidates = [[screen(it.sample, r.text) for r in res.responses] for it, res in zip(loaded, results)]
             # step 3 only for candidates that passed steps 1 and 2 (the judge is the expensive part)
             to_judge = [(k, j) for k, cands in enumerate(candidates) for j, cand in enumerate(cands)
                         if needs_judging(cand, c.min_accuracy)]
             scored = pool.score([ScoreItem.from_sample(loaded[k].sample, candidates[k][j].text) for k, j in to_judge])
+            stats += scored.stats
             verdicts = [[None] * len(cands) for cands in candidates]
             for (k, j), reward in zip(to_judge, scored.rewards):
                 verdicts[k][j] = reward.verdict
-            for it, cands, vs in zip(loaded, candidates, verdicts):
+            for row, it, cands, vs in zip(rows, loaded, candidates, verdicts):
                 d = decide(cands, vs, c.min_accuracy)
-                records.append(_record(index[id(it.sample)], it.sample, cands, vs, d))
+                records.append(_record(row, it.sample, cands, vs, d))
                 kept += d.reason == "kept"
                 no_verdict += d.reason == "judge_missing"
             store.write(PART, records)
@@ -122,6 +118,7 @@ def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int,
         bar.close()
         pool.shutdown()
         rollout.shutdown()
+    return stats
 
 
 def _record(row: int, sample: Sample, cands, verdicts, d: Decision) -> dict:

@@ -101,6 +101,9 @@ def test_make_cot_with_the_vllm_judge(ray_cluster, sft_model, tiny_model_dir, de
     judged = [r for r in decided if r["passed_accuracy"]]
     assert all((r["verdict"] is None) == (r["reason"] == "judge_missing") for r in judged)
     assert summary["judge"].startswith("vllm:")
+    js = summary["judge_stats"]  # the engine was asked, and each candidate that reached step 3 has an outcome
+    outcomes = sum(v for k, v in js.items() if k not in ("judge_calls", "judge_not_needed"))
+    assert js["judge_calls"] >= 1 and outcomes == f["passed accuracy"], js
 
 
 def benchmark_file(synthetic_dir, folder):
