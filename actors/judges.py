@@ -27,7 +27,8 @@ class JudgeAuthError(RuntimeError):
     """The judge endpoint refused the API key (401/403): every verdict would fail, so the run stops."""
 
 
-def _is_local(url: str) -> bool:
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` points at this machine (where a plain-http, keyless endpoint is acceptable)."""
     from urllib.parse import urlparse
 
     return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
@@ -39,7 +40,7 @@ def judge_api_key(cfg) -> str:
     key = os.environ.get(cfg.api_key_env)
     if key:
         return key
-    if _is_local(cfg.base_url):
+    if is_local_url(cfg.base_url):
         return "EMPTY"
     raise JudgeAuthError(f"the judge's API key is not set: export it as {cfg.api_key_env} (judge.api_key_env) "
                          f"for {cfg.base_url}")

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from actors.judges import is_local_url
 from cluster.config_loader import Section
 from videoqa.video import FrameSampling
 
@@ -302,12 +303,6 @@ class JudgeSection(Section):
             raise ValueError(f"judge.base_url {self.base_url} is not https: the API key would travel in clear (use "
                              "https, or set judge.allow_insecure_http=true for a trusted network)")
         return self
-
-
-def is_local_url(url: str) -> bool:
-    from urllib.parse import urlparse
-
-    return (urlparse(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 class CacheSection(Section):
