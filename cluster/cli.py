@@ -18,10 +18,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. rollout.num_workers=2")
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+def _add_run_args(p: argparse.ArgumentParser, force_help: str = "start over in a run.out_dir that already holds a "
+                  "run (its checkpoints and logs are deleted)") -> None:
     _add_config_args(p)
-    p.add_argument("--force", action="store_true",
-                   help="start over in a run.out_dir that already holds a run (its checkpoints and logs are deleted)")
+    p.add_argument("--force", action="store_true", help=force_help)
     p.add_argument("--verbose", action="store_true", help="show vLLM's, Ray's and DeepSpeed's INFO output too")
 
 
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process: the observation/think/answer prompt (default); video-r1: Video-R1's think/answer "
                    "prompt, for numbers that compare with theirs")
     p.add_argument("--judge", action="store_true", help="also judge each observation (perception sufficiency rate)")
-    _add_run_args(p)
+    _add_run_args(p, "start over in an output folder that holds records made with other settings (they are deleted)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("make-cot", help="build process-aware CoT (SFT) rows with the paper's funnel: teacher "
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="Video-R1 rows (JSON, JSONL or Parquet; default cot.input)")
     p.add_argument("--out", default=None, help="output folder (default cot.out_dir)")
     p.add_argument("--teacher", default=None, help="the teacher checkpoint (default model.path)")
-    _add_run_args(p)
+    _add_run_args(p, "start over in an output folder that holds records made with other settings (they are deleted)")
     p.set_defaults(func=cmd_make_cot)
 
     p = sub.add_parser("scale", help="change a running `train`'s rollout worker count (at its next step boundary)")

@@ -111,5 +111,7 @@ def check_model(path: str) -> None:
 def check_judge_fits(cfg, samples) -> None:
     """The oracle judge knows only the synthetic task's facts: on other data every verdict would be missing."""
     if cfg.judge.backend == "oracle" and samples and not any("facts" in s.extra for s in samples):
-        raise FileNotFoundError("judge.backend=oracle needs the synthetic task's facts, which these rows lack: use "
+        from cluster.config_loader import ConfigError
+
+        raise ConfigError("judge.backend=oracle needs the synthetic task's facts, which these rows lack: use "
                                 "judge.backend=vllm or judge.backend=http (see configs/judge-http.yaml)")
