@@ -81,13 +81,15 @@ class VerdictCache:
         self._warned = False
         out = []
         for value in raw:
-            try:
-                entry = json.loads(value) if value is not None else None
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                entry = ""
-            if entry is not None and not isinstance(entry, dict):  # not ours, or damaged: judged again
-                self.stats["corrupt"] += 1
-                entry = None
+            entry = None
+            if value is not None:
+                try:
+                    entry = json.loads(value)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pass
+                if not isinstance(entry, dict):  # not ours, or damaged: judged again
+                    self.stats["corrupt"] += 1
+                    entry = None
             out.append(entry)
         hits = sum(v is not None for v in out)
         self.stats["hits"] += hits

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewards.accuracy import PROBLEM_TYPES
+from rewards.accuracy import PROBLEM_TYPES, to_number
 from rewards.accuracy import strip_answer_tags as solution_text
 
 DATA_TYPES = ("video", "image")
@@ -85,9 +85,7 @@ def row_problems(row: Any) -> list[str]:
     if isinstance(solution, str) and solution and not solution_text(solution):
         problems.append("empty answer in solution")
     elif ptype in ("numerical", "regression") and isinstance(solution, (str, int, float)) and solution != "":
-        try:  # the accuracy rewards compare numbers: a text answer could never score
-            float(solution_text(str(solution)).replace(",", ""))
-        except ValueError:
+        if to_number(solution_text(str(solution))) is None:  # the accuracy rewards compare numbers
             problems.append(f"{ptype} solution {solution_text(str(solution))!r} is not a number")
     if ptype == "multiple choice":
         letters = option_letters(options)
