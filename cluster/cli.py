@@ -32,6 +32,20 @@ def _config(args):
     return load_config(Config, args.config, args.overrides)
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= low (a bad value is argparse's one-line usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    return parse
+
+
 class OutputExistsError(RuntimeError):
     """A command would write over something the user owns."""
 
@@ -234,16 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scale", help="change a running `train`'s rollout worker count (at its next step boundary)")
     p.add_argument("--run", required=True, help="the run's out_dir")
-    p.add_argument("--rollout-workers", type=int, required=True)
+    p.add_argument("--rollout-workers", type=_at_least(1), required=True)
     p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("make-synthetic", help="write the synthetic video QA task (all five problem types)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=200, help="training rows (default 200)")
-    p.add_argument("--n-eval", type=int, default=None, help="evaluation rows (default max(5, n/4))")
+    p.add_argument("--n", type=_at_least(1), default=200, help="training rows (default 200)")
+    p.add_argument("--n-eval", type=_at_least(1), default=None, help="evaluation rows (default max(5, n/4))")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, default=16, help="frames per video (default 16, at 8 fps)")
-    p.add_argument("--size", type=int, default=112, help="frame side in pixels (default 112)")
+    p.add_argument("--frames", type=_at_least(2), default=16, help="frames per video (default 16, at 8 fps; >= 2)")
+    p.add_argument("--size", type=_at_least(28), default=112, help="frame side in pixels (default 112; >= 28)")
     p.add_argument("--style", choices=("varied", "demo"), default="varied",
                    help="varied: several small shapes (default); demo: one large shape, fixed options (learnable)")
     p.add_argument("--mix", default=None, metavar="TYPE=W,...",

@@ -352,6 +352,9 @@ class Config(Section):
         if self.cot.samples > 1 and self.cot.temperature == 0:
             raise ValueError(f"cot.samples={self.cot.samples} at cot.temperature=0 gives {self.cot.samples} identical "
                              "outputs: set cot.temperature > 0 (e.g. 0.7) or cot.samples=1")
+        if self.transport.backend == "nccl" and (self.rollout.device != "cuda" or self.learner.num_gpus <= 0):
+            raise ValueError("transport.backend=nccl needs GPUs on both ends (rollout.device=cuda and "
+                             "learner.num_gpus > 0): use transport.backend=gloo on the CPU")
         if self.sft.batch_size % self.learner.num_ranks:
             raise ValueError(f"sft.batch_size={self.sft.batch_size} must be a multiple of learner.num_ranks")
         return self

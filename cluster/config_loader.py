@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,6 +28,27 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode turns `true` into 1: `rollout.group_size=true` must be an error, not G = 1
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+                    raise ValueError(f"{name} must be a number, not {str(value).lower()}")
+        return data
+
+
+def _numeric(annotation: Any) -> bool:
+    """int, float, or either of them or None."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
 
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -72,7 +94,10 @@ def _explain(model: type[BaseModel], err: ValidationError, source: str, overridd
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         from_cli = key and any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in overridden)
-        lines = by_source.setdefault("command line" if from_cli else source, [])
+        where = "command line" if from_cli else source
+        if not key and overridden:  # a cross-field check: the file and the overrides together broke it
+            where = f"{source} with the command-line overrides"
+        lines = by_source.setdefault(where, [])
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

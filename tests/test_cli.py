@@ -94,6 +94,23 @@ def test_validate_data_reports_every_bad_row(tmp_path, synthetic_dir):
     assert run("validate-data", synthetic_dir / "eval.json").returncode == 0
 
 
+def test_unreadable_data_files_are_one_line_errors(tmp_path, synthetic_dir):
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    expect = {"binary.json": "not a text file", "folder.json": "is a folder", "fake.parquet": "not a readable Parquet"}
+    for name, reason in expect.items():
+        for cmd in (("validate-data", tmp_path / name), ("convert-data", tmp_path / name, "--out", tmp_path / "o.parquet")):
+            r = run(*cmd)
+            assert r.returncode == 2 and reason in r.stderr and r.stderr.strip().count("\n") == 0, (cmd, r.stderr)
+    # an upper-case suffix is still Parquet
+    assert run("convert-data", synthetic_dir / "eval.json", "--out", tmp_path / "EVAL.PARQUET").returncode == 0
+    r = run("validate-data", "--no-media", tmp_path / "EVAL.PARQUET")
+    assert r.returncode == 0 and "0 bad" in r.stderr, r.stderr
+    r = run("make-synthetic", "--out", tmp_path / "s", "--frames", 1)
+    assert r.returncode == 2 and "--frames: 1 is below the minimum 2" in r.stderr and not (tmp_path / "s").exists()
+
+
 def test_make_synthetic_and_convert(tmp_path):
     r = run("make-synthetic", "--out", tmp_path / "s", "--n", 5, "--seed", 1, "--quiet")
     assert r.returncode == 0, r.stderr

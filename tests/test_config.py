@@ -72,6 +72,26 @@ def test_cross_field_validation():
     with pytest.raises(ConfigError, match="cot.temperature > 0"):
         load_config(Config, None, ["cot.samples=4"])
     assert load_config(Config, None, ["cot.samples=4", "cot.temperature=0.7"]).cot.samples == 4
+    with pytest.raises(ConfigError, match="transport.backend=nccl needs GPUs on both ends"):
+        load_config(Config, None, ["transport.backend=nccl", "learner.num_gpus=1", "learner.backend=nccl"])
+    assert load_config(Config, None, ["transport.backend=nccl", "learner.num_gpus=1", "rollout.device=cuda",
+                                      "rollout.num_gpus=1"]).transport.backend == "nccl"
+    # a cross-field error caused by an override says so, not "the file is wrong"
+    with pytest.raises(ConfigError, match=r"^.*demo.yaml with the command-line overrides: rollout.max_tokens"):
+        load_config(Config, DEMO, ["rollout.max_tokens=4096"])
+
+
+def test_booleans_are_not_numbers(tmp_path):
+    # lax pydantic turns `true` into 1: G = 1 would silently give zero advantages
+    with pytest.raises(ConfigError, match="command line: .*group_size must be a number, not true"):
+        load_config(Config, DEMO, ["rollout.group_size=true"])
+    with pytest.raises(ConfigError, match="max_rows must be a number, not false"):  # int | None too
+        load_config(Config, None, ["eval.max_rows=false"])
+    f = tmp_path / "c.yaml"
+    f.write_text("learner:\n  lr: true\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: .*lr must be a number, not true"):
+        load_config(Config, f)
+    assert load_config(Config, None, ["cache.enabled=true", "rollout.temperature=1"]).rollout.temperature == 1.0
 
 
 def test_bad_override_syntax_and_missing_file():

@@ -124,20 +124,32 @@ def sample_from_row(row: dict[str, Any], row_id: Any = None) -> Sample:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Raw rows from a JSON list, JSON Lines or Parquet file."""
+    """Raw rows from a JSON list, JSON Lines or Parquet file (suffix in any case). A file that is none of these
+    (binary, corrupt, a folder) is a RowError naming it, never a traceback."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset file not found: {path}")
-    if path.suffix == ".parquet":
+    if path.is_dir():
+        raise RowError(f"{path} is a folder: name the dataset file inside it (JSON, JSONL or Parquet)")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise RowError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
         for r in rows:  # `extra` is stored as a JSON string: Parquet needs one schema for every row
             if isinstance(r.get("extra"), str):
                 r["extra"] = json.loads(r["extra"])
         return rows
-    text = path.read_text()
-    if path.suffix == ".jsonl":
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RowError(f"{path}: not a text file (JSON or JSONL rows are UTF-8; Parquet files end in .parquet)") \
+            from None
+    if suffix == ".jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
