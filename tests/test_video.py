@@ -99,3 +99,39 @@ def test_loader_keeps_order_and_counts_skips(tmp_path, synthetic_dir):
     strict = MediaLoader(root, FrameSampling(nframes=4, max_pixels=3136), on_error="raise")
     with pytest.raises(MediaError):
         list(strict(samples))
+
+
+def _write(path, frames: int, height: int, width: int) -> None:
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (width, height))
+    for i in range(frames):
+        w.write(np.full((height, width, 3), 40 * i % 255, np.uint8))
+    w.release()
+
+
+def test_videos_the_loader_cannot_use_are_skipped_and_flagged(tmp_path, synthetic_dir):
+    """A one-frame video and a 2x600 strip decode fine but cannot be sampled or resized: MediaError (skipped and
+    counted by the loader, reported by validate-data), never a ValueError that crashes the loader."""
+    from videoqa.validate import probe_media
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_dir, root)
+    samples = [s for s in load_samples(root / "train.json") if s.data_type == "video"][:4]
+    _write(root / samples[1].path, frames=1, height=56, width=56)
+    _write(root / samples[2].path, frames=4, height=2, width=600)
+    from PIL import Image
+
+    Image.new("RGB", (600, 2)).save(tmp_path / "strip.png")
+    for path, why in ((root / samples[1].path, "1 frame"), (root / samples[2].path, "aspect ratio")):
+        with pytest.raises(MediaError, match=f"unusable video .*{why}"):
+            load_video(path, FrameSampling(nframes=4, max_pixels=3136))
+        assert why in probe_media(path, "video")
+    with pytest.raises(MediaError, match="unusable image .*aspect ratio"):
+        load_image(tmp_path / "strip.png")
+    assert "aspect ratio" in probe_media(tmp_path / "strip.png", "image")
+    assert probe_media(root / samples[0].path, "video") is None
+    loader = MediaLoader(root, FrameSampling(nframes=4, max_pixels=3136), workers=2)
+    got = [g.sample.problem_id for g in loader(samples)]
+    assert got == [samples[0].problem_id, samples[3].problem_id]
+    assert dict(loader.skipped) == {"corrupt": 2}

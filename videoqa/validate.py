@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from videoqa.schema import read_rows, resolve_media, row_problems
+from videoqa.video import FRAME_FACTOR, MAX_RATIO
 
 
 @dataclass
@@ -26,17 +27,20 @@ def probe_media(path: Path, data_type: str) -> str | None:
             import decord
 
             vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-            if len(vr) < 2:
-                return f"video has {len(vr)} frame(s): {path}"
-            vr.get_batch([len(vr) - 1])  # a truncated file often opens but fails at its end
+            if len(vr) < FRAME_FACTOR:
+                return f"unusable video {path}: it has {len(vr)} frame(s); at least {FRAME_FACTOR} are needed"
+            height, width = vr.get_batch([len(vr) - 1]).shape[1:3]  # a truncated file often fails at its end
         else:
             from PIL import Image
 
             with Image.open(path) as im:
                 im.verify()
+                width, height = im.size
     except Exception as e:  # decord raises its own error types; any failure here means the file is unusable
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"corrupt {data_type} {path}: {msg[:160]}"
+    if min(height, width) <= 0 or max(height, width) / min(height, width) > MAX_RATIO:  # the loader refuses it
+        return f"unusable {data_type} {path}: frame {height}x{width} has an aspect ratio over {MAX_RATIO}"
     return None
 
 

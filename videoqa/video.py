@@ -143,10 +143,12 @@ def load_video(path: str | Path, sampling: FrameSampling = TRAIN_SAMPLING, num_t
         fps = float(vr.get_avg_fps()) or 1.0
         idx = frame_indices(total, fps, sampling)
         frames = vr.get_batch(idx).asnumpy()
-    except (RuntimeError, ValueError, decord.DECORDError) as e:
+    except ValueError as e:  # too few frames: decodable, but no clip can be sampled
+        raise MediaError(f"unusable video {path}: {e} (drop the row)") from None
+    except (RuntimeError, decord.DECORDError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MediaError(f"cannot decode video {path}: {first} (re-encode it, e.g. with ffmpeg, or drop the row)") from None
-    h, w = smart_resize(frames.shape[1], frames.shape[2], sampling.min_pixels, sampling.max_pixels)
+    h, w = _target_size(frames.shape[1], frames.shape[2], sampling.min_pixels, sampling.max_pixels, path, "video")
     return VideoClip(frames=_resize(frames, h, w), indices=idx, native_fps=fps, total_frames=total)
 
 
@@ -162,5 +164,14 @@ def load_image(path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int 
             arr = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"cannot decode image {path}: {e} (re-save it as PNG/JPEG or drop the row)") from None
-    h, w = smart_resize(arr.shape[0], arr.shape[1], min_pixels, max_pixels)
+    h, w = _target_size(arr.shape[0], arr.shape[1], min_pixels, max_pixels, path, "image")
     return _resize(arr[None], h, w)[0]
+
+
+def _target_size(height: int, width: int, min_pixels: int, max_pixels: int, path: Path, kind: str) -> tuple[int, int]:
+    """smart_resize, with a frame shape it refuses (aspect ratio over MAX_RATIO, an empty frame) as a MediaError:
+    the loader skips and counts it like a corrupt file instead of crashing."""
+    try:
+        return smart_resize(height, width, min_pixels, max_pixels)
+    except ValueError as e:
+        raise MediaError(f"unusable {kind} {path}: {e} (crop or pad it, or drop the row)") from None
