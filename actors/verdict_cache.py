@@ -50,8 +50,9 @@ class VerdictCache:
         """From a ``CacheSection``: the URL may come from ``url_env``, the password only from ``password_env``."""
         if not cache.enabled:
             return None
-        url = os.environ.get(cache.url_env) or cache.url
-        return cls(url, os.environ.get(cache.password_env) or None, cache.ttl_s, cache.socket_timeout_s, cache.retry_after_s)
+        url = (cache.url_env and os.environ.get(cache.url_env)) or cache.url
+        password = (cache.password_env and os.environ.get(cache.password_env)) or None
+        return cls(url, password, cache.ttl_s, cache.socket_timeout_s, cache.retry_after_s)
 
     @property
     def available(self) -> bool:

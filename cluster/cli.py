@@ -193,7 +193,11 @@ def cmd_scale(args) -> int:
         raise FileNotFoundError(f"{args.run}: the run has no control plane (Redis) to scale through")
     import redis
 
-    plane = ControlPlane(control["redis_url"], control["run_id"], timeout_s=5)
+    import os
+
+    password_env = control.get("password_env")
+    password = (password_env and os.environ.get(password_env)) or None
+    plane = ControlPlane(control["redis_url"], control["run_id"], password=password, timeout_s=5)
     try:
         plane.set_desired_workers(args.rollout_workers)
         state = plane.state() or {}

@@ -15,6 +15,7 @@ from the last complete one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -60,8 +61,11 @@ class RunDir:
             return json.loads(control.read_text())["run_id"]
         return f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
-    def write_control(self, run_id: str, redis_url: str | None) -> None:
-        _atomic_write(self.path / "control.json", json.dumps({"run_id": run_id, "redis_url": redis_url}, indent=1))
+    def write_control(self, run_id: str, redis_url: str | None, password_env: str = "") -> None:
+        """Owner-only (0600): a local redis-server's URL carries its password. A managed Redis's password stays in
+        the environment, named here for ``videop2r scale``."""
+        body = {"run_id": run_id, "redis_url": redis_url, "password_env": password_env}
+        _atomic_write(self.path / "control.json", json.dumps(body, indent=1), mode=0o600)
 
     def control(self) -> dict:
         f = self.path / "control.json"
@@ -130,7 +134,10 @@ class RunDir:
         _atomic_write(self.path / "summary.json", json.dumps(summary, indent=1, default=float))
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, mode: int | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    if mode is not None:  # created with the mode: never readable by others, not even for a moment
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     tmp.write_text(text)
     tmp.rename(path)

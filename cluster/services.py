@@ -3,6 +3,7 @@ redis-server on a free loopback port. On a cluster, point ``cache.url`` at a man
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,22 +19,32 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """redis-server on loopback, in its own folder, without persistence; ``stop()`` kills it."""
+    """redis-server on loopback, in its own folder, without persistence, behind a random password (other users of
+    the machine reach loopback too); ``url`` carries the password, ``address`` is the same without it, for logs.
+    ``stop()`` kills it and removes the folder when it made one. ``password`` restarts a server clients know."""
 
-    def __init__(self, workdir: str | Path | None = None, port: int | None = None, start_timeout_s: float = 10.0):
+    def __init__(self, workdir: str | Path | None = None, port: int | None = None, start_timeout_s: float = 10.0,
+                 password: str | None = None):
         import redis
 
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server not found: run `make setup` (it installs the Debian package)")
+        self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="videop2r-redis-"))
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password or secrets.token_hex(16)
+        self.address = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        # the password goes in through stdin's config, not argv (which `ps` shows to every user)
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "-", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        self.proc.stdin.write(f"requirepass {self.password}\n".encode())
+        self.proc.stdin.close()
         self.client = redis.Redis.from_url(self.url, socket_timeout=0.5)
         deadline = time.monotonic() + start_timeout_s
         while True:
@@ -50,6 +61,8 @@ class RedisServer:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # vLLM's, DeepSpeed's and transformers' INFO lines stay out of the actors' output unless --verbose: the console

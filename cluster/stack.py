@@ -47,8 +47,15 @@ class Stack:
 
         self.cfg, self.redis = cfg, None
         if cfg.cache.start_local:
+            import os
+
+            if os.environ.get(cfg.cache.url_env):
+                log.warning("cache.start_local: ignoring %s (this run starts and uses its own redis-server)",
+                            cfg.cache.url_env)
             self.redis = RedisServer()
-            cfg.cache.url = self.redis.url
+            # start_local wins over the environment everywhere (reward actors read the config, not the variables):
+            # the URL carries the server's random password
+            cfg.cache.url, cfg.cache.url_env, cfg.cache.password_env = self.redis.url, "", ""
             cfg.cache.start_local = False  # the stages of this command share this one
         self.owns_ray = False
         import ray
@@ -69,7 +76,12 @@ class Stack:
     def redis_url(self) -> str:
         import os
 
-        return os.environ.get(self.cfg.cache.url_env) or self.cfg.cache.url
+        return (self.cfg.cache.url_env and os.environ.get(self.cfg.cache.url_env)) or self.cfg.cache.url
+
+    def redis_password(self) -> str | None:
+        import os
+
+        return (self.cfg.cache.password_env and os.environ.get(self.cfg.cache.password_env)) or None
 
     def close(self) -> None:
         import ray

@@ -140,8 +140,8 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         if learner.step > 0:
             learner.publish(learner.step)  # the workers start from model.path and receive this version first
         url = stack.redis_url()
-        control = ControlPlane(url, run_id)
-        run.write_control(run_id, url)
+        control = ControlPlane(url, run_id, password=stack.redis_password())
+        run.write_control(run_id, url, cfg.cache.password_env)
         try:
             control.set_desired_workers(cfg.rollout.num_workers)  # this start's count wins over an old request
         except Exception as e:  # noqa: BLE001 - no control plane: the run goes on at its configured size

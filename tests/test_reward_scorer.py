@@ -131,6 +131,37 @@ def test_redis_refusing_writes_and_foreign_values_score_uncached(cot, tmp_path):
         server.stop()
 
 
+def test_local_redis_is_private_and_wins_over_the_environment(ray_cluster, monkeypatch, tmp_path):
+    """cache.start_local: a random password (the loopback port is open to every user of the machine), the
+    server's folder removed on exit, and VIDEOP2R_REDIS_URL pointing elsewhere does not divert the run."""
+    import redis
+
+    from actors.verdict_cache import VerdictCache
+    from cluster.config_loader import dump_config
+    from cluster.run_dir import RunDir
+    from cluster.stack import Stack
+
+    monkeypatch.setenv("VIDEOP2R_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    monkeypatch.setenv("REDIS_PASSWORD", "someone-elses")
+    cfg = cfg_with("cache.start_local=true")
+    with Stack(cfg) as stack:
+        server = stack.redis
+        assert stack.redis_url() == server.url and stack.redis_password() is None
+        cache = VerdictCache.from_config(cfg.cache)  # what each reward actor builds from the config
+        cache.put_many({"k": {"v": 1}})
+        assert cache.get_many(["k"]) == [{"v": 1}] and cache.stats["unavailable"] == 0
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(server.address, socket_timeout=2).ping()
+        assert server.password not in dump_config(cfg)
+        run = RunDir(tmp_path / "run")
+        run.path.mkdir()
+        run.write_control("r1", stack.redis_url(), cfg.cache.password_env)
+        assert (run.path / "control.json").stat().st_mode & 0o777 == 0o600
+        workdir = server.workdir
+        assert workdir.is_dir()
+    assert not workdir.exists() and server.proc.poll() is not None
+
+
 def test_no_redis_at_all_still_scores(cot):
     cfg = cfg_with(f"cache.url=redis://127.0.0.1:{free_port()}/0")
     batch = scorer(cfg).score(items_for(cot[:3], sft_target))

@@ -163,7 +163,8 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
             from cluster.services import RedisServer
 
             judge.mode = "yes"
-            trainer.stack.redis = RedisServer(port=int(trainer.stack.redis.url.rsplit(":", 1)[1].split("/")[0]))
+            old = trainer.stack.redis
+            trainer.stack.redis = RedisServer(port=old.port, password=old.password)
 
             def nan_once(learner):
                 def hook(g):
