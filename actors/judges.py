@@ -13,6 +13,7 @@ batch has a deadline (a ``time.monotonic()`` instant). Whatever is not answered 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -21,6 +22,22 @@ from dataclasses import dataclass
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from rewards import judge_prompt, parse_judgement
+
+
+def model_fingerprint(path: str) -> str:
+    """A model folder's absolute path and a hash of its config and of its files' names, sizes and modification
+    times: two folders with the same name, or a folder whose weights were replaced, are different judges."""
+    root = os.path.realpath(path)
+    h = hashlib.sha256()
+    if os.path.isdir(root):
+        for name in sorted(os.listdir(root)):
+            st = os.stat(os.path.join(root, name))
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        config = os.path.join(root, "config.json")
+        if os.path.isfile(config):
+            with open(config, "rb") as f:
+                h.update(f.read())
+    return f"{root}@{h.hexdigest()[:16]}"
 
 
 class JudgeAuthError(RuntimeError):
@@ -114,7 +131,8 @@ class HTTPJudge:
         from openai import OpenAI
 
         self.cfg = cfg
-        self.model_id = f"http:{cfg.model}"
+        # the identity cached verdicts are keyed and checked by: endpoint, model and sampling
+        self.model_id = f"http:{cfg.base_url}|{cfg.model}|t={cfg.temperature}|n={cfg.max_tokens}"
         self._client = OpenAI(base_url=cfg.base_url, api_key=judge_api_key(cfg), timeout=cfg.timeout_s, max_retries=0)
 
     def _call(self, prompt: str, deadline: float) -> Outcome:
@@ -187,7 +205,7 @@ class VLLMJudge:
         if not engines:
             raise ValueError("the vllm judge needs at least one JudgeEngine actor")
         self.cfg, self.engines = cfg, engines
-        self.model_id = f"vllm:{os.path.basename(os.path.normpath(cfg.model))}"
+        self.model_id = f"vllm:{model_fingerprint(cfg.model)}|t={cfg.temperature}|n={cfg.max_tokens}"
 
     def _chunk(self, engine, prompts: list[str], deadline: float) -> list[Outcome]:
         import ray

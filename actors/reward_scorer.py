@@ -75,8 +75,12 @@ class RewardScorer:
         cache_before = Counter(self.cache.stats) if self.cache else Counter()
         cached = self.cache.get_many(keys) if self.cache else [None] * len(keys)
         for k, hit in zip(keys, cached):
-            if hit is not None and isinstance(hit.get("verdict"), bool):
-                outcomes[k] = Outcome(hit["verdict"], "cached")
+            if hit is None:
+                continue
+            if hit.get("judge") != self.judge.model_id or not isinstance(hit.get("verdict"), bool):
+                stats["cache_foreign"] += 1  # another judge's verdict (or not a verdict): judged again
+                continue
+            outcomes[k] = Outcome(hit["verdict"], "cached")
         todo = [k for k in keys if k not in outcomes]
         if todo:
             deadline = time.monotonic() + self.judge_cfg.batch_deadline_s
@@ -107,7 +111,7 @@ class RewardScorer:
             if not needs_judge(p):
                 keys.append(None)
                 continue
-            k = verdict_key(self.judge.model_id, it.question, it.correct_answer, p.observation)
+            k = verdict_key(self.judge.model_id, it.question, it.correct_answer, p.observation, it.data_type)
             keys.append(k)
             requests.setdefault(k, JudgeRequest(it.question, it.correct_answer, p.observation, it.data_type, it.facts))
         outcomes = self._judge(requests, stats) if requests else {}

@@ -1,6 +1,7 @@
 """The judge-verdict cache in Redis, shared by every reward worker.
 
-Keys are ``rewards.verdict_key`` hashes (judge model, prompt version, question, correct answer, observation);
+Keys are ``rewards.verdict_key`` hashes (judge identity, prompt version, question, correct answer, observation,
+data type); each entry also names the judge that gave it, and the scorer ignores an entry of another judge;
 values are JSON (never pickle) with a TTL. Only real verdicts are stored: a failure is not cached, so it is
 retried next time. When Redis is unreachable the cache steps aside: one warning per outage, a counter, and
 lookups miss until ``retry_after_s`` has passed; scoring never waits on a dead Redis for more than the socket

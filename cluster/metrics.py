@@ -6,7 +6,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 JUDGE_STATUSES = ("ok", "cached", "unparseable", "failed", "timeout", "deadline", "not_needed")
-CACHE_RESULTS = ("hits", "misses", "writes", "unavailable", "corrupt")
+# foreign: an entry stored by another judge identity (or without a verdict), ignored and judged again
+CACHE_RESULTS = ("hits", "misses", "writes", "unavailable", "corrupt", "foreign")
 
 
 class RewardMetrics:

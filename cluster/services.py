@@ -31,6 +31,7 @@ class RedisServer:
             raise RuntimeError("redis-server not found: run `make setup` (it installs the Debian package)")
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="videop2r-redis-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.password = password or secrets.token_hex(16)
         self.address = f"redis://127.0.0.1:{self.port}/0"

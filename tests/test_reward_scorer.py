@@ -88,6 +88,39 @@ def test_cache_shared_across_workers_and_ttl(cot, redis_server):
     assert expired.stats["cache_misses"] == 6 and expired.stats["judge_calls"] == 6
 
 
+def test_a_cached_verdict_counts_only_for_the_judge_that_gave_it(cot, tmp_path):
+    """An entry whose stored judge differs (a key collision, another judge writing the same key) is ignored and
+    judged again, counted; judges are told apart by their full identity, not their folder's name."""
+    import json
+    import os
+
+    from actors.judges import model_fingerprint
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        sc = scorer(cfg_with(f"cache.url={server.url}"))
+        assert sc.score(items_for(cot[:3], sft_target)).stats["cache_writes"] == 3
+        keys = sorted(server.client.keys("videop2r:verdict:*"))
+        entry = json.loads(server.client.get(keys[0]))
+        assert entry["judge"] == sc.judge.model_id
+        server.client.set(keys[0], json.dumps({**entry, "judge": "vllm:/elsewhere/judge@0|t=0.0|n=256"}))
+        again = sc.score(items_for(cot[:3], sft_target))
+        assert again.stats["cache_foreign"] == 1 and again.stats["cache_hits"] == 3 and again.stats["judge_calls"] == 1
+    finally:
+        server.stop()
+    a, b = tmp_path / "a" / "judge", tmp_path / "b" / "judge"
+    for d in (a, b):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text('{"model_type": "qwen2"}')
+        (d / "model.safetensors").write_bytes(b"w" * 10)
+    os.utime(b / "model.safetensors", ns=(1, 1))
+    os.utime(a / "model.safetensors", ns=(1, 1))
+    assert model_fingerprint(a) != model_fingerprint(b)  # same folder name and files, another place
+    before = model_fingerprint(a)
+    (a / "model.safetensors").write_bytes(b"v" * 10)  # weights replaced in place
+    assert model_fingerprint(a) != before
+
+
 def test_redis_killed_mid_run(cot, tmp_path, caplog):
     server = RedisServer(tmp_path)
     cfg = cfg_with(f"cache.url={server.url}", "cache.retry_after_s=60")

@@ -123,13 +123,14 @@ def test_parse_judgement(text, expect):
 
 
 def test_verdict_key_depends_on_every_input():
-    base = ("judge-a", "q", "a", "o")
+    base = ("judge-a", "q", "a", "o", "video")
     keys = {verdict_key(*base)}
-    for i in range(4):
+    for i in range(len(base)):
         changed = list(base)
         changed[i] += "x"
         keys.add(verdict_key(*changed))
-    assert len(keys) == 5 and all(len(k) == 64 for k in keys)
+    assert len(keys) == len(base) + 1 and all(len(k) == 64 for k in keys)
+    assert verdict_key(*base[:4], "image") != verdict_key(*base)  # the prompt says "an image" vs "a video"
 
 
 # -- combined per-process rewards -----------------------------------------------------------------------------
