@@ -14,6 +14,7 @@ batch has a deadline (a ``time.monotonic()`` instant). Whatever is not answered 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from rewards import judge_prompt, parse_judgement
+
+log = logging.getLogger(__name__)
 
 
 def model_fingerprint(path: str) -> str:
@@ -38,6 +41,9 @@ def model_fingerprint(path: str) -> str:
             with open(config, "rb") as f:
                 h.update(f.read())
     return f"{root}@{h.hexdigest()[:16]}"
+
+
+ENGINE_MARGIN_S = 30.0  # beyond a judge call's time limit, for the engine's last step and the reply
 
 
 class JudgeAuthError(RuntimeError):
@@ -180,19 +186,52 @@ class HTTPJudge:
 
 
 class JudgeEngine:
-    """A Ray actor body hosting one vLLM engine for a text-only judge LLM (wrapped with ``ray.remote``)."""
+    """A Ray actor body hosting one vLLM engine for a text-only judge LLM (wrapped with ``ray.remote``).
+
+    It drives the engine request by request (``add_request`` / ``step``) so that one bad prompt (e.g. longer than
+    the engine's context) fails alone, and so that the call's time limit is the engine's own: at the limit the
+    unfinished requests are aborted and the engine is free for the next batch, not busy behind it."""
 
     def __init__(self, model: str, engine_cfg, seed: int = 0):
         from actors.engine import start_engine
 
         self._llm = start_engine(engine_cfg, model, dtype="auto" if engine_cfg.device == "cuda" else "float32", seed=seed)
+        self._calls = 0
 
-    def generate(self, prompts: list[str], max_tokens: int, temperature: float) -> list[str]:
+    def generate(self, prompts: list[str], max_tokens: int, temperature: float,
+                 time_limit_s: float = float("inf")) -> list[tuple[str | None, str]]:
+        """(text, "ok") per prompt, or (None, "failed") for a prompt the engine refused, or (None, "timeout") for
+        one unfinished at the time limit (aborted)."""
         from vllm import SamplingParams
 
-        messages = [[{"role": "user", "content": p}] for p in prompts]
-        outs = self._llm.chat(messages, SamplingParams(max_tokens=max_tokens, temperature=temperature), use_tqdm=False)
-        return [o.outputs[0].text for o in outs]
+        engine, tok = self._llm.llm_engine, self._llm.get_tokenizer()
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
+        end = time.monotonic() + time_limit_s
+        self._calls += 1
+        ids = [f"judge-{self._calls}-{i}" for i in range(len(prompts))]
+        results: dict[str, tuple[str | None, str]] = {}
+        for rid, p in zip(ids, prompts):
+            try:
+                text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True)
+                engine.add_request(rid, text, params)
+            except Exception as e:  # noqa: BLE001 - vLLM's validation (too long, bad input): this prompt only
+                log.warning("judge engine refused a prompt (%s): %s", type(e).__name__, str(e).splitlines()[0][:200])
+                results[rid] = (None, "failed")
+        pending = [rid for rid in ids if rid not in results]
+        while pending:
+            if time.monotonic() >= end:
+                engine.abort_request(pending)
+                results.update({rid: (None, "timeout") for rid in pending})
+                break
+            for out in engine.step():
+                if out.finished and out.request_id not in results:
+                    results[out.request_id] = (out.outputs[0].text, "ok")
+            pending = [rid for rid in pending if rid not in results]
+        return [results[rid] for rid in ids]
+
+    def unfinished(self) -> int:
+        return self._llm.llm_engine.get_num_unfinished_requests()
 
     def ready(self) -> bool:
         return True
@@ -211,24 +250,27 @@ class VLLMJudge:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        def once() -> list[str]:
+        def once() -> list[tuple[str | None, str]]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            ref = engine.generate.remote(prompts, self.cfg.max_tokens, self.cfg.temperature)
+            limit = min(self.cfg.timeout_s, remaining)
+            # the engine aborts what is unfinished at `limit` itself; the margin covers only its last step
+            ref = engine.generate.remote(prompts, self.cfg.max_tokens, self.cfg.temperature, limit)
             try:
-                return ray.get(ref, timeout=min(self.cfg.timeout_s, remaining))
-            except GetTimeoutError as e:
+                return ray.get(ref, timeout=limit + ENGINE_MARGIN_S)
+            except GetTimeoutError as e:  # a wedged engine: queued work is dropped, Ray cannot stop a running step
                 ray.cancel(ref)
                 raise JudgeError("Timeout") from e
             except RayActorError as e:  # the engine died; Ray restarts it and a retry may land
                 raise JudgeError("engine died") from e
 
         try:
-            return [outcome_from_text(t) for t in _retrying(self.cfg.retries, self.cfg.backoff_s, deadline)(once)]
+            answers = _retrying(self.cfg.retries, self.cfg.backoff_s, deadline)(once)
         except (JudgeError, TimeoutError) as e:
             status = "timeout" if isinstance(e, TimeoutError) or "Timeout" in str(e) else "failed"
             return [Outcome(None, status)] * len(prompts)
+        return [outcome_from_text(text) if status == "ok" else Outcome(None, status) for text, status in answers]
 
     def verdicts(self, requests: list[JudgeRequest], deadline: float) -> list[Outcome]:
         if not requests:

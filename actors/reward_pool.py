@@ -21,14 +21,20 @@ class RewardPool:
         import ray
 
         self.cfg = cfg
-        self.engines = []
+        self.engines, self.workers = [], []
         if cfg.judge.backend == "vllm":
             eng = cfg.judge.engine
             actor = ray.remote(JudgeEngine).options(
                 num_cpus=eng.num_cpus, num_gpus=eng.num_gpus, max_restarts=-1, max_task_retries=0
             )
             self.engines = [actor.remote(cfg.judge.model, eng, seed=i) for i in range(cfg.judge.num_engines)]
-            ray.get([e.ready.remote() for e in self.engines])
+            try:  # bounded: an engine the cluster has no room for (or that cannot load) is an error, not a wait
+                ray.get([e.ready.remote() for e in self.engines], timeout=start_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                self.shutdown()
+                raise RuntimeError(f"{cfg.judge.num_engines} judge engine(s) of {eng.num_cpus} CPU and {eng.num_gpus} "
+                                   f"GPU did not start within {start_timeout_s:.0f} s: the cluster lacks the resources "
+                                   "(lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes)") from None
         tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
         options = {}
         if cfg.judge.backend == "http":  # checked here, before any actor starts; the actors get it in their env

@@ -97,11 +97,40 @@ def node_address() -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
-def _group(store, rank: int, timeout_s: float, backend: str):
+def route_address(host: str, port: int) -> str:
+    """The local address this process reaches ``host`` from (no packet is sent: a UDP socket's route lookup)."""
+    family = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)[0][0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        return s.getsockname()[0]
+
+
+def _listening_store(host: str, timeout_s: float) -> dist.TCPStore:
+    """The channel's rendezvous, listening on ``host`` only: TCPStore alone binds every interface."""
+    family = socket.getaddrinfo(host, 0, proto=socket.IPPROTO_TCP)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        store = dist.TCPStore(host, port, 2, True, datetime.timedelta(seconds=timeout_s), wait_for_workers=False,
+                              master_listen_fd=sock.fileno(), use_libuv=True)
+    except BaseException:
+        sock.close()
+        raise
+    sock.detach()  # the store owns the descriptor now
+    return store
+
+
+def _group(store, rank: int, timeout_s: float, backend: str, address: str):
+    """The two-member group; gloo's own connections listen on ``address`` (not every interface)."""
     timeout = datetime.timedelta(seconds=timeout_s)
     prefixed = dist.PrefixStore("videop2r-weights", store)
     if backend == "gloo":
-        return dist.ProcessGroupGloo(prefixed, rank, 2, timeout)
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = timeout
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=address)]
+        return dist.ProcessGroupGloo(prefixed, rank, 2, opts)
     if backend == "nccl":  # GPU only
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
@@ -113,8 +142,8 @@ def join_channel(host: str, port: int, timeout_s: float, backend: str = "gloo"):
     """Receiver side: connect to the sender's channel; returns the two-member group (receiver is rank 1)."""
     try:
         store = dist.TCPStore(host, port, 2, False, datetime.timedelta(seconds=timeout_s))
-        return _group(store, 1, timeout_s, backend)
-    except (RuntimeError, dist.DistStoreError) as e:
+        return _group(store, 1, timeout_s, backend, route_address(host, port))
+    except (RuntimeError, dist.DistStoreError, OSError) as e:
         raise WeightTransportError(
             f"could not join the weight channel at {host}:{port} within {timeout_s:.0f} s ({str(e).splitlines()[0]}); "
             "check that the learner is up and the port is reachable from this node"
@@ -156,7 +185,7 @@ class WeightSender:
     def listen(self, key: str) -> tuple[str, int]:
         """Opens a channel for receiver ``key``; returns the address it should join. Then call ``accept``."""
         self.close(key)
-        store = dist.TCPStore(self.host, 0, 2, True, datetime.timedelta(seconds=self.timeout_s), wait_for_workers=False)
+        store = _listening_store(self.host, self.timeout_s)
         self._stores[key] = store
         return self.host, store.port
 
@@ -166,7 +195,7 @@ class WeightSender:
         if store is None:
             raise WeightTransportError(f"weight channel {key!r}: listen() was not called")
         try:
-            self._groups[key] = _group(store, 0, self.timeout_s, self.backend)
+            self._groups[key] = _group(store, 0, self.timeout_s, self.backend, self.host)
         except (RuntimeError, dist.DistStoreError) as e:
             self._stores.pop(key, None)
             raise WeightTransportError(

@@ -128,7 +128,8 @@ class TransportSection(Section):
     backend: Literal["gloo", "nccl"] = "gloo"
     bucket_mb: float = Field(64, gt=0)
     timeout_s: float = Field(60, gt=0)  # channel set-up and each transfer; a missing peer fails after this
-    host: str | None = None  # the sender's address as workers see it; default: this node's IP
+    # the sender's address as workers see it, and the only interface its channels listen on; default: this node's IP
+    host: str | None = None
 
 
 class LearnerSection(Section):

@@ -21,16 +21,17 @@ STAMP="$VENV/.setup-stamp"
 want_stack=$( (echo "$MODE"; cat scripts/setup.sh) | sha256sum | cut -c1-16)
 want=$( (echo "$want_stack"; cat pyproject.toml) | sha256sum | cut -c1-16)
 
+# System packages: only what the project runs (redis-server: the verdict cache and control plane it starts itself).
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # The Debian packages start system services; the project starts its own instances on its own ports.
-  for svc in redis-server prometheus; do
+  # Installing a Debian package starts its system service; the project starts its own instances on free ports.
+  # Stop only the services this run just installed (and so started), never one the machine already had.
+  for svc in "${need_apt[@]}"; do
     (command -v systemctl >/dev/null && $SUDO systemctl stop "$svc" 2>/dev/null) || true
   done
 fi

@@ -67,6 +67,23 @@ def test_vllm_judge_engine_in_a_ray_actor(ray_cluster, cot, tiny_model_dir):
         assert st["judge_unparseable"] + st["judge_ok"] == 4 and st["judge_unparseable"] >= 3
         assert st["perception_excluded"] == st["judge_unparseable"]
         assert all(r.acc_r == 1.0 for r in batch.rewards)  # reasoning is scored regardless
+        # an observation longer than the judge's context fails alone: the rest of the batch is judged
+        long = cot[4]
+        too_long = (f"<observation>{' '.join(['red square moving'] * 1200)}</observation>"
+                    f"<think>{long.process}</think><answer>{long.answer}</answer>")
+        mixed = pool.score(items[:2] + [ScoreItem.from_sample(long, too_long)] + items[2:3])
+        assert mixed.stats["judge_failed"] == 1 and mixed.stats["judge_unparseable"] + mixed.stats["judge_ok"] == 3
+        # a call past its time limit aborts its requests inside the engine, which is then free (nothing queued
+        # behind the next batch); its items are timeouts
+        import ray
+
+        engine = pool.engines[0]
+        prompts = [JudgeRequest(s.problem, s.answer, s.observation, "video").prompt() for s in cot[:4]]
+        late = ray.get(engine.generate.remote(prompts, 16, 0.0, 0.0))
+        assert [status for _, status in late] == ["timeout"] * 4
+        assert ray.get(engine.unfinished.remote()) == 0
+        fresh = ray.get(engine.generate.remote(prompts, 16, 0.0, 60.0))
+        assert [status for _, status in fresh] == ["ok"] * 4 and all(text for text, _ in fresh)
     finally:
         pool.shutdown()
 

@@ -4,6 +4,7 @@ missing peer, and the parameter-name rules."""
 import multiprocessing as mp
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -44,12 +45,21 @@ def test_round_trip_between_processes():
     ctx = mp.get_context("spawn")
     named = {"w": torch.randn(64, 33), "i": torch.arange(7), "h": torch.randn(5, dtype=torch.float16)}
     plan = plan_buckets(named.items(), 1, bucket_mb=0.01)
+    me = psutil.Process()
+
+    def listening() -> set:
+        return {c.laddr for c in me.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+
+    before = listening()
     sender = WeightSender("127.0.0.1", timeout_s=20)
     host, port = sender.listen("r0")
     queue = ctx.Queue()
     proc = ctx.Process(target=_receive, args=(host, port, plan.to_dict(), queue))
     proc.start()
     sender.accept("r0")
+    opened = listening() - before
+    # the rendezvous and gloo's own sockets listen on the configured address only, never on every interface
+    assert port in {a.port for a in opened} and {a.ip for a in opened} == {"127.0.0.1"}, opened
     assert sender.send(plan, named, ["r0"]) == {}
     got = queue.get(timeout=60)
     proc.join(timeout=30)
