@@ -69,6 +69,7 @@ class Slot:
     ready: bool = False
     state_ref: object = None  # pending state() call while the worker starts or restarts
     needs_sync: bool = False  # its last weight sync failed: brought up to date before it serves again
+    started: float = 0.0  # time.monotonic() when it was asked for
 
 
 @dataclass
@@ -98,10 +99,7 @@ class RolloutGroup:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        bundle = {"CPU": self.cfg.num_cpus}
-        if self.cfg.num_gpus:
-            bundle["GPU"] = self.cfg.num_gpus
-        pg = ray.util.placement_group([bundle], name=f"videop2r-{name}-{id(self):x}")
+        pg = ray.util.placement_group([self._bundle()], name=f"videop2r-{name}-{id(self):x}")
         actor = ray.remote(RolloutWorker).options(
             num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, max_restarts=self.cfg.max_restarts,
             max_task_retries=0, max_concurrency=1,
@@ -117,30 +115,66 @@ class RolloutGroup:
             name = f"rollout-{self._next_id}"
             self._next_id += 1
             actor, pg = self._new_actor(name)
-            self.slots[name] = Slot(name, actor, pg, state_ref=actor.state.remote())
+            self.slots[name] = Slot(name, actor, pg, state_ref=actor.state.remote(), started=time.monotonic())
             new.append(name)
             self.events.append(f"{name} starting")
         if wait:
-            self.wait_until_ready()
+            try:
+                self.wait_until_ready(self.cfg.start_timeout_s)
+            except TimeoutError:
+                self._drop(new, "did not start")
+                raise
         return new
+
+    def _bundle(self) -> dict:
+        bundle = {"CPU": self.cfg.num_cpus}
+        if self.cfg.num_gpus:
+            bundle["GPU"] = self.cfg.num_gpus
+        return bundle
+
+    def _unplaced(self, names: list[str]) -> list[str]:
+        """The named workers whose placement group the cluster has not been able to reserve."""
+        import ray
+
+        pgs = {k: self.slots[k].placement_group for k in names if k in self.slots and self.slots[k].placement_group}
+        if not pgs:
+            return []
+        refs = {k: pg.ready() for k, pg in pgs.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0.5)
+        return [k for k, ref in refs.items() if ref not in ready]
+
+    def _missing_resources(self, names: list[str]) -> str:
+        import ray
+
+        return (f"rollout worker(s) {', '.join(names)} need {self._bundle()} each, and the cluster has "
+                f"{ray.available_resources()} free: lower rollout.num_workers or rollout.num_cpus/num_gpus, or add "
+                "nodes")
+
+    def _drop(self, names: list[str], why: str) -> None:
+        import ray
+
+        for k in names:
+            slot = self.slots.pop(k, None)
+            if slot is None:
+                continue
+            ray.kill(slot.actor, no_restart=True)
+            if slot.placement_group is not None:
+                ray.util.remove_placement_group(slot.placement_group)
+            if self.source:
+                self.source.close(k)
+            self.events.append(f"{k} removed ({why})")
 
     def remove_workers(self, n: int) -> list[str]:
         """Removes ``n`` workers: those not serving (starting or restarting) first, then the newest. Call it between
         batches: nothing is in flight then, so they are drained."""
         import ray
 
-        by_preference = sorted(self.slots, key=lambda k: (self.slots[k].ready, -list(self.slots).index(k)))
+        names = list(self.slots)
+        by_preference = sorted(names, key=lambda k: (self.slots[k].ready, -names.index(k)))
         gone = by_preference[:n] if n > 0 else []
-        if len(gone) >= len(self.slots):
-            raise ValueError(f"cannot remove {n} of {len(self.slots)} rollout workers: at least one must stay")
-        for k in gone:
-            slot = self.slots.pop(k)
-            ray.kill(slot.actor, no_restart=True)
-            if slot.placement_group is not None:
-                ray.util.remove_placement_group(slot.placement_group)
-            if self.source:
-                self.source.close(k)
-            self.events.append(f"{k} removed")
+        if len(gone) >= len(names):
+            raise ValueError(f"cannot remove {n} of {len(names)} rollout workers: at least one must stay")
+        self._drop(gone, "scaled down")
         return gone
 
     def shutdown(self) -> None:
@@ -197,6 +231,8 @@ class RolloutGroup:
                     self._connect(k)
                 except (WeightTransportError, RayActorError, GetTimeoutError) as e:
                     outcomes[k] = f"channel: {type(e).__name__}"
+                except Exception as e:  # noqa: BLE001 - the worker's side failed to join: this worker only
+                    outcomes[k] = f"channel: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         names = [k for k in names if k not in outcomes]
         refs = {k: self.slots[k].actor.receive_weights.remote(plan) for k in names}
         failed = self.source.send(names) if names else {}
@@ -226,7 +262,9 @@ class RolloutGroup:
 
     def _lost(self, name: str, why: str) -> None:
         """A worker died: stop using it, and ask for its state, which answers once Ray has restarted it."""
-        slot = self.slots[name]
+        slot = self.slots.get(name)
+        if slot is None:  # removed meanwhile (remove_workers from another thread): nothing to restart
+            return
         slot.ready = False
         if self.source:
             self.source.close(name)
@@ -238,7 +276,9 @@ class RolloutGroup:
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-        slot = self.slots[name]
+        slot = self.slots.get(name)
+        if slot is None:
+            return
         try:
             st = ray.get(slot.state_ref)
         except ActorUnavailableError:  # still restarting: ask again (the answer comes once it is up)
@@ -258,14 +298,40 @@ class RolloutGroup:
         self._bring_up_to_date([name])
         self.events.append(f"{name} {'rejoined' if rejoined else 'joined'} at weight version {slot.version}")
 
-    def wait_until_ready(self, timeout_s: float = 300) -> None:
-        """Blocks until every restarting worker is back (and has the current weights)."""
+    def wait_until_ready(self, timeout_s: float | None = None) -> None:
+        """Blocks until every starting or restarting worker is up (and has the current weights), at most
+        ``timeout_s`` (default ``rollout.start_timeout_s``); a worker the cluster has no room for is named with the
+        resources it lacks."""
+        import ray
+
+        timeout_s = self.cfg.start_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
-        while any(s.state_ref is not None for s in self.slots.values()):
+        while True:
+            waiting = [k for k, s in list(self.slots.items()) if s.state_ref is not None]
+            if not waiting:
+                return
             if time.monotonic() > deadline:
-                raise TimeoutError("rollout workers did not come back in time")
-            for k in [k for k, s in self.slots.items() if s.state_ref is not None]:
-                self._rejoin(k)
+                unplaced = self._unplaced(waiting)
+                if unplaced:
+                    raise TimeoutError(self._missing_resources(unplaced))
+                raise TimeoutError(f"rollout worker(s) {', '.join(waiting)} did not come up within {timeout_s:.0f} s "
+                                   "(their engines are still loading or keep failing: see the Ray logs)")
+            ready, _ = ray.wait([self.slots[k].state_ref for k in waiting if k in self.slots], num_returns=1,
+                                timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+            for k in waiting:
+                slot = self.slots.get(k)
+                if slot is not None and slot.state_ref is not None and slot.state_ref in ready:
+                    self._rejoin(k)
+
+    def _drop_unplaceable(self) -> None:
+        """Workers added without waiting (scaling up) that the cluster could not place within
+        ``rollout.start_timeout_s`` are given up, with a warning naming the resources they lack."""
+        late = [k for k, s in list(self.slots.items())
+                if s.state_ref is not None and not s.incarnation and time.monotonic() - s.started > self.cfg.start_timeout_s]
+        unplaced = self._unplaced(late) if late else []
+        if unplaced:
+            log.warning("giving up on %s", self._missing_resources(unplaced))
+            self._drop(unplaced, "no resources")
 
     # -- generation ----------------------------------------------------------------------------------------------
     def generate(self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False,
@@ -276,12 +342,13 @@ class RolloutGroup:
 
         if not requests:
             return []
-        behind = [k for k, s in self.slots.items() if s.needs_sync and s.state_ref is None]
+        behind = [k for k, s in list(self.slots.items()) if s.needs_sync and s.state_ref is None]
         if behind:  # a failed sync is retried before that worker serves again
             self.sync_weights(behind)
-        if not any(s.ready for s in self.slots.values()):
+        self._drop_unplaceable()
+        if not any(s.ready for s in list(self.slots.values())):
             self.wait_until_ready()
-        ready = [k for k, s in self.slots.items() if s.ready]
+        ready = [k for k, s in list(self.slots.items()) if s.ready]
         n_chunks = 1 if len(ready) <= 1 else len(ready) * self.cfg.chunks_per_worker
         size = math.ceil(len(requests) / max(1, n_chunks))
         chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
@@ -290,11 +357,11 @@ class RolloutGroup:
         deadline = time.monotonic() + self.cfg.batch_timeout_s
         while queue or inflight:
             busy = {w for w, _ in inflight.values()}
-            for k, s in self.slots.items():
+            for k, s in list(self.slots.items()):  # a snapshot: remove_workers may run meanwhile
                 if queue and s.ready and k not in busy:
                     ci = queue.popleft()
                     inflight[s.actor.generate.remote(chunks[ci], step, logprobs, overrides)] = (k, ci)
-            restarting = {s.state_ref: k for k, s in self.slots.items() if s.state_ref is not None}
+            restarting = {s.state_ref: k for k, s in list(self.slots.items()) if s.state_ref is not None}
             if not inflight and not restarting:
                 raise RuntimeError("every rollout worker is gone; the batch cannot complete")
             remaining = deadline - time.monotonic()

@@ -236,14 +236,15 @@ class Learner:
         is_weight, mismatch = _importance(old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens,
                                           cfg.is_clamp)
         losses, stats_acc = [], []
-        order = list(range(len(rollouts)))
-        per_mb = math.ceil(len(order) / cfg.minibatches)
-        if per_mb < cfg.grad_accum:
-            raise ValueError(f"a minibatch of {per_mb} rollouts cannot be split into learner.grad_accum={cfg.grad_accum} "
+        # every minibatch is checked before the first optimizer step: an uneven last one must not fail mid-update
+        minibatches = _split(list(range(len(rollouts))), cfg.minibatches, "learner.minibatches")
+        if min(len(mb) for mb in minibatches) < cfg.grad_accum:
+            raise ValueError(f"{len(rollouts)} rollouts in learner.minibatches={cfg.minibatches} give a minibatch of "
+                             f"{min(len(mb) for mb in minibatches)}, too few for learner.grad_accum={cfg.grad_accum} "
                              "micro-batches: lower grad_accum or minibatches")
         nonfinite_before, skipped_before = self.nonfinite_losses, self.skipped_steps
         for _ in range(cfg.update_epochs):
-            for mb in _chunks(order, per_mb):
+            for mb in minibatches:
                 for chunk in _split(mb, cfg.grad_accum):  # exactly grad_accum micro-steps: one optimizer step
                     batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk],
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
@@ -331,11 +332,11 @@ def _chunks(xs: list, n: int) -> list[list]:
     return [xs[i:i + n] for i in range(0, len(xs), n)]
 
 
-def _split(xs: list, parts: int) -> list[list]:
+def _split(xs: list, parts: int, what: str = "learner.grad_accum") -> list[list]:
     """``xs`` in exactly ``parts`` near-equal contiguous pieces (each non-empty when len(xs) >= parts), so that
     DeepSpeed's accumulation boundary falls at the end of every optimizer step."""
     if len(xs) < parts:
-        raise ValueError(f"{len(xs)} samples cannot fill learner.grad_accum={parts} micro-batches")
+        raise ValueError(f"{len(xs)} samples cannot fill {what}={parts} pieces")
     bounds = [round(i * len(xs) / parts) for i in range(parts + 1)]
     return [xs[bounds[i]:bounds[i + 1]] for i in range(parts)]
 

@@ -129,3 +129,16 @@ def test_gradient_accumulation_steps_once_per_call(tiny_model_dir, cot_items):
     assert learner.engine.global_steps == 3  # two minibatches of two micro-batches each
     with pytest.raises(ValueError, match="grad_accum=2"):
         learner.sft_step(cot_items[:1], targets[:1])
+    # 7 rollouts in 3 minibatches: 2 + 3 + 2, each one optimizer step (cut by ceil(7/3) = 3 it was 3 + 3 + 1, and
+    # the last could not fill 2 micro-batches after two optimizer steps had been taken)
+    seven = rollouts_for(cot_items, targets)[:7]
+    learner.cfg.minibatches = 3
+    learner.rl_step(seven, group_size=7)
+    assert learner.engine.global_steps == 6
+    # 5 in 3 minibatches gives one of 1 < grad_accum: refused before any step, the weights untouched
+    before = {k: v.clone() for k, v in learner.state_dict_for_rollout().items() if "visual" not in k}
+    with pytest.raises(ValueError, match="minibatch of 1, too few for learner.grad_accum=2"):
+        learner.rl_step(seven[:5], group_size=5)
+    assert learner.engine.global_steps == 6
+    after = learner.state_dict_for_rollout()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

@@ -161,21 +161,66 @@ def test_learner_weights_reach_the_workers(group, items, processor, tiny_model_d
         assert (ours[i, : len(lps)] - lps).abs().max() < 1e-3
 
 
-def test_add_and_remove_workers_between_steps(group, items, processor):
-    version = group.source.version
+def publish_new_version(group, tiny_model_dir) -> int:
+    """A weight version > 0 on every worker, whichever tests ran before (a rejoin check at version 0 proves
+    nothing: a fresh engine is at 0 too)."""
+    named = group.source.named or _perturbed(tiny_model_dir).state_dict()
+    version = group.source.version + 1
+    group.source.update(named, version=version)
+    assert set(group.sync_weights().outcomes.values()) == {"ok"}
+    return version
+
+
+def test_add_and_remove_workers_between_steps(group, items, processor, tiny_model_dir):
+    version = publish_new_version(group, tiny_model_dir)
     new = group.add_workers(1)
     assert group.slots[new[0]].version == version  # current weights before it serves
     out = group.generate(requests_for(items, processor, "m-"))
     assert len(out) == len(items) and {r.weight_version for r in out} == {version}
+    assert new[0] in {r.worker for r in out}  # the new worker served its share
     assert group.remove_workers(1) == new and group.num_workers == 2
     with pytest.raises(ValueError, match="at least one must stay"):
         group.remove_workers(2)
+    # a worker the cluster has no room for: a bounded wait, then an error naming what it lacks; nothing left behind
+    group.cfg.num_cpus, cpus = 1000, group.cfg.num_cpus
+    try:
+        with pytest.raises(TimeoutError, match=r"need \{'CPU': 1000"):
+            _add_with_timeout(group, 3)
+    finally:
+        group.cfg.num_cpus = cpus
+    assert sorted(group.slots) == ["rollout-0", "rollout-1"]
 
 
-def test_worker_killed_mid_batch(group, items, processor, test_config):
+def _add_with_timeout(group, seconds):
+    start, group.cfg.start_timeout_s = group.cfg.start_timeout_s, seconds
+    try:
+        return group.add_workers(1, wait=True)
+    finally:
+        group.cfg.start_timeout_s = start
+
+
+def test_remove_workers_while_a_batch_is_generating(group, items, processor, tiny_model_dir):
+    """remove_workers from another thread mid-batch: the removed worker's chunk goes to the others, every group
+    comes back once, in order, and nothing raises (KeyError) on the slot that disappeared."""
+    new = group.add_workers(1)
+    reqs = [RolloutRequest(f"r-{i}", r.prompt) for i, r in enumerate(requests_for(items * 2, processor))]
+    victim = {}
+
+    def remove():
+        victim["gone"] = group.remove_workers(1)
+
+    timer = threading.Timer(1.5, remove)
+    timer.start()
+    out = group.generate(reqs, overrides={"max_tokens": 128, "ignore_eos": True})
+    timer.join()
+    assert victim["gone"] == new and new[0] not in group.slots
+    assert [r.request_id for r in out] == [r.request_id for r in reqs]
+
+
+def test_worker_killed_mid_batch(group, items, processor, test_config, tiny_model_dir):
     import ray
 
-    version = group.source.version
+    version = publish_new_version(group, tiny_model_dir)
     victim = group.slots["rollout-1"]
     pid = ray.get(victim.actor.state.remote())["pid"]
     reqs = requests_for(items * 4, processor, "k-")
