@@ -53,12 +53,36 @@ def test_sft_then_rl_steps_under_zero(stage, tiny_model_dir, cot_items):
     losses = [learner.sft_step(cot_items, targets) for _ in range(6)]
     assert losses[-1] < losses[0] - 0.5, losses  # SFT lowers the loss on the synthetic CoT
     learner.reset_reference()
-    stats = learner.rl_step(rollouts_for(cot_items, targets), group_size=4)
+    rollouts = rollouts_for(cot_items, targets)
+    before = learner.logprobs([r.item for r in rollouts], [r.response_ids for r in rollouts])
+    for group in learner.engine.optimizer.param_groups:  # a small step, so that its first-order effect shows
+        group["lr"] = 1e-5
+    stats = learner.rl_step(rollouts, group_size=4)
+    after = learner.logprobs([r.item for r in rollouts], [r.response_ids for r in rollouts])
+    # the update raises sum_t A_t * log p_t: the log-probs move with the advantages (the truncated rollouts share
+    # their tokens' contexts, so tokens are not compared one by one). A zero loss, or a flipped sign, fails this.
+    adv = _token_advantages(learner, rollouts, before.shape[1])
+    gain = float(((after - before) * adv).sum())
+    assert gain > 0.01 * float((after - before).abs().sum()), gain
     assert stats["unsplittable"] == 6 and stats["skipped_steps"] == 0
     assert stats["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the policy the step started from
     assert torch.isfinite(torch.tensor(stats["loss"]))
     visual_after = dict(learner.named_weights())
     assert all(torch.equal(visual_before[n], visual_after[n]) for n in visual_before)
+
+
+def _token_advantages(learner, rollouts, width):
+    """PA-GRPO's per-token advantages of the rollouts, from the pure functions (tested in test_learner_math)."""
+    from learner import process_advantages, token_advantages
+    from learner.masks import process_masks
+
+    a_p, a_r, _ = process_advantages(torch.tensor([r.r_perception for r in rollouts]),
+                                     torch.tensor([r.r_reasoning for r in rollouts]), 4, "pa_grpo")
+    m_p, m_r = torch.zeros(len(rollouts), width), torch.zeros(len(rollouts), width)
+    for i, r in enumerate(rollouts):
+        p, q, _ = process_masks(learner.processor.tokenizer, r.response_ids)
+        m_p[i, : len(r.response_ids)], m_r[i, : len(r.response_ids)] = p, q
+    return token_advantages(a_p, a_r, m_p, m_r)
 
 
 @pytest.mark.parametrize("stage", [0, 2])  # stage 0: no ZeRO optimizer to check the gradients; the learner does

@@ -44,6 +44,23 @@ def test_pa_grpo_equals_grpo_when_processes_agree():
         process_advantages(r, r, 4, "ppo")
 
 
+def test_pa_grpo_normalises_each_process_in_its_own_group():
+    """Processes that disagree: A_P comes from R_P alone and lands on perception tokens, A_R from R_R on reasoning
+    tokens (swapping either would show)."""
+    r_p = torch.tensor([3.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    r_r = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0])
+    a_p, a_r, st = process_advantages(r_p, r_r, 4, "pa_grpo")
+    std = math.sqrt((2.25**2 + 3 * 0.75**2) / 4)  # group 1 of R_P: mean 0.75, population std
+    assert a_p[:4].tolist() == pytest.approx([2.25 / std, -0.75 / std, -0.75 / std, -0.75 / std], abs=1e-4)
+    assert a_p[4:].tolist() == [0.0] * 4 and st == {"flat_groups_perception": 1, "flat_groups_reasoning": 0}
+    assert a_r[:4].tolist() == pytest.approx([-0.75 / std, 2.25 / std, -0.75 / std, -0.75 / std], abs=1e-4)
+    m_p = torch.tensor([[1.0, 1.0, 0.0]] * 8)
+    tok = token_advantages(a_p, a_r, m_p, 1 - m_p)
+    assert torch.equal(tok[:, 0], a_p) and torch.equal(tok[:, 2], a_r)
+    g, _, _ = process_advantages(r_p, r_r, 4, "grpo")
+    assert torch.allclose(g, group_advantages(r_p + r_r, 4)[0])  # one advantage of the sum, on every token
+
+
 def test_grpo_leaves_out_rollouts_whose_perception_reward_is_unknown():
     r_p = torch.tensor([1.0, 0.0, 9.0, 1.0])  # rollout 2's verdict is missing: its R_P (9) means nothing
     r_r = torch.tensor([1.0, 1.0, 0.0, 0.0])
@@ -90,16 +107,24 @@ def test_aggregations_differ_on_uneven_lengths():
 
 
 def test_gradient_routing():
-    """With A_R = 0, reasoning-token log-probs receive no gradient, and vice versa."""
-    logp = torch.randn(2, 6, requires_grad=True)
+    """d loss / d logp_t = -A_t * r_t / T on unclipped tokens and 0 on tokens where min() takes the clipped
+    branch, with A_t = A_P on perception tokens and A_R on reasoning ones: checked against that formula by hand
+    (ratios away from 1, so a dropped ratio, swapped masks or a flipped sign all show)."""
+    torch.manual_seed(0)
+    logp = (torch.randn(2, 6) - 2).requires_grad_(True)
+    old = logp.detach() + torch.tensor([[0.05, -0.08, 0.1, -0.05, 0.02, 0.5],
+                                        [-0.1, 0.07, 0.03, -0.02, 0.09, -0.04]])  # ratios 0.90-1.11, one of 0.61
     m_p = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.float32)
     m_r = 1 - m_p
-    for a_p, a_r, silent in ((torch.tensor([1.0, -1.0]), torch.zeros(2), m_r), (torch.zeros(2), torch.tensor([0.5, 2.0]), m_p)):
-        logp.grad = None
-        loss, _ = policy_loss(logp, logp.detach(), None, token_advantages(a_p, a_r, m_p, m_r), torch.ones(2, 6), beta=0)
-        loss.backward()
-        assert torch.all(logp.grad[silent.bool()] == 0)
-        assert torch.all(logp.grad[(1 - silent).bool()] != 0)
+    a_p, a_r = torch.tensor([1.5, -0.5]), torch.tensor([-1.0, 2.0])
+    adv = token_advantages(a_p, a_r, m_p, m_r)
+    loss, _ = policy_loss(logp, old, None, adv, torch.ones(2, 6), clip_eps=0.2, beta=0)
+    loss.backward()
+    ratio = torch.exp(logp.detach() - old)
+    expected = -adv * ratio / 12
+    expected[0, 5] = 0.0  # r = 0.61 < 1 - eps with A_R = -1 < 0: the clipped branch, no gradient
+    assert torch.allclose(logp.grad, expected, atol=1e-6)
+    assert torch.allclose(adv[0, :3], torch.full((3,), 1.5)) and torch.allclose(adv[1, 2:], torch.full((4,), 2.0))
 
 
 def test_process_masks_from_generated_ids(tiny_model_dir):
