@@ -24,6 +24,7 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
         limit_mm_per_prompt={"video": 1, "image": 1},
         enable_prefix_caching=True,
         enforce_eager=rollout.device == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager,
+        use_tqdm_on_load=os.environ.get("VIDEOP2R_QUIET") != "1",  # the weight-loading bar, unless --verbose is off
     )
     if rollout.device == "cuda":
         kw["gpu_memory_utilization"] = rollout.gpu_memory_utilization

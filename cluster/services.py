@@ -68,9 +68,12 @@ class RedisServer:
 
 # vLLM's, DeepSpeed's and transformers' INFO lines stay out of the actors' output unless --verbose: the console
 # shows our progress and the warnings actors log (Redis down, a judge failing).
+# TORCH_CPP_LOG_LEVEL: torch's C++ warnings (the CPU backend's NUMA binding line); TORCH_LOGS=-all: torch's Python
+# loggers at ERROR ("No CUDA runtime is found" on CPU boxes); VIDEOP2R_QUIET: no weight-loading bar per engine.
 QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1", "TRANSFORMERS_VERBOSITY": "error",
              "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR", "TORCH_LOGS": "-all",
+             "VIDEOP2R_QUIET": "1"}
 
 
 # A rollout worker's vLLM engine runs in child processes; when the worker dies (SIGKILL, Ray's OOM killer) they
@@ -95,4 +98,6 @@ def init_ray(verbose: bool = False, **local_kwargs) -> None:
         ray.init(address="auto", **common)
     else:
         os.environ.update(ORPHAN_REAPING)
+        if not verbose:  # Ray's notice that it chose token authentication (its secure default) for the cluster
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env}, **common, **local_kwargs)
