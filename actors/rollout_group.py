@@ -272,6 +272,19 @@ class RolloutGroup:
         self.events.append(f"{name} lost ({why})")
         log.warning("rollout worker %s lost (%s); its prompts go to the others while Ray restarts it", name, why)
 
+    def _restart_hung(self, name: str) -> None:
+        """A worker alive but not answering within ``rollout.chunk_timeout_s``: Ray restarts it (a kill that allows
+        restarts) and it rejoins with the current weights like a worker that died."""
+        import ray
+
+        slot = self.slots.get(name)
+        if slot is None:
+            return
+        log.warning("rollout worker %s did not answer within rollout.chunk_timeout_s=%.0f s: restarting it; its "
+                    "prompts go to the others", name, self.cfg.chunk_timeout_s)
+        ray.kill(slot.actor, no_restart=False)
+        self._lost(name, "hung")
+
     def _rejoin(self, name: str) -> None:
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError
@@ -353,26 +366,35 @@ class RolloutGroup:
         size = math.ceil(len(requests) / max(1, n_chunks))
         chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
         queue, results = deque(range(len(chunks))), [None] * len(chunks)
-        inflight: dict = {}  # ref -> (worker, chunk index)
+        inflight: dict = {}  # ref -> (worker, chunk index, when it must have answered)
         deadline = time.monotonic() + self.cfg.batch_timeout_s
         while queue or inflight:
-            busy = {w for w, _ in inflight.values()}
+            now = time.monotonic()
+            for ref in [r for r, (_, _, due) in inflight.items() if due <= now]:
+                worker, ci, _ = inflight.pop(ref)  # its answer, should it ever come, is never used
+                queue.appendleft(ci)
+                self._restart_hung(worker)
+            busy = {w for w, _, _ in inflight.values()}
             for k, s in list(self.slots.items()):  # a snapshot: remove_workers may run meanwhile
                 if queue and s.ready and k not in busy:
                     ci = queue.popleft()
-                    inflight[s.actor.generate.remote(chunks[ci], step, logprobs, overrides)] = (k, ci)
+                    ref = s.actor.generate.remote(chunks[ci], step, logprobs, overrides)
+                    inflight[ref] = (k, ci, time.monotonic() + self.cfg.chunk_timeout_s)
             restarting = {s.state_ref: k for k, s in list(self.slots.items()) if s.state_ref is not None}
             if not inflight and not restarting:
                 raise RuntimeError("every rollout worker is gone; the batch cannot complete")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if deadline - now <= 0:
                 raise TimeoutError(f"rollout batch not done within rollout.batch_timeout_s={self.cfg.batch_timeout_s}")
-            done, _ = ray.wait(list(inflight) + list(restarting), num_returns=1, timeout=remaining)
+            next_due = min((due for _, _, due in inflight.values()), default=deadline)
+            done, _ = ray.wait(list(inflight) + list(restarting), num_returns=1,
+                               timeout=max(0.0, min(deadline, next_due) - now))
             for ref in done:
                 if ref in restarting:
                     self._rejoin(restarting[ref])
                     continue
-                worker, ci = inflight.pop(ref)
+                if ref not in inflight:
+                    continue
+                worker, ci, _ = inflight.pop(ref)
                 try:
                     results[ci] = ray.get(ref)
                 except RayActorError as e:  # died, or restarting (ActorUnavailableError)

@@ -120,6 +120,8 @@ class RolloutSection(EngineSection):
     chunks_per_worker: int = Field(2, ge=1)  # a batch is cut into workers x this many chunks, served by load
     max_restarts: int = Field(3, ge=-1)  # Ray restarts of a dead worker (-1: always)
     batch_timeout_s: float = Field(3600, gt=0)  # a whole rollout batch; a clear error instead of a hang
+    # one chunk on one worker: a worker alive but not answering by then is restarted and its chunk served by another
+    chunk_timeout_s: float = Field(900, gt=0)
     # a new worker's wait for its resources and its engine: then an error naming the missing resources
     start_timeout_s: float = Field(600, gt=0)
 

@@ -240,3 +240,28 @@ def test_worker_killed_mid_batch(group, items, processor, test_config, tiny_mode
     assert group.slots["rollout-1"].ready
     after = group.generate(requests_for(items[:4], processor, "z-"))
     assert {r.worker for r in after} == {"rollout-0", "rollout-1"}
+
+
+def test_hung_worker_is_restarted_and_its_chunk_served_elsewhere(group, items, processor, tiny_model_dir):
+    """A worker alive but answering nothing (busy forever): after rollout.chunk_timeout_s its chunk goes to another
+    worker, Ray restarts it, and it rejoins with the current weights; every group comes back once, in order."""
+    import time
+
+    import ray
+
+    version = publish_new_version(group, tiny_model_dir)
+    name = sorted(group.slots)[-1]
+    victim = group.slots[name]
+    pid = ray.get(victim.actor.state.remote())["pid"]
+    victim.actor.__ray_call__.remote(lambda self: time.sleep(600))  # it serves one call at a time: this one
+    start, group.cfg.chunk_timeout_s = group.cfg.chunk_timeout_s, 10
+    try:
+        reqs = requests_for(items, processor, "h-")
+        out = group.generate(reqs, overrides={"max_tokens": 16})
+    finally:
+        group.cfg.chunk_timeout_s = start
+    assert [r.request_id for r in out] == [r.request_id for r in reqs]
+    assert name not in {r.worker for r in out} and f"{name} lost (hung)" in group.events
+    group.wait_until_ready(timeout_s=240)
+    st = ray.get(victim.actor.state.remote())
+    assert st["pid"] != pid and st["version"] == version and group.slots[name].ready
