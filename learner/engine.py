@@ -70,6 +70,9 @@ def ds_config(cfg) -> dict:
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
+        # the learner owns the boundary: an optimizer step accumulates as many micro-batches (of at most
+        # micro_batch_size) as its batch needs, and step() is the boundary (DeepSpeed >= 0.19)
+        "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.dtype == "bfloat16"},
@@ -147,23 +150,38 @@ class Learner:
         with torch.no_grad():
             return response_logprobs(model or self.engine, batch)
 
-    def _backward_step(self, loss: torch.Tensor) -> None:
-        """Backward and (at the accumulation boundary) an optimizer step.
+    def _micro_batches(self, indices: list[int]) -> list[list[int]]:
+        """An optimizer step's rows in contiguous micro-batches of at most ``micro_batch_size`` (and at least
+        ``grad_accum`` of them): the bound on every forward and backward."""
+        return _split(indices, max(self.cfg.grad_accum, math.ceil(len(indices) / self.cfg.micro_batch_size)))
+
+    def _accumulate(self, loss: torch.Tensor, weight: float) -> None:
+        """Backward of one micro-batch's loss, weighted by its share of the step (tokens or sequences), so that
+        the accumulated gradient is the whole batch's whatever the cut."""
+        if not torch.isfinite(loss.detach()):
+            self.nonfinite_losses += 1
+        self.engine.backward(loss * weight, scale_wrt_gas=False)
+
+    def _optimizer_step(self) -> None:
+        """The accumulation boundary: one optimizer step over the micro-batches accumulated since the last one.
 
         A non-finite loss or gradient must not move the weights. DeepSpeed's ZeRO optimizer (stages 1-3) checks
         the global gradient norm before stepping and skips the step (zeroing the gradients, counting
         ``skipped_steps``) when it is not finite; a non-finite loss makes the gradients non-finite, so it takes the
-        same path. At stage 0 DeepSpeed steps the plain optimizer unchecked, so the check is here. The gradients
-        are already averaged over ranks at the boundary, so every rank decides alike. The step still runs (it keeps
-        DeepSpeed's counters and the LR schedule in step) with zero gradients at learning rate 0, which leaves
-        every weight as it was (AdamW's decay is scaled by the learning rate too); only the moments decay once.
+        same path. At stage 0 DeepSpeed steps the plain optimizer unchecked, so the check is here: every rank
+        reports whether its gradients are finite and all take the same decision (an all-reduce on every rank,
+        before DeepSpeed averages the gradients inside step()). The step still runs (it keeps DeepSpeed's counters
+        and the LR schedule in step) with zero gradients at learning rate 0, which leaves every weight as it was
+        (AdamW's decay is scaled by the learning rate too); only the moments decay once.
         """
-        if not torch.isfinite(loss.detach()):
-            self.nonfinite_losses += 1
-        self.engine.backward(loss)
-        if self.cfg.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+        if self.cfg.zero_stage == 0:
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
+            finite = torch.tensor([float(all(bool(torch.isfinite(g).all()) for g in grads))])
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
                 for g in grads:
                     g.zero_()
                 for group in self.engine.optimizer.param_groups:
@@ -178,17 +196,20 @@ class Learner:
 
     # -- stage 1: SFT -------------------------------------------------------------------------------------------
     def sft_step(self, items, targets: list[list[int]]) -> float:
-        """One optimizer step of next-token loss on the target ids (prompt tokens masked), accumulated over
-        ``grad_accum`` micro-batches."""
-        losses = []
-        for chunk in _split(list(range(len(items))), self.cfg.grad_accum):
+        """One optimizer step of next-token loss on the target ids (prompt tokens masked): the mean over every
+        target token of the batch, accumulated over micro-batches of at most ``micro_batch_size`` rows."""
+        total = max(1, sum(len(t) for t in targets))
+        loss_sum = 0.0
+        for chunk in self._micro_batches(list(range(len(items)))):
             batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk], [targets[i] for i in chunk])
             lp = response_logprobs(self.engine, batch)
             loss = -(lp.sum() / batch.response_mask.sum().clamp(min=1))
-            self._backward_step(loss)
-            losses.append(float(loss.detach()))
+            weight = float(batch.response_mask.sum()) / total
+            self._accumulate(loss, weight)
+            loss_sum += float(loss.detach()) * weight
+        self._optimizer_step()
         self.step += 1
-        return float(np.mean(losses))
+        return loss_sum
 
     # -- stage 2: PA-GRPO / GRPO --------------------------------------------------------------------------------
     def rl_step(self, rollouts: list[Rollout], group_size: int, zero_perception: bool = False) -> dict:
@@ -244,8 +265,9 @@ class Learner:
                              "micro-batches: lower grad_accum or minibatches")
         nonfinite_before, skipped_before = self.nonfinite_losses, self.skipped_steps
         for _ in range(cfg.update_epochs):
-            for mb in minibatches:
-                for chunk in _split(mb, cfg.grad_accum):  # exactly grad_accum micro-steps: one optimizer step
+            for mb in minibatches:  # one optimizer step each
+                step_loss = 0.0
+                for chunk in self._micro_batches(mb):  # each forward and backward: at most micro_batch_size rows
                     batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk],
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
                     lp = _pad(response_logprobs(self.engine, batch), R)
@@ -253,9 +275,12 @@ class Learner:
                     loss, st = policy_loss(lp, old_lp[idx], None if ref_lp is None else ref_lp[idx], adv[idx],
                                            tokens[idx], cfg.clip_eps, cfg.beta, cfg.aggregation,
                                            is_weight=None if is_weight is None else is_weight[idx])
-                    self._backward_step(loss)
-                    losses.append(float(loss.detach()))
+                    weight = _share(tokens, chunk, mb, cfg.aggregation)
+                    self._accumulate(loss, weight)
+                    step_loss += float(loss.detach()) * weight
                     stats_acc.append(st)
+                self._optimizer_step()
+                losses.append(step_loss)
         self.step += 1
         finite = [x for x in losses if math.isfinite(x)]
         out = {"loss": float(np.mean(finite)) if finite else float("nan"), "unsplittable": unsplittable, **adv_stats,
@@ -339,6 +364,14 @@ def _split(xs: list, parts: int, what: str = "learner.grad_accum") -> list[list]
         raise ValueError(f"{len(xs)} samples cannot fill {what}={parts} pieces")
     bounds = [round(i * len(xs) / parts) for i in range(parts + 1)]
     return [xs[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+def _share(tokens: torch.Tensor, chunk: list[int], batch: list[int], aggregation: str) -> float:
+    """A micro-batch's weight in its optimizer step, so that the accumulated loss is the batch's own: its share of
+    the batch's tokens (token_mean) or of its sequences (seq_mean_token_mean)."""
+    if aggregation == "token_mean":
+        return float(tokens[chunk].sum()) / max(1.0, float(tokens[batch].sum()))
+    return len(chunk) / len(batch)
 
 
 def _behaviour(rollouts: list[Rollout], width: int) -> torch.Tensor | None:

@@ -71,6 +71,37 @@ def test_sft_then_rl_steps_under_zero(stage, tiny_model_dir, cot_items):
     assert all(torch.equal(visual_before[n], visual_after[n]) for n in visual_before)
 
 
+def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_gradient(tiny_model_dir, cot_items):
+    """learner.micro_batch_size bounds the batch of every forward (scoring and update); each micro-batch's loss is
+    weighted by its share of the step's tokens, so the accumulated gradient is the same whether the 8 rows go
+    through in one micro-batch or in four (an ignored bound, or micro-batches weighted equally, would show)."""
+    grads, seen = {}, {}
+    for mbs in (2, 8):
+        learner = Learner(learner_cfg("learner.zero_stage=0", f"learner.micro_batch_size={mbs}"), str(tiny_model_dir))
+        rows = seen.setdefault(mbs, [])
+        learner.engine.module.register_forward_pre_hook(
+            lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        captured = grads.setdefault(mbs, [])
+        step = learner._optimizer_step
+
+        def capture(step=step, learner=learner, captured=captured):
+            captured.append({n: p.grad.clone() for n, p in learner.engine.module.named_parameters()
+                             if p.grad is not None})
+            step()
+
+        learner._optimizer_step = capture
+        targets = targets_for(learner, cot_items)
+        # SFT rows of different lengths, so that equal weights per micro-batch would not be the token mean
+        learner.sft_step(cot_items, [t[: 20 + 9 * i] for i, t in enumerate(targets)])
+        learner.rl_step(rollouts_for(cot_items, targets), group_size=4)
+    assert max(seen[2]) == 2 and max(seen[8]) == 8
+    assert len(grads[2]) == len(grads[8]) == 2  # one optimizer step each for SFT and RL
+    for small, large in zip(grads[2], grads[8]):
+        assert small.keys() == large.keys()
+        for n in small:
+            assert torch.allclose(small[n], large[n], rtol=1e-4, atol=1e-7), n
+
+
 def _token_advantages(learner, rollouts, width):
     """PA-GRPO's per-token advantages of the rollouts, from the pure functions (tested in test_learner_math)."""
     from learner import process_advantages, token_advantages
