@@ -22,6 +22,7 @@ bench: setup
 	.venv/bin/python -m benchmarks learner
 	.venv/bin/python -m benchmarks train
 	.venv/bin/python -m benchmarks eval
+	.venv/bin/python -m benchmarks faults
 
 clean:
 	rm -rf runs/

@@ -55,6 +55,7 @@ class RewardScorer:
         self.rule = LengthRule(reward_cfg.perception_length, reward_cfg.reasoning_length, reward_cfg.length_bonus)
         self.judge = make_judge(judge_cfg, judge_engines)
         self.cache = VerdictCache.from_config(cache_cfg)
+        self._fresh = True  # the first batch after a (re)start counts it: a restarted worker shows in the metrics
         self.tokenizer = None
         if tokenizer_path:
             from transformers import AutoTokenizer
@@ -104,6 +105,9 @@ class RewardScorer:
 
     def score(self, items: list[ScoreItem]) -> ScoredBatch:
         stats: Counter = Counter()
+        if self._fresh:
+            stats["worker_starts"] += 1
+            self._fresh = False
         parsed = [parse_response(it.response) for it in items]
         keys: list[str | None] = []
         requests: dict[str, JudgeRequest] = {}

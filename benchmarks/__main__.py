@@ -1,4 +1,4 @@
-"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval}``: each prints a table (see the modules' docstrings).
+"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults}``: each prints a table (see the modules' docstrings).
 
 Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
 data and tiny model it needs under ``runs/bench`` on first use.
@@ -44,6 +44,12 @@ def cmd_eval(args) -> int:
     from benchmarks.eval import run_bench_eval
 
     return run_bench_eval(args.root, rows=args.rows, max_tokens=args.max_tokens, teacher=args.teacher, data=args.data)
+
+
+def cmd_faults(args) -> int:
+    from benchmarks.faults import run_bench_faults
+
+    return run_bench_faults(args.root)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="its data folder (e.g. runs/demo/data)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("faults", help="a short RL run with one injected fault per step: lost, duplicated, counted")
+    p.add_argument("--root", default="runs/bench", help="folder for the synthetic data and tiny model (made if missing)")
+    p.set_defaults(func=cmd_faults)
     return parser
 
 

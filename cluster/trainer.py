@@ -175,6 +175,8 @@ class RLTrainer:
             "skipped_media": dict(self.data.skipped), **{f"total/{k}": v for k, v in self.counters.items()},
             **{f"judge/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("judge_")},
             **{f"cache/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("cache_")},
+            # reward workers that scored their first batch this step: all of them at step 1, then restarts
+            "reward_worker_starts": batch.score_stats.get("worker_starts", 0),
         }
         self.run.log_metrics(row)
         if self.cfg.trainer.log_rollouts:

@@ -84,6 +84,15 @@ def test_vllm_judge_engine_in_a_ray_actor(ray_cluster, cot, tiny_model_dir):
         assert ray.get(engine.unfinished.remote()) == 0
         fresh = ray.get(engine.generate.remote(prompts, 16, 0.0, 60.0))
         assert [status for _, status in fresh] == ["ok"] * 4 and all(text for text, _ in fresh)
+        # the engine killed: the batch still comes back in bounded time, every item counted (failed while Ray
+        # restarts it, or judged once it is back), nothing raised
+        import signal
+
+        os.kill(ray.get(engine.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        t0 = time.monotonic()
+        after = pool.score(items[:2])
+        assert time.monotonic() - t0 < 180 and after.stats["rollouts"] == 2
+        assert sum(after.stats[f"judge_{s}"] for s in ("ok", "unparseable", "failed", "timeout", "deadline")) == 2
     finally:
         pool.shutdown()
 

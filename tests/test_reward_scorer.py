@@ -11,7 +11,7 @@ from cluster.config import Config
 from cluster.config_loader import load_config
 from cluster.metrics import RewardMetrics
 from cluster.services import RedisServer, free_port
-from tests.judge_server import JudgeServer
+from toy.judge_server import JudgeServer
 from videoqa.prompts import sft_target
 from videoqa.schema import load_samples
 
@@ -253,6 +253,26 @@ def test_http_judge_key_is_required_checked_and_a_refusal_stops(judge_server, mo
     assert len(judge_server.requests) <= 2  # not retried
     with pytest.raises(JudgeAuthError):
         scorer(cfg).score(items_for(cot[:2], sft_target))
+
+
+@pytest.mark.parametrize("status,body", [
+    (400, b'{"error": {"message": "prompt too long", "type": "invalid_request_error"}}'),
+    (404, b'{"error": {"message": "no such model"}}'),
+    (200, b"<html>not json</html>"),
+    (200, b'{"id": "x", "object": "chat.completion", "choices": []}'),
+    (200, b'{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [{"index": 0, '
+          b'"message": {"role": "assistant", "content": null}, "finish_reason": "stop"}]}'),
+])
+def test_http_judge_client_errors_and_malformed_bodies_are_missing_verdicts(judge_server, status, body):
+    """A 4xx other than 401/403 is not retried; a body that is not a completion is no verdict: each is counted
+    as failed or unparseable, never a verdict, never an exception out of the scorer."""
+    judge_server.raw = (status, body)
+    cfg = http_cfg(judge_server, "judge.retries=3")
+    out = HTTPJudge(cfg.judge).verdicts([REQ, REQ], time.monotonic() + 10)
+    assert [o.verdict for o in out] == [None, None]
+    assert {o.status for o in out} <= {"failed", "unparseable"}
+    if status >= 400:
+        assert len(judge_server.requests) == 2 and {o.status for o in out} == {"failed"}  # one try each
 
 
 def test_http_judge_retries_server_errors(judge_server):

@@ -265,3 +265,24 @@ def test_hung_worker_is_restarted_and_its_chunk_served_elsewhere(group, items, p
     group.wait_until_ready(timeout_s=240)
     st = ray.get(victim.actor.state.remote())
     assert st["pid"] != pid and st["version"] == version and group.slots[name].ready
+
+
+def test_worker_dying_during_a_sync(group, items, processor, tiny_model_dir):
+    """SIGKILL a worker, then sync at once: its outcome says why it did not get the weights (the sender's transfer
+    to it fails, or the worker is found lost), the others get them, nothing raises; Ray restarts it and it rejoins
+    with the version it missed before it serves again."""
+    import ray
+
+    publish_new_version(group, tiny_model_dir)
+    name = sorted(group.slots)[0]
+    pid = ray.get(group.slots[name].actor.state.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    group.source.update(group.source.named, version=group.source.version + 1)
+    report = group.sync_weights()
+    assert report.outcomes[name] != "ok" and report.failed == [name], report.outcomes
+    assert all(v == "ok" for k, v in report.outcomes.items() if k != name)
+    assert not group.slots[name].ready
+    out = group.generate(requests_for(items[:4], processor, "d-"), overrides={"max_tokens": 8})
+    assert {r.weight_version for r in out} == {group.source.version}  # nobody served the old weights
+    group.wait_until_ready(timeout_s=240)
+    assert group.slots[name].ready and ray.get(group.slots[name].actor.state.remote())["version"] == group.source.version

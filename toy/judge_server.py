@@ -1,6 +1,6 @@
-"""A small OpenAI-compatible chat server for fault injection: it answers, stalls, fails or talks nonsense on
-command, and records what it was sent. It stands in for a hosted judge API misbehaving; the real-server path is
-tested against `vllm serve`."""
+"""A small OpenAI-compatible chat server for fault injection (tests, `python -m benchmarks faults`): it answers,
+stalls, fails or talks nonsense on command, and records what it was sent. It stands in for a hosted judge API
+misbehaving; the real-server path is tested against `vllm serve`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class JudgeServer:
     def __init__(self):
         self.mode = "yes"  # yes | no | garbage | slow | error | unauthorized
+        self.raw: tuple[int, bytes] | None = None  # answer exactly this (status, body) instead
         self.fail_first = 0  # answer 500 to this many requests first
         self.delay_s = 0.0
         self.requests: list[dict] = []
@@ -32,6 +33,14 @@ class JudgeServer:
                         server.fail_first -= 1
                 if server.delay_s:
                     time.sleep(server.delay_s)
+                if server.raw is not None:
+                    status, raw = server.raw
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
                 if server.mode == "unauthorized":
                     self.send_response(401)
                     self.send_header("Content-Type", "application/json")
