@@ -81,6 +81,11 @@ class SyncReport:
     def failed(self) -> list[str]:
         return [k for k, v in self.outcomes.items() if v != "ok"]
 
+    @property
+    def updated(self) -> list[str]:
+        """The workers that now serve the new weights (``seconds`` is spent even when this is empty)."""
+        return [k for k, v in self.outcomes.items() if v == "ok"]
+
 
 class RolloutGroup:
     def __init__(self, rollout_cfg, transport_cfg, model_path: str, dtype: str = "float32",

@@ -38,6 +38,7 @@ def test_synchronous_run_writes_its_folder(reference_run, demo_data):
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and summary["steps"] == 4
     assert [r["weight_version"] for r in rows] == [1, 2, 3, 4]
     assert all(r["staleness_max"] == 0 and not r["overlapped"] for r in rows)
+    assert all(r["sync_updated"] == 1 and r["sync_failed"] == 0 for r in rows)  # the one worker got each version
     # the workers hold exactly the learner's weights: vLLM's and the learner's log-probs agree (float32)
     assert all(0 <= r["mismatch_kl"] < 1e-6 for r in rows), [r["mismatch_kl"] for r in rows]
     assert rows[0]["format_perception"] > 0.5  # SFT taught the format, so the judge had observations to judge
