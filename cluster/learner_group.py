@@ -70,8 +70,8 @@ class LearnerRank:
 
     # -- weights -------------------------------------------------------------------------------------------------
     def publish(self, version: int) -> dict | None:
-        """Every rank gathers (ZeRO-3); rank 0 keeps a CPU snapshot and returns its plan."""
-        named = {k: v.detach().to("cpu", copy=True) for k, v in self.learner.named_weights()}
+        """Every rank gathers (ZeRO-3); rank 0 (the sender's) keeps a CPU snapshot and returns its plan."""
+        named = self.learner.state_dict_for_rollout(keep=self.source is not None)
         if self.source is None:
             return None
         return self.source.update(named, version).to_dict()

@@ -83,16 +83,41 @@ def response_positions(prompt_positions: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([prompt_positions, tail], dim=1)
 
 
-def response_logprobs(model, batch: ScoredInputs) -> torch.Tensor:
-    """log pi(token) of each generated token, (B, R); 0 where padded. Gradients flow when enabled."""
-    logits = model(**batch.model_kwargs).logits
+LOGPROB_CHUNK = 128  # response positions per LM-head call: bounds the float32 logits to (B, 128, V)
+
+
+def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
+    """log pi(token) of each generated token, (B, R); 0 where padded. Gradients flow when enabled.
+
+    The (B, L, V) logits are never built: the decoder's last hidden states are gathered at the response positions,
+    and the LM head runs on ``chunk`` of them at a time, its log-softmax in float32. With gradients each chunk is
+    recomputed in the backward (checkpointed), so only one chunk's logits exist at any time (V is about 152K
+    for Qwen2.5-VL: a 4 x 4096-token batch would otherwise hold 10 GB of float32 logits).
+    """
+    hf = getattr(model, "module", model)  # a DeepSpeed engine, or the Hugging Face model itself
+    kwargs = {k: v.to(hf.device) for k, v in batch.model_kwargs.items()}  # the inputs go where the model is
+    hidden = hf.model(**kwargs, use_cache=False).last_hidden_state  # (B, L, H), after the final norm
     B, R = batch.response_ids.shape
-    rows = []
-    for i, P in enumerate(batch.prompt_lengths):
-        # the logit at position t predicts token t+1: the response starts at P, predicted from P-1
-        chunk = logits[i, P - 1 : P - 1 + R].float()
-        if chunk.shape[0] < R:
-            chunk = torch.cat([chunk, chunk.new_zeros(R - chunk.shape[0], chunk.shape[1])])
-        lp = torch.log_softmax(chunk, -1).gather(-1, batch.response_ids[i].unsqueeze(-1)).squeeze(-1)
-        rows.append(lp)
-    return torch.stack(rows) * batch.response_mask
+    device = hidden.device
+    # the logit at position t predicts token t+1: the response starts at P, predicted from P-1 (padded rows past
+    # the sequence point at its last position; the mask zeroes them)
+    starts = torch.tensor([P - 1 for P in batch.prompt_lengths], device=device)
+    at = (starts[:, None] + torch.arange(R, device=device)[None, :]).clamp(max=hidden.shape[1] - 1)
+    h = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, R, H)
+    ids = batch.response_ids.to(device)
+    head = hf.lm_head
+
+    def chunk_logprobs(h_chunk: torch.Tensor, ids_chunk: torch.Tensor) -> torch.Tensor:
+        logits = head(h_chunk).float()
+        return torch.log_softmax(logits, -1).gather(-1, ids_chunk.unsqueeze(-1)).squeeze(-1)
+
+    parts = []
+    for s in range(0, R, chunk):
+        h_c, ids_c = h[:, s:s + chunk], ids[:, s:s + chunk]
+        if torch.is_grad_enabled() and h_c.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            parts.append(checkpoint(chunk_logprobs, h_c, ids_c, use_reentrant=False))
+        else:
+            parts.append(chunk_logprobs(h_c, ids_c))
+    return torch.cat(parts, dim=1) * batch.response_mask.to(device)

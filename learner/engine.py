@@ -137,6 +137,8 @@ class Learner:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=params, config=ds_config(self.cfg), lr_scheduler=scheduler
         )
+        if self.reference is not None:  # the frozen KL reference sits beside the policy (cuda:LOCAL_RANK on GPUs)
+            self.reference.to(self.engine.device)
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.model_config = model.config
         self.step = 0
@@ -148,7 +150,7 @@ class Learner:
         """log-probs (B, R) of generated ids under ``model`` (default: the policy), without gradients."""
         batch = build_inputs(self.processor, self.model_config, items, responses, prompts)
         with torch.no_grad():
-            return response_logprobs(model or self.engine, batch)
+            return response_logprobs(model or self.engine, batch).cpu()  # small (B, R): kept beside the batch
 
     def _micro_batches(self, indices: list[int]) -> list[list[int]]:
         """An optimizer step's rows in contiguous micro-batches of at most ``micro_batch_size`` (and at least
@@ -272,9 +274,12 @@ class Learner:
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
                     lp = _pad(response_logprobs(self.engine, batch), R)
                     idx = torch.tensor(chunk)
-                    loss, st = policy_loss(lp, old_lp[idx], None if ref_lp is None else ref_lp[idx], adv[idx],
-                                           tokens[idx], cfg.clip_eps, cfg.beta, cfg.aggregation,
-                                           is_weight=None if is_weight is None else is_weight[idx])
+
+                    def here(t):  # this micro-batch's rows of a batch tensor, on the model's device
+                        return None if t is None else t[idx].to(lp.device)
+
+                    loss, st = policy_loss(lp, here(old_lp), here(ref_lp), here(adv), here(tokens), cfg.clip_eps,
+                                           cfg.beta, cfg.aggregation, is_weight=here(is_weight))
                     weight = _share(tokens, chunk, mb, cfg.aggregation)
                     self._accumulate(loss, weight)
                     step_loss += float(loss.detach()) * weight
@@ -300,20 +305,37 @@ class Learner:
             self.reference.load_state_dict(self.state_dict_for_rollout(), strict=False)
 
     # -- weights out ---------------------------------------------------------------------------------------------
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full parameters under their Hugging Face names (gathered one at a time under ZeRO-3), on the CPU."""
+    def named_weights(self, keep: bool = True, bucket_mb: float = 64) -> Iterator[tuple[str, torch.Tensor]]:
+        """Copies of the full parameters under their Hugging Face names, on the CPU. Under ZeRO-3 they are gathered
+        about ``bucket_mb`` at a time (one gather per bucket, not per tensor). Every rank must iterate it (the
+        gathers are collectives); ``keep=False`` (ranks other than the writer) takes part without copying."""
+        import contextlib
+
         import deepspeed
 
-        module = self.engine.module
-        for name, p in module.named_parameters():
-            if hasattr(p, "ds_id"):  # ZeRO-3 partitioned
-                with deepspeed.zero.GatheredParameters([p]):
-                    yield name, p.detach().to("cpu", copy=True)
-            else:
-                yield name, p.detach().to("cpu")
+        limit = bucket_mb * 2**20
+        group: list[tuple[str, torch.Tensor]] = []
+        size = 0
 
-    def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
-        return dict(self.named_weights())
+        def flush(group):
+            partitioned = [p for _, p in group if hasattr(p, "ds_id")]
+            gathered = deepspeed.zero.GatheredParameters(partitioned) if partitioned else contextlib.nullcontext()
+            with gathered:
+                for name, p in group:
+                    if keep:  # a snapshot: the live weights change under the next update
+                        yield name, p.detach().to("cpu", copy=True)
+
+        for name, p in self.engine.module.named_parameters():
+            group.append((name, p))
+            size += getattr(p, "ds_numel", p.numel()) * p.element_size()
+            if size >= limit:
+                yield from flush(group)
+                group, size = [], 0
+        if group:
+            yield from flush(group)
+
+    def state_dict_for_rollout(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        return dict(self.named_weights(keep))
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, with_hf: bool = True) -> Path:
@@ -321,7 +343,10 @@ class Learner:
         Every rank calls it (DeepSpeed's save is a collective)."""
         directory = Path(directory)
         client = {"step": self.step, "nonfinite_losses": self.nonfinite_losses, "rng": _rng_state()}
-        self.engine.save_checkpoint(str(directory), tag=f"step{self.step}", client_state=client)
+        tag = f"step{self.step}"
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client)
+        # DeepSpeed keeps rank 0's client state only: each rank's own RNG goes beside it
+        torch.save(_rng_state(), directory / tag / f"rng_rank{_rank()}.pt")
         if with_hf:
             self.save_hf(directory / "hf")
         return directory
@@ -329,18 +354,20 @@ class Learner:
     def save_hf(self, directory: str | Path) -> None:
         """A Hugging Face copy (transformers and vLLM load it). Every rank takes part in the ZeRO-3 gathers; only
         rank 0 writes."""
-        state = self.state_dict_for_rollout()
-        if _rank() == 0:
+        writer = _rank() == 0
+        state = self.state_dict_for_rollout(keep=writer)  # the others take part in the gathers, keep nothing
+        if writer:
             self.engine.module.save_pretrained(Path(directory), state_dict=state)
             self.processor.save_pretrained(Path(directory))
 
     def load(self, directory: str | Path, tag: str | None = None) -> int:
-        _, client = self.engine.load_checkpoint(str(directory), tag=tag)
+        path, client = self.engine.load_checkpoint(str(directory), tag=tag)
         if client is None:
             raise FileNotFoundError(f"no learner checkpoint in {directory}")
         self.step = client["step"]
         self.nonfinite_losses = client.get("nonfinite_losses", 0)
-        _set_rng_state(client["rng"])
+        mine = Path(directory) / (tag or f"step{self.step}") / f"rng_rank{_rank()}.pt"
+        _set_rng_state(torch.load(mine, weights_only=False) if mine.is_file() else client["rng"])
         return self.step
 
 

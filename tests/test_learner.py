@@ -1,6 +1,8 @@
 """The DeepSpeed learner on the CPU: SFT, PA-GRPO/GRPO steps under ZeRO-2 and ZeRO-3, the numerical guard,
 bit-exact resume, and log-probs that match vLLM's."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -69,6 +71,28 @@ def test_sft_then_rl_steps_under_zero(stage, tiny_model_dir, cot_items):
     assert torch.isfinite(torch.tensor(stats["loss"]))
     visual_after = dict(learner.named_weights())
     assert all(torch.equal(visual_before[n], visual_after[n]) for n in visual_before)
+    # ZeRO-3 parameters are gathered a bucket at a time (one gather for many tensors), and every copy is whole
+    import deepspeed
+
+    gathers = []
+    real = deepspeed.zero.GatheredParameters
+
+    class Counting(real):
+        def __init__(self, params, *args, **kwargs):
+            gathers.append(len(params))
+            super().__init__(params, *args, **kwargs)
+
+    deepspeed.zero.GatheredParameters = Counting
+    try:
+        small = dict(learner.named_weights(bucket_mb=0.05))
+        none = dict(learner.named_weights(keep=False))
+    finally:
+        deepspeed.zero.GatheredParameters = real
+    n_params = len(list(learner.engine.module.parameters()))
+    assert none == {} and set(small) == set(visual_after)
+    assert all(torch.equal(small[n], visual_after[n]) for n in small)
+    if stage == 3:
+        assert 1 < len(gathers) < n_params and sum(gathers) == 2 * n_params, (len(gathers), n_params)
 
 
 def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_gradient(tiny_model_dir, cot_items):
@@ -79,7 +103,7 @@ def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_g
     for mbs in (2, 8):
         learner = Learner(learner_cfg("learner.zero_stage=0", f"learner.micro_batch_size={mbs}"), str(tiny_model_dir))
         rows = seen.setdefault(mbs, [])
-        learner.engine.module.register_forward_pre_hook(
+        learner.engine.module.model.register_forward_pre_hook(  # the decoder: every scoring and update forward
             lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
         captured = grads.setdefault(mbs, [])
         step = learner._optimizer_step
@@ -143,6 +167,14 @@ def test_resume_is_bit_exact(tiny_model_dir, cot_items, tmp_path):
     assert b.load(tmp_path / "ckpt") == 2
     got = [b.sft_step(cot_items, targets) for _ in range(2)]
     assert got == expect  # identical floats, not just close
+    # each rank restores its own RNG (beside DeepSpeed's rank-0 client state), not rank 0's
+    own = tmp_path / "ckpt" / "step2" / "rng_rank0.pt"
+    state = torch.load(own, weights_only=False)
+    state["torch"] = torch.random.manual_seed(7).get_state()
+    torch.save(state, own)
+    torch.manual_seed(0)
+    Learner(cfg, str(tiny_model_dir)).load(tmp_path / "ckpt")
+    assert torch.equal(torch.get_rng_state(), state["torch"])
     # the Hugging Face copy loads in transformers
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -197,3 +229,33 @@ def test_gradient_accumulation_steps_once_per_call(tiny_model_dir, cot_items):
     assert learner.engine.global_steps == 6
     after = learner.state_dict_for_rollout()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_response_logprobs_in_chunks_never_build_the_full_logits(tiny_model_dir, cot_items):
+    """The LM head sees only response positions, at most `chunk` at a time; the result and its gradient equal the
+    full-logits computation (a shifted position or a wrong gather would show)."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from learner.batch import build_inputs, response_logprobs
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    targets = [t[:n] for t, n in zip(targets_for(SimpleNamespace(processor=processor), cot_items[:3]), (40, 7, 23))]
+    batch = build_inputs(processor, model.config, cot_items[:3], targets)
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    ours = response_logprobs(model, batch, chunk=16)
+    ours.sum().backward()
+    grad_ours = model.lm_head.weight.grad.clone()
+    assert seen and max(seen) <= 16 and sum(seen) == 2 * 40  # 40 positions in chunks of 16, and again in backward
+    model.zero_grad()
+    logits = model(**batch.model_kwargs).logits  # the reference: all (B, L, V) logits
+    rows = []
+    for i, P in enumerate(batch.prompt_lengths):
+        lp = torch.log_softmax(logits[i, P - 1:P - 1 + 40].float(), -1)
+        ids = batch.response_ids[i]
+        rows.append(lp[torch.arange(len(ids)).clamp(max=lp.shape[0] - 1), ids] * batch.response_mask[i])
+    full = torch.stack(rows)
+    full.sum().backward()
+    assert torch.allclose(ours.detach(), full.detach(), atol=1e-5)
+    assert torch.allclose(grad_ours, model.lm_head.weight.grad, atol=1e-5)
