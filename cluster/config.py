@@ -129,7 +129,7 @@ class RolloutSection(EngineSection):
 class TransportSection(Section):
     """Weight broadcast from the learner to the rollout workers: gloo on CPU, nccl on GPU."""
 
-    backend: Literal["gloo", "nccl"] = "gloo"
+    backend: Literal["gloo", "nccl"] | None = None  # None: nccl when both ends have GPUs, else gloo
     bucket_mb: float = Field(64, gt=0)
     timeout_s: float = Field(60, gt=0)  # channel set-up and each transfer; a missing peer fails after this
     # the sender's address as workers see it, and the only interface its channels listen on; default: this node's IP
@@ -141,8 +141,9 @@ class LearnerSection(Section):
 
     algorithm: Literal["pa_grpo", "grpo"] = "pa_grpo"  # grpo: the process-agnostic baseline
     zero_stage: int = Field(2, ge=0, le=3)
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    backend: Literal["gloo", "nccl"] = "gloo"  # gloo on CPU, nccl on GPU
+    dtype: Literal["float32", "bfloat16"] | None = None  # None: bfloat16 on GPUs (num_gpus > 0), float32 on the CPU
+    backend: Literal["gloo", "nccl"] | None = None  # None: nccl on GPUs, gloo on the CPU
+    gradient_checkpointing: bool = False  # recompute the decoder's activations in the backward (large models)
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -165,6 +166,11 @@ class LearnerSection(Section):
 
     @model_validator(mode="after")
     def _backend_device(self):
+        # device-dependent defaults, resolved here so that the rest of the code (and show-config) sees values
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", "bfloat16" if self.num_gpus > 0 else "float32")
+        if self.backend is None:
+            object.__setattr__(self, "backend", "nccl" if self.num_gpus > 0 else "gloo")
         if self.backend == "nccl" and self.num_gpus <= 0:
             raise ValueError("learner.backend=nccl needs learner.num_gpus > 0 (use gloo on the CPU)")
         return self
@@ -357,7 +363,10 @@ class Config(Section):
         if self.cot.samples > 1 and self.cot.temperature == 0:
             raise ValueError(f"cot.samples={self.cot.samples} at cot.temperature=0 gives {self.cot.samples} identical "
                              "outputs: set cot.temperature > 0 (e.g. 0.7) or cot.samples=1")
-        if self.transport.backend == "nccl" and (self.rollout.device != "cuda" or self.learner.num_gpus <= 0):
+        gpus_both_ends = self.rollout.device == "cuda" and self.learner.num_gpus > 0
+        if self.transport.backend is None:
+            object.__setattr__(self.transport, "backend", "nccl" if gpus_both_ends else "gloo")
+        if self.transport.backend == "nccl" and not gpus_both_ends:
             raise ValueError("transport.backend=nccl needs GPUs on both ends (rollout.device=cuda and "
                              "learner.num_gpus > 0): use transport.backend=gloo on the CPU")
         if self.sft.batch_size % self.learner.num_ranks:

@@ -124,6 +124,10 @@ class Learner:
                 p.requires_grad_(False)
                 frozen += p.numel()
         self.frozen_params = frozen
+        if self.cfg.gradient_checkpointing:  # activations recomputed in the backward: memory for compute
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+            model.train()  # transformers checkpoints only in training mode (Qwen2.5-VL has no dropout to change)
         self.reference = None
         if with_reference and self.cfg.beta > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)

@@ -130,3 +130,17 @@ def test_errors_name_where_the_bad_value_came_from(tmp_path):
     assert "command line: unknown config key 'trainer.stepz' (did you mean 'trainer.steps'?)" in msg
     with pytest.raises(ConfigError, match=r"^command line: config key 'rollout.top_p'"):
         load_config(Config, DEMO, ["rollout.top_p=2"])
+
+
+def test_device_dependent_defaults_and_the_paper_config():
+    cpu = load_config(Config, None, [])
+    assert (cpu.learner.dtype, cpu.learner.backend, cpu.transport.backend) == ("float32", "gloo", "gloo")
+    gpu = load_config(Config, None, ["learner.num_gpus=1", "rollout.device=cuda", "rollout.num_gpus=1"])
+    assert (gpu.learner.dtype, gpu.learner.backend, gpu.transport.backend) == ("bfloat16", "nccl", "nccl")
+    mixed = load_config(Config, None, ["learner.num_gpus=1"])  # CPU rollout workers: the transport stays gloo
+    assert (mixed.learner.backend, mixed.transport.backend) == ("nccl", "gloo")
+    assert load_config(Config, None, ["learner.num_gpus=1", "learner.dtype=float32"]).learner.dtype == "float32"
+    paper = load_config(Config, ROOT / "configs" / "paper-7b-gpu.yaml")
+    lr = paper.learner
+    assert (lr.backend, lr.dtype, lr.zero_stage, lr.gradient_checkpointing, lr.num_ranks) == ("nccl", "bfloat16", 3, True, 4)
+    assert paper.transport.backend == "nccl" and paper.rollout.group_size == 8 and paper.trainer.steps == 1000

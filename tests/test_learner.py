@@ -231,6 +231,30 @@ def test_gradient_accumulation_steps_once_per_call(tiny_model_dir, cot_items):
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir, cot_items):
+    """learner.gradient_checkpointing: the decoder's activations are recomputed in the backward (its layers run
+    twice), and the gradient is the one without it."""
+    grads, calls = {}, {}
+    for on in (False, True):
+        learner = Learner(learner_cfg("learner.zero_stage=0", f"learner.gradient_checkpointing={str(on).lower()}"),
+                          str(tiny_model_dir))
+        layer = learner.engine.module.model.language_model.layers[0]
+        calls[on] = []
+        # a pre-hook: the recompute stops early once it has what the backward needs, before forward hooks would run
+        layer.register_forward_pre_hook(lambda *a, seen=calls[on]: seen.append(1))
+        step = learner._optimizer_step
+
+        def capture(step=step, learner=learner, on=on):
+            grads[on] = {n: p.grad.clone() for n, p in learner.engine.module.named_parameters() if p.grad is not None}
+            step()
+
+        learner._optimizer_step = capture
+        learner.sft_step(cot_items[:4], targets_for(learner, cot_items[:4]))
+    assert len(calls[True]) == 2 * len(calls[False])  # recomputed in the backward
+    for n in grads[False]:
+        assert torch.allclose(grads[False][n], grads[True][n], rtol=1e-4, atol=1e-7), n
+
+
 def test_response_logprobs_in_chunks_never_build_the_full_logits(tiny_model_dir, cot_items):
     """The LM head sees only response positions, at most `chunk` at a time; the result and its gradient equal the
     full-logits computation (a shifted position or a wrong gather would show)."""
