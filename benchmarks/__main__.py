@@ -1,4 +1,4 @@
-"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults}``: each prints a table (see the modules' docstrings).
+"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults,capacity}``: each prints a table (see the modules' docstrings).
 
 Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
 data and tiny model it needs under ``runs/bench`` on first use.
@@ -52,6 +52,12 @@ def cmd_faults(args) -> int:
     return run_bench_faults(args.root)
 
 
+def cmd_capacity(args) -> int:
+    from benchmarks.capacity import run_bench_capacity
+
+    return run_bench_capacity(args.model, args.gpu, args.learner_gpus, args.rollout_gpus, args.judge_gpus, args.steps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="VideoP2R benchmarks (each prints a table).")
@@ -101,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("faults", help="a short RL run with one injected fault per step: lost, duplicated, counted")
     p.add_argument("--root", default="runs/bench", help="folder for the synthetic data and tiny model (made if missing)")
     p.set_defaults(func=cmd_faults)
+
+    p = sub.add_parser("capacity", help="a capacity model on GPUs: memory per GPU, step-time split, sync vs workers")
+    p.add_argument("--model", choices=("3b", "7b", "72b"), default="7b")
+    p.add_argument("--gpu", choices=("a100", "h100", "h200"), default="a100")
+    p.add_argument("--learner-gpus", type=int, default=4)
+    p.add_argument("--rollout-gpus", type=int, default=4)
+    p.add_argument("--judge-gpus", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1000)
+    p.set_defaults(func=cmd_capacity)
     return parser
 
 
