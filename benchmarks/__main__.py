@@ -1,4 +1,4 @@
-"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults,capacity}``: each prints a table (see the modules' docstrings).
+"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults,capacity,sync}``: each prints a table (see the modules' docstrings).
 
 Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
 data and tiny model it needs under ``runs/bench`` on first use.
@@ -56,6 +56,12 @@ def cmd_capacity(args) -> int:
     from benchmarks.capacity import run_bench_capacity
 
     return run_bench_capacity(args.model, args.gpu, args.learner_gpus, args.rollout_gpus, args.judge_gpus, args.steps)
+
+
+def cmd_sync(args) -> int:
+    from benchmarks.sync import run_bench_sync
+
+    return run_bench_sync(args.mb, args.rounds, tuple(args.receivers))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-gpus", type=int, default=4)
     p.add_argument("--steps", type=int, default=1000)
     p.set_defaults(func=cmd_capacity)
+
+    p = sub.add_parser("sync", help="weight sync time vs receivers: per-worker channels vs one broadcast group")
+    p.add_argument("--mb", type=float, default=256, help="model size in MiB (default 256)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--receivers", type=int, nargs="+", default=[1, 2, 4])
+    p.set_defaults(func=cmd_sync)
     return parser
 
 

@@ -32,3 +32,11 @@ def test_rewards_prints_table(tmp_path, tiny_model_dir):
     assert r.returncode == 0, r.stderr[-2000:]
     for row in ("rule rewards, 1 worker", "cache hit, 1 key (p50 / p99)", "reward pool, 2 Ray worker(s)", "2 vs 1 workers"):
         assert row in r.stdout
+
+
+def test_sync_prints_table_and_the_relay_sends_the_model_once():
+    r = run("sync", "--mb", 4, "--rounds", 1, "--receivers", 1, 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
+    by = {(int(x[0]), " ".join(x[1:-3])): float(x[-2]) for x in rows}  # (receivers, scheme) -> sender bytes / model
+    assert by[(2, "per-worker channels")] == 2.0 and by[(2, "group, relay")] == 1.0 and by[(1, "group, relay")] == 1.0

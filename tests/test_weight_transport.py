@@ -10,11 +10,13 @@ import torch
 
 from actors.weight_names import check_names, to_transformers5
 from actors.weight_transport import (
+    BroadcastGroup,
     WeightPlan,
     WeightSender,
     WeightTransportError,
     join_channel,
     plan_buckets,
+    receive_relayed,
     receive_tensors,
 )
 
@@ -65,6 +67,48 @@ def test_round_trip_between_processes():
     proc.join(timeout=30)
     for k, t in named.items():
         assert torch.equal(torch.from_numpy(got[k]), t), k
+
+
+def _receive_in_group(host, port, rank, world, plan_dict, algorithm, queue):
+    pg = join_channel(host, port, 20, rank=rank, world=world)
+    plan = WeightPlan.from_dict(plan_dict)
+    tensors = receive_relayed(pg, plan, rank, world, chunk_mb=0.002) if algorithm == "relay" else receive_tensors(pg, plan)
+    got = {k: v.clone() for k, v in tensors}
+    queue.put((rank, {k: v.numpy() for k, v in got.items()}))
+
+
+@pytest.mark.parametrize("algorithm", ["relay", "collective"])
+def test_broadcast_group_reaches_every_receiver_and_a_missing_one_fails_in_time(algorithm):
+    """One group for all receivers (a relay down a chain of them, in chunks smaller than a bucket, or gloo's own
+    broadcast): every receiver gets every tensor exactly; a group whose receiver never joins fails with an error
+    after the timeout, never a hang."""
+    ctx = mp.get_context("spawn")
+    named = {"w": torch.randn(64, 33), "i": torch.arange(7), "h": torch.randn(5, dtype=torch.float16)}
+    plan = plan_buckets(named.items(), 1, bucket_mb=0.01)
+    group = BroadcastGroup("127.0.0.1", timeout_s=20, algorithm=algorithm, chunk_mb=0.002)
+    host, port = group.open(3)
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_receive_in_group, args=(host, port, r, 4, plan.to_dict(), algorithm, queue))
+             for r in (1, 2, 3)]
+    for p in procs:
+        p.start()
+    group.accept()
+    group.send(plan, named)
+    got = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert sorted(got) == [1, 2, 3]
+    for rank in got:
+        for k, t in named.items():
+            assert torch.equal(torch.from_numpy(got[rank][k]), t), (rank, k)
+    short = BroadcastGroup("127.0.0.1", timeout_s=2)
+    short.open(1)
+    t0 = time.monotonic()
+    with pytest.raises(WeightTransportError, match="broadcast group of 1 receiver.*not formed within 2 s"):
+        short.accept()
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(WeightTransportError, match="open/accept first"):
+        short.send(plan, named)
 
 
 def test_missing_peer_is_a_clear_error_not_a_hang():
