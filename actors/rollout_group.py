@@ -170,10 +170,8 @@ class RolloutGroup:
             self.events.append(f"{k} removed ({why})")
 
     def remove_workers(self, n: int) -> list[str]:
-        """Removes ``n`` workers: those not serving (starting or restarting) first, then the newest. Call it between
-        batches: nothing is in flight then, so they are drained."""
-        import ray
-
+        """Removes ``n`` workers: those not serving (starting or restarting) first, then the newest. Between batches
+        they are drained; during one (another thread), a removed worker's chunk goes back to the others."""
         names = list(self.slots)
         by_preference = sorted(names, key=lambda k: (self.slots[k].ready, -names.index(k)))
         gone = by_preference[:n] if n > 0 else []

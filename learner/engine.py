@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,78 +20,10 @@ import torch
 
 from learner.advantages import process_advantages
 from learner.batch import build_inputs, prompt_inputs, response_logprobs
+from learner.deepspeed_setup import ds_config, init_distributed, lr_lambda, rank
+from learner.micro_batches import chunks, pad_to, split, token_share
 from learner.loss import policy_loss, token_advantages
 from learner.masks import process_masks
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _init_distributed(backend: str) -> None:
-    """Joins the DeepSpeed world described by RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (set by the launcher,
-    or by ``cluster.learner_group`` for learner ranks in Ray actors); a lone process makes a world of one."""
-    import deepspeed
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    if "RANK" not in os.environ:  # a single process, not started by a launcher
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
-    _skip_shm_comm_op()
-    deepspeed.init_distributed(dist_backend=backend)
-
-
-def _skip_shm_comm_op() -> None:
-    """Keeps DeepSpeed from JIT-compiling its CPU shared-memory comm op at start-up. Only ``inference_all_reduce``
-    (tensor-parallel inference) uses it; training collectives go through torch.distributed either way. Building it
-    at run time made every learner rank race for one build lock: a rank killed mid-build leaves the lock and the
-    next start hangs, and a failed build makes the ranks waiting on it fail to import the module."""
-    import deepspeed.ops
-    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
-
-    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def ds_config(cfg) -> dict:
-    """The DeepSpeed config from a ``LearnerSection``."""
-    return {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        # the learner owns the boundary: an optimizer step accumulates as many micro-batches (of at most
-        # micro_batch_size) as its batch needs, and step() is the boundary (DeepSpeed >= 0.19)
-        "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": cfg.dtype == "bfloat16"},
-        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8,
-                                                  "weight_decay": cfg.weight_decay, "torch_adam": True}},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-def lr_lambda(cfg):
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "cosine":
-            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-
-    return f
 
 
 @dataclass
@@ -115,7 +46,7 @@ class Learner:
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
         self.cfg = getattr(cfg, "learner", cfg)
-        _init_distributed(self.cfg.backend)
+        init_distributed(self.cfg.backend)
         dtype = torch.bfloat16 if self.cfg.dtype == "bfloat16" else torch.float32
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
         frozen = 0
@@ -159,7 +90,7 @@ class Learner:
     def _micro_batches(self, indices: list[int]) -> list[list[int]]:
         """An optimizer step's rows in contiguous micro-batches of at most ``micro_batch_size`` (and at least
         ``grad_accum`` of them): the bound on every forward and backward."""
-        return _split(indices, max(self.cfg.grad_accum, math.ceil(len(indices) / self.cfg.micro_batch_size)))
+        return split(indices, max(self.cfg.grad_accum, math.ceil(len(indices) / self.cfg.micro_batch_size)))
 
     def _accumulate(self, loss: torch.Tensor, weight: float) -> None:
         """Backward of one micro-batch's loss, weighted by its share of the step (tokens or sequences), so that
@@ -252,11 +183,11 @@ class Learner:
         tokens = (m_p + m_r > 0).float()
         # log-probs of the policy that sampled (before this update) and of the frozen reference
         old, ref = [], []
-        for chunk in _chunks(list(range(len(rollouts))), cfg.micro_batch_size):
+        for chunk in chunks(list(range(len(rollouts))), cfg.micro_batch_size):
             its, resp, prm = [items[i] for i in chunk], [responses[i] for i in chunk], [prompts[i] for i in chunk]
-            old.append(_pad(self.logprobs(its, resp, prompts=prm), R))
+            old.append(pad_to(self.logprobs(its, resp, prompts=prm), R))
             if self.reference is not None:
-                ref.append(_pad(self.logprobs(its, resp, model=self.reference, prompts=prm), R))
+                ref.append(pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm), R))
         old_lp = torch.cat(old)
         ref_lp = torch.cat(ref) if ref else None
         behaviour = _behaviour(rollouts, R)
@@ -264,7 +195,7 @@ class Learner:
                                           cfg.is_clamp)
         losses, stats_acc = [], []
         # every minibatch is checked before the first optimizer step: an uneven last one must not fail mid-update
-        minibatches = _split(list(range(len(rollouts))), cfg.minibatches, "learner.minibatches")
+        minibatches = split(list(range(len(rollouts))), cfg.minibatches, "learner.minibatches")
         if min(len(mb) for mb in minibatches) < cfg.grad_accum:
             raise ValueError(f"{len(rollouts)} rollouts in learner.minibatches={cfg.minibatches} give a minibatch of "
                              f"{min(len(mb) for mb in minibatches)}, too few for learner.grad_accum={cfg.grad_accum} "
@@ -276,7 +207,7 @@ class Learner:
                 for chunk in self._micro_batches(mb):  # each forward and backward: at most micro_batch_size rows
                     batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk],
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
-                    lp = _pad(response_logprobs(self.engine, batch), R)
+                    lp = pad_to(response_logprobs(self.engine, batch), R)
                     idx = torch.tensor(chunk)
 
                     def here(t):  # this micro-batch's rows of a batch tensor, on the model's device
@@ -284,7 +215,7 @@ class Learner:
 
                     loss, st = policy_loss(lp, here(old_lp), here(ref_lp), here(adv), here(tokens), cfg.clip_eps,
                                            cfg.beta, cfg.aggregation, is_weight=here(is_weight))
-                    weight = _share(tokens, chunk, mb, cfg.aggregation)
+                    weight = token_share(tokens, chunk, mb, cfg.aggregation)
                     self._accumulate(loss, weight)
                     step_loss += float(loss.detach()) * weight
                     stats_acc.append(st)
@@ -350,7 +281,7 @@ class Learner:
         tag = f"step{self.step}"
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client)
         # DeepSpeed keeps rank 0's client state only: each rank's own RNG goes beside it
-        torch.save(_rng_state(), directory / tag / f"rng_rank{_rank()}.pt")
+        torch.save(_rng_state(), directory / tag / f"rng_rank{rank()}.pt")
         if with_hf:
             self.save_hf(directory / "hf")
         return directory
@@ -358,7 +289,7 @@ class Learner:
     def save_hf(self, directory: str | Path) -> None:
         """A Hugging Face copy (transformers and vLLM load it). Every rank takes part in the ZeRO-3 gathers; only
         rank 0 writes."""
-        writer = _rank() == 0
+        writer = rank() == 0
         state = self.state_dict_for_rollout(keep=writer)  # the others take part in the gathers, keep nothing
         if writer:
             self.engine.module.save_pretrained(Path(directory), state_dict=state)
@@ -370,7 +301,7 @@ class Learner:
             raise FileNotFoundError(f"no learner checkpoint in {directory}")
         self.step = client["step"]
         self.nonfinite_losses = client.get("nonfinite_losses", 0)
-        mine = Path(directory) / (tag or f"step{self.step}") / f"rng_rank{_rank()}.pt"
+        mine = Path(directory) / (tag or f"step{self.step}") / f"rng_rank{rank()}.pt"
         _set_rng_state(torch.load(mine, weights_only=False) if mine.is_file() else client["rng"])
         return self.step
 
@@ -381,28 +312,6 @@ def sft_targets(tokenizer, items) -> list[list[int]]:
 
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return [tokenizer.encode(sft_target(it.sample), add_special_tokens=False) + [end] for it in items]
-
-
-def _chunks(xs: list, n: int) -> list[list]:
-    n = max(1, n)
-    return [xs[i:i + n] for i in range(0, len(xs), n)]
-
-
-def _split(xs: list, parts: int, what: str = "learner.grad_accum") -> list[list]:
-    """``xs`` in exactly ``parts`` near-equal contiguous pieces (each non-empty when len(xs) >= parts), so that
-    DeepSpeed's accumulation boundary falls at the end of every optimizer step."""
-    if len(xs) < parts:
-        raise ValueError(f"{len(xs)} samples cannot fill {what}={parts} pieces")
-    bounds = [round(i * len(xs) / parts) for i in range(parts + 1)]
-    return [xs[bounds[i]:bounds[i + 1]] for i in range(parts)]
-
-
-def _share(tokens: torch.Tensor, chunk: list[int], batch: list[int], aggregation: str) -> float:
-    """A micro-batch's weight in its optimizer step, so that the accumulated loss is the batch's own: its share of
-    the batch's tokens (token_mean) or of its sequences (seq_mean_token_mean)."""
-    if aggregation == "token_mean":
-        return float(tokens[chunk].sum()) / max(1.0, float(tokens[batch].sum()))
-    return len(chunk) / len(batch)
 
 
 def _behaviour(rollouts: list[Rollout], width: int) -> torch.Tensor | None:
@@ -433,10 +342,6 @@ def _importance(old_lp: torch.Tensor, behaviour: torch.Tensor | None, stale: tor
         return None, mismatch
     weight = torch.clamp(torch.exp(log_ratio), max=clamp)
     return torch.where(stale[:, None], weight, torch.ones_like(weight)), mismatch
-
-
-def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    return t if t.shape[1] == width else torch.nn.functional.pad(t, (0, width - t.shape[1]))
 
 
 def _rng_state() -> dict:

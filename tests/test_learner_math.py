@@ -146,3 +146,17 @@ def test_process_masks_from_generated_ids(tiny_model_dir):
     assert not ok and torch.all(m_p == 0.5) and torch.all(m_r == 0.5)
     # a response whose observation is never closed cannot be split either
     assert not process_masks(tok, tok.encode("<observation>I see", add_special_tokens=False))[2]
+
+
+def test_micro_batch_cuts_and_weights():
+    from learner.micro_batches import split, token_share
+
+    assert split(list(range(7)), 3) == [[0, 1], [2, 3, 4], [5, 6]]  # near-equal, contiguous, none empty
+    with pytest.raises(ValueError, match="2 samples cannot fill learner.minibatches=3 pieces"):
+        split([0, 1], 3, "learner.minibatches")
+    tokens = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.float32)
+    pieces = [[0, 1], [2, 3]]
+    shares = [token_share(tokens, p, [0, 1, 2, 3], "token_mean") for p in pieces]
+    assert shares == [0.5, 0.5] and sum(shares) == 1.0  # 4 of 8 tokens each
+    assert token_share(tokens, [0], [0, 1, 2, 3], "token_mean") == 3 / 8
+    assert token_share(tokens, [0], [0, 1, 2, 3], "seq_mean_token_mean") == 1 / 4

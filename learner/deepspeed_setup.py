@@ -1,0 +1,76 @@
+"""Joining the DeepSpeed world and the DeepSpeed config of the learner (plumbing around ``learner.engine``)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(backend: str) -> None:
+    """Joins the DeepSpeed world described by RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (set by the launcher,
+    or by ``cluster.learner_group`` for learner ranks in Ray actors); a lone process makes a world of one."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:  # a single process, not started by a launcher
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    _skip_shm_comm_op()
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def _skip_shm_comm_op() -> None:
+    """Keeps DeepSpeed from JIT-compiling its CPU shared-memory comm op at start-up. Only ``inference_all_reduce``
+    (tensor-parallel inference) uses it; training collectives go through torch.distributed either way. Building it
+    at run time made every learner rank race for one build lock: a rank killed mid-build leaves the lock and the
+    next start hangs, and a failed build makes the ranks waiting on it fail to import the module."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def ds_config(cfg) -> dict:
+    """The DeepSpeed config from a ``LearnerSection``."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        # the learner owns the boundary: an optimizer step accumulates as many micro-batches (of at most
+        # micro_batch_size) as its batch needs, and step() is the boundary (DeepSpeed >= 0.19)
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8,
+                                                  "weight_decay": cfg.weight_decay, "torch_adam": True}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(cfg):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f
