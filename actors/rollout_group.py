@@ -1,4 +1,5 @@
-"""A group of rollout workers: shares each batch by load, survives worker deaths, keeps every worker's weights current.
+"""A group of rollout workers: shares each batch by load, survives worker deaths, keeps every worker's weights current
+(the sync itself is in ``actors/weight_sync.py``).
 
 - Load: a batch is cut into ``workers x chunks_per_worker`` chunks; each worker holds one chunk at a time and
   takes the next when it finishes, so a faster (or less loaded) worker serves more.
@@ -17,46 +18,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import torch
-
 from actors.rollout_worker import RolloutRequest, RolloutResult, RolloutWorker
-from actors.weight_names import check_names
-from actors.weight_transport import WeightPlan, WeightSender, WeightTransportError, plan_buckets
+from actors.weight_sync import LocalWeightSource, SyncReport, WeightSync
+
+__all__ = ["LocalWeightSource", "RolloutGroup", "SyncReport"]
 
 log = logging.getLogger(__name__)
-
-
-class LocalWeightSource:
-    """The current weights and their sender, in this process (tests, benchmarks, a driver-side learner)."""
-
-    def __init__(self, sender: WeightSender, bucket_mb: float = 64):
-        self.sender, self.bucket_mb = sender, bucket_mb
-        self.named: dict[str, torch.Tensor] = {}
-        self.plan: WeightPlan | None = None
-
-    @property
-    def version(self) -> int:
-        return self.plan.version if self.plan else 0
-
-    def update(self, named: dict[str, torch.Tensor], version: int) -> WeightPlan:
-        self.named = dict(named)
-        self.plan = plan_buckets(self.named.items(), version, self.bucket_mb)
-        return self.plan
-
-    def listen(self, key: str):
-        return self.sender.listen(key)
-
-    def accept(self, key: str) -> None:
-        self.sender.accept(key)
-
-    def close(self, key: str) -> None:
-        self.sender.close(key)
-
-    def has_channel(self, key: str) -> bool:
-        return self.sender.has_channel(key)
-
-    def send(self, keys: list[str]) -> dict[str, str]:
-        return self.sender.send(self.plan, self.named, keys)
 
 
 @dataclass
@@ -72,22 +39,7 @@ class Slot:
     started: float = 0.0  # time.monotonic() when it was asked for
 
 
-@dataclass
-class SyncReport:
-    seconds: float
-    outcomes: dict[str, str]  # worker -> "ok" or why it did not get the weights
-
-    @property
-    def failed(self) -> list[str]:
-        return [k for k, v in self.outcomes.items() if v != "ok"]
-
-    @property
-    def updated(self) -> list[str]:
-        """The workers that now serve the new weights (``seconds`` is spent even when this is empty)."""
-        return [k for k, v in self.outcomes.items() if v == "ok"]
-
-
-class RolloutGroup:
+class RolloutGroup(WeightSync):
     def __init__(self, rollout_cfg, transport_cfg, model_path: str, dtype: str = "float32",
                  source: LocalWeightSource | None = None, num_workers: int | None = None):
         self.cfg, self.transport = rollout_cfg, transport_cfg
@@ -96,6 +48,8 @@ class RolloutGroup:
         self._next_id = 0
         self._accepted: set[str] | None = None
         self.events: list[str] = []  # deaths, restarts, re-syncs: for logs and tests
+        self._group_members: list[str] | None = None  # the workers of the current weight group (scheme=group)
+        self._group_algorithm = "relay"
         self.add_workers(num_workers or rollout_cfg.num_workers, wait=True)
 
     # -- membership ----------------------------------------------------------------------------------------------
@@ -196,72 +150,6 @@ class RolloutGroup:
     @property
     def num_workers(self) -> int:
         return len(self.slots)
-
-    # -- weights -------------------------------------------------------------------------------------------------
-    def _connect(self, name: str) -> None:
-        import ray
-
-        slot = self.slots[name]
-        host, port = self.source.listen(name)
-        ref = slot.actor.join_weight_channel.remote(host, port, self.transport.timeout_s, self.transport.backend)
-        self.source.accept(name)
-        ray.get(ref, timeout=self.transport.timeout_s + 30)
-
-    def _bring_up_to_date(self, names: list[str]) -> None:
-        """Sends the current weights to the named workers (a new or restarted one joins its channel first)."""
-        if self.source is None or self.source.version == 0:
-            for k in names:
-                self.slots[k].ready = True
-            return
-        self.sync_weights(names)
-
-    def sync_weights(self, names: list[str] | None = None) -> SyncReport:
-        """Sends ``source``'s current weights to the workers (default: every live one that is not starting).
-        Returns each worker's outcome. A worker whose sync failed does not serve until a later sync succeeds
-        (``generate`` retries it first); a worker that died is restarted by Ray and rejoins with the weights."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
-        plan = self.source.plan
-        check_names(plan.names, self._accepted)  # before any tensor moves: a bad name fails alone
-        if names is None:
-            names = [k for k, s in self.slots.items() if s.state_ref is None]
-        t0 = time.perf_counter()
-        outcomes: dict[str, str] = {}
-        for k in list(names):
-            if not self.source.has_channel(k):
-                try:
-                    self._connect(k)
-                except (WeightTransportError, RayActorError, GetTimeoutError) as e:
-                    outcomes[k] = f"channel: {type(e).__name__}"
-                except Exception as e:  # noqa: BLE001 - the worker's side failed to join: this worker only
-                    outcomes[k] = f"channel: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        names = [k for k in names if k not in outcomes]
-        refs = {k: self.slots[k].actor.receive_weights.remote(plan) for k in names}
-        failed = self.source.send(names) if names else {}
-        for k, ref in refs.items():
-            try:
-                version = ray.get(ref, timeout=self.transport.timeout_s + 60)
-                if k in failed:
-                    outcomes[k] = f"send: {failed[k]}"
-                else:
-                    self.slots[k].version, outcomes[k] = version, "ok"
-            except (RayActorError, GetTimeoutError) as e:
-                outcomes[k] = f"lost: {type(e).__name__}"
-                self._lost(k, f"weight sync: {type(e).__name__}")
-            except Exception as e:  # the worker could not load them: it must not serve a half-loaded model
-                outcomes[k] = f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        for k, why in outcomes.items():
-            slot = self.slots.get(k)
-            if slot is None or slot.state_ref is not None:
-                continue
-            slot.ready, slot.needs_sync = why == "ok", why != "ok"
-            if why != "ok":
-                self.source.close(k)
-                self.events.append(f"{k} sync failed ({why})")
-                log.warning("rollout worker %s did not get weight version %d (%s); it waits for the next sync",
-                            k, plan.version, why)
-        return SyncReport(time.perf_counter() - t0, outcomes)
 
     def _lost(self, name: str, why: str) -> None:
         """A worker died: stop using it, and ask for its state, which answers once Ray has restarted it."""

@@ -72,10 +72,20 @@ class RolloutWorker:
     def join_weight_channel(self, host: str, port: int, timeout_s: float, backend: str) -> bool:
         return all(self.llm.collective_rpc("videop2r_join", args=(host, port, timeout_s, backend)))
 
-    def receive_weights(self, plan: WeightPlan) -> int:
+    def join_weight_group(self, host: str, port: int, first_rank: int, world: int, timeout_s: float,
+                          backend: str) -> bool:
+        return all(self.llm.collective_rpc("videop2r_join_group",
+                                           args=(host, port, first_rank, world, timeout_s, backend)))
+
+    def receive_weights(self, plan: WeightPlan, group_algorithm: str | None = None) -> int:
+        """From this worker's channel, or (``group_algorithm``: relay or collective) from the group of every
+        worker."""
         t0 = time.perf_counter()
         self.llm.collective_rpc("videop2r_check", args=(plan.to_dict(),))
-        versions = self.llm.collective_rpc("videop2r_receive", args=(plan.to_dict(),))
+        if group_algorithm is None:
+            versions = self.llm.collective_rpc("videop2r_receive", args=(plan.to_dict(),))
+        else:
+            versions = self.llm.collective_rpc("videop2r_receive_group", args=(plan.to_dict(), group_algorithm))
         # Everything derived from the old weights goes: the KV prefix cache, and the vision encoder's outputs.
         # The worker's reload already dropped its own copies; the engine core's bookkeeping of them must follow,
         # or the scheduler skips encoding an input it believes is cached ("Encoder cache miss").

@@ -10,7 +10,7 @@ start-up does not (linear weights are repacked after loading).
 from __future__ import annotations
 
 from actors.weight_names import accepted_names, check_names
-from actors.weight_transport import WeightPlan, join_channel, receive_tensors
+from actors.weight_transport import WeightPlan, join_channel, receive_relayed, receive_tensors
 
 
 class WeightReceiver:
@@ -38,6 +38,28 @@ class WeightReceiver:
             raise RuntimeError("no weight channel: call videop2r_join first")
         device = "cpu" if self._videop2r_backend == "gloo" else str(self.device)
         self.reload_weights(weights_iterator=receive_tensors(pg, plan, device))
+        self._videop2r_version = plan.version
+        return plan.version
+
+    def videop2r_join_group(self, host: str, port: int, first_rank: int, world: int, timeout_s: float,
+                            backend: str = "gloo") -> bool:
+        """Joins the weight group of every worker: this worker's tensor-parallel rank r is group rank
+        ``first_rank + r``, so every TP rank receives (each loads its own shard of the full tensors)."""
+        rank = first_rank + int(getattr(self, "rank", 0) or 0)
+        self._videop2r_backend = backend
+        self._videop2r_group = (join_channel(host, port, timeout_s, backend, rank=rank, world=world), rank, world)
+        return True
+
+    def videop2r_receive_group(self, plan: dict, algorithm: str) -> int:
+        plan = WeightPlan.from_dict(plan)
+        group = getattr(self, "_videop2r_group", None)
+        if group is None:
+            raise RuntimeError("no weight group: call videop2r_join_group first")
+        pg, rank, world = group
+        device = "cpu" if self._videop2r_backend == "gloo" else str(self.device)
+        tensors = receive_relayed(pg, plan, rank, world, device) if algorithm == "relay" else \
+            receive_tensors(pg, plan, device)
+        self.reload_weights(weights_iterator=tensors)
         self._videop2r_version = plan.version
         return plan.version
 

@@ -130,6 +130,10 @@ class TransportSection(Section):
     """Weight broadcast from the learner to the rollout workers: gloo on CPU, nccl on GPU."""
 
     backend: Literal["gloo", "nccl"] | None = None  # None: nccl when both ends have GPUs, else gloo
+    # channels: one two-member group per worker (the sender sends the model once per worker; a dead worker fails
+    # alone). group: one group of every worker, the model sent once (a relay on gloo, nccl's ring broadcast);
+    # a failed group sync falls back to channels for that sync
+    scheme: Literal["channels", "group"] = "channels"
     bucket_mb: float = Field(64, gt=0)
     timeout_s: float = Field(60, gt=0)  # channel set-up and each transfer; a missing peer fails after this
     # the sender's address as workers see it, and the only interface its channels listen on; default: this node's IP

@@ -40,7 +40,7 @@ class LearnerRank:
 
         self.learner = Learner(cfg, model_path, with_reference=with_reference)
         if self.rank == 0 and transport is not None:
-            from actors.rollout_group import LocalWeightSource
+            from actors.weight_sync import LocalWeightSource
             from actors.weight_transport import WeightSender
 
             sender = WeightSender(transport.host, transport.timeout_s, transport.backend)
@@ -91,6 +91,18 @@ class LearnerRank:
     @ray.method(concurrency_group=WEIGHTS)
     def send(self, keys: list[str]) -> dict[str, str]:
         return self.source.send(keys)
+
+    @ray.method(concurrency_group=WEIGHTS)
+    def open_group(self, receivers: int):
+        return self.source.open_group(receivers)
+
+    @ray.method(concurrency_group=WEIGHTS)
+    def accept_group(self) -> str:
+        return self.source.accept_group()
+
+    @ray.method(concurrency_group=WEIGHTS)
+    def send_group(self) -> str | None:
+        return self.source.send_group()
 
     # -- checkpoints (every rank) ------------------------------------------------------------------------------
     def save(self, directory: str, with_hf: bool = True) -> None:
@@ -191,6 +203,15 @@ class LearnerGroup:
         self._channels.update(k for k in keys if k not in failed)
         self._channels.difference_update(failed)
         return failed
+
+    def open_group(self, receivers: int):
+        return ray.get(self.rank0.open_group.remote(receivers))
+
+    def accept_group(self) -> str:
+        return ray.get(self.rank0.accept_group.remote())
+
+    def send_group(self) -> str | None:
+        return ray.get(self.rank0.send_group.remote())
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save(self, directory: str, with_hf: bool = True) -> None:

@@ -286,3 +286,37 @@ def test_worker_dying_during_a_sync(group, items, processor, tiny_model_dir):
     assert {r.weight_version for r in out} == {group.source.version}  # nobody served the old weights
     group.wait_until_ready(timeout_s=240)
     assert group.slots[name].ready and ray.get(group.slots[name].actor.state.remote())["version"] == group.source.version
+
+
+def test_group_scheme_sends_once_to_every_worker_and_falls_back_to_channels(group, items, processor, tiny_model_dir):
+    """transport.scheme=group: one relay group of every worker gets each version (the same greedy tokens from
+    every worker as over channels); a worker killed before a sync fails the group, and the others still get the
+    version over their channels in that same sync; the group is formed again without it."""
+    import ray
+
+    greedy = {"temperature": 0.0, "n": 1, "max_tokens": 8}
+    reqs = requests_for(items[:4], processor, "g-")
+    group.transport.scheme = "group"
+    try:
+        version = publish_new_version(group, tiny_model_dir)
+        assert any(e.startswith("weight group of 2 workers formed") for e in group.events)
+        out = group.generate(reqs, overrides=greedy)
+        assert {r.weight_version for r in out} == {version} and len({r.worker for r in out}) == 2
+        group.source.update(group.source.named, version=version + 1)
+        assert set(group.sync_weights().outcomes.values()) == {"ok"}  # the same group again, not re-formed
+        assert sum(e.startswith("weight group of") for e in group.events) == 1
+        name = sorted(group.slots)[0]
+        os.kill(ray.get(group.slots[name].actor.state.remote())["pid"], signal.SIGKILL)
+        group.source.update(group.source.named, version=version + 2)
+        report = group.sync_weights()
+        assert report.failed == [name] and report.updated == [k for k in group.slots if k != name]
+        assert any(e.startswith("weight group failed") for e in group.events)
+        group.wait_until_ready(timeout_s=240)  # rejoins over its channel, then the group is formed again
+        group.source.update(group.source.named, version=version + 3)
+        assert set(group.sync_weights().outcomes.values()) == {"ok"}
+        assert sum(e.startswith("weight group of 2 workers formed") for e in group.events) == 2
+        again = group.generate(reqs, overrides=greedy)
+        assert {r.weight_version for r in again} == {version + 3}
+        assert [r.responses[0].token_ids for r in again] == [r.responses[0].token_ids for r in out]  # same weights
+    finally:
+        group.transport.scheme = "channels"
