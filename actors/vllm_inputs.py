@@ -26,6 +26,10 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
         enforce_eager=rollout.device == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager,
         use_tqdm_on_load=os.environ.get("VIDEOP2R_QUIET") != "1",  # the weight-loading bar, unless --verbose is off
     )
+    if rollout.tensor_parallel_size > 1:
+        # the engine's TP ranks are processes of this Ray actor, on the resources Ray gave it (inside an actor vLLM
+        # would otherwise place them as Ray tasks of its own, through the cluster's GCS)
+        kw["distributed_executor_backend"] = "mp"
     if rollout.device == "cuda":
         kw["gpu_memory_utilization"] = rollout.gpu_memory_utilization
     else:

@@ -94,6 +94,9 @@ class WeightSync:
         import ray
 
         slot = self.slots[name]
+        if self.cfg.tensor_parallel_size > 1:  # every TP rank would join one two-member channel as its rank 1
+            raise WeightTransportError(f"{name} is tensor-parallel ({self.cfg.tensor_parallel_size} ranks): it gets "
+                                       "its weights only through the group (transport.scheme=group)")
         host, port = self.source.listen(name)
         ref = slot.actor.join_weight_channel.remote(host, port, self.transport.timeout_s, self.transport.backend)
         self.source.accept(name)
@@ -128,9 +131,9 @@ class WeightSync:
             if not self.source.has_channel(k):
                 try:
                     self._connect(k)
-                except (WeightTransportError, RayActorError, GetTimeoutError) as e:
+                except (RayActorError, GetTimeoutError) as e:
                     outcomes[k] = f"channel: {type(e).__name__}"
-                except Exception as e:  # noqa: BLE001 - the worker's side failed to join: this worker only
+                except Exception as e:  # noqa: BLE001 - either side failed to form it: this worker only
                     outcomes[k] = f"channel: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         names = [k for k in names if k not in outcomes]
         refs = {k: self.slots[k].actor.receive_weights.remote(plan) for k in names}

@@ -116,13 +116,13 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
     from cluster.trainer import RLTrainer
 
     check_model(cfg.model.path)
-    if cfg.rollout.tensor_parallel_size > 1:
+    if cfg.rollout.tensor_parallel_size > 1 and cfg.transport.scheme != "group":
         from cluster.config_loader import ConfigError
 
-        # the weight transport sends whole tensors into one engine process; a sharded engine would need them split
-        raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: training needs "
-                          "rollout workers of tensor_parallel_size 1 (scale with rollout.num_workers); eval and "
-                          "make-cot can use larger ones")
+        # a channel has one receiver per worker; in the group every tensor-parallel rank is a member of its own
+        raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} needs "
+                          "transport.scheme=group (every tensor-parallel rank receives the weights there; a "
+                          "per-worker channel has one receiver)")
     data = Dataset(cfg, cfg.data.train_file)
     check_judge_fits(cfg, data.samples)
     run, run_id, state = _open_run(cfg, force)

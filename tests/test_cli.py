@@ -48,7 +48,7 @@ def test_eval_and_make_cot_refuse_bad_input_in_one_line(tmp_path, tiny_model_dir
             f"run.out_dir={tmp_path / 'r'}")  # the same for RL: refused before the run folder exists
     assert r.returncode == 2 and "judge.backend=oracle needs" in r.stderr and not (tmp_path / "r").exists()
     r = run("train", f"model.path={tiny_model_dir}", "rollout.tensor_parallel_size=2", f"run.out_dir={tmp_path / 'r'}")
-    assert r.returncode == 2 and "tensor_parallel_size 1" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert r.returncode == 2 and "needs transport.scheme=group" in r.stderr and r.stderr.strip().count("\n") == 0
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
