@@ -23,6 +23,8 @@ bench: setup
 	.venv/bin/python -m benchmarks train
 	.venv/bin/python -m benchmarks eval
 	.venv/bin/python -m benchmarks faults
+	.venv/bin/python -m benchmarks sync
+	.venv/bin/python -m benchmarks capacity
 
 clean:
 	rm -rf runs/

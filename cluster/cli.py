@@ -209,6 +209,15 @@ def cmd_scale(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from cluster.report import write_report
+
+    plotted = write_report(args.runs, args.out, force=args.force)
+    lines = sum(len(v) for v in plotted.values())
+    print(f"{args.out}: {len(args.runs)} run(s), {lines} curves")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videop2r",
@@ -254,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the run's out_dir")
     p.add_argument("--rollout-workers", type=_at_least(1), required=True)
     p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("report", help="reward curves of training runs (overlaid) from their metrics.jsonl, as a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="a train run's out_dir; several are overlaid")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("make-synthetic", help="write the synthetic video QA task (all five problem types)")
     p.add_argument("--out", required=True, help="output folder")
@@ -302,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     from videoqa.video import MediaError
 
     from actors.judges import JudgeAuthError
+    from cluster.report import ReportError
 
     args = build_parser().parse_args(argv)
     try:
@@ -309,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     except JudgeAuthError as e:  # raised in a reward actor, it arrives wrapped: its own message is the line
         print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError, RowError, MediaError, RunExistsError, OutputExistsError) as e:
+    except (ConfigError, FileNotFoundError, RowError, MediaError, RunExistsError, OutputExistsError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -130,6 +130,10 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
             summary["controls"] = run_controls(cfg, stack, out, sft, items, rl_seconds, force)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_demo(out, summary)
+    from cluster.report import write_report
+
+    runs = [out / cfg.learner.algorithm] + ([out / "grpo"] if (out / "grpo" / "metrics.jsonl").is_file() else [])
+    write_report(runs, out / "report.png", force=True)  # the demo's own folder: its previous report is replaced
     print_report(summary)
     return 0
 

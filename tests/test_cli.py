@@ -20,7 +20,7 @@ def run(*args, cwd=ROOT, timeout=600):
 def test_help_lists_commands():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("demo", "sft", "train", "eval", "make-cot", "make-synthetic", "make-tiny-model", "validate-data",
+    for cmd in ("demo", "sft", "train", "eval", "make-cot", "report", "make-synthetic", "make-tiny-model", "validate-data",
                 "convert-data"):
         assert cmd in r.stdout
     assert "bench-" not in r.stdout  # benchmarks are `python -m benchmarks` (tests/test_benchmarks.py)
@@ -180,6 +180,7 @@ def test_demo_end_to_end(tmp_path):
     assert set(summary["accuracy"]) == {"untrained", "sft", "pa_grpo"} and summary["held_out_questions"] == 10
     assert set(summary["accuracy_by_type"]["sft"]) == {"multiple choice", "numerical", "OCR", "free-form", "regression"}
     assert summary["rl_steps"] == 2 and (out / "reward_curves.png").stat().st_size > 10_000
+    assert (out / "report.png").stat().st_size > 20_000  # videop2r report's panels, written by the demo too
     # SFT's stop check ran on the validation rows through a rollout worker holding the SFT learner's weights
     assert [c["step"] for c in summary["sft_validation_checks"]] == [10, 20]
     assert (out / "pa_grpo" / "metrics.jsonl").is_file() and (out / "sft" / "hf" / "config.json").is_file()
@@ -192,3 +193,32 @@ def test_demo_end_to_end(tmp_path):
               f"model.path={elsewhere}")
     assert bad.returncode == 2 and "has no model" in bad.stderr and not elsewhere.exists()
 
+
+
+def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
+    from cluster.report import write_report
+
+    for name, algorithm, rate in (("pa", "pa_grpo", 0.1), ("g", "grpo", 0.05)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(f"learner:\n  algorithm: {algorithm}\n")
+        rows = [{"step": s, "reward_perception": 1 + rate * s, "reward_reasoning": 2 - rate * s,
+                 "accuracy/OCR": rate * s, "accuracy/numerical": 0.5, "judge_yes_rate": 0.4, "kl": 0.01 * s,
+                 "time/step": 3.0} for s in (1, 2, 3)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "r.png"
+    r = run("report", tmp_path / "pa", tmp_path / "g", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    plotted = write_report([tmp_path / "pa", tmp_path / "g"], tmp_path / "again.png")
+    assert plotted["perception reward R_P"]["pa (pa_grpo)"] == ([1, 2, 3], [1.1, 1.2, 1.3])
+    assert plotted["reasoning reward R_R"]["g (grpo)"][1] == [1.95, 1.9, 1.85]
+    assert set(plotted["accuracy by problem type"]) == {"pa (pa_grpo): OCR", "pa (pa_grpo): numerical",
+                                                        "g (grpo): OCR", "g (grpo): numerical"}
+    before = out.read_bytes()
+    again = run("report", tmp_path / "pa", "--out", out)
+    assert again.returncode == 2 and "--force" in again.stderr and out.read_bytes() == before
+    assert run("report", tmp_path / "pa", "--out", out, "--force").returncode == 0
+    missing = run("report", tmp_path / "nope", "--out", tmp_path / "x.png")
+    assert missing.returncode == 2 and "has no metrics.jsonl" in missing.stderr and missing.stderr.count("\n") == 1
+    assert run("report", tmp_path / "pa", "--out", tmp_path / "x.jpg").returncode == 2
