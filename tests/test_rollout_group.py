@@ -326,8 +326,6 @@ def test_tensor_parallel_worker_receives_through_the_group(ray_cluster, items, p
     """A rollout worker with tensor_parallel_size=2 on vLLM's CPU backend: both TP ranks join the weight group as
     members of their own and load their shards of the full tensors; greedy generation then equals the perturbed
     model's in transformers. Its channel refuses it (one receiver per channel) with an error saying so."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     from cluster.config import TinyModelSection
     from toy.tiny_model import build_tiny_model
 
