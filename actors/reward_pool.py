@@ -28,13 +28,9 @@ class RewardPool:
                 num_cpus=eng.num_cpus, num_gpus=eng.num_gpus, max_restarts=-1, max_task_retries=0
             )
             self.engines = [actor.remote(cfg.judge.model, eng, seed=i) for i in range(cfg.judge.num_engines)]
-            try:  # bounded: an engine the cluster has no room for (or that cannot load) is an error, not a wait
-                ray.get([e.ready.remote() for e in self.engines], timeout=start_timeout_s)
-            except ray.exceptions.GetTimeoutError:
-                self.shutdown()
-                raise RuntimeError(f"{cfg.judge.num_engines} judge engine(s) of {eng.num_cpus} CPU and {eng.num_gpus} "
-                                   f"GPU did not start within {start_timeout_s:.0f} s: the cluster lacks the resources "
-                                   "(lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes)") from None
+            self._wait_started([e.ready.remote() for e in self.engines], start_timeout_s,
+                               f"{cfg.judge.num_engines} judge engine(s) of {eng.num_cpus} CPU and {eng.num_gpus} GPU",
+                               "lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes")
         tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
         options = {}
         if cfg.judge.backend == "http":  # checked here, before any actor starts; the actors get it in their env
@@ -43,13 +39,21 @@ class RewardPool:
                                                   **options)
         n = num_workers or cfg.reward.num_workers
         self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines) for _ in range(n)]
-        try:  # a pool the cluster has no room for fails here, not as a silent wait in the first score()
-            ray.get([w.__ray_ready__.remote() for w in self.workers], timeout=start_timeout_s)
+        self._wait_started([w.__ray_ready__.remote() for w in self.workers], start_timeout_s,
+                           f"{n} reward worker(s) of {cfg.reward.num_cpus} CPU",
+                           "lower reward.num_workers or reward.num_cpus, or add nodes")
+
+    def _wait_started(self, refs: list, timeout_s: float, what: str, fix: str) -> None:
+        """Bounded: actors the cluster has no room for (or that cannot start) fail here, not as a silent wait in
+        the first score()."""
+        import ray
+
+        try:
+            ray.get(refs, timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
             self.shutdown()
-            raise RuntimeError(f"{n} reward worker(s) of {cfg.reward.num_cpus} CPU did not start within "
-                               f"{start_timeout_s:.0f} s: the cluster lacks the CPUs (lower reward.num_workers or "
-                               "reward.num_cpus, or add nodes)") from None
+            raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s: the cluster lacks the resources "
+                               f"({fix})") from None
 
     def score(self, items: list[ScoreItem]) -> ScoredBatch:
         import ray
