@@ -248,7 +248,7 @@ class VLLMJudge:
 
     def _chunk(self, engine, prompts: list[str], deadline: float) -> list[Outcome]:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
         def once() -> list[tuple[str | None, str]]:
             remaining = deadline - time.monotonic()
@@ -264,6 +264,8 @@ class VLLMJudge:
                 raise JudgeError("Timeout") from e
             except RayActorError as e:  # the engine died; Ray restarts it and a retry may land
                 raise JudgeError("engine died") from e
+            except RayTaskError as e:  # the engine raised mid-batch (not one refused prompt): its chunk has failed
+                raise JudgeError(f"engine error: {type(e.cause).__name__ if e.cause else 'unknown'}") from e
 
         try:
             answers = _retrying(self.cfg.retries, self.cfg.backoff_s, deadline)(once)

@@ -328,3 +328,21 @@ def test_oracle_without_facts_is_a_counted_failure():
     item = ScoreItem("q", "a", "<answer>a</answer>", "OCR", "video", "<observation>o</observation><think>t</think><answer>a</answer>")
     batch = scorer(cfg).score([item])
     assert batch.stats["judge_failed"] == 1 and batch.rewards[0].acc_r == 1.0
+
+
+def test_a_judge_engine_raising_mid_batch_is_failed_verdicts_not_a_crash(ray_cluster):
+    """An engine that raises inside a batch (a crash in its step, not one refused prompt): that chunk's verdicts
+    are `failed` (after the retries), and scoring goes on. A stand-in actor raises: the real engine cannot be made
+    to crash on demand."""
+    import ray
+
+    from actors.judges import VLLMJudge
+
+    @ray.remote
+    class Crashing:
+        def generate(self, prompts, max_tokens, temperature, time_limit_s):
+            raise RuntimeError("engine step failed")
+
+    cfg = cfg_with("judge.backend=vllm", "judge.model=m", "judge.retries=1", "judge.backoff_s=0.01")
+    out = VLLMJudge(cfg.judge, [Crashing.remote()]).verdicts([REQ, REQ], time.monotonic() + 30)
+    assert [(o.verdict, o.status) for o in out] == [(None, "failed")] * 2
