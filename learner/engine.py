@@ -281,6 +281,7 @@ class Learner:
         tag = f"step{self.step}"
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client)
         # DeepSpeed keeps rank 0's client state only: each rank's own RNG goes beside it
+        (directory / tag).mkdir(parents=True, exist_ok=True)  # a rank that wrote no DeepSpeed file there (ZeRO-0)
         torch.save(_rng_state(), directory / tag / f"rng_rank{rank()}.pt")
         if with_hf:
             self.save_hf(directory / "hf")
