@@ -71,6 +71,10 @@ class RewardPool:
             out = out.merge(p)
         return out
 
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
+
     def shutdown(self) -> None:
         import ray
 

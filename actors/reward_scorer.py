@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.judges import JudgeRequest, Outcome, make_judge
+from actors.score_stats import CacheResult, JudgeStatus, ScoreCount, cache_key, judge_key
 from actors.verdict_cache import VerdictCache
 from rewards import LengthRule, needs_judge, parse_response, process_rewards, verdict_key
 from videoqa.prompts import question_text
@@ -43,10 +44,12 @@ class ScoreItem:
 @dataclass
 class ScoredBatch:
     rewards: list  # ProcessRewards, in input order
-    stats: Counter
+    stats: Counter  # keyed by actors.score_stats (ScoreCount, judge_key(JudgeStatus), cache_key(CacheResult))
+    judge_seconds: list[float] = field(default_factory=list)  # the wall time of each judge call
 
     def merge(self, other: "ScoredBatch") -> "ScoredBatch":
-        return ScoredBatch(self.rewards + other.rewards, self.stats + other.stats)
+        return ScoredBatch(self.rewards + other.rewards, self.stats + other.stats,
+                           self.judge_seconds + other.judge_seconds)
 
 
 class RewardScorer:
@@ -69,7 +72,7 @@ class RewardScorer:
             return len(text.split())
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _judge(self, requests: dict[str, JudgeRequest], stats: Counter) -> dict[str, Outcome]:
+    def _judge(self, requests: dict[str, JudgeRequest], stats: Counter, seconds: list) -> dict[str, Outcome]:
         """Verdicts for unique requests: from the cache where possible, else from the judge (then cached)."""
         keys = list(requests)
         outcomes: dict[str, Outcome] = {}
@@ -79,14 +82,16 @@ class RewardScorer:
             if hit is None:
                 continue
             if hit.get("judge") != self.judge.model_id or not isinstance(hit.get("verdict"), bool):
-                stats["cache_foreign"] += 1  # another judge's verdict (or not a verdict): judged again
+                stats[cache_key(CacheResult.FOREIGN)] += 1  # another judge's verdict (or not a verdict): judged again
                 continue
-            outcomes[k] = Outcome(hit["verdict"], "cached")
+            outcomes[k] = Outcome(hit["verdict"], JudgeStatus.CACHED)
         todo = [k for k in keys if k not in outcomes]
         if todo:
             deadline = time.monotonic() + self.judge_cfg.batch_deadline_s
-            stats["judge_calls"] += len(todo)
+            stats[ScoreCount.JUDGE_CALLS] += len(todo)
+            t0 = time.monotonic()
             results = self.judge.verdicts([requests[k] for k in todo], deadline)
+            seconds.append(time.monotonic() - t0)
             fresh = {}
             for k, o in zip(todo, results):
                 outcomes[k] = o
@@ -96,17 +101,19 @@ class RewardScorer:
                 self.cache.put_many(fresh)
         if self.cache:
             for name, n in (Counter(self.cache.stats) - cache_before).items():
-                stats[f"cache_{name}"] += n
+                stats[cache_key(name)] += n
             if not self.cache.available:
-                stats["cache_down"] += 1
+                stats[ScoreCount.CACHE_DOWN] += 1
+            stats[ScoreCount.CACHE_DOWN_SECONDS] += self.cache.take_down_seconds()
         elif self.cache is None:
-            stats["cache_disabled"] += 1
+            stats[ScoreCount.CACHE_DISABLED] += 1
         return outcomes
 
     def score(self, items: list[ScoreItem]) -> ScoredBatch:
         stats: Counter = Counter()
+        seconds: list[float] = []
         if self._fresh:
-            stats["worker_starts"] += 1
+            stats[ScoreCount.WORKER_STARTS] += 1
             self._fresh = False
         parsed = [parse_response(it.response) for it in items]
         keys: list[str | None] = []
@@ -118,19 +125,21 @@ class RewardScorer:
             k = verdict_key(self.judge.model_id, it.question, it.correct_answer, p.observation, it.data_type)
             keys.append(k)
             requests.setdefault(k, JudgeRequest(it.question, it.correct_answer, p.observation, it.data_type, it.facts))
-        outcomes = self._judge(requests, stats) if requests else {}
+        outcomes = self._judge(requests, stats, seconds) if requests else {}
         rewards = []
         for it, p, k in zip(items, parsed, keys):
             outcome = outcomes.get(k) if k else None
             if outcome is not None:
-                stats[f"judge_{outcome.status}"] += 1
+                stats[judge_key(outcome.status)] += 1
+                if outcome.verdict is not None:
+                    stats[ScoreCount.VERDICT_YES if outcome.verdict else ScoreCount.VERDICT_NO] += 1
             else:
-                stats["judge_not_needed"] += 1
+                stats[judge_key(JudgeStatus.NOT_NEEDED)] += 1
             rewards.append(process_rewards(
                 p, it.solution, it.problem_type, outcome.verdict if outcome else None,
                 self._tokens(p.observation), self._tokens(p.think) + self._tokens(p.answer),
                 self.rule, self.reward_cfg.missing_verdict,
             ))
-        stats["rollouts"] += len(items)
-        stats["perception_excluded"] += sum(not r.perception_valid for r in rewards)
-        return ScoredBatch(rewards, stats)
+        stats[ScoreCount.ROLLOUTS] += len(items)
+        stats[ScoreCount.PERCEPTION_EXCLUDED] += sum(not r.perception_valid for r in rewards)
+        return ScoredBatch(rewards, stats, seconds)

@@ -48,6 +48,7 @@ class RolloutGroup(WeightSync):
         self._next_id = 0
         self._accepted: set[str] | None = None
         self.events: list[str] = []  # deaths, restarts, re-syncs: for logs and tests
+        self.restarts = 0  # workers lost (died or hung) and restarted by Ray, over the group's life
         self._group_members: list[str] | None = None  # the workers of the current weight group (scheme=group)
         self._group_algorithm = "relay"
         self.add_workers(num_workers or rollout_cfg.num_workers, wait=True)
@@ -161,6 +162,7 @@ class RolloutGroup(WeightSync):
             self.source.close(name)
         slot.state_ref = slot.actor.state.remote()
         self.events.append(f"{name} lost ({why})")
+        self.restarts += 1
         log.warning("rollout worker %s lost (%s); its prompts go to the others while Ray restarts it", name, why)
 
     def _restart_hung(self, name: str) -> None:

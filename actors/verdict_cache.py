@@ -16,6 +16,8 @@ import os
 import time
 from collections import Counter
 
+from actors.score_stats import CacheResult
+
 log = logging.getLogger(__name__)
 PREFIX = "videop2r:verdict:"
 
@@ -43,8 +45,10 @@ class VerdictCache:
         # (OOM under maxmemory, READONLY during a failover, NOPERM, a wrong password)
         self._errors = (redis.RedisError, OSError)
         self._down_until = 0.0
+        self._down_since: float | None = None  # the start of the current outage (or of its unreported part)
+        self._down_seconds = 0.0  # ended outages, not yet reported
         self._warned = False
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()  # keyed by CacheResult
 
     @classmethod
     def from_config(cls, cache) -> "VerdictCache | None":
@@ -59,9 +63,25 @@ class VerdictCache:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
+    def take_down_seconds(self) -> float:
+        """Seconds Redis was unreachable since the last call (an outage still going on counts up to now)."""
+        seconds, self._down_seconds = self._down_seconds, 0.0
+        if self._down_since is not None:
+            now = time.monotonic()
+            seconds, self._down_since = seconds + now - self._down_since, now
+        return seconds
+
+    def _back_up(self) -> None:
+        self._warned = False
+        if self._down_since is not None:  # the outage ended at this successful call
+            self._down_seconds += time.monotonic() - self._down_since
+            self._down_since = None
+
     def _failed(self, err: Exception) -> None:
-        self.stats["unavailable"] += 1
+        self.stats[CacheResult.UNAVAILABLE] += 1
         self._down_until = time.monotonic() + self.retry_after_s
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         if not self._warned:  # once per outage; the counter keeps the total
             host = self.url.split("@")[-1]  # never log a password embedded in the URL
             log.warning("Redis verdict cache at %s unavailable (%s); judging without it", host, type(err).__name__)
@@ -71,16 +91,16 @@ class VerdictCache:
         if not keys:
             return []
         if not self.available:
-            self.stats["misses"] += len(keys)
-            self.stats["skipped_unavailable"] += len(keys)
+            self.stats[CacheResult.MISSES] += len(keys)
+            self.stats[CacheResult.SKIPPED_UNAVAILABLE] += len(keys)
             return [None] * len(keys)
         try:
             raw = self._client.mget([PREFIX + k for k in keys])
         except self._errors as e:
             self._failed(e)
-            self.stats["misses"] += len(keys)
+            self.stats[CacheResult.MISSES] += len(keys)
             return [None] * len(keys)
-        self._warned = False
+        self._back_up()
         out = []
         for value in raw:
             entry = None
@@ -90,12 +110,12 @@ class VerdictCache:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     pass
                 if not isinstance(entry, dict):  # not ours, or damaged: judged again
-                    self.stats["corrupt"] += 1
+                    self.stats[CacheResult.CORRUPT] += 1
                     entry = None
             out.append(entry)
         hits = sum(v is not None for v in out)
-        self.stats["hits"] += hits
-        self.stats["misses"] += len(keys) - hits
+        self.stats[CacheResult.HITS] += hits
+        self.stats[CacheResult.MISSES] += len(keys) - hits
         return out
 
     def put_many(self, values: dict[str, dict]) -> None:
@@ -106,6 +126,7 @@ class VerdictCache:
             for k, v in values.items():
                 pipe.set(PREFIX + k, json.dumps(v), ex=self.ttl_s)
             pipe.execute()
-            self.stats["writes"] += len(values)
+            self.stats[CacheResult.WRITES] += len(values)
+            self._back_up()
         except self._errors as e:
             self._failed(e)

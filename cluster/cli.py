@@ -7,6 +7,7 @@ Commands that take a run config accept ``--config FILE`` and dotted overrides af
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,29 @@ def _config(args):
     from cluster.config import Config
     from cluster.config_loader import load_config
 
-    return load_config(Config, args.config, args.overrides)
+    return place_paths(load_config(Config, args.config, args.overrides))
+
+
+def place_paths(cfg, env=os.environ):
+    """Under `ray job submit` the command runs in Ray's temporary copy of the repository, where a relative output
+    folder would land and vanish with it. With ``VIDEOP2R_OUT_ROOT`` (deploy/submit.sh --out-root) relative output
+    folders go below it, and so do relative inputs that are not in the copy (the demo's model and data, built
+    inside its run folder); in a job without it a relative output folder is an error."""
+    root = env.get("VIDEOP2R_OUT_ROOT")
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in env  # set by Ray for a job's entrypoint
+    for name, key, output in (("run", "out_dir", True), ("eval", "out_dir", True), ("cot", "out_dir", True),
+                              ("model", "path", False), ("data", "dir", False)):
+        section = getattr(cfg, name)
+        value = getattr(section, key)
+        if not value or Path(value).is_absolute() or (not output and Path(value).exists()):
+            continue
+        if root:
+            setattr(section, key, str(Path(root) / value))
+        elif in_job and output:
+            raise ConfigError(f"{name}.{key}={value} is relative, and this job runs in Ray's temporary copy of the "
+                              "repository: give deploy/submit.sh --out-root DIR (storage the head node writes) or an "
+                              f"absolute {name}.{key}")
+    return cfg
 
 
 def _at_least(low: int):

@@ -260,7 +260,10 @@ class DemoSection(Section):
 
 
 class MetricsSection(Section):
-    port: int = Field(0, ge=0, le=65535)  # the driver's Prometheus /metrics; 0 = off
+    port: int = Field(0, ge=0, le=65535)  # the driver's Prometheus /metrics and /health; 0 = off
+    # 127.0.0.1 keeps the exporter on this machine; a cluster's Prometheus needs 0.0.0.0 (deploy/kuberay does this)
+    host: str = "127.0.0.1"
+    stall_after_s: float = Field(600.0, gt=0)  # /health answers 503 once no step finished for this long
 
 
 class RewardSection(Section):

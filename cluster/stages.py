@@ -130,6 +130,11 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
     stack = stack or Stack(cfg, verbose)
     parts = []
     try:
+        # first: a port in use is a start-up error, not one after the engines have loaded
+        metrics = StepMetrics(cfg.metrics.port, host=cfg.metrics.host, stall_after_s=cfg.metrics.stall_after_s,
+                              run_info={"run_id": run_id, "algorithm": cfg.learner.algorithm,
+                                        "model": cfg.model.path})
+        parts.append(metrics)
         learner = LearnerGroup(cfg, cfg.model.path, with_reference=True, transport=cfg.transport)
         parts.append(learner)
         order = IndexOrder(len(data), cfg.run.seed)
@@ -151,7 +156,6 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         parts.append(rollout)
         pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
         parts.append(pool)
-        metrics = StepMetrics(cfg.metrics.port)
         trainer = RLTrainer(cfg, stack, run, data, learner, rollout, pool, control, metrics)
         trainer.order = order
         trainer.counters.update((state or {}).get("counters", {}))
@@ -185,7 +189,6 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
             if evaluate_on:
                 summary["eval_end"] = evaluate(rollout, pool, stack.tokenizer, evaluate_on, cfg.eval)
         run.write_summary(summary)
-        metrics.close()
         return summary
     finally:
         for p in reversed(parts):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MISSING = ("failed", "timeout", "deadline", "unparseable")  # judge outcomes that gave no verdict
+from actors.score_stats import NO_VERDICT, JudgeStatus, judge_key
 
 
 @dataclass
@@ -18,7 +18,8 @@ class StepBatch:
     items: list  # videoqa.loader.LoadedSample, one per prompt
     results: list  # actors.rollout_worker.RolloutResult, one per prompt (G responses each)
     rewards: list = field(default_factory=list)  # rewards.ProcessRewards, per rollout, group after group
-    score_stats: Counter = field(default_factory=Counter)
+    score_stats: Counter = field(default_factory=Counter)  # keyed by actors.score_stats
+    judge_seconds: list = field(default_factory=list)  # the wall time of each judge call
     timings: dict = field(default_factory=dict)
     regenerated_groups: int = 0  # groups sampled again because they were too stale
     resampled_groups: int = 0  # flat groups replaced by fresh prompts (dynamic sampling)
@@ -39,8 +40,8 @@ class StepBatch:
 
     def missing_verdict_fraction(self) -> float:
         """Of the rollouts that needed a verdict, the share the judge did not give."""
-        missing = sum(self.score_stats.get(f"judge_{s}", 0) for s in MISSING)
-        judged = missing + self.score_stats.get("judge_ok", 0) + self.score_stats.get("judge_cached", 0)
+        missing = sum(self.score_stats.get(judge_key(s), 0) for s in NO_VERDICT)
+        judged = missing + sum(self.score_stats.get(judge_key(s), 0) for s in (JudgeStatus.OK, JudgeStatus.CACHED))
         return missing / judged if judged else 0.0
 
     def learner_rollouts(self, learner_version: int) -> list[dict]:
@@ -67,6 +68,7 @@ class StepBatch:
             self.rows[pos], self.items[pos], self.results[pos] = other.rows[j], other.items[j], other.results[j]
             self.rewards[pos * G:(pos + 1) * G] = other.rewards[j * G:(j + 1) * G]
         self.score_stats += other.score_stats
+        self.judge_seconds += other.judge_seconds
 
     def log_rows(self, advantages: dict | None = None) -> list[dict]:
         """The rollout log: one row per rollout."""
@@ -93,9 +95,12 @@ class StepBatch:
         out = {
             "reward_perception": sum(r.perception for r in self.rewards) / n,
             "reward_reasoning": sum(r.reasoning for r in self.rewards) / n,
-            "accuracy": sum(r.acc_r for r in self.rewards) / n,
+            "accuracy": sum(r.acc_r for r in self.rewards) / n,  # the reasoning accuracy
+            "accuracy_perception": sum(r.acc_p for r in self.rewards) / n,
             "format_perception": sum(r.form_p for r in self.rewards) / n,
             "format_reasoning": sum(r.form_r for r in self.rewards) / n,
+            "length_perception": sum(r.len_p for r in self.rewards) / n,
+            "length_reasoning": sum(r.len_r for r in self.rewards) / n,
             "judge_yes_rate": sum(verdicts) / len(verdicts) if verdicts else 0.0,
             "response_tokens": float(np.mean([len(resp.token_ids) for _, resp in self.responses()])),
         }

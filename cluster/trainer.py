@@ -19,6 +19,7 @@ import torch
 from actors.reward_scorer import ScoreItem
 from actors.rollout_worker import RolloutRequest
 from actors.vllm_inputs import vllm_prompt
+from cluster.metrics import RunCount
 from cluster.step_batch import StepBatch
 from learner.advantages import process_advantages
 
@@ -32,7 +33,8 @@ class RLTrainer:
         self.control, self.metrics = control, metrics
         self.step = learner.step
         self.order = None  # videoqa.sampler.IndexOrder, set by the caller (fresh or from a checkpoint)
-        self.counters: Counter = Counter()  # run totals: skipped inputs, stale groups, zeroed perception steps, ...
+        self.counters: Counter = Counter()  # run totals, keyed by RunCount (checkpointed)
+        self.desired_workers = rollout.num_workers  # `videop2r scale`'s last request, else the configured count
         self.stop_requested = False
         self.pending: StepBatch | None = None  # the next batch, generated during the last update (overlapped)
         self.hooks: list = []  # called as hook(trainer, step) after each step (tests inject faults here)
@@ -100,6 +102,7 @@ class RLTrainer:
         scored = self.pool.score([ScoreItem.from_sample(batch.items[i].sample, resp.text)
                                   for i, resp in batch.responses()])
         batch.rewards, batch.score_stats = scored.rewards, batch.score_stats + scored.stats
+        batch.judge_seconds += scored.judge_seconds
         batch.timings["score"] = batch.timings.get("score", 0.0) + time.perf_counter() - t0
 
     def refresh_stale(self, batch: StepBatch) -> StepBatch:
@@ -153,12 +156,17 @@ class RLTrainer:
         valid = torch.tensor([r.perception_valid for r in batch.rewards])
         a_p, a_r, _ = process_advantages(r_p, r_r, G, self.cfg.learner.algorithm, valid)
         staleness = [batch.learner_version - v for v in batch.versions()]
-        self.counters["regenerated_groups"] += batch.regenerated_groups
-        self.counters["resampled_groups"] += batch.resampled_groups
-        self.counters["zeroed_perception_steps"] += int(batch.zero_perception)
-        self.counters["nonfinite_steps"] += int(stats.get("skipped_steps", 0) > 0 or stats.get("nonfinite_losses", 0) > 0)
+        generated = sum(len(resp.token_ids) for _, resp in batch.responses())
+        c = self.counters
+        c[RunCount.REGENERATED_GROUPS] += batch.regenerated_groups
+        c[RunCount.RESAMPLED_GROUPS] += batch.resampled_groups
+        c[RunCount.ZEROED_PERCEPTION_STEPS] += int(batch.zero_perception)
+        c[RunCount.NONFINITE_STEPS] += int(stats.get("skipped_steps", 0) > 0 or stats.get("nonfinite_losses", 0) > 0)
+        c[RunCount.GENERATED_TOKENS] += generated
+        c[RunCount.TRAINED_TOKENS] += stats.get("trained_tokens", 0)
+        c[RunCount.SYNC_FAILED] += len(sync.failed)
         flat_p, flat_r = batch.flat_groups()
-        t = batch.timings
+        t, n = batch.timings, max(1, len(batch.rewards))
         row = {
             "step": batch.step, "time": time.time(), "weight_version": self.learner.version,
             **batch.reward_summary(),
@@ -168,9 +176,16 @@ class RLTrainer:
             "missing_verdict_frac": batch.missing_verdict_fraction(), "zeroed_perception": batch.zero_perception,
             "time/decode": t.get("decode", 0.0), "time/generate": t.get("generate", 0.0), "time/score": t.get("score", 0.0),
             "time/update": stats["update_s"], "time/update_wait": stats["update_wait_s"], "time/sync": sync.seconds,
-            "time/step": wall, "overlapped": overlapped,
-            "generated_tokens": sum(len(resp.token_ids) for _, resp in batch.responses()),
+            "time/logprobs": stats.get("logprobs_s", 0.0),
+            "time/optimize": max(0.0, stats["update_s"] - stats.get("logprobs_s", 0.0)),
+            "time/step": wall, "overlapped": overlapped, "generated_tokens": generated,
+            "generated_tokens_per_s": generated / max(t.get("generate", 0.0), 1e-9),
+            "trained_tokens_per_s": stats.get("trained_tokens", 0) / max(stats["update_s"], 1e-9),
+            "segment_tokens/perception": stats.get("perception_tokens", 0.0) / n,
+            "segment_tokens/reasoning": stats.get("reasoning_tokens", 0.0) / n,
             "rollout_workers": self.rollout.num_workers, "rollout_workers_ready": self.rollout.ready_workers,
+            "rollout_workers_desired": self.desired_workers, "rollout_worker_restarts": self.rollout.restarts,
+            "reward_workers": self.pool.num_workers,
             "sync_failed": len(sync.failed), "sync_updated": len(sync.updated),
             "prompt_ids": [it.sample.problem_id for it in batch.items],
             "skipped_media": dict(self.data.skipped), **{f"total/{k}": v for k, v in self.counters.items()},
@@ -183,7 +198,7 @@ class RLTrainer:
         if self.cfg.trainer.log_rollouts:
             self.run.log_rollouts(batch.step, batch.log_rows({"advantage_perception": a_p, "advantage_reasoning": a_r}))
         if self.metrics is not None:
-            self.metrics.record_step(row)
+            self.metrics.record_step(row, batch)
         if self.control is not None:
             self.control.report({"step": batch.step, "weight_version": self.learner.version,
                                  "rollout_workers": self.rollout.num_workers})
@@ -200,6 +215,7 @@ class RLTrainer:
         have = self.rollout.num_workers
         if want is None or want == have:
             return
+        self.desired_workers = want
         if want > have:
             log.warning("scaling rollout workers %d -> %d (new ones join once started)", have, want)
             self.rollout.add_workers(want - have, wait=False)

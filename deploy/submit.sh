@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Submits a videop2r command as a Ray job to a running cluster (a local `ray start --head`, or a KubeRay head).
-#   RAY_ADDRESS=http://HEAD:8265 deploy/submit.sh train --config configs/demo.yaml rollout.num_workers=2
-#   deploy/submit.sh --no-wait -- train ...     (options before `--` go to `ray job submit`)
-# The repository is shipped as the job's working directory (the packages sit at its top level, so they import
-# from there); virtual environments, run outputs and caches stay behind. The cluster's nodes need the Python
-# environment `make setup` (or `make setup-gpu`) builds.
+# Submits a videop2r command as a Ray job to a running cluster (a local head from deploy/local-head.sh, or a
+# KubeRay head):
+#   RAY_ADDRESS=http://HEAD:8265 deploy/submit.sh --out-root /shared/runs -- train --config configs/demo.yaml
+#   deploy/submit.sh --out-root /shared/runs --no-wait -- train ...   (other options before `--` go to `ray job submit`)
+# Options of this script (before `--`):
+#   --out-root DIR     where relative output folders (run.out_dir, eval.out_dir, cot.out_dir) go: storage the head
+#                      node writes and you read. Without it a relative output folder is refused by the job, since
+#                      the command runs in Ray's temporary copy of this repository and its outputs would vanish.
+#   --env NAME         pass the submitting shell's variable NAME to the job (repeatable). These are passed when
+#                      set: VIDEOP2R_JUDGE_API_KEY, VIDEOP2R_REDIS_URL, REDIS_PASSWORD, HF_TOKEN.
+#   --max-upload-mb N  refuse to upload a working directory larger than this (default 100)
+# Secrets travel only as runtime_env environment variables (in a private temporary file, never in the command
+# line that `ray job list` and the dashboard show); a secret-looking `key=value` in the command is refused.
+# The working directory excludes .venv, runs, models, .git and weight files. Follow a job with
+# `ray job logs --follow JOB_ID`, stop it with `ray job stop JOB_ID` (it checkpoints first); README "Deployment".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RAY_ADDRESS:=http://127.0.0.1:8265}"
@@ -13,13 +22,73 @@ if [ -z "${RAY_AUTH_MODE:-}" ] && { [ -n "${RAY_AUTH_TOKEN:-}" ] || [ -f "$HOME/
   export RAY_AUTH_MODE=token
 fi
 RAY="${RAY:-.venv/bin/ray}"
-submit_opts=()
+PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+die() { echo "error: $*" >&2; exit 2; }
+
+out_root="" max_mb=100 submit_opts=() env_names=(VIDEOP2R_JUDGE_API_KEY VIDEOP2R_REDIS_URL REDIS_PASSWORD HF_TOKEN)
 if [[ " $* " == *" -- "* ]]; then
-  while [ "$1" != "--" ]; do submit_opts+=("$1"); shift; done
+  while [ "$1" != "--" ]; do
+    case "$1" in
+      --out-root) out_root="$2"; shift 2 ;;
+      --env) env_names+=("$2"); shift 2 ;;
+      --max-upload-mb) max_mb="$2"; shift 2 ;;
+      *) submit_opts+=("$1"); shift ;;
+    esac
+  done
   shift
 fi
-exec "$RAY" job submit --address "$RAY_ADDRESS" --working-dir . "${submit_opts[@]}" \
-  --runtime-env-json '{"excludes": [".venv", "runs", ".git", "*.egg-info", "__pycache__", ".pytest_cache"],
-    "env_vars": {"VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
-                 "PYTHONWARNINGS": "ignore", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}' \
-  -- python -m cluster.cli "$@"
+[ $# -gt 0 ] || die "no videop2r command given (deploy/submit.sh [OPTIONS --] COMMAND ARGS...)"
+if [ -n "$out_root" ]; then
+  [[ "$out_root" = /* ]] || die "--out-root $out_root is relative; give an absolute path on storage the head node writes"
+fi
+for arg in "$@"; do
+  key="${arg%%=*}"; leaf="${key##*.}"
+  [ "$key" = "$arg" ] && continue  # not key=value
+  case "$leaf" in
+    api_key|password|secret|token|*_api_key|*_password|*_secret|*_token) secret=1 ;;
+    *) secret=0 ;;
+  esac
+  if [ "$secret" = 1 ] || [[ "$arg" =~ ://[^/@:]*:[^/@]+@ ]]; then
+    die "'$key=...' would put a secret in the job's command line, which 'ray job list' shows; export it and pass its variable name (--env NAME, read by the config's *_env keys)"
+  fi
+done
+
+excludes='[".venv", "runs", "models", ".git", "*.egg-info", "__pycache__", ".pytest_cache", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf"]'
+# the upload's size, counted with the same exclusions (and, as Ray does, without what .gitignore ignores)
+"$PY" - "$max_mb" "$excludes" <<'PYEOF' || exit 2
+import fnmatch, json, os, subprocess, sys
+limit, excludes = float(sys.argv[1]), json.loads(sys.argv[2])
+try:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, check=True,
+                           text=True).stdout.split("\0")
+except (OSError, subprocess.CalledProcessError):
+    files = [os.path.relpath(os.path.join(d, f)) for d, _, fs in os.walk(".") for f in fs]
+sizes = []
+for f in filter(None, files):
+    if any(fnmatch.fnmatch(part, pat) for part in f.split(os.sep) for pat in excludes) or not os.path.isfile(f):
+        continue
+    sizes.append((os.path.getsize(f), f))
+total = sum(s for s, _ in sizes) / 2**20
+if total > limit:
+    big = ", ".join(f"{f} ({s / 2**20:.1f} MiB)" for s, f in sorted(sizes, reverse=True)[:5])
+    print(f"error: the job's working directory would upload {total:.1f} MiB, over --max-upload-mb {limit:g}; "
+          f"largest: {big}. Move data and models out of the repository (pass their paths instead)", file=sys.stderr)
+    sys.exit(2)
+PYEOF
+
+umask 077
+renv="$(mktemp /tmp/videop2r-runtime-env.XXXXXX.json)"
+trap 'rm -f "$renv"' EXIT
+"$PY" - "$renv" "$excludes" "$out_root" "${env_names[@]}" <<'PYEOF'
+import json, os, sys
+path, excludes, out_root, names = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4:]
+env = {"VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONWARNINGS": "ignore", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+env.update({n: os.environ[n] for n in names if os.environ.get(n)})
+if out_root:
+    env["VIDEOP2R_OUT_ROOT"] = out_root
+with open(path, "w") as f:
+    json.dump({"working_dir": ".", "excludes": excludes, "env_vars": env}, f)
+PYEOF
+"$RAY" job submit --address "$RAY_ADDRESS" --runtime-env "$renv" "${submit_opts[@]}" -- python -m cluster.cli "$@"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -99,7 +100,7 @@ class Learner:
             self.nonfinite_losses += 1
         self.engine.backward(loss * weight, scale_wrt_gas=False)
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> float:
         """The accumulation boundary: one optimizer step over the micro-batches accumulated since the last one.
 
         A non-finite loss or gradient must not move the weights. DeepSpeed's ZeRO optimizer (stages 1-3) checks
@@ -110,9 +111,15 @@ class Learner:
         before DeepSpeed averages the gradients inside step()). The step still runs (it keeps DeepSpeed's counters
         and the LR schedule in step) with zero gradients at learning rate 0, which leaves every weight as it was
         (AdamW's decay is scaled by the learning rate too); only the moments decay once.
+
+        Returns the global gradient norm before clipping: ZeRO's optimizer reports it; at stage 0 it is computed
+        here from this rank's gradients (NaN when there are none).
         """
+        norm = float("nan")
         if self.cfg.zero_stage == 0:
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            if grads:
+                norm = float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
             finite = torch.tensor([float(all(bool(torch.isfinite(g).all()) for g in grads))])
             import torch.distributed as dist
 
@@ -125,6 +132,8 @@ class Learner:
                     group["lr"] = 0.0  # the LR scheduler's step after this one sets the scheduled value again
                 self._stage0_skipped += 1
         self.engine.step()
+        reported = self.engine.get_global_grad_norm()
+        return float(reported) if reported is not None else norm
 
     @property
     def skipped_steps(self) -> int:
@@ -182,6 +191,7 @@ class Learner:
         adv = token_advantages(a_p, a_r, m_p, m_r)
         tokens = (m_p + m_r > 0).float()
         # log-probs of the policy that sampled (before this update) and of the frozen reference
+        t_logprobs = time.perf_counter()
         old, ref = [], []
         for chunk in chunks(list(range(len(rollouts))), cfg.micro_batch_size):
             its, resp, prm = [items[i] for i in chunk], [responses[i] for i in chunk], [prompts[i] for i in chunk]
@@ -190,10 +200,11 @@ class Learner:
                 ref.append(pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm), R))
         old_lp = torch.cat(old)
         ref_lp = torch.cat(ref) if ref else None
+        logprobs_s = time.perf_counter() - t_logprobs
         behaviour = _behaviour(rollouts, R)
         is_weight, mismatch = _importance(old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens,
                                           cfg.is_clamp)
-        losses, stats_acc = [], []
+        losses, stats_acc, grad_norms = [], [], []
         # every minibatch is checked before the first optimizer step: an uneven last one must not fail mid-update
         minibatches = split(list(range(len(rollouts))), cfg.minibatches, "learner.minibatches")
         if min(len(mb) for mb in minibatches) < cfg.grad_accum:
@@ -219,7 +230,7 @@ class Learner:
                     self._accumulate(loss, weight)
                     step_loss += float(loss.detach()) * weight
                     stats_acc.append(st)
-                self._optimizer_step()
+                grad_norms.append(self._optimizer_step())
                 losses.append(step_loss)
         self.step += 1
         finite = [x for x in losses if math.isfinite(x)]
@@ -227,10 +238,13 @@ class Learner:
                "nonfinite_losses": self.nonfinite_losses - nonfinite_before,
                "skipped_steps": self.skipped_steps - skipped_before, "lr": self.scheduler.get_last_lr()[0],
                "mismatch_kl": mismatch, "trained_tokens": int(tokens.sum()),
-               "perception_tokens": float(m_p.sum()), "reasoning_tokens": float(m_r.sum())}
+               "perception_tokens": float(m_p.sum()), "reasoning_tokens": float(m_r.sum()),
+               # the sampled tokens' mean surprisal under the pre-update policy: a Monte Carlo estimate of its
+               # entropy (no full-vocabulary pass needed)
+               "entropy": float(-(old_lp.float().cpu() * tokens).sum() / tokens.sum().clamp(min=1)),
+               "grad_norm": _finite_mean(grad_norms), "logprobs_s": logprobs_s}
         for k in ("kl", "clip_fraction", "ratio_mean"):
-            vals = [s[k] for s in stats_acc if math.isfinite(s[k])]
-            out[k] = float(np.mean(vals)) if vals else float("nan")
+            out[k] = _finite_mean([s[k] for s in stats_acc])
         return out
 
     def reset_reference(self) -> None:
@@ -313,6 +327,11 @@ def sft_targets(tokenizer, items) -> list[list[int]]:
 
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return [tokenizer.encode(sft_target(it.sample), add_special_tokens=False) + [end] for it in items]
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _behaviour(rollouts: list[Rollout], width: int) -> torch.Tensor | None:
