@@ -25,7 +25,8 @@ class RewardPool:
         if cfg.judge.backend == "vllm":
             eng = cfg.judge.engine
             actor = ray.remote(JudgeEngine).options(
-                num_cpus=eng.num_cpus, num_gpus=eng.num_gpus, max_restarts=-1, max_task_retries=0
+                num_cpus=eng.num_cpus, num_gpus=eng.num_gpus, resources=dict(eng.resources), max_restarts=-1,
+                max_task_retries=0
             )
             self.engines = [actor.remote(cfg.judge.model, eng, seed=i) for i in range(cfg.judge.num_engines)]
             self._wait_started([e.ready.remote() for e in self.engines], start_timeout_s,
@@ -35,8 +36,8 @@ class RewardPool:
         options = {}
         if cfg.judge.backend == "http":  # checked here, before any actor starts; the actors get it in their env
             options["runtime_env"] = {"env_vars": {cfg.judge.api_key_env: judge_api_key(cfg.judge)}}
-        worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, max_restarts=-1, max_task_retries=2,
-                                                  **options)
+        worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, resources=dict(cfg.reward.resources),
+                                                  max_restarts=-1, max_task_retries=2, **options)
         n = num_workers or cfg.reward.num_workers
         self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines) for _ in range(n)]
         self._wait_started([w.__ray_ready__.remote() for w in self.workers], start_timeout_s,

@@ -61,7 +61,8 @@ class RolloutGroup(WeightSync):
 
         pg = ray.util.placement_group([self._bundle()], name=f"videop2r-{name}-{id(self):x}")
         actor = ray.remote(RolloutWorker).options(
-            num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, max_restarts=self.cfg.max_restarts,
+            num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, resources=dict(self.cfg.resources),
+            max_restarts=self.cfg.max_restarts,
             max_task_retries=0, max_concurrency=1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
         ).remote(self.cfg, self.model_path, self.dtype, name)
@@ -87,7 +88,7 @@ class RolloutGroup(WeightSync):
         return new
 
     def _bundle(self) -> dict:
-        bundle = {"CPU": self.cfg.num_cpus}
+        bundle = {"CPU": self.cfg.num_cpus, **self.cfg.resources}  # custom resources pin workers to their nodes
         if self.cfg.num_gpus:
             bundle["GPU"] = self.cfg.num_gpus
         return bundle

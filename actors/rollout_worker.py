@@ -12,6 +12,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 
+from actors.engine_metrics import EngineMetrics
 from actors.weight_transport import WeightPlan
 
 RECEIVER = "actors.weight_receiver.WeightReceiver"
@@ -54,8 +55,11 @@ class RolloutWorker:
         self.name, self.cfg = name, rollout_cfg
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
         t0 = time.perf_counter()
-        self.llm = start_engine(rollout_cfg, model_path, dtype, seed=rollout_cfg.seed, worker_extension_cls=RECEIVER)
+        # disable_log_stats=False: vLLM keeps its metrics, which engine_metrics publishes through Ray
+        self.llm = start_engine(rollout_cfg, model_path, dtype, seed=rollout_cfg.seed, worker_extension_cls=RECEIVER,
+                                disable_log_stats=False)
         self.start_s = time.perf_counter() - t0
+        self.metrics = EngineMetrics(name)
         self.version = 0
         # A sampled vision placeholder token is no text: it would break the M-RoPE layout the learner scores with.
         tok = self.llm.get_tokenizer()
@@ -119,4 +123,5 @@ class RolloutWorker:
                 responses.append(Response(list(o.token_ids), o.text, o.finish_reason, lp))
             results.append(RolloutResult(r.request_id, list(out.prompt_token_ids), responses, self.version, self.name,
                                          {"generate_s": elapsed, "batch_size": len(requests)}))
+        self.metrics.publish(self.llm)
         return results

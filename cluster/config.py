@@ -10,6 +10,20 @@ from actors.judges import is_local_url
 from cluster.config_loader import Section
 from videoqa.video import FrameSampling
 
+# Ray custom resources pin a role to the nodes that offer them (deploy/kuberay/ gives each worker group its own:
+# rollout, learner, reward); {} = anywhere. Values are per actor (per rank for the learner).
+Resources = dict[str, float]
+
+
+def check_resources(resources: Resources, section: str) -> Resources:
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"{section}.resources names {name!r}: use {section}.num_cpus / num_gpus for CPU and GPU "
+                             "(resources holds Ray custom resources, e.g. {rollout: 1})")
+        if not amount > 0:
+            raise ValueError(f"{section}.resources.{name}={amount}: an amount must be above 0")
+    return resources
+
 
 class RunSection(Section):
     name: str = "demo"
@@ -89,6 +103,7 @@ class EngineSection(Section):
     device: Literal["cpu", "cuda"] = "cpu"
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)
+    resources: Resources = {}
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     kv_cache_gib: float = Field(1, gt=0)  # VLLM_CPU_KVCACHE_SPACE on the CPU backend
@@ -160,6 +175,7 @@ class LearnerSection(Section):
     num_ranks: int = Field(1, ge=1)  # learner processes (Ray actors, one per GPU), forming one DeepSpeed world
     num_cpus: float = Field(1, gt=0)  # per rank
     num_gpus: float = Field(0, ge=0)  # per rank (1 on a GPU cluster)
+    resources: Resources = {}  # per rank
     freeze: list[str] = ["model.visual"]  # parameter-name prefixes kept frozen (a random tiny vision tower must be)
     update_epochs: int = Field(1, ge=1)  # passes over each rollout batch
     minibatches: int = Field(1, ge=1)  # optimizer steps per pass
@@ -271,6 +287,7 @@ class RewardSection(Section):
 
     num_workers: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, gt=0)  # per reward worker
+    resources: Resources = {}  # per reward worker
     tokenizer: str | None = None  # counts segment tokens for the length reward; default: model.path
     perception_length: tuple[int, int] = (128, 320)  # paper's ranges, in tokens
     reasoning_length: tuple[int, int] = (320, 512)
@@ -378,4 +395,7 @@ class Config(Section):
                              "learner.num_gpus > 0): use transport.backend=gloo on the CPU")
         if self.sft.batch_size % self.learner.num_ranks:
             raise ValueError(f"sft.batch_size={self.sft.batch_size} must be a multiple of learner.num_ranks")
+        for name, section in (("rollout", self.rollout), ("learner", self.learner), ("reward", self.reward),
+                              ("judge.engine", self.judge.engine)):
+            check_resources(section.resources, name)
         return self

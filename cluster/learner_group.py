@@ -126,7 +126,7 @@ class LearnerGroup:
         if lr is not None:  # SFT has its own learning rate (and, being its own engine, its own optimizer state)
             lcfg = lcfg.model_copy(update={"lr": lr, "warmup_steps": warmup_steps or 0})
         self.cfg, self.world = lcfg, lcfg.num_ranks
-        bundle = {"CPU": lcfg.num_cpus, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {})}
+        bundle = {"CPU": lcfg.num_cpus, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}), **lcfg.resources}
         self.placement_group = ray.util.placement_group([bundle] * self.world, strategy="PACK")
         try:
             ray.get(self.placement_group.ready(), timeout=timeout_s)
@@ -136,7 +136,7 @@ class LearnerGroup:
                                f"{timeout_s:.0f} s: lower learner.num_ranks / num_cpus / num_gpus") from None
         self.ranks = [
             LearnerRank.options(
-                num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus, max_restarts=0,
+                num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus, resources=dict(lcfg.resources), max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i),
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(lcfg.num_cpus))),
                                           **({} if lcfg.num_gpus else {"DS_ACCELERATOR": "cpu"})}},

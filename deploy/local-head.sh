@@ -59,6 +59,7 @@ except urllib.error.HTTPError:
     kill -TERM -- "-$pgid" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 1; done
     kill -KILL -- "-$pgid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.5; done
     rm -f "$pgid_file"
     echo "stopped the Ray head (process group $pgid)"
     ;;

@@ -21,9 +21,11 @@ STAMP="$VENV/.setup-stamp"
 want_stack=$( (echo "$MODE"; cat scripts/setup.sh) | sha256sum | cut -c1-16)
 want=$( (echo "$want_stack"; cat pyproject.toml) | sha256sum | cut -c1-16)
 
-# System packages: only what the project runs (redis-server: the verdict cache and control plane it starts itself).
+# System packages: only what the project runs (redis-server: the verdict cache and control plane it starts itself;
+# prometheus and its promtool: deploy/monitoring's local Prometheus and the monitoring tests).
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

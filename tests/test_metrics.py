@@ -87,3 +87,21 @@ def test_every_run_total_and_gauge_name_follows_the_conventions():
     assert {f"total/{c}" for c in RunCount} <= {key for _, key in STEP_TOTALS.values()}
     for name in [*STEP_GAUGES, *STEP_TOTALS]:
         assert name.startswith("videop2r_") and not name.endswith("_total"), name  # the client appends _total
+
+
+def test_vllm_engine_metrics_are_published_under_ray_names():
+    from types import SimpleNamespace as M
+
+    from actors.engine_metrics import published_values
+
+    labels = {"model_name": "/models/x", "engine": "0"}
+    got = published_values([
+        M(name="vllm:generation_tokens", labels=labels, value=12),
+        M(name="vllm:kv_cache_usage_perc", labels=labels, value=None),
+        M(name="vllm:time_to_first_token_seconds", labels=labels, count=3, sum=0.6),
+        M(name="vllm:cache_config_info", labels=labels, value=1.0),  # not exported (a label per setting)
+    ], "rollout-0")
+    assert got == {("vllm_generation_tokens_total", ("rollout-0", "0")): 12.0,
+                   ("vllm_kv_cache_usage_perc", ("rollout-0", "0")): 0.0,
+                   ("vllm_time_to_first_token_seconds_count", ("rollout-0", "0")): 3.0,
+                   ("vllm_time_to_first_token_seconds_sum", ("rollout-0", "0")): 0.6}

@@ -34,7 +34,9 @@ def ray_head(tmp_path_factory):
     ports = {"--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
              "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port()}
     script = str(ROOT / "deploy" / "local-head.sh")
-    r = subprocess.run([script, "start", str(dash), "--"] + [f"{k}={v}" for k, v in ports.items()], env=env,
+    # the roles' custom resources, as deploy/kuberay's worker groups offer them (here all on the one node)
+    pins = '--resources={"rollout": 2, "learner": 1, "reward": 1}'
+    r = subprocess.run([script, "start", str(dash), "--", pins] + [f"{k}={v}" for k, v in ports.items()], env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0 and f"RAY_ADDRESS=http://127.0.0.1:{dash}" in r.stdout, r.stdout + r.stderr
     again = subprocess.run([script, "start", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
@@ -61,7 +63,8 @@ def test_train_as_a_ray_job_is_watched_scales_and_stops_cleanly(ray_head, tiny_m
          "--config", "configs/demo.yaml", "run.out_dir=job-run", f"model.path={tiny_model_dir}",
          f"data.dir={synthetic_dir}", "rollout.group_size=2", "rollout.max_tokens=8", "trainer.prompts_per_step=2",
          "trainer.steps=100000", "trainer.checkpoint_every=0", "rollout.num_cpus=1", "learner.num_cpus=1",
-         f"metrics.port={metrics_port}"],
+         f"metrics.port={metrics_port}", "rollout.resources.rollout=1", "learner.resources.learner=1",
+         "reward.resources.reward=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -101,6 +104,10 @@ def test_train_as_a_ray_job_is_watched_scales_and_stops_cleanly(ray_head, tiny_m
     assert scaled.returncode == 0 and "-> 2" in scaled.stdout, scaled.stderr
     wait_for(lambda: run.metrics()[-1]["rollout_workers_ready"] == 2, "the second worker")
     wait_for(lambda: len({x["worker"] for x in run.read_rollouts()[-4:]}) == 2, "both workers serving")
+    status = subprocess.run([env["RAY"], "status", "--address", f"127.0.0.1:{env['RAY_GCS_PORT']}"],
+                            env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=60)
+    for used in ("2.0/2.0 rollout", "1.0/1.0 learner", "1.0/1.0 reward"):  # each role took its pinned resource
+        assert used in status.stdout, status.stdout + status.stderr
     stop = subprocess.run([env["RAY"], "job", "stop", "--address", address, job], env={**env, "RAY_AUTH_MODE": "token"},
                           capture_output=True, text=True, timeout=120)
     assert stop.returncode == 0, stop.stderr

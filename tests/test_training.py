@@ -56,6 +56,12 @@ def test_synchronous_run_writes_its_folder(reference_run, demo_data):
     assert [p.name for p in run.list_checkpoints()] == ["step_000002", "step_000004"]
     assert (out / "hf" / "config.json").is_file() and json.loads((out / "summary.json").read_text())["steps"] == 4
     assert "api_key:" not in (out / "config.yaml").read_text()  # only the variable name (api_key_env) is written
+    # every value the Prometheus exporter reads is in a real step's row (a renamed key would leave its gauge empty)
+    from cluster.metrics import STEP_GAUGES, STEP_TOTALS
+
+    wanted = {key for _, _, keys in STEP_GAUGES.values() for key in keys.values()} | {k for _, k in STEP_TOTALS.values()}
+    assert wanted <= rows[-1].keys(), sorted(wanted - rows[-1].keys())
+    assert all(r["grad_norm"] > 0 and r["entropy"] > 0 and r["time/logprobs"] > 0 for r in rows)
 
 
 def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_model, demo_data, tmp_path):

@@ -72,7 +72,12 @@ ROWS = [
             (f"increase(videop2r_inputs_skipped_total{{{I}}}[1h])", "skipped rows: {{reason}}"),
             (f"increase(videop2r_perception_zeroed_steps_total{{{I}}}[1h])", "steps without perception"),
             (f"increase(videop2r_nonfinite_steps_total{{{I}}}[1h])", "non-finite steps")]),
-        ("Ray nodes", "percent", False, [
+        ("vLLM engines (cluster)", "none", False, [
+            (f"sum by (worker) (rate(ray_vllm_generation_tokens_total[{RATE}]))", "tokens/s {{worker}}"),
+            (f"sum by (worker) (rate(ray_vllm_time_to_first_token_seconds_sum[{RATE}])) / "
+             f"sum by (worker) (rate(ray_vllm_time_to_first_token_seconds_count[{RATE}]))", "TTFT s {{worker}}"),
+            ("ray_vllm_kv_cache_usage_perc", "KV cache use {{worker}}")]),
+        ("Ray nodes (cluster)", "percent", False, [
             ('ray_node_cpu_utilization{SessionName=~".+"}', "CPU {{instance}}")]),
     ]),
 ]

@@ -1,0 +1,243 @@
+"""deploy/: the monitoring files checked by Prometheus's own promtool, the Grafana dashboard, the KubeRay manifests
+validated against KubeRay's CRD schemas, and the submit script's refusals (no cluster needed for those)."""
+
+import copy
+import gzip
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+
+import jsonschema
+import pytest
+import yaml
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+MONITORING = ROOT / "deploy" / "monitoring"
+KUBERAY = ROOT / "deploy" / "kuberay"
+
+
+def _promtool(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], cwd=MONITORING, capture_output=True, text=True, timeout=120)
+
+
+def test_prometheus_config_and_alert_rules_pass_promtool():
+    """`check` catches a broken file; `test rules` runs alerts_test.yml, where each alert must fire on the series
+    that should trip it and stay quiet on the ones that should not (a wrong threshold or `for` fails it)."""
+    for args in (("check", "config", "prometheus.yml"), ("check", "rules", "alerts.yml"),
+                 ("test", "rules", "alerts_test.yml")):
+        r = _promtool(*args)
+        assert r.returncode == 0, (args, r.stdout + r.stderr)
+
+
+def test_alert_rule_tests_catch_a_wrong_threshold(tmp_path):
+    rules = (MONITORING / "alerts.yml").read_text().replace("> 0.05", "> 0.5")
+    (tmp_path / "alerts.yml").write_text(rules)
+    (tmp_path / "alerts_test.yml").write_text((MONITORING / "alerts_test.yml").read_text())
+    r = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "VideoP2RJudgeFailures" in r.stdout + r.stderr
+
+
+def _dashboard_module():
+    spec = importlib.util.spec_from_file_location("dashboard", MONITORING / "dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dashboard_json_is_the_builders_and_uses_its_variables():
+    dash = _dashboard_module()
+    shipped = json.loads(dash.OUT.read_text())
+    assert shipped == dash.build(), "grafana/videop2r.json is stale: run python deploy/monitoring/dashboard.py"
+    names = [v["name"] for v in shipped["templating"]["list"]]
+    assert names == ["datasource", "run_id", "instance"]
+    panels = [p for p in shipped["panels"] if p["type"] != "row"]
+    assert all(p["datasource"]["uid"] == "$datasource" for p in panels)
+    own = [q for q in dash.queries(shipped) if "videop2r_" in q]
+    assert own and all('instance=~"$instance"' in q for q in own)  # every run panel follows the chosen run
+    titles = {p["title"] for p in panels}
+    for want in ("Perception vs reasoning reward", "Step time split", "Weight sync", "Staleness (weight versions)",
+                 "Workers", "Accuracy by problem type", "KL", "Judge call latency"):
+        assert want in titles
+    stacked = {p["title"] for p in panels if p["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"}
+    assert "Step time split" in stacked
+
+
+def test_grafana_provisioning_points_at_the_dashboards():
+    ds = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert ds["datasources"][0]["type"] == "prometheus"
+    prov = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/videop2r.yml").read_text())
+    assert prov["providers"][0]["type"] == "file" and "path" in prov["providers"][0]["options"]
+
+
+# -- KubeRay --------------------------------------------------------------------------------------------------------
+def _strict(schema):
+    """Unknown fields become errors (kubectl apply --validate=strict), except where Kubernetes keeps them."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(x) for x in schema]
+    return schema
+
+
+def _schema(kind: str) -> dict:
+    return _strict(json.loads(gzip.decompress((KUBERAY / "crds" / f"{kind}.v1.schema.json.gz").read_bytes())))
+
+
+def _errors(doc: dict) -> list[str]:
+    validator = jsonschema.Draft7Validator(_schema(doc["kind"]))
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def _docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
+
+
+def test_kuberay_manifests_validate_against_the_crd_schemas():
+    (cluster,), (job,) = _docs("raycluster.yaml"), _docs("rayjob.yaml")
+    assert _errors(cluster) == [] and _errors(job) == []
+    typo = copy.deepcopy(cluster)  # the strict check is real: a misspelt field fails it
+    typo["spec"]["workerGroupSpecs"][0]["minReplica"] = typo["spec"]["workerGroupSpecs"][0].pop("minReplicas")
+    assert any("minReplica" in e for e in _errors(typo))
+    wrong_type = copy.deepcopy(job)
+    wrong_type["spec"]["backoffLimit"] = "none"
+    assert _errors(wrong_type)
+
+
+def test_kuberay_roles_secrets_and_monitoring_fit_together():
+    """Each worker group offers its role's custom resource within autoscaling bounds; the RayJob's config (the
+    paper config with the entrypoint's overrides) is valid and asks for at most what the groups offer at their
+    largest; every secret reference names the one Secret; the PodMonitor's ports exist on the pods it selects."""
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+
+    (cluster,), (job,) = _docs("raycluster.yaml"), _docs("rayjob.yaml")
+    offered = {}
+    for g in cluster["spec"]["workerGroupSpecs"]:
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
+        resources = json.loads(json.loads(g["rayStartParams"]["resources"]))
+        assert list(resources) == [g["groupName"]]  # the group is the only place its role can run
+        offered[g["groupName"]] = resources[g["groupName"]] * g["maxReplicas"]
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    args = shlex.split(job["spec"]["entrypoint"])
+    assert args[:2] == ["videop2r", "train"] and args[2] == "--config"
+    cfg = load_config(Config, ROOT / "configs" / Path(args[3]).name, args[4:])
+    assert cfg.metrics.host == "0.0.0.0" and cfg.metrics.port == 9400 and Path(cfg.run.out_dir).is_absolute()
+    demand = {"rollout": cfg.rollout.resources.get("rollout", 0) * cfg.rollout.num_workers,
+              "learner": cfg.learner.resources.get("learner", 0) * cfg.learner.num_ranks,
+              "reward": cfg.reward.resources.get("reward", 0) * cfg.reward.num_workers
+              + cfg.judge.engine.resources.get("reward", 0) * cfg.judge.num_engines}
+    for role, n in demand.items():
+        assert 0 < n <= offered[role], (role, n, offered[role])
+
+    text = "\n".join((KUBERAY / f).read_text() for f in ("raycluster.yaml", "redis.yaml"))
+    refs = [d for doc in [cluster, *_docs("redis.yaml")] for d in _walk(doc) if "secretKeyRef" in d]
+    assert refs and {r["secretKeyRef"]["name"] for r in refs} == {"videop2r-secrets"}
+    assert {r["secretKeyRef"]["key"] for r in refs} == {"redis-password", "judge-api-key"}
+    assert "kubectl create secret generic videop2r-secrets" in text  # the one-line way to make it is documented
+
+    (monitor,) = _docs("podmonitor.yaml")
+    pods = [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [p for p in pods if selector.items() <= p["metadata"]["labels"].items()]
+    assert len(selected) == len(pods)
+    ports = {pt["name"] for p in selected for c in p["spec"]["containers"] for pt in c.get("ports", [])}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    head_ports = {pt["containerPort"] for c in pods[0]["spec"]["containers"] for pt in c["ports"]}
+    assert cfg.metrics.port in head_ports
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+
+
+# -- deploy/submit.sh: refusals before anything is uploaded ----------------------------------------------------------
+def _submit(*args, env=None):
+    return subprocess.run([str(ROOT / "deploy" / "submit.sh"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:9", **(env or {})})
+
+
+@pytest.mark.parametrize("arg", ["judge.api_key=abc", "cache.url=redis://:pw@host:6379/0", "x.auth_token=1"])
+def test_submit_refuses_a_secret_on_the_command_line(arg):
+    r = _submit("--", "train", arg)
+    assert r.returncode == 2 and "would put a secret in the job's command line" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_submit_checks_the_upload_size_and_the_output_root():
+    r = _submit("--max-upload-mb", "0.01", "--", "train", "rollout.max_tokens=8")  # not a secret
+    assert r.returncode == 2 and "over --max-upload-mb 0.01" in r.stderr and "largest:" in r.stderr
+    r = _submit("--out-root", "runs", "--", "train")
+    assert r.returncode == 2 and "--out-root runs is relative" in r.stderr
+
+
+def test_relative_outputs_are_anchored_or_refused_in_a_job(tmp_path):
+    from cluster.cli import place_paths
+    from cluster.config import Config
+    from cluster.config_loader import ConfigError, load_config
+
+    def cfg():
+        return load_config(Config, ROOT / "configs" / "demo.yaml", ["data.dir=configs", f"model.path={model}"])
+
+    model = f"runs/not-built-{os.getpid()}/tiny-model"  # not in the job's copy of the repository
+
+    here = place_paths(cfg(), env={})  # outside a job nothing moves
+    assert here.run.out_dir == "runs/demo"
+    with pytest.raises(ConfigError, match="run.out_dir=runs/demo is relative.*--out-root"):
+        place_paths(cfg(), env={"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"})
+    placed = place_paths(cfg(), env={"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}", "VIDEOP2R_OUT_ROOT": str(tmp_path)})
+    assert placed.run.out_dir == str(tmp_path / "runs/demo") and placed.eval.out_dir == str(tmp_path / "runs/eval")
+    # the demo's model, built inside its run folder, moves with it; an input shipped in the job's copy does not
+    assert placed.model.path == str(tmp_path / model) and placed.data.dir == "configs"
+
+
+# -- deploy/local-head.sh ----------------------------------------------------------------------------------------------
+def test_local_head_stop_ends_only_its_own_head(ray_cluster, tmp_path):
+    """`stop` ends the head the script started (its whole process group), and the other Ray cluster of this user
+    (the test session's) keeps working: `ray stop`, which ends every Ray process of the user, would fail this."""
+    import signal
+    import sys
+
+    from cluster.services import free_port
+
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "VIDEOP2R_HEAD_DIR": str(tmp_path),
+           "RAY_GCS_PORT": str(free_port()), "RAY_NUM_CPUS": "1"}
+    script = str(ROOT / "deploy" / "local-head.sh")
+    ports = [f"--{k}={free_port()}" for k in ("ray-client-server-port", "dashboard-agent-listen-port",
+                                               "metrics-export-port", "runtime-env-agent-port")]
+    started = subprocess.run([script, "start", str(free_port()), "--", *ports], env=env, capture_output=True,
+                             text=True, timeout=180)
+    pgid = int((tmp_path / "head.pgid").read_text())
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        stopped = subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0 and f"process group {pgid}" in stopped.stdout
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)
+    finally:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    @ray_cluster.remote
+    def alive():
+        return "yes"
+
+    assert ray_cluster.get(alive.remote(), timeout=120) == "yes"
+    again = subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing stopped" in again.stdout
