@@ -81,6 +81,15 @@ QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1", "TRAN
 ORPHAN_REAPING = {"RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true"}
 
 
+def keep_child_exit_codes() -> None:
+    """With ORPHAN_REAPING set, Ray's core worker also sets SIGCHLD to SIG_IGN in the driver, where the kernel
+    then reaps every child at once: `subprocess` reads exit code 0 for a command that failed. The raylet does the
+    reaping the flag is for; the driver goes back to the default disposition (call after ``ray.init``)."""
+    import signal
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def init_ray(verbose: bool = False, **local_kwargs) -> None:
     """Connects to the Ray cluster this process was started in (``ray job submit`` sets RAY_ADDRESS), or else
     starts a private local one with ``local_kwargs`` (never attaching to some other cluster on the machine)."""
@@ -101,3 +110,4 @@ def init_ray(verbose: bool = False, **local_kwargs) -> None:
         if not verbose:  # Ray's notice that it chose token authentication (its secure default) for the cluster
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env}, **common, **local_kwargs)
+        keep_child_exit_codes()

@@ -254,10 +254,12 @@ class Learner:
             self.reference.load_state_dict(self.state_dict_for_rollout(), strict=False)
 
     # -- weights out ---------------------------------------------------------------------------------------------
-    def named_weights(self, keep: bool = True, bucket_mb: float = 64) -> Iterator[tuple[str, torch.Tensor]]:
+    def named_weights(self, keep: bool = True, bucket_mb: float = 64,
+                      trainable_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """Copies of the full parameters under their Hugging Face names, on the CPU. Under ZeRO-3 they are gathered
         about ``bucket_mb`` at a time (one gather per bucket, not per tensor). Every rank must iterate it (the
-        gathers are collectives); ``keep=False`` (ranks other than the writer) takes part without copying."""
+        gathers are collectives); ``keep=False`` (ranks other than the writer) takes part without copying.
+        ``trainable_only``: leave out the frozen parameters (``learner.freeze``), which never change."""
         import contextlib
 
         import deepspeed
@@ -275,6 +277,8 @@ class Learner:
                         yield name, p.detach().to("cpu", copy=True)
 
         for name, p in self.engine.module.named_parameters():
+            if trainable_only and not p.requires_grad:  # the same on every rank: the collectives stay matched
+                continue
             group.append((name, p))
             size += getattr(p, "ds_numel", p.numel()) * p.element_size()
             if size >= limit:
@@ -284,7 +288,10 @@ class Learner:
             yield from flush(group)
 
     def state_dict_for_rollout(self, keep: bool = True) -> dict[str, torch.Tensor]:
-        return dict(self.named_weights(keep))
+        """What the rollout workers need after an update: the trainable weights only. The frozen ones (the vision
+        tower by default) are the ones every worker loaded from ``model.path`` at start, as the learner did, and
+        never change; vLLM's in-place reload keeps a layer that receives nothing as it is."""
+        return dict(self.named_weights(keep, trainable_only=True))
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, with_hf: bool = True) -> Path:
@@ -305,7 +312,7 @@ class Learner:
         """A Hugging Face copy (transformers and vLLM load it). Every rank takes part in the ZeRO-3 gathers; only
         rank 0 writes."""
         writer = rank() == 0
-        state = self.state_dict_for_rollout(keep=writer)  # the others take part in the gathers, keep nothing
+        state = dict(self.named_weights(keep=writer))  # every weight; the others take part in the gathers only
         if writer:
             self.engine.module.save_pretrained(Path(directory), state_dict=state)
             self.processor.save_pretrained(Path(directory))

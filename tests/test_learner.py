@@ -93,6 +93,9 @@ def test_sft_then_rl_steps_under_zero(stage, tiny_model_dir, cot_items):
     assert all(torch.equal(small[n], visual_after[n]) for n in small)
     if stage == 3:
         assert 1 < len(gathers) < n_params and sum(gathers) == 2 * n_params, (len(gathers), n_params)
+    # the rollout workers get the trainable weights only: the frozen vision tower never changes
+    sent = learner.state_dict_for_rollout()
+    assert set(sent) == {n for n in visual_after if not n.startswith("model.visual")}
 
 
 def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_gradient(tiny_model_dir, cot_items):
@@ -111,7 +114,7 @@ def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_g
         def capture(step=step, learner=learner, captured=captured):
             captured.append({n: p.grad.clone() for n, p in learner.engine.module.named_parameters()
                              if p.grad is not None})
-            step()
+            return step()
 
         learner._optimizer_step = capture
         targets = targets_for(learner, cot_items)

@@ -147,10 +147,15 @@ def test_learner_weights_reach_the_workers(group, items, processor, tiny_model_d
     learner = Learner(cfg, str(tiny_model_dir), with_reference=False)
     tok = learner.processor.tokenizer
     targets = [tok.encode("<observation>x</observation><think>y</think><answer>A</answer>", add_special_tokens=False)] * 4
+    # everything first: earlier tests gave the workers another model's vision tower, which a run never does
+    group.source.update(dict(learner.named_weights()), version=group.source.version + 1)
+    group.sync_weights()
     for _ in range(3):
         learner.sft_step(items[:4], targets)
     version = group.source.version + 1
-    group.source.update(learner.state_dict_for_rollout(), version=version)
+    sent = learner.state_dict_for_rollout()  # then, as in a run, the trainable weights only
+    assert sent and not any(n.startswith("model.visual") for n in sent)
+    group.source.update(sent, version=version)
     group.sync_weights()
     res = group.generate(requests_for(items[:2], processor, "l-"), overrides={"temperature": 0.0, "n": 1,
                                                                                "max_tokens": 12}, logprobs=True)
