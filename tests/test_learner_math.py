@@ -160,3 +160,44 @@ def test_micro_batch_cuts_and_weights():
     assert shares == [0.5, 0.5] and sum(shares) == 1.0  # 4 of 8 tokens each
     assert token_share(tokens, [0], [0, 1, 2, 3], "token_mean") == 3 / 8
     assert token_share(tokens, [0], [0, 1, 2, 3], "seq_mean_token_mean") == 1 / 4
+
+
+def test_logprobs_and_loss_stay_on_the_model_device(monkeypatch):
+    """The learner's own tensors follow the model to its device. No GPU is needed: under FakeTensorMode tensors
+    carry a device (here cuda) and no data, and an op mixing devices raises. The stand-in model's decoder checks
+    that every input reached its device; the positions, ids and mask built after the forward must be there too
+    (an `arange` without `device=`, or ids left on the CPU, fails), and the loss of device tensors stays there."""
+    from types import SimpleNamespace
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from learner.batch import ScoredInputs, response_logprobs
+
+    B, L, R, H, V = 2, 9, 4, 8, 16
+    batch = ScoredInputs(  # built on the CPU, as build_inputs does
+        model_kwargs={"input_ids": torch.randint(0, V, (B, L)), "attention_mask": torch.ones(B, L, dtype=torch.long)},
+        response_ids=torch.randint(0, V, (B, R)), response_mask=torch.ones(B, R), prompt_lengths=[5, 4])
+    from torch._subclasses import fake_impls
+
+    # the loss's float() statistics are device-to-host reads on a GPU; a fake tensor has no value to read: 0.0
+    monkeypatch.setitem(fake_impls.op_implementations_dict, torch.ops.aten._local_scalar_dense.default,
+                        lambda fake_mode, func, arg: 0.0)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        cuda = torch.device("cuda", 0)
+        seen = []
+
+        def decoder(use_cache=False, **kwargs):
+            seen.extend(v.device for v in kwargs.values())
+            return SimpleNamespace(last_hidden_state=torch.randn(B, L, H, device=cuda, requires_grad=True))
+
+        model = SimpleNamespace(device=cuda, model=decoder, lm_head=torch.nn.Linear(H, V, device=cuda))
+        lp = response_logprobs(model, batch, chunk=3)
+        assert seen and all(d == cuda for d in seen) and lp.device == cuda and lp.shape == (B, R)
+
+        def here(t):  # as rl_step moves each batch tensor it built on the CPU
+            return t.to(lp.device)
+
+        adv = token_advantages(torch.randn(B), torch.randn(B), torch.ones(B, R), torch.zeros(B, R))
+        loss, _ = policy_loss(lp, here(lp.detach().cpu()), here(lp.detach().cpu()), here(adv), here(torch.ones(B, R)),
+                              is_weight=here(torch.ones(B, R)))
+        assert loss.device == cuda
