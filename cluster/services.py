@@ -43,6 +43,7 @@ class RedisServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         self.proc.stdin.write(f"requirepass {self.password}\n".encode())
         self.proc.stdin.close()
@@ -64,6 +65,18 @@ class RedisServer:
         self.proc.wait(timeout=10)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when the process that started it dies, however it died (a
+    SIGKILLed driver would otherwise leave its redis-server running). Elsewhere a no-op. (Linux ties this to the
+    starting thread: start the server from the main thread, as the Stack does.)"""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 # vLLM's, DeepSpeed's and transformers' INFO lines stay out of the actors' output unless --verbose: the console

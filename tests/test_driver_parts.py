@@ -14,6 +14,7 @@ from cluster.step_batch import StepBatch
 from learner.engine import _importance
 from learner.loss import policy_loss
 from rewards import ProcessRewards
+from tests.conftest import ROOT
 from videoqa.sampler import IndexOrder
 
 
@@ -159,3 +160,26 @@ def test_config_cross_checks():
         load_config(Config, None, ["learner.num_ranks=2", "trainer.prompts_per_step=3"])
     with pytest.raises(ConfigError, match="nccl needs learner.num_gpus"):
         load_config(Config, None, ["learner.backend=nccl"])
+
+
+def test_local_redis_goes_with_a_killed_driver(tmp_path):
+    """A driver SIGKILLed mid-run (no cleanup runs) does not leave its private redis-server behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    code = ("from cluster.services import RedisServer; import sys, time; s = RedisServer(); "
+            "print(s.proc.pid, flush=True); time.sleep(600)")
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    redis_pid = int(driver.stdout.readline())
+    assert psutil.pid_exists(redis_pid)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(redis_pid) and psutil.Process(redis_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "redis-server outlived its driver"
+        time.sleep(0.2)

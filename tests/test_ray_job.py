@@ -143,11 +143,13 @@ def _check_prometheus(port: int, run, wait_for) -> None:
     wait_for(ready, "Prometheus to scrape the exporter", timeout=120)
     instances = [s["instance"] for s in _prom(port, "series", **{"match[]": f'videop2r_run_info{{run_id="{run_id}"}}'})]
     dashboard = json.loads(dashboard_py.OUT.read_text())
-    empty = []
-    for expr in dashboard_py.queries(dashboard):
-        q = expr.replace("$instance", "|".join(instances)).replace("$__rate_interval", "30s")
-        if not _prom(port, "query", query=q)["result"]:
-            empty.append(q)
+    queries = [e.replace("$instance", "|".join(instances)).replace("$__rate_interval", "30s")
+               for e in dashboard_py.queries(dashboard)]
+    empty = queries
+    deadline = time.monotonic() + 120  # Ray's agents export the workers' metrics every few seconds
+    while empty and time.monotonic() < deadline:
+        empty = [q for q in empty if not _prom(port, "query", query=q)["result"]]
+        time.sleep(2 if empty else 0)
     assert not empty, empty
     wait_for(lambda: all(r.get("lastEvaluation", "0001").startswith("20")
                          for g in _prom(port, "rules")["groups"] for r in g["rules"]), "the rules' evaluation", 60)
