@@ -8,6 +8,7 @@ training, 32 frames at 256x28x28 for evaluation.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,13 @@ def _resize(frames: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
 
 
+# Opening a video runs FFmpeg's decoder set-up, whose first use in a process initialises shared static tables;
+# the FFmpeg that decord bundles does not guard that, and two loader threads opening their first videos at once
+# once aborted the process (SIGABRT, "Assertion ... failed at libavcodec/bitstream.c"). Opening is serialised;
+# decoding (get_batch) still runs in parallel.
+_OPEN_LOCK = threading.Lock()
+
+
 def load_video(path: str | Path, sampling: FrameSampling = TRAIN_SAMPLING, num_threads: int = 1) -> VideoClip:
     """Decode and sample a video with decord; ``MediaError`` naming the file if it is missing or corrupt."""
     path = Path(path)
@@ -138,7 +146,8 @@ def load_video(path: str | Path, sampling: FrameSampling = TRAIN_SAMPLING, num_t
     import decord
 
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+        with _OPEN_LOCK:
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
         total = len(vr)
         fps = float(vr.get_avg_fps()) or 1.0
         idx = frame_indices(total, fps, sampling)
