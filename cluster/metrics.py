@@ -21,8 +21,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from actors.score_stats import ALL_KEYS, NO_VERDICT, CacheResult, JudgeStatus, ScoreCount, cache_key, judge_key
 
-JUDGE_STATUSES = tuple(JudgeStatus)
-CACHE_RESULTS = tuple(CacheResult)
 JUDGE_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -65,7 +63,6 @@ class RewardMetrics:
         )
         self.worker_starts = Counter("videop2r_reward_worker_starts", "Reward workers that scored their first batch "
                                      "(starts and restarts)", registry=r)
-        self.reward_mean = Gauge("videop2r_reward_mean", "Mean reward of the last scored batch", ["process"], registry=r)
         # every counted key -> the (metric, labels) it feeds; checked complete against actors.score_stats
         self.targets: dict[str, list] = {judge_key(s): [(self.judge_outcomes, {"status": s})] for s in JudgeStatus}
         for s in NO_VERDICT:
@@ -97,14 +94,6 @@ class RewardMetrics:
                 (metric.labels(**labels) if labels else metric).inc(n)
         for s in judge_seconds:
             self.judge_seconds.observe(s)
-
-    def record(self, batch) -> None:
-        """``batch`` is an ``actors.reward_scorer.ScoredBatch``."""
-        self.record_counts(batch.stats, batch.judge_seconds)
-        if batch.rewards:
-            n = len(batch.rewards)
-            self.reward_mean.labels(process="perception").set(sum(r.perception for r in batch.rewards) / n)
-            self.reward_mean.labels(process="reasoning").set(sum(r.reasoning for r in batch.rewards) / n)
 
 
 # The step's gauges: metric -> (labels, help, {label values: key of the metrics.jsonl row}). The row is the full

@@ -138,7 +138,7 @@ def test_redis_killed_mid_run(cot, tmp_path, caplog):
     warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(warnings) == 1 and str(server.port) in warnings[0].getMessage()
     metrics = RewardMetrics()
-    metrics.record(down)
+    metrics.record_counts(down.stats, down.judge_seconds)
     assert metrics.registry.get_sample_value("videop2r_verdict_cache_total", {"result": "unavailable"}) == 1
 
 
@@ -318,7 +318,7 @@ def test_judge_down_does_not_hang(cot):
     assert time.monotonic() - t0 < 5
     assert batch.stats["judge_failed"] == 4 and all(r.verdict is None for r in batch.rewards)
     metrics = RewardMetrics()
-    metrics.record(batch)
+    metrics.record_counts(batch.stats, batch.judge_seconds)
     assert metrics.registry.get_sample_value("videop2r_judge_outcomes_total", {"status": "failed"}) == 4
     assert metrics.registry.get_sample_value("videop2r_reward_rollouts_total") == 4
 
