@@ -42,6 +42,8 @@ def test_oracle_rewards_for_perfect_and_broken_responses(cot, tiny_model_dir):
         assert (r.acc_p, r.form_p, r.acc_r, r.form_r) == (1.0, 1.0, 1.0, 1.0), s.problem_id
         assert r.len_p == 0.2 and r.len_r == 0.2  # the synthetic CoT is 5..60 tokens per process
     assert perfect.stats["judge_ok"] == 10 and perfect.stats["cache_disabled"] == 1
+    assert perfect.stats["verdict_yes"] == 10 and perfect.stats["verdict_no"] == 0
+    assert len(perfect.judge_seconds) == 1 and perfect.judge_seconds[0] >= 0  # one judge call, timed
 
     def wrong_observation(s):  # right answer, but the observation states nothing the answer needs
         return f"<observation>I see some shapes.</observation><think>{s.process}</think><answer>{s.answer}</answer>"
@@ -49,10 +51,12 @@ def test_oracle_rewards_for_perfect_and_broken_responses(cot, tiny_model_dir):
     blind = sc.score(items_for(cot[:10], wrong_observation))
     for r in blind.rewards:
         assert r.acc_p == 0.0 and r.form_p == 1.0 and r.len_p == 0.0 and r.acc_r == 1.0
+    assert blind.stats["verdict_no"] == 10 and blind.stats["verdict_yes"] == 0  # "No" verdicts counted as such
     untagged = sc.score(items_for(cot[:5], lambda s: s.answer))
     for r in untagged.rewards:
         assert r.perception == 0.0 and r.reasoning == 0.0
     assert untagged.stats["judge_not_needed"] == 5 and untagged.stats["judge_calls"] == 0
+    assert untagged.judge_seconds == []  # no call, no latency sample
 
 
 def test_multiple_choice_judge_sees_the_option_text(cot):
@@ -125,13 +129,18 @@ def test_redis_killed_mid_run(cot, tmp_path, caplog):
     server = RedisServer(tmp_path)
     cfg = cfg_with(f"cache.url={server.url}", "cache.retry_after_s=60")
     sc = scorer(cfg)
-    assert sc.score(items_for(cot[:4], sft_target)).stats["cache_writes"] == 4
+    up = sc.score(items_for(cot[:4], sft_target))
+    assert up.stats["cache_writes"] == 4 and up.stats["cache_down_seconds"] == 0
     server.stop()
     caplog.set_level(logging.WARNING)
     t0 = time.monotonic()
     down = sc.score(items_for(cot[:8], sft_target))
     again = sc.score(items_for(cot[:8], sft_target))
-    assert time.monotonic() - t0 < 5  # no hang on the dead Redis
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5  # no hang on the dead Redis
+    # the outage is timed from the first failure, and reported in pieces (each batch adds the time since the last)
+    assert 0 < down.stats["cache_down_seconds"] + again.stats["cache_down_seconds"] <= elapsed
+    assert again.stats["cache_down_seconds"] > 0
     assert [r.acc_p for r in down.rewards] == [1.0] * 8 and [r.acc_p for r in again.rewards] == [1.0] * 8
     assert down.stats["cache_unavailable"] == 1 and down.stats["cache_down"] == 1
     assert again.stats["cache_skipped_unavailable"] == 8  # not retried until retry_after_s
