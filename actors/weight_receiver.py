@@ -10,12 +10,19 @@ start-up does not (linear weights are repacked after loading).
 from __future__ import annotations
 
 from actors.weight_names import accepted_names, check_names
-from actors.weight_transport import WeightPlan, join_channel, receive_relayed, receive_tensors
+from actors.weight_group import receive_relayed
+from actors.weight_transport import WeightPlan, join_channel, receive_tensors, transport_device
 
 
 class WeightReceiver:
+    def _videop2r_buffers(self):
+        """Where received buckets land: this worker's own GPU on nccl (each tensor-parallel rank its own), the CPU
+        on gloo."""
+        return transport_device(self._videop2r_backend, getattr(self, "device", "cpu"))
+
     def videop2r_join(self, host: str, port: int, timeout_s: float, backend: str = "gloo") -> bool:
         self._videop2r_backend = backend
+        self._videop2r_buffers()  # nccl on a CPU worker: refused before joining, so the sender's accept fails fast
         self._videop2r_pg = join_channel(host, port, timeout_s, backend)
         return True
 
@@ -36,8 +43,7 @@ class WeightReceiver:
         pg = getattr(self, "_videop2r_pg", None)
         if pg is None:
             raise RuntimeError("no weight channel: call videop2r_join first")
-        device = "cpu" if self._videop2r_backend == "gloo" else str(self.device)
-        self.reload_weights(weights_iterator=receive_tensors(pg, plan, device))
+        self.reload_weights(weights_iterator=receive_tensors(pg, plan, self._videop2r_buffers()))
         self._videop2r_version = plan.version
         return plan.version
 
@@ -47,6 +53,7 @@ class WeightReceiver:
         ``first_rank + r``, so every TP rank receives (each loads its own shard of the full tensors)."""
         rank = first_rank + int(getattr(self, "rank", 0) or 0)
         self._videop2r_backend = backend
+        self._videop2r_buffers()
         self._videop2r_group = (join_channel(host, port, timeout_s, backend, rank=rank, world=world), rank, world)
         return True
 
@@ -56,7 +63,7 @@ class WeightReceiver:
         if group is None:
             raise RuntimeError("no weight group: call videop2r_join_group first")
         pg, rank, world = group
-        device = "cpu" if self._videop2r_backend == "gloo" else str(self.device)
+        device = self._videop2r_buffers()
         tensors = receive_relayed(pg, plan, rank, world, device) if algorithm == "relay" else \
             receive_tensors(pg, plan, device)
         self.reload_weights(weights_iterator=tensors)

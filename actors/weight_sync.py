@@ -27,6 +27,13 @@ class LocalWeightSource:
         self.named: dict[str, torch.Tensor] = {}
         self.plan: WeightPlan | None = None
 
+    @classmethod
+    def for_process(cls, transport, device) -> "LocalWeightSource":
+        """The source of the process holding the weights (a learner's rank 0): its sender's buckets on ``device``,
+        that process's own (``engine.device``), which is where nccl needs them; gloo sends from the CPU."""
+        sender = WeightSender(transport.host, transport.timeout_s, transport.backend, device=device)
+        return cls(sender, transport.bucket_mb)
+
     @property
     def version(self) -> int:
         return self.plan.version if self.plan else 0
@@ -53,7 +60,7 @@ class LocalWeightSource:
 
     # the group of every worker (transport.scheme=group)
     def open_group(self, receivers: int) -> tuple[str, int]:
-        from actors.weight_transport import BroadcastGroup
+        from actors.weight_group import BroadcastGroup
 
         s = self.sender
         self.group = BroadcastGroup(s.host, s.timeout_s, s.backend, s.device)
@@ -137,7 +144,7 @@ class WeightSync:
                     outcomes[k] = f"channel: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         names = [k for k in names if k not in outcomes]
         refs = {k: self.slots[k].actor.receive_weights.remote(plan) for k in names}
-        failed = self.source.send(names) if names else {}
+        failed = self._send_channels(names) if names else {}
         for k, ref in refs.items():
             try:
                 version = ray.get(ref, timeout=self.transport.timeout_s + 60)
@@ -149,7 +156,8 @@ class WeightSync:
                 outcomes[k] = f"lost: {type(e).__name__}"
                 self._lost(k, f"weight sync: {type(e).__name__}")
             except Exception as e:  # the worker could not load them: it must not serve a half-loaded model
-                outcomes[k] = f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                outcomes[k] = f"send: {failed[k]}" if k in failed else \
+                    f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         for k, why in outcomes.items():
             slot = self.slots.get(k)
             if slot is None or slot.state_ref is not None:
@@ -161,6 +169,22 @@ class WeightSync:
                 log.warning("rollout worker %s did not get weight version %d (%s); it waits for the next sync",
                             k, plan.version, why)
         return SyncReport(time.perf_counter() - t0, outcomes)
+
+    def _send_channels(self, names: list[str]) -> dict[str, str]:
+        """The sender's half of a channel sync: receivers that failed (key -> why). A failure of the sender itself
+        (its process, its buffers: an exception, or a Ray error from the learner's rank 0) fails every receiver of
+        this sync, as an outcome; it never ends the run."""
+        try:
+            return self.source.send(names)
+        except Exception as e:  # noqa: BLE001 - reported per worker; they are retried at the next sync
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            log.warning("the weight sender failed (%s); no worker got weight version %d", why, self.source.version)
+            for k in names:  # a dropped gloo pair makes the receiver's wait fail now, not after its timeout
+                try:
+                    self.source.close(k)
+                except Exception:  # noqa: BLE001 - the sender's process may be gone: nothing left to close
+                    pass
+            return {k: why for k in names}
 
     def _sync_group(self, plan: WeightPlan, names: list[str]) -> dict[str, str]:
         """The weights once, to the group of every named worker (rebuilt when the membership changed). A failure
@@ -179,7 +203,10 @@ class WeightSync:
                             str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
                 return {k: f"group: {type(e).__name__}" for k in members}
         refs = {k: self.slots[k].actor.receive_weights.remote(plan, self._group_algorithm) for k in members}
-        error = self.source.send_group()
+        try:
+            error = self.source.send_group()
+        except Exception as e:  # noqa: BLE001 - the sender's process failed (a Ray error from rank 0): an outcome
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
         outcomes = {}
         for k, ref in refs.items():
             try:

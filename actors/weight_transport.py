@@ -6,7 +6,9 @@ once. Tensors travel as flat per-dtype buckets of about ``bucket_mb``; the small
 travels beside them as an ordinary message (``collective_rpc``), because vLLM's RPC cannot carry tensors.
 
 Setting a channel up waits at most ``timeout_s`` for the peer; a missing peer is a ``WeightTransportError`` naming
-the channel, never a hang. NCCL channels (``backend="nccl"``) need GPUs and are not exercised on the CPU boxes.
+the channel, never a hang. NCCL channels (``backend="nccl"``) need GPUs (a GPU per process: one GPU cannot host
+both ends) and have not run yet; on the CPU boxes the tests check, through ``Collective``, that every buffer either
+end hands an nccl group is a CUDA tensor (fake ones, under FakeTensorMode), as a real nccl group requires.
 """
 
 from __future__ import annotations
@@ -22,6 +24,50 @@ import torch.distributed as dist
 
 class WeightTransportError(RuntimeError):
     """A channel could not be formed or a transfer failed; the message names the channel and the likely fix."""
+
+
+def transport_device(backend: str, local) -> torch.device:
+    """Where a process's weight buffers live for ``backend``: gloo moves CPU tensors, nccl moves CUDA tensors only
+    (a CPU tensor handed to an nccl collective raises, or hangs its peers). ``local``: the process's own device (the
+    learner's ``engine.device``, a vLLM worker's ``self.device``; each tensor-parallel rank has its own)."""
+    local = torch.device(local)
+    if backend == "gloo":
+        return torch.device("cpu")
+    if backend == "nccl":
+        if local.type != "cuda":
+            raise WeightTransportError(f"transport.backend=nccl needs a CUDA device in every process it joins; this "
+                                       f"one runs on {local}: use transport.backend=gloo on the CPU")
+        return local
+    raise ValueError(f"unknown weight transport backend {backend!r} (gloo or nccl)")
+
+
+class Collective:
+    """A process group and the backend it was made with. Every tensor of the weight transport reaches the group
+    through here, and a tensor on a device the backend cannot move is refused before the group sees it (so a CPU
+    buffer never reaches nccl, whatever path built it; the CPU tests check this without initialising nccl)."""
+
+    def __init__(self, pg, backend: str):
+        self.pg, self.backend = pg, backend
+
+    def _check(self, t: torch.Tensor) -> None:
+        want = "cpu" if self.backend == "gloo" else "cuda"
+        if t.device.type != want:
+            raise WeightTransportError(f"a {t.device} tensor reached the {self.backend} weight transport, which moves "
+                                       f"{want} tensors only")
+
+    def broadcast(self, buf: torch.Tensor):
+        self._check(buf)
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        return self.pg.broadcast([buf], opts)
+
+    def send(self, buf: torch.Tensor, dst: int):
+        self._check(buf)
+        return self.pg.send([buf], dst, 0)
+
+    def recv(self, buf: torch.Tensor, src: int):
+        self._check(buf)
+        return self.pg.recv([buf], src, 0)
 
 
 @dataclass(frozen=True)
@@ -130,11 +176,11 @@ def _group(store, rank: int, timeout_s: float, backend: str, address: str, size:
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
         opts._devices = [dist.ProcessGroupGloo.create_device(hostname=address)]
-        return dist.ProcessGroupGloo(prefixed, rank, size, opts)
+        return Collective(dist.ProcessGroupGloo(prefixed, rank, size, opts), backend)
     if backend == "nccl":  # GPU only
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
-        return dist.ProcessGroupNCCL(prefixed, rank, size, opts)
+        return Collective(dist.ProcessGroupNCCL(prefixed, rank, size, opts), backend)
     raise ValueError(f"unknown weight transport backend {backend!r} (gloo or nccl)")
 
 
@@ -150,19 +196,19 @@ def join_channel(host: str, port: int, timeout_s: float, backend: str = "gloo", 
         ) from None
 
 
-def broadcast_bucket(pg, buf: torch.Tensor):
-    opts = dist.BroadcastOptions()
-    opts.rootRank = 0
-    return pg.broadcast([buf], opts)
+def flatten(named: dict[str, torch.Tensor], bucket: Bucket, device) -> torch.Tensor:
+    """One bucket's tensors as one flat buffer on ``device`` (the learner's snapshot is on the CPU: on nccl each
+    bucket is copied to the GPU here, one bucket at a time)."""
+    return torch.cat([named[e.name].detach().reshape(-1).to(device) for e in bucket.entries])
 
 
-def receive_tensors(pg, plan: WeightPlan, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+def receive_tensors(pg: Collective, plan: WeightPlan, device="cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Receiver side: yields (name, tensor) as each bucket arrives. The next bucket is already being received while
     the caller loads this one (two buckets in memory at most)."""
 
     def post(b: Bucket):
         buf = torch.empty(b.numel, dtype=getattr(torch, b.dtype), device=device)
-        return buf, broadcast_bucket(pg, buf)
+        return buf, pg.broadcast(buf)
 
     pending = post(plan.buckets[0]) if plan.buckets else None
     for i, b in enumerate(plan.buckets):
@@ -176,9 +222,12 @@ def receive_tensors(pg, plan: WeightPlan, device: str = "cpu") -> Iterator[tuple
 class WeightSender:
     """Sender side (rank 0 of every channel). Lives in the process that holds the weights."""
 
-    def __init__(self, host: str | None = None, timeout_s: float = 60.0, backend: str = "gloo", device: str = "cpu"):
+    def __init__(self, host: str | None = None, timeout_s: float = 60.0, backend: str = "gloo", device="cpu"):
+        """``device``: the sender process's own device (the learner's); the buffers go where ``backend`` needs them,
+        and an impossible pair (nccl without a GPU) fails here, at start-up, not at the first sync."""
         self.host = host or node_address()
-        self.timeout_s, self.backend, self.device = timeout_s, backend, device
+        self.timeout_s, self.backend = timeout_s, backend
+        self.device = transport_device(backend, device)
         self._stores: dict[str, dist.TCPStore] = {}
         self._groups: dict[str, object] = {}
 
@@ -223,119 +272,29 @@ class WeightSender:
         for b in plan.buckets + [None]:
             current = []
             if b is not None:
-                flat = torch.cat([named[e.name].detach().reshape(-1).to(self.device) for e in b.entries])
-                current = [(k, broadcast_bucket(self._groups[k], flat), flat) for k in keys if k not in failed]
+                try:
+                    flat = flatten(named, b, self.device)
+                except Exception as e:  # noqa: BLE001 - the sender's own side (a missing tensor, device memory)
+                    why = _reason(e)
+                    for k in keys:
+                        failed.setdefault(k, why)
+                else:
+                    for k in keys:
+                        if k not in failed:
+                            try:
+                                current.append((k, self._groups[k].broadcast(flat), flat))
+                            except Exception as e:  # noqa: BLE001 - refused or failed to post: this channel only
+                                failed[k] = _reason(e)
             for k, w, _ in previous:
                 try:
                     w.wait()
-                except RuntimeError as e:
-                    failed.setdefault(k, str(e).splitlines()[0][:200])
-                    self.close(k)
+                except Exception as e:  # noqa: BLE001 - a transfer failed: this channel only
+                    failed.setdefault(k, _reason(e))
             previous = current
+        for k in failed:
+            self.close(k)  # the receiver's end of a dropped gloo pair errors out instead of waiting for its timeout
         return failed
 
 
-def _send_pipelined(pg, plan: WeightPlan, named: dict[str, torch.Tensor], device: str) -> None:
-    """Every bucket broadcast from rank 0, bucket i+1 queued while bucket i is on the wire."""
-    previous = None
-    for b in plan.buckets + [None]:
-        current = None
-        if b is not None:
-            flat = torch.cat([named[e.name].detach().reshape(-1).to(device) for e in b.entries])
-            current = (broadcast_bucket(pg, flat), flat)
-        if previous is not None:
-            previous[0].wait()
-        previous = current
-
-
-CHAIN_CHUNK_MB = 4  # the relay's unit: receiver i forwards a chunk to i+1 as soon as it has it
-
-
-def _pieces(buf: torch.Tensor, chunk_mb: float) -> list[torch.Tensor]:
-    n = max(1, int(chunk_mb * 2**20 / buf.element_size()))
-    return [buf[i:i + n] for i in range(0, buf.numel(), n)]
-
-
-def _send_chain(pg, plan: WeightPlan, named: dict[str, torch.Tensor], device: str, chunk_mb: float) -> None:
-    """Rank 0 of a relay: every chunk goes to rank 1 only (the sender writes the model once); bucket i+1 is
-    queued while bucket i's chunks are still on the wire."""
-    previous: list = []
-    for b in plan.buckets + [None]:
-        current = []
-        if b is not None:
-            flat = torch.cat([named[e.name].detach().reshape(-1).to(device) for e in b.entries])
-            current = [pg.send([c], 1, 0) for c in _pieces(flat, chunk_mb)]
-        for w in previous:
-            w.wait()
-        previous = current
-
-
-def receive_relayed(pg, plan: WeightPlan, rank: int, world: int, device: str = "cpu",
-                    chunk_mb: float = CHAIN_CHUNK_MB) -> Iterator[tuple[str, torch.Tensor]]:
-    """Receiver ``rank`` of a relay: each chunk comes from ``rank - 1`` and is passed on to ``rank + 1`` at once
-    (a pipelined chain, as NCCL's ring broadcast), then the bucket's tensors are yielded."""
-    sends: list = []
-    for b in plan.buckets:
-        buf = torch.empty(b.numel, dtype=getattr(torch, b.dtype), device=device)
-        for c in _pieces(buf, chunk_mb):
-            pg.recv([c], rank - 1, 0).wait()
-            if rank + 1 < world:
-                sends.append(pg.send([c], rank + 1, 0))
-        for e in b.entries:
-            yield e.name, buf[e.offset : e.offset + e.numel].view(e.shape)
-    for w in sends:
-        w.wait()
-
-
-class BroadcastGroup:
-    """Sender side of one group holding every receiver, so that the sender's NIC carries the model once whatever
-    the number of receivers: ``algorithm="relay"`` (default on gloo) passes chunks down a pipelined chain of the
-    receivers (``receive_relayed``); ``"collective"`` uses the backend's broadcast (on nccl a pipelined ring; on
-    gloo a tree, whose root sends log2(N+1) copies: measured in ``python -m benchmarks sync``). Membership is
-    fixed per group: open a new one when receivers come or go (at a step boundary). Every operation has the
-    timeout; a receiver that fails fails the whole send (``WeightTransportError``), and in a relay stalls the ones
-    after it until the timeout -- the per-worker ``WeightSender`` channels are the ones that isolate a dead worker,
-    at N times the sender's bytes."""
-
-    def __init__(self, host: str | None = None, timeout_s: float = 60.0, backend: str = "gloo", device: str = "cpu",
-                 algorithm: str | None = None, chunk_mb: float = CHAIN_CHUNK_MB):
-        self.host = host or node_address()
-        self.timeout_s, self.backend, self.device, self.chunk_mb = timeout_s, backend, device, chunk_mb
-        self.algorithm = algorithm or ("relay" if backend == "gloo" else "collective")
-        if self.algorithm not in ("relay", "collective"):
-            raise ValueError(f"unknown broadcast algorithm {self.algorithm!r} (relay or collective)")
-        self._store = self._pg = None
-        self.receivers = 0
-
-    def open(self, receivers: int) -> tuple[str, int]:
-        """A new group for ``receivers`` receivers; they join as ranks 1..receivers with ``join_channel``."""
-        self.close()
-        self.receivers = receivers
-        self._store = _listening_store(self.host, self.timeout_s, world=receivers + 1)
-        return self.host, self._store.port
-
-    def accept(self) -> None:
-        try:
-            self._pg = _group(self._store, 0, self.timeout_s, self.backend, self.host, self.receivers + 1)
-        except (RuntimeError, dist.DistStoreError) as e:
-            self.close()
-            raise WeightTransportError(
-                f"weight broadcast group of {self.receivers} receiver(s) not formed within {self.timeout_s:.0f} s "
-                f"({str(e).splitlines()[0][:200]}): a receiver did not join"
-            ) from None
-
-    def send(self, plan: WeightPlan, named: dict[str, torch.Tensor]) -> None:
-        if self._pg is None:
-            raise WeightTransportError("no weight broadcast group: call open/accept first")
-        try:
-            if self.algorithm == "relay":
-                _send_chain(self._pg, plan, named, self.device, self.chunk_mb)
-            else:
-                _send_pipelined(self._pg, plan, named, self.device)
-        except RuntimeError as e:
-            self.close()
-            raise WeightTransportError(f"weight broadcast failed ({str(e).splitlines()[0][:200]}); the group is "
-                                       "closed: open a new one without the failed receiver") from None
-
-    def close(self) -> None:
-        self._pg = self._store = None
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__

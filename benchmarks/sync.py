@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from actors.weight_transport import (BroadcastGroup, WeightPlan, WeightSender, join_channel, plan_buckets,
-                                    receive_relayed, receive_tensors)
+from actors.weight_group import BroadcastGroup, receive_relayed
+from actors.weight_transport import WeightPlan, WeightSender, join_channel, plan_buckets, receive_tensors
 
 
 def _written() -> int:

@@ -41,10 +41,9 @@ class LearnerRank:
         self.learner = Learner(cfg, model_path, with_reference=with_reference)
         if self.rank == 0 and transport is not None:
             from actors.weight_sync import LocalWeightSource
-            from actors.weight_transport import WeightSender
 
-            sender = WeightSender(transport.host, transport.timeout_s, transport.backend)
-            self.source = LocalWeightSource(sender, transport.bucket_mb)
+            # the sender's buckets on the learner's own device: nccl moves CUDA tensors only (gloo: the CPU)
+            self.source = LocalWeightSource.for_process(transport, self.learner.engine.device)
         return {"step": self.learner.step, "frozen_params": self.learner.frozen_params}
 
     # -- steps (every rank, its own shard) -------------------------------------------------------------------------

@@ -3,6 +3,7 @@ membership changes, and a worker killed mid-batch."""
 
 import os
 import signal
+import time
 import threading
 
 import pytest
@@ -291,6 +292,35 @@ def test_worker_dying_during_a_sync(group, items, processor, tiny_model_dir):
     assert {r.weight_version for r in out} == {group.source.version}  # nobody served the old weights
     group.wait_until_ready(timeout_s=240)
     assert group.slots[name].ready and ray.get(group.slots[name].actor.state.remote())["version"] == group.source.version
+
+
+def test_a_failing_sender_is_a_sync_outcome_not_the_end_of_the_run(group, items, processor, tiny_model_dir):
+    """The sender itself fails (as the first nccl sync did, raising on a CPU buffer; or a Ray error from the learner's
+    rank 0): every worker's outcome says so, nothing raises, nobody serves the version it missed, and the next sync
+    brings everyone up to date. The receivers are released at once (their channels closed), not after their
+    timeout."""
+    publish_new_version(group, tiny_model_dir)
+    group.source.update(group.source.named, version=group.source.version + 1)
+    real = group.source.send
+
+    def broken(keys):
+        raise RuntimeError("Tensors must be CUDA and dense")
+
+    group.source.send = broken
+    try:
+        t0 = time.monotonic()
+        report = group.sync_weights()
+        took = time.monotonic() - t0
+    finally:
+        group.source.send = real
+    assert sorted(report.failed) == sorted(group.slots) and not report.updated, report.outcomes
+    assert all(v.startswith("send: RuntimeError: Tensors must be CUDA") for v in report.outcomes.values())
+    assert took < group.transport.timeout_s, took  # released by the closed channels, not by the receivers' timeout
+    assert not any(s.ready for s in group.slots.values())
+    report = group.sync_weights()
+    assert set(report.outcomes.values()) == {"ok"}, report.outcomes
+    out = group.generate(requests_for(items[:2], processor, "s-"), overrides={"max_tokens": 4})
+    assert {r.weight_version for r in out} == {group.source.version}
 
 
 def test_group_scheme_sends_once_to_every_worker_and_falls_back_to_channels(group, items, processor, tiny_model_dir):

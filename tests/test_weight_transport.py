@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from actors.weight_names import check_names, to_transformers5
+from actors.weight_group import BroadcastGroup, receive_relayed
 from actors.weight_transport import (
-    BroadcastGroup,
     WeightPlan,
     WeightSender,
     WeightTransportError,
     join_channel,
     plan_buckets,
-    receive_relayed,
     receive_tensors,
 )
 

@@ -1,0 +1,103 @@
+"""Random Qwen2.5-VL models with the released 3B and 7B widths, cut only in depth (``--shape 3b-slice``).
+
+Everything a layer's shape depends on is the released checkpoint's (``config.json`` of Qwen2.5-VL-3B/7B-Instruct):
+vocabulary, hidden and head sizes, grouped-query heads, intermediate widths, rope theta and the M-RoPE sections,
+the vision tower's widths, patch/merge/temporal sizes, window size and full-attention blocks, and tied (3B) or
+untied (7B) embeddings. A slice keeps ``text_layers`` decoder layers and ``vision_blocks`` vision blocks, the last of
+which is a full-attention block as in the released pattern (window blocks, then one full one: blocks 7, 15, 23, 31
+of 32); full depth (``"3b"``, ``"7b"``) is for the GPU check.
+
+The tokenizer is the tiny model's (a BPE trained locally, Qwen's special tokens and chat template), so its ids are
+few; the embedding rows above them are padding, as the released embeddings are padded above their 151,665 tokens.
+A random model samples those rows: generate with ``allowed_token_ids=text_token_ids(tokenizer)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# From the released config.json files (Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct).
+TEXT = {
+    "3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+               num_attention_heads=16, num_key_value_heads=2, max_window_layers=70, tie_word_embeddings=True),
+    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4, max_window_layers=28, tie_word_embeddings=False),
+}
+ROPE = {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1_000_000.0}
+VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+              temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+              hidden_act="silu")
+SHAPES = ("3b-slice", "7b-slice", "3b", "7b")
+SLICE = {"text_layers": 2, "vision_blocks": 4}  # the default cut: 2 decoder layers, 3 window blocks + 1 full one
+
+
+def shape_config(shape: str, ids: dict[str, int], text_layers: int | None = None, vision_blocks: int | None = None):
+    """The ``Qwen2_5_VLConfig`` of ``shape`` (``3b``, ``7b``, or their ``-slice``); ``ids``: the special tokens'
+    ids. A slice keeps ``text_layers`` / ``vision_blocks`` (default ``SLICE``); full depth keeps the released ones."""
+    from transformers import Qwen2_5_VLConfig
+
+    base, sliced = shape.removesuffix("-slice"), shape.endswith("-slice")
+    if base not in TEXT or shape not in SHAPES:
+        raise ValueError(f"unknown model shape {shape!r} (one of {', '.join(SHAPES)})")
+    text = dict(TEXT[base])
+    vision = dict(VISION, out_hidden_size=text["hidden_size"])
+    if sliced:
+        text["num_hidden_layers"] = text_layers or SLICE["text_layers"]
+        depth = vision_blocks or SLICE["vision_blocks"]
+        vision["depth"] = depth
+        vision["fullatt_block_indexes"] = [i for i in VISION["fullatt_block_indexes"] if i < depth - 1] + [depth - 1]
+    tied = text["tie_word_embeddings"]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(text, max_position_embeddings=128000, rope_parameters=dict(ROPE), rms_norm_eps=1e-6,
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tied,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+def text_token_ids(tokenizer) -> list[int]:
+    """The ids a random shaped model may sample: the tokenizer's own, less the media placeholders (a sampled
+    ``<|video_pad|>`` has no video behind it)."""
+    media = {tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")}
+    return [i for i in range(len(tokenizer)) if i not in media]
+
+
+def build_shaped_model(out: str | Path, shape: str = "3b-slice", seed: int = 0, text_layers: int | None = None,
+                       vision_blocks: int | None = None, dtype: str = "float32", device: str = "cpu") -> Path:
+    """Writes a loadable random Qwen2.5-VL of ``shape`` to ``out`` (weights in ``dtype``, initialised on
+    ``device``: a full-depth 7B is built on a GPU in bfloat16) and returns its path."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, \
+        Qwen2VLVideoProcessor
+
+    from toy.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, TinySize, build_tokenizer, tokenizer_corpus
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(TinySize().vocab_size, tokenizer_corpus(seed=seed))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = shape_config(shape, ids, text_layers, vision_blocks)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(getattr(torch, dtype))
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    pixel_bounds = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 1280)  # our loader sizes frames before
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixel_bounds),
+        video_processor=Qwen2VLVideoProcessor(**pixel_bounds, cap_pixels_per_frame=False),
+        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    note = {"shape": shape, "seed": seed, "text_layers": config.text_config.num_hidden_layers,
+            "vision_blocks": config.vision_config.depth, "dtype": dtype,
+            "params": sum(p.numel() for p in model.parameters())}
+    (out / "videop2r_shape.json").write_text(json.dumps(note, indent=1))
+    return out
