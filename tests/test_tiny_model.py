@@ -96,3 +96,39 @@ def test_size_from_any_object_with_the_fields(tmp_path):
     b = build_tiny_model(tmp_path / "b", TinyModelSection(num_layers=1, vocab_size=600), recentre=False)
     for name in ("config.json", "videop2r_tiny.json", "tokenizer.json"):
         assert (a / name).read_text() == (b / name).read_text(), name
+
+
+def test_shaped_configs_keep_the_released_widths():
+    """The 3B/7B slices differ from the released Qwen2.5-VL configs in depth only (a width, the head layout, the
+    tying or the M-RoPE split copied wrong would test a shape no user runs); the meta-device model has the released
+    parameter count per layer, and a slice's last vision block attends fully, as blocks 7/15/23/31 do."""
+    from toy.shaped_model import shape_config
+
+    ids = {t: 1000 + i for i, t in enumerate(SPECIAL_TOKENS)}
+    released = {  # config.json of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct
+        "3b": (151936, 2048, 11008, 36, 16, 2, True, 2048),
+        "7b": (152064, 3584, 18944, 28, 28, 4, False, 3584),
+    }
+    for base, (vocab, hidden, inter, layers, heads, kv, tied, out) in released.items():
+        full, cut = shape_config(base, ids), shape_config(f"{base}-slice", ids)
+        for c, depth, blocks in ((full, layers, 32), (cut, 2, 4)):
+            t, v = c.text_config, c.vision_config
+            assert (t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
+                    t.num_key_value_heads) == (vocab, hidden, inter, depth, heads, kv)
+            assert t.hidden_size // t.num_attention_heads == 128 and bool(c.tie_word_embeddings) is tied
+            assert t.rope_parameters["mrope_section"] == [16, 24, 24] and t.rope_parameters["rope_theta"] == 1e6
+            assert (v.depth, v.hidden_size, v.intermediate_size, v.num_heads, v.out_hidden_size, v.patch_size,
+                    v.spatial_merge_size, v.temporal_patch_size, v.window_size) == \
+                (blocks, 1280, 3420, 16, out, 14, 2, 2, 112)
+        assert full.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
+        assert cut.vision_config.fullatt_block_indexes == [3]
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        with torch.device("meta"):
+            model = Qwen2_5_VLForConditionalGeneration(cut)
+        layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters())
+        attn = hidden * hidden * 2 + hidden * (hidden // heads) * kv * 2 + hidden + 2 * (hidden // heads) * kv
+        assert layer == attn + 3 * hidden * inter + 2 * hidden
+        assert (model.lm_head.weight is model.model.language_model.embed_tokens.weight) is tied
+    with pytest.raises(ValueError, match="unknown model shape"):
+        shape_config("72b-slice", ids)
