@@ -216,8 +216,12 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
         allowed = text_token_ids(tokenizer)
         for z in zero_stages:
             print(f"[shapes] {shape}, ZeRO-{z} ...", flush=True)
-            rows.append({"shape": shape, **measure(cfg, model, item, tokenizer, allowed, z, version0=10 * z + 1,
-                                                   together=not apart)})
+            try:
+                rows.append({"shape": shape, **measure(cfg, model, item, tokenizer, allowed, z, version0=10 * z + 1,
+                                                       together=not apart)})
+            except Exception as e:  # noqa: BLE001 - e.g. Ray's OOM killer: a row of the table, the others still run
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                rows.append({"shape": shape, "zero_stage": z, "ok": False, "error": f"{type(e).__name__}: {why[:160]}"})
     print(table(rows, frames, max_pixels, group_size, bucket_mb, text_layers, train_embeddings))
     if out:
         Path(out).write_text(json.dumps(rows, indent=1))
@@ -238,6 +242,9 @@ def table(rows: list[dict], frames: int, max_pixels: int, group_size: int, bucke
              f"{'sync s':>6s} {'step s':>6s} {'KL before':>9s} {'moved':>7s} {'KL after':>9s} {'learner GiB':>11s} "
              f"{'rollout GiB':>11s} {'ok':>3s}"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"{r['shape']:9s} {r['zero_stage']:>4d} failed: {r['error']}")
+            continue
         lines.append(f"{r['shape']:9s} {r['zero_stage']:>4d} {r['prompt_tokens']:>6d} {r['response_tokens']:>5d} "
                      f"{r['tensors']:>7d} {r['over_bucket']:>7d} {r['sync_mb']:>8.0f} {_num(r['sync_s'], 6, '.1f')} "
                      f"{r['step_s']:>6.1f} {r['kl_before']:>9.1e} {r['update_shift']:>7.0e} "
@@ -249,7 +256,7 @@ def table(rows: list[dict], frames: int, max_pixels: int, group_size: int, bucke
                  "sampled token's log-prob (the update did move the weights)")
     lines.append("peak memory: each role's processes' peak resident sets (VmHWM), summed; the rollout worker's "
                  "include its vLLM engine processes")
-    if any(not r["together"] for r in rows):
+    if any(not r.get("together", True) for r in rows):
         lines.append("sync and KL after '-': the roles ran one after the other (--apart), as both do not fit this "
                      "machine at once; KL before compares the worker's samples with the learner that scored them")
     return "\n".join(lines)
