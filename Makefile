@@ -25,6 +25,7 @@ bench: setup
 	.venv/bin/python -m benchmarks faults
 	.venv/bin/python -m benchmarks sync
 	.venv/bin/python -m benchmarks capacity
+	.venv/bin/python -m benchmarks shapes
 
 clean:
 	rm -rf runs/
