@@ -8,8 +8,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from actors.weight_transport import (Collective, WeightPlan, WeightTransportError, _group, _listening_store, _reason,
-                                     flatten, node_address, transport_device)
+from actors.weight_transport import (Collective, WeightPlan, WeightTransportError, _group, _listening_store,
+                                     error_reason, flatten, node_address, transport_device)
 
 
 def _send_pipelined(pg: Collective, plan: WeightPlan, named: dict[str, torch.Tensor], device) -> None:
@@ -112,7 +112,7 @@ class BroadcastGroup:
                 _send_pipelined(self._pg, plan, named, self.device)
         except Exception as e:  # noqa: BLE001 - any failure (a transfer, the sender's own buffers) closes the group
             self.close()
-            raise WeightTransportError(f"weight broadcast failed ({_reason(e)}); the group is "
+            raise WeightTransportError(f"weight broadcast failed ({error_reason(e)}); the group is "
                                        "closed: open a new one without the failed receiver") from None
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from actors.weight_names import check_names
-from actors.weight_transport import WeightPlan, WeightSender, WeightTransportError, plan_buckets
+from actors.weight_transport import WeightPlan, WeightSender, WeightTransportError, error_reason, plan_buckets
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class WeightSync:
         try:
             return self.source.send(names)
         except Exception as e:  # noqa: BLE001 - reported per worker; they are retried at the next sync
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            why = error_reason(e)
             log.warning("the weight sender failed (%s); no worker got weight version %d", why, self.source.version)
             for k in names:  # a dropped gloo pair makes the receiver's wait fail now, not after its timeout
                 try:
@@ -206,7 +206,7 @@ class WeightSync:
         try:
             error = self.source.send_group()
         except Exception as e:  # noqa: BLE001 - the sender's process failed (a Ray error from rank 0): an outcome
-            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            error = error_reason(e)
         outcomes = {}
         for k, ref in refs.items():
             try:

@@ -275,7 +275,7 @@ class WeightSender:
                 try:
                     flat = flatten(named, b, self.device)
                 except Exception as e:  # noqa: BLE001 - the sender's own side (a missing tensor, device memory)
-                    why = _reason(e)
+                    why = error_reason(e)
                     for k in keys:
                         failed.setdefault(k, why)
                 else:
@@ -284,17 +284,18 @@ class WeightSender:
                             try:
                                 current.append((k, self._groups[k].broadcast(flat), flat))
                             except Exception as e:  # noqa: BLE001 - refused or failed to post: this channel only
-                                failed[k] = _reason(e)
+                                failed[k] = error_reason(e)
             for k, w, _ in previous:
                 try:
                     w.wait()
                 except Exception as e:  # noqa: BLE001 - a transfer failed: this channel only
-                    failed.setdefault(k, _reason(e))
+                    failed.setdefault(k, error_reason(e))
             previous = current
         for k in failed:
             self.close(k)  # the receiver's end of a dropped gloo pair errors out instead of waiting for its timeout
         return failed
 
 
-def _reason(e: BaseException) -> str:
+def error_reason(e: BaseException) -> str:
+    """An exception in one short line (type and first line of its message), for outcomes and logs."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__

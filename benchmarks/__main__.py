@@ -69,7 +69,7 @@ def cmd_shapes(args) -> int:
 
     return run_bench_shapes(args.root, tuple(args.shapes), tuple(args.zero_stages), args.frames, args.size,
                             args.max_pixels, args.group_size, args.max_tokens, args.bucket_mb, args.set, args.verbose,
-                            args.json, args.text_layers, args.train_embeddings, args.apart)
+                            args.json, args.text_layers, args.train_embeddings, args.apart, args.force)
 
 
 def cmd_gpu(args) -> int:
@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a config override for every row, e.g. learner.beta=0 (repeatable)")
     p.add_argument("--apart", action="store_true", help="the worker samples and stops before the learner starts "
                    "(for a shape whose roles do not fit the machine at once: no sync, no after-update check)")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file (a new one, or --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     p.add_argument("--verbose", action="store_true", help="vLLM's and Ray's INFO logs on the console")
     p.set_defaults(func=cmd_shapes)
 

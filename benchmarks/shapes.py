@@ -17,6 +17,7 @@ tokenizer's ids are padding (as in the released embeddings), so sampling keeps t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -183,7 +184,7 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
                      frames: int = 16, size: int = 308, max_pixels: int = 128 * 28 * 28, group_size: int = 4,
                      max_tokens: int = 64, bucket_mb: float = 64, overrides: list[str] = (), verbose: bool = False,
                      out: str | None = None, text_layers: int = 2, train_embeddings: bool = False,
-                     apart: bool = False) -> int:
+                     apart: bool = False, force: bool = False) -> int:
     from cluster.config import Config
     from cluster.config_loader import load_config
     from transformers import AutoTokenizer
@@ -193,6 +194,12 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
     from videoqa.loader import MediaLoader
     from videoqa.schema import load_samples
 
+    if out and Path(out).exists() and not force:  # before anything starts: never over a user's file
+        print(f"shapes: {out} already exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    if text_layers < 1:
+        print(f"shapes: --text-layers must be at least 1 (got {text_layers})", file=sys.stderr)
+        return 2
     if not verbose:
         from transformers.utils import logging as hf_logging
 

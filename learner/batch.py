@@ -109,7 +109,8 @@ def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK) ->
     frozen_zero3 = _frozen_partitioned(head)
 
     def chunk_logprobs(h_chunk: torch.Tensor, ids_chunk: torch.Tensor) -> torch.Tensor:
-        logits = (frozen_zero3(h_chunk) if frozen_zero3 else head(h_chunk)).float()
+        copy = frozen_zero3 is not None and torch.is_grad_enabled()  # no backward: the head's own gather serves
+        logits = (frozen_zero3(h_chunk) if copy else head(h_chunk)).float()
         return torch.log_softmax(logits, -1).gather(-1, ids_chunk.unsqueeze(-1)).squeeze(-1)
 
     parts = []

@@ -170,3 +170,15 @@ def test_shapes_on_the_3b_slice(tmp_path):
         assert x["over_bucket"] >= 6 and x["tensors"] == 25, x  # 2 layers x 12 tensors + the final norm
         assert x["prompt_tokens"] > 32 and x["response_tokens"] > 0, x  # 4 frames of 112 px: 32 video tokens
         assert x["learner_gib"] > 1 and x["rollout_gib"] > 1, x
+
+
+def test_shapes_refuses_an_existing_json_before_starting(tmp_path):
+    """`shapes --json FILE` over a user's file: exit 2, one line naming --force, the file untouched, and nothing
+    started (no model built under --root). Catches a benchmark that overwrites results it did not write."""
+    mine = tmp_path / "mine.json"
+    mine.write_text("my results")
+    r = run("shapes", "--root", tmp_path / "root", "--json", mine, timeout=120)
+    assert r.returncode == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert mine.read_text() == "my results" and not (tmp_path / "root").exists()
+    r = run("shapes", "--root", tmp_path / "root", "--text-layers", 0, timeout=120)
+    assert r.returncode == 2 and "--text-layers" in r.stderr and not (tmp_path / "root").exists()

@@ -132,3 +132,5 @@ def test_shaped_configs_keep_the_released_widths():
         assert (model.lm_head.weight is model.model.language_model.embed_tokens.weight) is tied
     with pytest.raises(ValueError, match="unknown model shape"):
         shape_config("72b-slice", ids)
+    with pytest.raises(ValueError, match="at least 1 decoder layer"):  # not silently the default 2
+        shape_config("3b-slice", ids, text_layers=0)

@@ -163,4 +163,6 @@ def test_the_learners_weight_source_sends_from_the_learners_device():
         LocalWeightSource.for_process(nccl, torch.device("cpu"))
     gloo = SimpleNamespace(host="127.0.0.1", timeout_s=5, backend="gloo", bucket_mb=8)
     assert LocalWeightSource.for_process(gloo, torch.device("cuda", 0)).sender.device == torch.device("cpu")
-    assert "for_process(transport, self.learner.engine.device)" in open("cluster/learner_group.py").read()
+    from tests.conftest import ROOT
+
+    assert "for_process(transport, self.learner.engine.device)" in (ROOT / "cluster" / "learner_group.py").read_text()

@@ -43,8 +43,11 @@ def shape_config(shape: str, ids: dict[str, int], text_layers: int | None = None
     text = dict(TEXT[base])
     vision = dict(VISION, out_hidden_size=text["hidden_size"])
     if sliced:
-        text["num_hidden_layers"] = text_layers or SLICE["text_layers"]
-        depth = vision_blocks or SLICE["vision_blocks"]
+        text["num_hidden_layers"] = SLICE["text_layers"] if text_layers is None else text_layers
+        depth = SLICE["vision_blocks"] if vision_blocks is None else vision_blocks
+        if text["num_hidden_layers"] < 1 or depth < 1:
+            raise ValueError(f"a slice needs at least 1 decoder layer and 1 vision block (got {text['num_hidden_layers']}"
+                             f" and {depth})")
         vision["depth"] = depth
         vision["fullatt_block_indexes"] = [i for i in VISION["fullatt_block_indexes"] if i < depth - 1] + [depth - 1]
     tied = text["tie_word_embeddings"]
