@@ -197,6 +197,8 @@ class JudgeEngine:
 
         self._llm = start_engine(engine_cfg, model, dtype="auto" if engine_cfg.device == "cuda" else "float32", seed=seed)
         self._calls = 0
+        # where the model loads: the files this engine serves, whichever host's copy they are
+        self.fingerprint = model_fingerprint(model)
 
     def generate(self, prompts: list[str], max_tokens: int, temperature: float,
                  time_limit_s: float = float("inf")) -> list[tuple[str | None, str]]:
@@ -236,6 +238,9 @@ class JudgeEngine:
     def ready(self) -> bool:
         return True
 
+    def identity(self) -> str:
+        return self.fingerprint
+
 
 class VLLMJudge:
     """Sends each batch to the judge engines (one chunk per engine, in parallel) and waits within the deadline."""
@@ -243,8 +248,12 @@ class VLLMJudge:
     def __init__(self, cfg, engines: list):
         if not engines:
             raise ValueError("the vllm judge needs at least one JudgeEngine actor")
+        import ray
+
         self.cfg, self.engines = cfg, engines
-        self.model_id = f"vllm:{model_fingerprint(cfg.model)}|t={cfg.temperature}|n={cfg.max_tokens}"
+        # the model's identity as the engine that loaded it sees it (not this reward host's view of the path)
+        fingerprint = ray.get(engines[0].identity.remote())
+        self.model_id = f"vllm:{fingerprint}|t={cfg.temperature}|n={cfg.max_tokens}"
 
     def _chunk(self, engine, prompts: list[str], deadline: float) -> list[Outcome]:
         import ray

@@ -33,11 +33,8 @@ class RewardPool:
                                f"{cfg.judge.num_engines} judge engine(s) of {eng.num_cpus} CPU and {eng.num_gpus} GPU",
                                "lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes")
         tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
-        options = {}
-        if cfg.judge.backend == "http":  # checked here, before any actor starts; the actors get it in their env
-            options["runtime_env"] = {"env_vars": {cfg.judge.api_key_env: judge_api_key(cfg.judge)}}
         worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, resources=dict(cfg.reward.resources),
-                                                  max_restarts=-1, max_task_retries=2, **options)
+                                                  max_restarts=-1, max_task_retries=2, **_driver_secrets(cfg))
         n = num_workers or cfg.reward.num_workers
         self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines) for _ in range(n)]
         self._wait_started([w.__ray_ready__.remote() for w in self.workers], start_timeout_s,
@@ -81,3 +78,18 @@ class RewardPool:
 
         for a in self.workers + self.engines:
             ray.kill(a)
+
+
+def _driver_secrets(cfg) -> dict:
+    """The judge's key and the cache's URL and password as the driver reads them, in the reward actors' runtime
+    env: an actor on another host would otherwise read its own host's variables (or none). The judge's key is
+    checked here, before any actor starts."""
+    import os
+
+    env = {}
+    if cfg.judge.backend == "http":
+        env[cfg.judge.api_key_env] = judge_api_key(cfg.judge)
+    for name in (cfg.cache.url_env, cfg.cache.password_env):
+        if name and os.environ.get(name):
+            env[name] = os.environ[name]
+    return {"runtime_env": {"env_vars": env}} if env else {}

@@ -9,23 +9,15 @@ update. The run is synchronous (trainer.max_staleness=0), so each step's rollout
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from benchmarks.train import _setup
+from toy.faults import kill_actor
 
 B, G, STEPS = 4, 3, 9
-
-
-def _pid(actor) -> int:
-    import ray
-
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
 
 
 def nan_gradient_once(learner) -> None:
@@ -95,11 +87,10 @@ def run_bench_faults(root: str | Path = "runs/bench") -> int:
         seen["events"] = len(events)
         nxt = step + 1
         if nxt == 2:
-            victim = _pid(trainer.rollout.slots["rollout-0"].actor)
-            threading.Timer(0.5, os.kill, (victim, signal.SIGKILL)).start()
+            kill_actor(trainer.rollout.slots["rollout-0"].actor, after_s=0.5)
         elif nxt == 3:
             trainer.rollout.wait_until_ready(timeout_s=300)
-            os.kill(_pid(trainer.pool.workers[0]), signal.SIGKILL)
+            kill_actor(trainer.pool.workers[0])
         elif nxt == 4:
             trainer.stack.redis.stop()
         elif nxt == 5:

@@ -10,6 +10,7 @@ killed job loses at most the batch in flight. Other settings in a folder that ho
 
 from __future__ import annotations
 
+import os
 import hashlib
 import json
 import shutil
@@ -28,7 +29,7 @@ def file_digest(path: str | Path) -> str:
 
 class BatchStore:
     def __init__(self, out_dir: str | Path, identity: dict, force: bool = False):
-        self.path = Path(out_dir).resolve()
+        self.path = Path(os.path.abspath(out_dir))  # symlinks kept: other hosts open this path as given
         self.parts = self.path / "parts"
         job = self.path / "job.json"
         if self.path.is_dir() and any(self.path.iterdir()) and not job.is_file():

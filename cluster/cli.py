@@ -52,6 +52,22 @@ def place_paths(cfg, env=os.environ):
             raise ConfigError(f"{name}.{key}={value} is relative, and this job runs in Ray's temporary copy of the "
                               "repository: give deploy/submit.sh --out-root DIR (storage the head node writes) or an "
                               f"absolute {name}.{key}")
+    return absolute_paths(cfg)
+
+
+def absolute_paths(cfg):
+    """Paths that actors on other hosts open, made absolute here, where they were given: an actor's working folder
+    is not the driver's. Symlinks are kept as given (``os.path.abspath``, not ``resolve``): the link may be the
+    path every host shares while its target is one host's mount. Model names that are not local folders (a hub id
+    for the tokenizer or judge) stay as they are."""
+    for section, key, always in ((cfg.run, "out_dir", True), (cfg.eval, "out_dir", True), (cfg.cot, "out_dir", True),
+                                 (cfg.model, "path", True), (cfg.data, "dir", True), (cfg.reward, "tokenizer", False),
+                                 (cfg.judge, "model", False)):
+        value = getattr(section, key)
+        if section is cfg.judge and cfg.judge.backend != "vllm":  # an endpoint's model name, not a folder
+            continue
+        if value and (always or Path(value).exists()):
+            setattr(section, key, os.path.abspath(value))
     return cfg
 
 
@@ -360,6 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, RowError, MediaError, RunExistsError, OutputExistsError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - an actor's failure (a host lost, a rank that raised): one line, not Ray's traceback
+        from cluster.services import ray_error_line
+
+        line = ray_error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

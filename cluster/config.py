@@ -7,23 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from actors.judges import is_local_url
-from cluster.config_loader import Section
+from cluster.config_loader import Resources, Section, check_resources
 from videoqa.video import FrameSampling
-
-# Ray custom resources pin a role to the nodes that offer them (deploy/kuberay/ gives each worker group its own:
-# rollout, learner, reward); {} = anywhere. Values are per actor (per rank for the learner).
-Resources = dict[str, float]
-
-
-def check_resources(resources: Resources, section: str) -> Resources:
-    for name, amount in resources.items():
-        if name in ("CPU", "GPU", "memory", "object_store_memory"):
-            raise ValueError(f"{section}.resources names {name!r}: use {section}.num_cpus / num_gpus for CPU and GPU "
-                             "(resources holds Ray custom resources, e.g. {rollout: 1})")
-        if not amount > 0:
-            raise ValueError(f"{section}.resources.{name}={amount}: an amount must be above 0")
-    return resources
-
 
 class RunSection(Section):
     name: str = "demo"
@@ -153,6 +138,13 @@ class TransportSection(Section):
     timeout_s: float = Field(60, gt=0)  # channel set-up and each transfer; a missing peer fails after this
     # the sender's address as workers see it, and the only interface its channels listen on; default: this node's IP
     host: str | None = None
+
+    @model_validator(mode="after")
+    def _connectable(self):
+        if self.host is not None and self.host.strip("[]") in ("0.0.0.0", "::", ""):
+            raise ValueError(f"transport.host={self.host!r} is no address a worker can connect to: leave it unset "
+                             "(each learner uses its node's address) or give that address")
+        return self
 
 
 class LearnerSection(Section):
@@ -350,7 +342,9 @@ class CacheSection(Section):
     ttl_s: int = Field(7 * 24 * 3600, ge=1)
     socket_timeout_s: float = Field(0.5, gt=0)
     retry_after_s: float = Field(10, ge=0)  # after a failure, judge without the cache this long before retrying
-    start_local: bool = False  # single-box runs: start a redis-server on a free loopback port and use it
+    # start a redis-server for this run on the driver's host and use it (on loopback in a private local cluster,
+    # on the node's address, behind a random password, in a cluster of several hosts)
+    start_local: bool = False
 
 
 class Config(Section):
@@ -384,6 +378,9 @@ class Config(Section):
             if n >= self.rollout.max_model_len:  # the prompt (with its video tokens) needs room too
                 raise ValueError(f"{name}={n} leaves no room for the prompt in rollout.max_model_len="
                                  f"{self.rollout.max_model_len}: raise max_model_len or lower {name}")
+        if self.rollout.temperature == 0:  # vLLM refuses n > 1 at greedy sampling, and a group would be flat
+            raise ValueError(f"rollout.temperature=0 gives rollout.group_size={self.rollout.group_size} identical "
+                             "samples: set rollout.temperature > 0 (e.g. 1.0)")
         if self.cot.samples > 1 and self.cot.temperature == 0:
             raise ValueError(f"cot.samples={self.cot.samples} at cot.temperature=0 gives {self.cot.samples} identical "
                              "outputs: set cot.temperature > 0 (e.g. 0.7) or cot.samples=1")

@@ -24,6 +24,21 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and what to do."""
 
 
+# Ray custom resources pin a role to the nodes that offer them (deploy/kuberay/ gives each worker group its own:
+# rollout, learner, reward); {} = anywhere. Values are per actor (per rank for the learner).
+Resources = dict[str, float]
+
+
+def check_resources(resources: Resources, section: str) -> Resources:
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"{section}.resources names {name!r}: use {section}.num_cpus / num_gpus for CPU and GPU "
+                             "(resources holds Ray custom resources, e.g. {rollout: 1})")
+        if not amount > 0:
+            raise ValueError(f"{section}.resources.{name}={amount}: an amount must be above 0")
+    return resources
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated too."""
 

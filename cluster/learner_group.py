@@ -33,8 +33,11 @@ class LearnerRank:
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, cfg, model_path: str, master: tuple[str, int], with_reference: bool, transport=None) -> dict:
+        from learner.deepspeed_setup import pin_interface
+
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
                           MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
+        pin_interface(ray.util.get_node_ip_address())  # the world's connections on the node's Ray address
         # Ray gives each actor its GPU (CUDA_VISIBLE_DEVICES), so the local rank inside it is always 0.
         from learner.engine import Learner
 

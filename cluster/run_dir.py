@@ -32,7 +32,7 @@ class RunExistsError(RuntimeError):
 
 class RunDir:
     def __init__(self, out_dir: str | Path):
-        self.path = Path(out_dir).resolve()
+        self.path = Path(os.path.abspath(out_dir))  # symlinks kept: other hosts open this path as given
         self.checkpoints = self.path / "checkpoints"
         self.rollouts = self.path / "rollouts"
 

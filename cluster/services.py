@@ -1,5 +1,6 @@
-"""Local service processes the project starts for itself (tests, benchmarks, the single-box demo): a real
-redis-server on a free loopback port. On a cluster, point ``cache.url`` at a managed Redis instead."""
+"""Local service processes the project starts for itself (tests, benchmarks, the demo, ``cache.start_local``): a real
+redis-server on a free port, on loopback or on the node's address for the other hosts of a cluster. A long-lived
+cluster can point ``cache.url`` at a managed Redis instead."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A port free on every interface of this host (a port free on loopback may be taken on the node's IP)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
 class RedisServer:
-    """redis-server on loopback, in its own folder, without persistence, behind a random password (other users of
-    the machine reach loopback too); ``url`` carries the password, ``address`` is the same without it, for logs.
+    """redis-server on ``host`` (loopback by default; a cluster's other hosts need the node's address, and this
+    host's own clients keep loopback), in its own folder, without persistence, behind a random password (other
+    users of the machine reach it too); ``url`` carries the password, ``address`` is the same without it, for logs.
     ``stop()`` kills it and removes the folder when it made one. ``password`` restarts a server clients know."""
 
     def __init__(self, workdir: str | Path | None = None, port: int | None = None, start_timeout_s: float = 10.0,
-                 password: str | None = None):
+                 password: str | None = None, host: str = "127.0.0.1"):
         import redis
 
         if shutil.which("redis-server") is None:
@@ -34,11 +37,13 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.password = password or secrets.token_hex(16)
-        self.address = f"redis://127.0.0.1:{self.port}/0"
-        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        self.host = host
+        self.address = f"redis://{host}:{self.port}/0"
+        self.url = f"redis://:{self.password}@{host}:{self.port}/0"
+        binds = ["127.0.0.1"] + ([host] if host != "127.0.0.1" else [])
         # the password goes in through stdin's config, not argv (which `ps` shows to every user)
         self.proc = subprocess.Popen(
-            ["redis-server", "-", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "-", "--port", str(self.port), "--bind", *binds, "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -90,17 +95,11 @@ QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1", "TRAN
 
 
 # A rollout worker's vLLM engine runs in child processes; when the worker dies (SIGKILL, Ray's OOM killer) they
-# would outlive it (about 2.5 GB each on the tiny model). The raylet reaps the children of dead workers with this.
-ORPHAN_REAPING = {"RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true"}
-
-
-def keep_child_exit_codes() -> None:
-    """With ORPHAN_REAPING set, Ray's core worker also sets SIGCHLD to SIG_IGN in the driver, where the kernel
-    then reaps every child at once: `subprocess` reads exit code 0 for a command that failed. The raylet does the
-    reaping the flag is for; the driver goes back to the default disposition (call after ``ray.init``)."""
-    import signal
-
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+# would outlive it (about 2.5 GB each on the tiny model; on a GPU node they keep the GPU's memory and the restarted
+# worker cannot load). With this set on every node, each worker runs in a process group of its own that the raylet
+# kills when the worker dies. (Not Ray's older subreaper flag: with it every Ray worker, the job supervisor
+# included, reads exit code 0 for a child that failed, so every `ray job submit` reported success.)
+ORPHAN_REAPING = {"RAY_process_group_cleanup_enabled": "true"}
 
 
 def init_ray(verbose: bool = False, **local_kwargs) -> None:
@@ -123,4 +122,45 @@ def init_ray(verbose: bool = False, **local_kwargs) -> None:
         if not verbose:  # Ray's notice that it chose token authentication (its secure default) for the cluster
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env}, **common, **local_kwargs)
-        keep_child_exit_codes()
+
+
+def ray_error_line(e: BaseException) -> str | None:
+    """One line for a Ray error that reached a command (an actor's exception, an actor or node lost): what failed,
+    on which host, why. None for an error that is not Ray's."""
+    import re
+
+    try:
+        from ray import exceptions as rx
+    except ImportError:
+        return None
+    if isinstance(e, rx.RayTaskError):  # raised inside an actor or task: its own exception, where it ran
+        cause = e.__dict__.get("cause") or e
+        text = (str(cause).strip().splitlines() or [""])[0][:300]
+        # what arrives is Ray's copy of the cause's class, whose attributes are the cause's: read the message
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        where = re.search(r"ray::([\w.]+)\(\) \(pid=\d+, ip=([^,)]+)", plain)
+        what, ip = where.groups() if where else ("a task", "its node")
+        return f"{what} failed on {_host(ip)}: {type(cause).__name__}: {text}"
+    if isinstance(e, rx.RayActorError):  # the actor's process or its node is gone
+        msg = str(e)
+        cls = re.search(r"class_name: (\S+)", msg)
+        ip = re.search(r"\bip: (\S+)", msg)
+        why = next((line.strip() for line in msg.splitlines()[1:] if line.strip() and ":" not in line.split()[0]),
+                   "it exited")
+        return f"a {cls.group(1) if cls else 'Ray'} actor died on {_host(ip.group(1)) if ip else 'its node'}: {why[:300]}"
+    if isinstance(e, rx.RayError):
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    return None
+
+
+def _host(ip: str) -> str:
+    """``hostname (ip)`` from Ray's node table, or the address alone."""
+    try:
+        import ray
+
+        for n in ray.nodes() if ray.is_initialized() else []:
+            if n.get("NodeManagerAddress") == ip:
+                return f"{n.get('NodeManagerHostname', '?')} ({ip})"
+    except Exception:  # noqa: BLE001 - the name is a courtesy; the address is enough
+        pass
+    return ip

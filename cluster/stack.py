@@ -43,26 +43,32 @@ class Dataset:
 
 class Stack:
     def __init__(self, cfg, verbose: bool = False):
+        from cluster.across_hosts import alive_nodes, check_reachable
         from cluster.services import RedisServer, init_ray
 
+        import ray
+
         self.cfg, self.redis = cfg, None
+        self.owns_ray = False
+        if not ray.is_initialized():
+            init_ray(verbose, num_cpus=logical_cpus(cfg))
+            self.owns_ray = True
+        # before anything starts: a loopback address would name another machine on every other host
+        check_reachable(cfg, self.redis_url())
         if cfg.cache.start_local:
             import os
 
             if os.environ.get(cfg.cache.url_env):
                 log.warning("cache.start_local: ignoring %s (this run starts and uses its own redis-server)",
                             cfg.cache.url_env)
-            self.redis = RedisServer()
+            # a private local cluster is this machine alone: loopback; the hosts of a cluster this command joined
+            # (now or once it grows) reach it on this node's address
+            private = not os.environ.get("RAY_ADDRESS") and alive_nodes() == 1
+            self.redis = RedisServer(host="127.0.0.1" if private else ray.util.get_node_ip_address())
             # start_local wins over the environment everywhere (reward actors read the config, not the variables):
             # the URL carries the server's random password
             cfg.cache.url, cfg.cache.url_env, cfg.cache.password_env = self.redis.url, "", ""
             cfg.cache.start_local = False  # the stages of this command share this one
-        self.owns_ray = False
-        import ray
-
-        if not ray.is_initialized():
-            init_ray(verbose, num_cpus=logical_cpus(cfg))
-            self.owns_ray = True
         self._tokenizer = None
 
     @property

@@ -11,6 +11,7 @@ import time
 
 import ray
 
+from cluster.across_hosts import check_storage
 from cluster.run_dir import RunDir
 from cluster.stack import Dataset, Stack, check_judge_fits, check_model
 from videoqa.sampler import IndexOrder
@@ -57,6 +58,7 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
     own = stack is None
     stack = stack or Stack(cfg, verbose)
     try:
+        check_storage(str(run.path), cfg.model.path)  # every host sees the run folder and the model, or none starts
         data = Dataset(cfg, cfg.data.cot_file)
         check_cot_rows(data)
         learner = LearnerGroup(cfg, cfg.model.path, with_reference=False, lr=cfg.sft.lr,
@@ -130,6 +132,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
     stack = stack or Stack(cfg, verbose)
     parts = []
     try:
+        check_storage(str(run.path), cfg.model.path)  # every host sees the run folder and the model, or none starts
         # first: a port in use is a start-up error, not one after the engines have loaded
         metrics = StepMetrics(cfg.metrics.port, host=cfg.metrics.host, stall_after_s=cfg.metrics.stall_after_s,
                               run_info={"run_id": run_id, "algorithm": cfg.learner.algorithm,

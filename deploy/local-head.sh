@@ -29,8 +29,8 @@ case "${1:-start}" in
       echo "error: a head started by this script is running (process group $(cat "$pgid_file")); run '$0 stop' first" >&2
       exit 2
     fi
-    # a dead rollout worker's vLLM engine processes are reaped instead of outliving it
-    export RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper=true
+    # a dead rollout worker's vLLM engine processes are killed with it (each worker has its own process group)
+    export RAY_process_group_cleanup_enabled=true
     # its own process group (setsid), so that stop can end exactly this head and the processes it started
     setsid ray start --head --block --disable-usage-stats --dashboard-host=127.0.0.1 --dashboard-port="$port" \
       --port="${RAY_GCS_PORT:-6380}" --num-cpus="${RAY_NUM_CPUS:-4}" "$@" >"$state/head.log" 2>&1 &

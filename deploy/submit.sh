@@ -84,7 +84,8 @@ trap 'rm -f "$renv"' EXIT
 import json, os, sys
 path, excludes, out_root, names = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4:]
 env = {"VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONWARNINGS": "ignore", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+       "PYTHONWARNINGS": "ignore", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR",
+       "TORCH_LOGS": "-all"}
 env.update({n: os.environ[n] for n in names if os.environ.get(n)})
 if out_root:
     env["VIDEOP2R_OUT_ROOT"] = out_root

@@ -10,8 +10,29 @@ def _free_port() -> int:
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))  # free on every interface, not only on loopback
         return s.getsockname()[1]
+
+
+def interface_of(ip: str) -> str | None:
+    """The network interface that carries ``ip`` on this host (None if none does)."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == ip for a in addrs):
+            return name
+    return None
+
+
+def pin_interface(ip: str) -> None:
+    """Makes gloo's and nccl's own connections use the interface of ``ip`` (the node's Ray address). Without it
+    they advertise the address the hostname resolves to, which is loopback where /etc/hosts maps the hostname to
+    127.0.1.1 (Debian's default): ranks on other hosts cannot connect and the world never forms. A variable the
+    user set wins."""
+    name = interface_of(ip)
+    if name:
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            os.environ.setdefault(var, name)
 
 
 def init_distributed(backend: str) -> None:

@@ -62,13 +62,12 @@ def ray_cluster():
     """One local Ray cluster for the session (logical CPUs above the 2 real ones, so several actors fit)."""
     import ray
 
-    from cluster.services import ORPHAN_REAPING, keep_child_exit_codes
+    from cluster.services import ORPHAN_REAPING
 
     os.environ.update(ORPHAN_REAPING)  # a SIGKILLed rollout worker's vLLM engine processes go with it
     # address="local": a private cluster, even if another one (e.g. the ray-job test's) runs on this machine
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    keep_child_exit_codes()  # or every later test's subprocess exit codes read 0
     yield ray
     ray.shutdown()
 

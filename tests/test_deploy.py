@@ -168,6 +168,106 @@ def test_kuberay_roles_secrets_and_monitoring_fit_together():
     assert cfg.metrics.port in head_ports
 
 
+GIB = 2 ** 30
+GPU_CONFIGS = ("paper-7b-gpu.yaml", "make-cot-gpu.yaml", "eval-gpu.yaml")
+
+
+def _kuberay_across_hosts_problems(cluster: dict, job: dict, redis: list[dict], configs: dict) -> list[str]:
+    """What breaks a multi-host run: a Ray node without the raylet's orphan reaping (a dead rollout worker's vLLM
+    engine keeps its GPU), a pod without a memory /dev/shm larger than its object store, a RayJob that is not
+    retried or whose retry starts over, a GPU config whose models or Redis are not where the manifests put them."""
+    from urllib.parse import urlparse
+
+    from cluster.services import ORPHAN_REAPING
+
+    problems = []
+    groups = [("head", cluster["spec"]["headGroupSpec"])] + [(g["groupName"], g)
+                                                             for g in cluster["spec"]["workerGroupSpecs"]]
+    env_names, shared = set(), None
+    for role, group in groups:
+        pod = group["template"]["spec"]
+        for c in pod["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            env_names |= set(env)
+            for name, value in ORPHAN_REAPING.items():
+                if env.get(name, {}).get("value") != value:
+                    problems.append(f"{role}: {c['name']} lacks {name}={value}")
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            shm = volumes.get(mounts.get("/dev/shm"), {}).get("emptyDir", {})
+            if shm.get("medium") != "Memory" or not str(shm.get("sizeLimit", "")).endswith("Gi"):
+                problems.append(f"{role}: {c['name']} has no memory-backed /dev/shm with a sizeLimit in Gi")
+            elif int(group["rayStartParams"].get("object-store-memory", 2 ** 62)) >= int(shm["sizeLimit"][:-2]) * GIB:
+                problems.append(f"{role}: object-store-memory not set below the /dev/shm size (Ray takes 95% of it)")
+            mine = {p for p, name in mounts.items() if "persistentVolumeClaim" in volumes.get(name, {})}
+            shared = mine if shared is None else shared & mine  # the shared volume: mounted alike on every node
+
+    if job["spec"].get("backoffLimit", 0) < 1:
+        problems.append("rayjob: backoffLimit < 1: a failed run is not retried")
+    if "run.resume=auto" not in shlex.split(job["spec"]["entrypoint"]):
+        problems.append("rayjob: the entrypoint lacks run.resume=auto: a retry would not continue the run")
+
+    (service,) = [d for d in redis if d["kind"] == "Service"]
+    redis_host, redis_port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    if cluster["spec"]["gcsFaultToleranceOptions"]["redisAddress"] != f"{redis_host}:{redis_port}":
+        problems.append("raycluster: the GCS store is not the Redis Service")
+    for name, cfg in configs.items():
+        paths = [("model.path", cfg.model.path)] + [("judge.model", cfg.judge.model)] * (cfg.judge.backend == "vllm")
+        for key, path in paths:
+            if not any(Path(path).is_relative_to(m) for m in shared):
+                problems.append(f"{name}: {key}={path} is not on the shared volume ({sorted(shared)})")
+        if cfg.cache.enabled:
+            url = urlparse(cfg.cache.url)
+            if (url.hostname, url.port) != (redis_host, redis_port) or url.password:
+                problems.append(f"{name}: cache.url={cfg.cache.url} is not redis://{redis_host}:{redis_port} "
+                                "with no password in it")
+            if cfg.cache.password_env not in env_names:
+                problems.append(f"{name}: cache.password_env={cfg.cache.password_env} is set on no pod")
+        if cfg.judge.backend == "http" and cfg.judge.api_key_env not in env_names:
+            problems.append(f"{name}: judge.api_key_env={cfg.judge.api_key_env} is set on no pod")
+    return problems
+
+
+def test_kuberay_manifests_and_gpu_configs_fit_across_hosts():
+    """Every Ray node reaps orphans and has a memory /dev/shm above its object store; the RayJob is retried and
+    resumes; the GPU configs (and the RayJob's config) read models from the shared volume and use the Redis
+    Service without a password in the URL. Each kind of break is caught (the manifests are read, then broken)."""
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+
+    (cluster,), (job,), redis = _docs("raycluster.yaml"), _docs("rayjob.yaml"), _docs("redis.yaml")
+    args = shlex.split(job["spec"]["entrypoint"])
+    configs = {f: load_config(Config, ROOT / "configs" / f) for f in GPU_CONFIGS}
+    configs["rayjob"] = load_config(Config, ROOT / "configs" / Path(args[3]).name, args[4:])
+    assert _kuberay_across_hosts_problems(cluster, job, redis, configs) == []
+
+    def broken(edit, which="cluster"):
+        c, j = copy.deepcopy(cluster), copy.deepcopy(job)
+        edit(c if which == "cluster" else j)
+        return "\n".join(_kuberay_across_hosts_problems(c, j, redis, configs))
+
+    def container(c, i):  # the YAML's aliases are shared objects: a break replaces, never edits in place
+        return ([c["spec"]["headGroupSpec"]] + c["spec"]["workerGroupSpecs"])[i]["template"]["spec"]["containers"][0]
+
+    assert "rollout: ray-worker lacks RAY_process_group_cleanup_enabled" in broken(
+        lambda c: container(c, 1).update(env=[e for e in container(c, 1)["env"] if "RAY_" not in e["name"]]))
+    assert "head: ray-head has no memory-backed /dev/shm" in broken(
+        lambda c: container(c, 0).update(volumeMounts=container(c, 0)["volumeMounts"][:1]))
+    assert "reward: ray-worker has no memory-backed /dev/shm" in broken(
+        lambda c: c["spec"]["workerGroupSpecs"][2]["template"]["spec"]["volumes"][1]["emptyDir"].pop("medium"))
+    assert "rollout: object-store-memory" in broken(
+        lambda c: c["spec"]["workerGroupSpecs"][0]["rayStartParams"].pop("object-store-memory"))
+    assert "backoffLimit" in broken(lambda j: j["spec"].update(backoffLimit=0), "job")
+    assert "run.resume=auto" in broken(lambda j: j["spec"].update(
+        entrypoint=j["spec"]["entrypoint"].replace("run.resume=auto", "")), "job")
+    for override, want in (("model.path=/models/Qwen2.5-VL-7B-Instruct", "model.path=/models"),
+                           ("judge.model=/models/Qwen2.5-72B-Instruct", "judge.model=/models"),
+                           ("cache.url=redis://redis-master:6379/0", "cache.url=redis://redis-master"),
+                           ("cache.url=redis://:pw@videop2r-redis:6379/0", "with no password")):
+        wrong = load_config(Config, ROOT / "configs" / "paper-7b-gpu.yaml", [override])
+        assert want in "\n".join(_kuberay_across_hosts_problems(cluster, job, redis, {"paper-7b-gpu.yaml": wrong}))
+
+
 def _walk(node):
     if isinstance(node, dict):
         yield node
@@ -208,19 +308,18 @@ def test_relative_outputs_are_anchored_or_refused_in_a_job(tmp_path):
 
     model = f"runs/not-built-{os.getpid()}/tiny-model"  # not in the job's copy of the repository
 
-    here = place_paths(cfg(), env={})  # outside a job nothing moves
-    assert here.run.out_dir == "runs/demo"
+    here = place_paths(cfg(), env={})  # outside a job paths stay where they are, made absolute for other hosts
+    assert here.run.out_dir == os.path.abspath("runs/demo")
     with pytest.raises(ConfigError, match="run.out_dir=runs/demo is relative.*--out-root"):
         place_paths(cfg(), env={"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"})
     placed = place_paths(cfg(), env={"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}", "VIDEOP2R_OUT_ROOT": str(tmp_path)})
     assert placed.run.out_dir == str(tmp_path / "runs/demo") and placed.eval.out_dir == str(tmp_path / "runs/eval")
     # the demo's model, built inside its run folder, moves with it; an input shipped in the job's copy does not
-    assert placed.model.path == str(tmp_path / model) and placed.data.dir == "configs"
+    assert placed.model.path == str(tmp_path / model) and placed.data.dir == os.path.abspath("configs")
 
 
 def _alive_in_group(pgid: int) -> list[str]:
-    """The group's live processes (zombies are dead: with Ray's subreaper flag this process inherits orphans and
-    reaps them only when it waits)."""
+    """The group's live processes (zombies are dead, only not yet reaped)."""
     import psutil
 
     out = []

@@ -86,9 +86,9 @@ def test_vllm_judge_engine_in_a_ray_actor(ray_cluster, cot, tiny_model_dir):
         assert [status for _, status in fresh] == ["ok"] * 4 and all(text for text, _ in fresh)
         # the engine killed: the batch still comes back in bounded time, every item counted (failed while Ray
         # restarts it, or judged once it is back), nothing raised
-        import signal
+        from toy.faults import kill_actor
 
-        os.kill(ray.get(engine.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        kill_actor(engine)
         t0 = time.monotonic()
         after = pool.score(items[:2])
         assert time.monotonic() - t0 < 180 and after.stats["rollouts"] == 2

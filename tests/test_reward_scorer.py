@@ -349,6 +349,9 @@ def test_a_judge_engine_raising_mid_batch_is_failed_verdicts_not_a_crash(ray_clu
 
     @ray.remote
     class Crashing:
+        def identity(self):
+            return "m@0"
+
         def generate(self, prompts, max_tokens, temperature, time_limit_s):
             raise RuntimeError("engine step failed")
 

@@ -13,6 +13,7 @@ from actors.rollout_group import LocalWeightSource, RolloutGroup
 from actors.rollout_worker import RolloutRequest, request_seed
 from actors.vllm_inputs import render_prompt, vllm_prompt
 from actors.weight_transport import WeightSender
+from toy.faults import child_pids, kill_actor, wait_gone
 from videoqa.loader import MediaLoader
 from videoqa.schema import load_samples
 
@@ -228,14 +229,11 @@ def test_worker_killed_mid_batch(group, items, processor, test_config, tiny_mode
 
     version = publish_new_version(group, tiny_model_dir)
     victim = group.slots["rollout-1"]
-    pid = ray.get(victim.actor.state.remote())["pid"]
     reqs = requests_for(items * 4, processor, "k-")
     reqs = [RolloutRequest(f"{r.request_id}-{i}", r.prompt) for i, r in enumerate(reqs)]
     slow = {"max_tokens": 256, "ignore_eos": True}  # ~10 s of work: the kill lands mid-batch
-    timer = threading.Timer(2.0, os.kill, (pid, signal.SIGKILL))
-    timer.start()
+    pid = kill_actor(victim.actor, after_s=2.0)  # from inside the worker, wherever its host is
     out = group.generate(reqs, overrides=slow)
-    timer.cancel()
     assert [r.request_id for r in out] == [r.request_id for r in reqs]  # every group once, in order
     assert all(len(r.responses) == test_config.rollout.group_size for r in out)
     assert any("rollout-1 lost" in e for e in group.events)
@@ -281,12 +279,14 @@ def test_worker_dying_during_a_sync(group, items, processor, tiny_model_dir):
 
     publish_new_version(group, tiny_model_dir)
     name = sorted(group.slots)[0]
-    pid = ray.get(group.slots[name].actor.state.remote())["pid"]
-    os.kill(pid, signal.SIGKILL)
+    engine = child_pids(group.slots[name].actor)
+    kill_actor(group.slots[name].actor)
     group.source.update(group.source.named, version=group.source.version + 1)
     report = group.sync_weights()
     assert report.outcomes[name] != "ok" and report.failed == [name], report.outcomes
     assert report.updated == [k for k in report.outcomes if k != name] and report.updated
+    # its vLLM engine processes died with it (ORPHAN_REAPING: the raylet kills a dead worker's process group)
+    assert engine and wait_gone(engine, 30) == [], "a dead worker's engine processes outlived it"
     assert not group.slots[name].ready
     out = group.generate(requests_for(items[:4], processor, "d-"), overrides={"max_tokens": 8})
     assert {r.weight_version for r in out} == {group.source.version}  # nobody served the old weights
@@ -341,7 +341,7 @@ def test_group_scheme_sends_once_to_every_worker_and_falls_back_to_channels(grou
         assert set(group.sync_weights().outcomes.values()) == {"ok"}  # the same group again, not re-formed
         assert sum(e.startswith("weight group of") for e in group.events) == 1
         name = sorted(group.slots)[0]
-        os.kill(ray.get(group.slots[name].actor.state.remote())["pid"], signal.SIGKILL)
+        kill_actor(group.slots[name].actor)
         group.source.update(group.source.named, version=version + 2)
         report = group.sync_weights()
         assert report.failed == [name] and report.updated == [k for k in group.slots if k != name]
@@ -388,3 +388,4 @@ def test_tensor_parallel_worker_receives_through_the_group(ray_cluster, items, p
         assert "only through the group" in report.outcomes["rollout-0"]
     finally:
         tp.shutdown()
+

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from cluster.run_dir import RunDir
 from tests.conftest import B, G, ROOT, config, overrides  # noqa: F401 - the shared run settings
+from toy.faults import kill_actor
 from videoqa.sampler import IndexOrder
 
 pytestmark = pytest.mark.vllm
@@ -148,9 +148,6 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
 
-    def pid_of(actor):
-        return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-
     def hook(trainer, step):
         if step == 1:
             scale(2)
@@ -158,11 +155,10 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
             trainer.rollout.wait_until_ready(timeout_s=240)  # the new worker joins (with the weights)
             assert trainer.rollout.ready_workers == 2
         if step == 3:  # SIGKILL a rollout worker while the next batch is being generated
-            victim = trainer.rollout.slots["rollout-0"].actor
-            threading.Timer(0.3, os.kill, (pid_of(victim), signal.SIGKILL)).start()
+            kill_actor(trainer.rollout.slots["rollout-0"].actor, after_s=0.3)  # from inside, wherever it runs
             events["rollout_killed"] = True
         if step == 4:
-            os.kill(pid_of(trainer.pool.workers[0]), signal.SIGKILL)
+            kill_actor(trainer.pool.workers[0])
             trainer.stack.redis.stop()
         if step == 5:
             judge.mode = "error"

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class JudgeServer:
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.mode = "yes"  # yes | no | garbage | slow | error | unauthorized
         self.raw: tuple[int, bytes] | None = None  # answer exactly this (status, body) instead
         self.fail_first = 0  # answer 500 to this many requests first
@@ -72,12 +72,36 @@ class JudgeServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.base_url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def main() -> None:
+    """Serves "Yes" verdicts until killed (the multi-host harness runs it on the head host); each request's model
+    goes to stdout, one line each, so that a caller can count them."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="a stand-in judge: an OpenAI-compatible chat endpoint answering Yes")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    a = p.parse_args()
+    server = JudgeServer(a.host, a.port)
+    print(f"judge at {server.base_url}", flush=True)
+    seen = 0
+    while True:
+        time.sleep(0.2)
+        with server.lock:
+            new, seen = server.requests[seen:], len(server.requests)
+        for r in new:
+            print(f"request model={r['body'].get('model')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

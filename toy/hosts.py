@@ -1,0 +1,292 @@
+"""Several hosts on one machine, for rehearsing a multi-host run (tests, `python -m benchmarks multihost`, a person
+at the keyboard through scripts/multihost.sh). Needs root and Linux namespaces.
+
+Each host is a network namespace on one bridge (its own veth, IP, loopback and hosts file) plus a mount, UTS and
+PID namespace kept alive by a ``sleep`` that is PID 1 there: its own hostname, its own tmpfs /tmp, /dev/shm and
+``runs/`` of this repository. The learner hosts' hosts files map their names to 127.0.1.1, as Debian does, so
+anything that takes its address from the hostname advertises loopback there. The repository, its .venv and
+``<state>/shared`` (the cluster's shared volume) are the same files everywhere.
+
+Only what this harness made is removed: killing a host's PID 1 ends every process of its PID namespace (Ray's
+daemons included), then its namespace, links and hosts file go by exact name. The names and PIDs are in
+``<state>/hosts.json``, so ``down`` also cleans up after a killed run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY_PORT, DASHBOARD_PORT = 6380, 8265
+
+
+@dataclass
+class Host:
+    name: str  # the hostname; the namespace is <prefix>-<name>
+    ip: str
+    resources: dict = field(default_factory=dict)
+    num_cpus: int = 2
+    debian: bool = False  # the hostname maps to 127.0.1.1 in this host's hosts file
+    pid: int = 0  # the host's PID 1, as the machine sees it
+
+
+def default_hosts(subnet: str) -> list[Host]:
+    """The head (Ray head, the job's driver, Redis, the judge), two learner hosts (one rank each), a rollout host, a
+    reward host, and a spare rollout host that `videop2r scale` fills."""
+    ip = lambda i: f"{subnet}.{10 + i}"  # noqa: E731
+    return [Host("head", ip(0), {}, 1),
+            Host("learn0", ip(1), {"learner": 1}, 2, debian=True),
+            Host("learn1", ip(2), {"learner": 1}, 2, debian=True),
+            Host("roll0", ip(3), {"rollout": 1}, 2),
+            Host("reward0", ip(4), {"reward": 1}, 1, debian=True),
+            Host("roll1", ip(5), {"rollout": 1}, 2)]
+
+
+class Cluster:
+    """The hosts of one harness, described by ``<state>/hosts.json``."""
+
+    def __init__(self, state: str | Path, prefix: str = "vp2r", subnet: str = "10.87.0"):
+        self.state = Path(state).absolute()
+        self.file = self.state / "hosts.json"
+        if self.file.exists():
+            saved = json.loads(self.file.read_text())
+            prefix, subnet = saved["prefix"], saved["subnet"]
+            self.hosts = [Host(**h) for h in saved["hosts"]]
+        else:
+            self.hosts = default_hosts(subnet)
+        self.prefix, self.subnet = prefix, subnet
+        self.bridge = f"{prefix}br"
+        self.shared = self.state / "shared"
+
+    # -- names -------------------------------------------------------------------------------------------------------
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def netns(self, h: Host) -> str:
+        return f"{self.prefix}-{h.name}"
+
+    def veth(self, h: Host) -> str:  # the machine's end of the host's link (the host's end is its eth0)
+        return f"{self.prefix}{self.hosts.index(h)}"
+
+    @property
+    def head(self) -> Host:
+        return self.hosts[0]
+
+    @property
+    def ray_address(self) -> str:
+        return f"{self.head.ip}:{RAY_PORT}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://{self.head.ip}:{DASHBOARD_PORT}"
+
+    def _save(self) -> None:
+        self.file.write_text(json.dumps({"prefix": self.prefix, "subnet": self.subnet,
+                                         "hosts": [asdict(h) for h in self.hosts]}, indent=1))
+
+    # -- up / down ---------------------------------------------------------------------------------------------------
+    def up(self) -> None:
+        if os.geteuid() != 0:
+            raise PermissionError("the multi-host harness needs root (network, mount and PID namespaces)")
+        for tool in ("ip", "unshare", "nsenter"):
+            if shutil.which(tool) is None:
+                raise FileNotFoundError(f"the multi-host harness needs `{tool}` (iproute2 / util-linux)")
+        if self.file.exists():
+            raise FileExistsError(f"{self.file} exists: hosts are up (or were killed); run `down` first")
+        taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        if f" {self.subnet}." in taken:
+            raise RuntimeError(f"{self.subnet}.0/24 is already in use on this machine: pick another subnet")
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.shared.mkdir(exist_ok=True)
+        self._save()  # first, so that `down` finds whatever a failure below leaves
+        sh(["ip", "link", "add", self.bridge, "type", "bridge"])
+        sh(["ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge])
+        sh(["ip", "link", "set", self.bridge, "up"])
+        for h in self.hosts:
+            self._add_host(h)
+            self._save()
+
+    def _add_host(self, h: Host) -> None:
+        ns, veth = self.netns(h), self.veth(h)
+        etc = Path("/etc/netns") / ns
+        etc.mkdir(parents=True, exist_ok=True)
+        mine = "127.0.1.1" if h.debian else h.ip
+        others = "".join(f"{o.ip} {o.name}\n" for o in self.hosts if o is not h)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{mine} {h.name}\n{others}")
+        sh(["ip", "netns", "add", ns])
+        sh(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        sh(["ip", "link", "set", veth, "master", self.bridge, "up"])
+        inside = ["ip", "netns", "exec", ns]
+        sh(inside + ["ip", "addr", "add", f"{h.ip}/24", "dev", "eth0"])
+        sh(inside + ["ip", "link", "set", "eth0", "up"])
+        sh(inside + ["ip", "link", "set", "lo", "up"])
+        sh(inside + ["ip", "route", "add", "default", "via", f"{self.subnet}.1"])
+        (ROOT / "runs").mkdir(exist_ok=True)
+        setup = (f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && "
+                 f"mount -t tmpfs tmpfs {ROOT / 'runs'} && hostname {h.name} && exec sleep infinity")
+        keeper = subprocess.Popen(inside + ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
+                                            "sh", "-c", setup], start_new_session=True, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not h.pid:
+            h.pid = _pid_one(keeper.pid)
+            if keeper.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"host {h.name} did not start (unshare exited {keeper.poll()})")
+            time.sleep(0.05)
+        while "sleep" not in Path(f"/proc/{h.pid}/cmdline").read_bytes().decode(errors="replace"):
+            time.sleep(0.05)  # its mounts are in place once it is the sleep
+
+    def down(self) -> list[str]:
+        """Ends every process of the hosts and removes their namespaces, links and hosts files."""
+        done = []
+        for h in self.hosts:
+            if h.pid and _is_pid_one_of(h.pid, self.netns(h)):
+                os.kill(h.pid, signal.SIGKILL)  # the kernel then kills every process of its PID namespace
+                done.append(h.name)
+        for h in self.hosts:
+            for pid in _netns_pids(self.netns(h)):  # anything that entered only its network namespace
+                _kill(pid)
+            subprocess.run(["ip", "netns", "del", self.netns(h)], capture_output=True)
+            subprocess.run(["ip", "link", "del", self.veth(h)], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / self.netns(h), ignore_errors=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        self.file.unlink(missing_ok=True)
+        return done
+
+    # -- running things on a host ------------------------------------------------------------------------------------
+    def command(self, host: str | Host, argv: list[str], env: dict | None = None) -> list[str]:
+        """``argv`` as it runs on ``host`` (its namespaces, the repository as working directory, ``env`` added)."""
+        h = host if isinstance(host, Host) else self.host(host)
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        return ["nsenter", "-t", str(h.pid), "-m", "-u", "-n", "-p", f"--wd={ROOT}", "--", "env", *extra, *argv]
+
+    def run(self, host, argv, env=None, timeout=120, check=True) -> subprocess.CompletedProcess:
+        r = subprocess.run(self.command(host, argv, env), capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode:
+            raise RuntimeError(f"on {host}: {' '.join(argv)} exited {r.returncode}: {(r.stdout + r.stderr)[-2000:]}")
+        return r
+
+    def popen(self, host, argv, env=None, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.command(host, argv, env), **kw)
+
+    def ray_env(self) -> dict:
+        venv = Path(sys.executable).parent
+        return {"PATH": f"{venv}:{os.environ.get('PATH', '/usr/bin:/bin')}", "RAY_AUTH_MODE": "token",
+                # a stopped job gets SIGTERM, and SIGKILL only after this (time to write its checkpoint)
+                "RAY_JOB_STOP_WAIT_TIME_S": "60",
+                # a dead rollout worker's vLLM engine processes die with it (as on every node of a real cluster)
+                "RAY_process_group_cleanup_enabled": "true"}
+
+    def start_ray(self, object_store_mb: int = 150) -> None:
+        """A Ray head on the first host, every other host joined to it with its role's resources."""
+        common = ["--disable-usage-stats", f"--object-store-memory={object_store_mb * 2**20}"]
+        h = self.head
+        self.run(h, ["ray", "start", "--head", f"--node-ip-address={h.ip}", f"--port={RAY_PORT}",
+                     "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}", f"--num-cpus={h.num_cpus}",
+                     *common], self.ray_env(), timeout=120)
+        joins = [self.popen(w, ["ray", "start", f"--address={self.ray_address}", f"--node-ip-address={w.ip}",
+                                f"--num-cpus={w.num_cpus}", f"--resources={json.dumps(w.resources)}", *common],
+                            self.ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for w in self.hosts[1:]]
+        for w, p in zip(self.hosts[1:], joins):
+            out, _ = p.communicate(timeout=180)
+            if p.returncode:
+                raise RuntimeError(f"{w.name} could not join the Ray head: {out[-2000:]}")
+
+    def join(self, name: str, object_store_mb: int = 150) -> None:
+        """Joins (or re-joins) one host's Ray node to the head."""
+        w = self.host(name)
+        self.run(w, ["ray", "start", f"--address={self.ray_address}", f"--node-ip-address={w.ip}",
+                     f"--num-cpus={w.num_cpus}", f"--resources={json.dumps(w.resources)}", "--disable-usage-stats",
+                     f"--object-store-memory={object_store_mb * 2**20}"], self.ray_env(), timeout=180)
+
+    def link(self, name: str, up: bool) -> None:
+        """Cuts a host off the network (or plugs it back in)."""
+        sh(["ip", "link", "set", self.veth(self.host(name)), "up" if up else "down"])
+
+
+def sh(argv: list[str]) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip() or r.returncode}")
+
+
+def _nspid(pid: int) -> list[str]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return line.split()[1:]
+    except OSError:
+        pass
+    return []
+
+
+def _pid_one(parent: int) -> int:
+    """The child of ``parent`` (unshare) that is PID 1 of its new PID namespace."""
+    try:
+        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return 0
+    return next((int(k) for k in kids if _nspid(int(k))[-1:] == ["1"]), 0)
+
+
+def _netns_pids(ns: str) -> list[int]:
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
+
+
+def _is_pid_one_of(pid: int, ns: str) -> bool:
+    return _nspid(pid)[-1:] == ["1"] and pid in _netns_pids(ns)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/multihost.sh", description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=["up", "down", "run", "status"], help="run: a command on one host (after --)")
+    p.add_argument("--state", default=os.environ.get("VIDEOP2R_HOSTS_DIR", "/var/tmp/videop2r-hosts"),
+                   help="the harness's folder: hosts.json and shared/ (outside /tmp, which each host has its own)")
+    p.add_argument("--subnet", default="10.87.0", help="the first three octets of the hosts' /24 (default 10.87.0)")
+    p.add_argument("--host", default="head", help="run: the host to run on")
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = p.parse_args(argv[:cut])
+    a.argv = argv[cut + 1:]
+    c = Cluster(a.state, subnet=a.subnet)
+    try:
+        if a.action == "up":
+            c.up()
+            c.start_ray()
+            print(f"hosts up: {', '.join(f'{h.name}={h.ip}' for h in c.hosts)}; shared folder {c.shared}")
+            print(f"RAY_ADDRESS={c.dashboard}  (run a command on a host: {p.prog} run --host head -- CMD)")
+        elif a.action == "down":
+            ended = c.down()
+            print(f"hosts down ({', '.join(ended) or 'none were running'})")
+        elif a.action == "status":
+            print("\n".join(f"{h.name} {h.ip} pid={h.pid} {h.resources}" for h in c.hosts) if c.file.exists()
+                  else "no hosts")
+        else:
+            if not a.argv:
+                p.error("run needs a command after --")
+            return subprocess.run(c.command(a.host, a.argv, c.ray_env())).returncode
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
