@@ -35,10 +35,6 @@ def is_loopback(host: str | None) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
 
-def is_wildcard(host: str | None) -> bool:
-    return host is not None and host.strip("[]") in ("0.0.0.0", "::", "")
-
-
 def loopback_settings(cfg, cache_url: str | None) -> list[str]:
     """The settings that point other hosts at their own loopback. ``cache_url`` is the URL the driver resolved
     (``cache.url_env`` or ``cache.url``); a local Redis the run starts itself binds the node's address instead."""
@@ -127,7 +123,8 @@ def check_reachable(cfg, cache_url: str | None) -> None:
     from cluster.config_loader import ConfigError
 
     problems = loopback_settings(cfg, cache_url)
-    if problems and alive_nodes() > 1:
-        raise ConfigError(f"this cluster has {alive_nodes()} nodes, and other hosts would reach their own loopback "
+    nodes = alive_nodes() if problems else 1
+    if nodes > 1:
+        raise ConfigError(f"this cluster has {nodes} nodes, and other hosts would reach their own loopback "
                           f"through: {'; '.join(problems)}")
 

@@ -10,9 +10,9 @@ killed job loses at most the batch in flight. Other settings in a folder that ho
 
 from __future__ import annotations
 
-import os
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 

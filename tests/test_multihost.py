@@ -93,8 +93,9 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
     127.0.1.1; every step's weights reach the rollout host (mismatch KL < 1e-6); the reward host uses the judge and
     the Redis on the head (written, then hit); checkpoints and hf/ land on the shared folder only; the exporter is
     scraped from another host; `videop2r scale` on a learner host adds a worker on the spare rollout host that
-    serves with the current weights; `ray job stop` checkpoints. A loopback judge is refused before anything
-    starts, and the job reads as failed."""
+    serves with the current weights; `ray job stop` checkpoints. A loopback judge, and a run folder only the head
+    sees, are refused before anything starts (naming the setting, and every host that does not see the folder),
+    and those jobs read as failed."""
     from cluster.run_dir import RunDir
     from toy.synthetic import make_synthetic
 
@@ -126,6 +127,14 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
     text = refused.stdout + refused.stderr
     assert "failed" in text and "error: this cluster has 6 nodes" in text and "judge.base_url" in text, text[-3000:]
     assert "Traceback" not in text and RunDir(shared / "runs" / "refused").metrics() == []
+    # a run folder on the head host's own disk: the other hosts are named before anything starts
+    private = _submit(c, "sft", "--config", "configs/demo.yaml", "run.out_dir=/tmp/not-shared",
+                      f"model.path={shared}/tiny-model", f"data.dir={shared}/few", "sft.steps=1", "sft.batch_size=2",
+                      *pins)
+    text = private.stdout + private.stderr
+    assert "failed" in text and "does not see run.out_dir /tmp/not-shared" in text, text[-3000:]
+    assert all(f"{h.name} ({h.ip}) does not see" in text for h in c.hosts[1:]) and "head (" not in text, text[-3000:]
+    assert "Traceback" not in text
 
     r = _submit(c, *train, "run.out_dir=rl", f"judge.base_url=http://{c.head.ip}:{JUDGE_PORT}/v1", wait=False)
     found = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr)
