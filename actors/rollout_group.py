@@ -166,18 +166,19 @@ class RolloutGroup(WeightSync):
         self.restarts += 1
         log.warning("rollout worker %s lost (%s); its prompts go to the others while Ray restarts it", name, why)
 
-    def _restart_hung(self, name: str) -> None:
-        """A worker alive but not answering within ``rollout.chunk_timeout_s``: Ray restarts it (a kill that allows
-        restarts) and it rejoins with the current weights like a worker that died."""
+    def _restart(self, name: str, why: str) -> None:
+        """A worker alive but useless (not answering within ``rollout.chunk_timeout_s``, or its engine dead): Ray
+        restarts it (a kill that allows restarts) and it rejoins with the current weights like a worker that died."""
         import ray
 
         slot = self.slots.get(name)
         if slot is None:
             return
-        log.warning("rollout worker %s did not answer within rollout.chunk_timeout_s=%.0f s: restarting it; its "
-                    "prompts go to the others", name, self.cfg.chunk_timeout_s)
+        log.warning("rollout worker %s %s: restarting it; its prompts go to the others", name,
+                    f"did not answer within rollout.chunk_timeout_s={self.cfg.chunk_timeout_s:.0f} s"
+                    if why == "hung" else why)
         ray.kill(slot.actor, no_restart=False)
-        self._lost(name, "hung")
+        self._lost(name, why)
 
     def _rejoin(self, name: str) -> None:
         import ray
@@ -245,7 +246,7 @@ class RolloutGroup(WeightSync):
                  overrides: dict | None = None) -> list[RolloutResult]:
         """G responses for every request, in request order, whatever happens to individual workers."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         if not requests:
             return []
@@ -267,7 +268,7 @@ class RolloutGroup(WeightSync):
             for ref in [r for r, (_, _, due) in inflight.items() if due <= now]:
                 worker, ci, _ = inflight.pop(ref)  # its answer, should it ever come, is never used
                 queue.appendleft(ci)
-                self._restart_hung(worker)
+                self._restart(worker, "hung")
             busy = {w for w, _, _ in inflight.values()}
             for k, s in list(self.slots.items()):  # a snapshot: remove_workers may run meanwhile
                 if queue and s.ready and k not in busy:
@@ -294,4 +295,16 @@ class RolloutGroup(WeightSync):
                 except RayActorError as e:  # died, or restarting (ActorUnavailableError)
                     queue.appendleft(ci)  # the whole chunk again, on whoever is free
                     self._lost(worker, type(e).__name__)
+                except RayTaskError as e:
+                    if not engine_died(e):  # anything else would fail on every worker: the run's error
+                        raise
+                    queue.appendleft(ci)
+                    self._restart(worker, "lost its vLLM engine (EngineDeadError)")
         return [r for chunk in results for r in chunk]
+
+
+def engine_died(error: Exception) -> bool:
+    """A worker's task failed because its vLLM engine process died (vLLM's ``EngineDeadError``): the worker is
+    useless until restarted, unlike a task error that any worker would hit."""
+    cause = getattr(error, "cause", None)
+    return type(cause).__name__ == "EngineDeadError" or "EngineDeadError" in str(error).splitlines()[0]

@@ -42,6 +42,7 @@ class ScoreCount(StrEnum):
     VERDICT_NO = "verdict_no"
     PERCEPTION_EXCLUDED = "perception_excluded"  # left out of perception normalisation (no verdict)
     WORKER_STARTS = "worker_starts"  # reward workers scoring their first batch (a start or a restart)
+    RESCORED_CHUNKS = "rescored_chunks"  # chunks scored again because their worker died or became unreachable
     CACHE_DOWN = "cache_down"  # batches scored while Redis was down
     CACHE_DISABLED = "cache_disabled"  # batches scored with the cache turned off
     CACHE_DOWN_SECONDS = "cache_down_seconds"  # time Redis was unreachable, as the workers saw it

@@ -18,14 +18,26 @@ from actors.weight_transport import WeightPlan
 # The weight channel's methods run beside a long update on rank 0 (a restarted rollout worker may rejoin mid-step):
 # they touch only the published snapshot, never the live parameters.
 WEIGHTS = "weights"
+HEALTH = "health"  # answers while the other groups are busy (or stuck in a collective with a lost peer)
 
 
-@ray.remote(concurrency_groups={WEIGHTS: 1})
+class LearnerLost(ray.exceptions.RayError):
+    """A learner rank's host went away mid-run: the run stops (its world cannot go on without the rank). A Ray
+    error, so that commands print it as their one-line error."""
+
+
+@ray.remote(concurrency_groups={WEIGHTS: 1, HEALTH: 1})
 class LearnerRank:
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world
         self.learner = None
         self.source = None
+
+    @ray.method(concurrency_group=HEALTH)
+    def host(self) -> str:
+        import socket
+
+        return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
 
     def address(self) -> tuple[str, int]:
         from cluster.services import free_port
@@ -145,8 +157,10 @@ class LearnerGroup:
             ).remote(i, self.world)
             for i in range(self.world)
         ]
-        master = ray.get(self.ranks[0].address.remote())
-        infos = ray.get([r.setup.remote(lcfg, model_path, master, with_reference, transport if i == 0 else None)
+        self.step, self.hosts = 0, [f"rank {i}" for i in range(self.world)]
+        self.hosts = self._get([r.host.remote() for r in self.ranks])
+        master = self._get(self.ranks[0].address.remote())
+        infos = self._get([r.setup.remote(lcfg, model_path, master, with_reference, transport if i == 0 else None)
                          for i, r in enumerate(self.ranks)])
         self.step = infos[0]["step"]
         self.plan: WeightPlan | None = None
@@ -156,10 +170,39 @@ class LearnerGroup:
     def rank0(self):
         return self.ranks[0]
 
+    def _get(self, refs):
+        """``ray.get`` of rank calls; a failure because a rank's host is gone (a collective reset by the lost peer,
+        or the rank's actor dead) is reported as that host lost, with how to go on."""
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayError as e:
+            lost = self._unreachable()
+            if not lost:
+                raise
+            raise LearnerLost(f"learner {', '.join(lost)} lost (its host is unreachable or its Ray node died) at "
+                              f"step {self.step}; once the host is back, run the same command with "
+                              "run.resume=auto to continue from the last checkpoint in run.out_dir") from e
+
+    def _unreachable(self, wait_s: float = 60.0) -> list[str]:
+        """The ranks that do not answer within ``wait_s`` (long enough for Ray to declare a silent node dead with
+        its default health checks), as ``rank N on host (ip)``."""
+        pings = [r.host.remote() for r in self.ranks]
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=wait_s)
+        lost = []
+        for i, ref in enumerate(pings):
+            try:
+                if ref in ready:
+                    ray.get(ref)
+                    continue
+            except ray.exceptions.RayError:
+                pass
+            lost.append(f"rank {i} on {self.hosts[i]}")
+        return lost
+
     # -- steps ----------------------------------------------------------------------------------------------------
     def sft_step(self, items_ref, n: int) -> dict:
         shards = _shards(list(range(n)), self.world)
-        outs = ray.get([r.sft_step.remote(items_ref, s) for r, s in zip(self.ranks, shards)])
+        outs = self._get([r.sft_step.remote(items_ref, s) for r, s in zip(self.ranks, shards)])
         self.step += 1
         return {"loss": sum(o["loss"] for o in outs) / len(outs), "skipped_steps": outs[0]["skipped_steps"]}
 
@@ -170,12 +213,12 @@ class LearnerGroup:
         return [r.rl_step.remote(items_ref, s, group_size, zero_perception) for r, s in zip(self.ranks, shards)]
 
     def finish_rl_step(self, refs: list) -> dict:
-        outs = ray.get(refs)
+        outs = self._get(refs)
         self.step += 1
         return merge_rank_stats(outs)
 
     def reset_reference(self) -> None:
-        ray.get([r.reset_reference.remote() for r in self.ranks])
+        self._get([r.reset_reference.remote() for r in self.ranks])
 
     # -- weights (the RolloutGroup's source) ---------------------------------------------------------------------
     @property
@@ -183,47 +226,47 @@ class LearnerGroup:
         return self.plan.version if self.plan else 0
 
     def publish(self, version: int) -> WeightPlan:
-        plans = ray.get([r.publish.remote(version) for r in self.ranks])
+        plans = self._get([r.publish.remote(version) for r in self.ranks])
         self.plan = WeightPlan.from_dict(plans[0])
         return self.plan
 
     def listen(self, key: str):
-        return ray.get(self.rank0.listen.remote(key))
+        return self._get(self.rank0.listen.remote(key))
 
     def accept(self, key: str) -> None:
-        ray.get(self.rank0.accept.remote(key))
+        self._get(self.rank0.accept.remote(key))
 
     def close(self, key: str) -> None:
         self._channels.discard(key)
-        ray.get(self.rank0.close.remote(key))
+        self._get(self.rank0.close.remote(key))
 
     def has_channel(self, key: str) -> bool:
         return key in self._channels
 
     def send(self, keys: list[str]) -> dict[str, str]:
-        failed = ray.get(self.rank0.send.remote(keys))
+        failed = self._get(self.rank0.send.remote(keys))
         self._channels.update(k for k in keys if k not in failed)
         self._channels.difference_update(failed)
         return failed
 
     def open_group(self, receivers: int):
-        return ray.get(self.rank0.open_group.remote(receivers))
+        return self._get(self.rank0.open_group.remote(receivers))
 
     def accept_group(self) -> str:
-        return ray.get(self.rank0.accept_group.remote())
+        return self._get(self.rank0.accept_group.remote())
 
     def send_group(self) -> str | None:
-        return ray.get(self.rank0.send_group.remote())
+        return self._get(self.rank0.send_group.remote())
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save(self, directory: str, with_hf: bool = True) -> None:
-        ray.get([r.save.remote(directory, with_hf) for r in self.ranks])
+        self._get([r.save.remote(directory, with_hf) for r in self.ranks])
 
     def save_hf(self, directory: str) -> None:
-        ray.get([r.save_hf.remote(directory) for r in self.ranks])
+        self._get([r.save_hf.remote(directory) for r in self.ranks])
 
     def load(self, directory: str) -> int:
-        steps = ray.get([r.load.remote(directory) for r in self.ranks])
+        steps = self._get([r.load.remote(directory) for r in self.ranks])
         self.step = steps[0]
         return self.step
 

@@ -63,6 +63,8 @@ class RewardMetrics:
         )
         self.worker_starts = Counter("videop2r_reward_worker_starts", "Reward workers that scored their first batch "
                                      "(starts and restarts)", registry=r)
+        self.rescored = Counter("videop2r_reward_chunks_rescored", "Reward chunks scored again by another worker (their "
+                                "worker died or its host became unreachable)", registry=r)
         # every counted key -> the (metric, labels) it feeds; checked complete against actors.score_stats
         self.targets: dict[str, list] = {judge_key(s): [(self.judge_outcomes, {"status": s})] for s in JudgeStatus}
         for s in NO_VERDICT:
@@ -74,6 +76,7 @@ class RewardMetrics:
             ScoreCount.VERDICT_NO: [(self.verdicts, {"outcome": "no"})],
             ScoreCount.PERCEPTION_EXCLUDED: [(self.perception_excluded, {})],
             ScoreCount.WORKER_STARTS: [(self.worker_starts, {})],
+            ScoreCount.RESCORED_CHUNKS: [(self.rescored, {})],
             ScoreCount.CACHE_DOWN: [(self.cache_down_batches, {})],
             ScoreCount.CACHE_DISABLED: [(self.cache_disabled_batches, {})],
             ScoreCount.CACHE_DOWN_SECONDS: [(self.cache_down_seconds, {})],

@@ -193,6 +193,7 @@ class RLTrainer:
             **{f"cache/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("cache_")},
             # reward workers that scored their first batch this step: all of them at step 1, then restarts
             "reward_worker_starts": batch.score_stats.get("worker_starts", 0),
+            "reward_chunks_rescored": batch.score_stats.get("rescored_chunks", 0),
         }
         self.run.log_metrics(row)
         if self.cfg.trainer.log_rollouts:

@@ -111,3 +111,7 @@ def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
     assert summary["steps"] == 120 and rows[-1]["loss"] < rows[0]["loss"] - 2  # it learns the CoT format
     assert (out / "hf" / "config.json").is_file()
     return out / "hf"
+
+
+# the multi-host harness (network namespaces, needs root): brought up once, for the tests that ask for it
+from tests.hosts_harness import hosts, shared  # noqa: E402,F401

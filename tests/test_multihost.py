@@ -1,22 +1,17 @@
-"""The run across hosts: six hosts on this machine (network, mount and PID namespaces, toy/hosts.py), a Ray cluster
-across them, `sft` then `train` submitted with deploy/submit.sh on the head host. Needs root; in CI a missing
-capability fails the test with its reason, elsewhere it skips with it."""
+"""The run across hosts (tests/hosts_harness.py): `sft` then `train` submitted with deploy/submit.sh on the head
+host of a Ray cluster across the harness's hosts."""
 
 import importlib.util
 import json
-import os
 import re
-import secrets
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.hosts_harness import PINS, SECRET, job_logs, placement, submit
 from toy.hosts import Cluster
 
 pytestmark = pytest.mark.vllm
@@ -24,72 +19,8 @@ pytestmark = pytest.mark.vllm
 JUDGE_PORT, METRICS_PORT, PROMETHEUS_PORT = 8000, 9400, 9090
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "the multi-host harness needs root (network, mount and PID namespaces)"
-    for tool in ("ip", "unshare", "nsenter"):
-        if shutil.which(tool) is None:
-            return f"the multi-host harness needs `{tool}`"
-    probe = f"vp{secrets.token_hex(3)}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode:
-        return f"cannot create a network namespace: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-def _free_subnet() -> str:
-    taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-    for third in range(87, 250):
-        if f" 10.{third}.0." not in taken:
-            return f"10.{third}.0"
-    raise RuntimeError("no free 10.x.0.0/24 subnet")
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    reason = _unavailable()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
-    # outside /tmp: every host has a /tmp of its own, and this folder holds the cluster's shared volume
-    state = Path(tempfile.mkdtemp(prefix="videop2r-hosts-", dir="/var/tmp"))
-    cluster = Cluster(state, prefix=f"vp{secrets.token_hex(2)}", subnet=_free_subnet())
-    try:
-        cluster.up()
-        cluster.start_ray()
-        yield cluster
-    finally:
-        cluster.down()
-        shutil.rmtree(state, ignore_errors=True)
-
-
-SECRET = "sekrit-" + secrets.token_hex(4)
-
-
-def _submit(c: Cluster, *args, env=None, wait=True, timeout=600) -> subprocess.CompletedProcess:
-    extra = {"RAY_ADDRESS": c.dashboard, "VIDEOP2R_JUDGE_API_KEY": SECRET, **(env or {})}
-    cmd = ["deploy/submit.sh", "--out-root", str(c.shared / "runs"), *([] if wait else ["--no-wait"]), "--", *args]
-    return c.run("head", cmd, {**c.ray_env(), **extra}, timeout=timeout, check=False)
-
-
-def _placement(c: Cluster) -> dict[str, list[str]]:
-    """Live actors per class, as the hostnames of the nodes they run on (Ray's state API, asked on the head)."""
-    code = """
-import json, collections
-from ray.util.state import list_actors, list_nodes
-nodes = {n.node_id: n.node_name for n in list_nodes(address=ADDR)}
-out = collections.defaultdict(list)
-for a in list_actors(address=ADDR, filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
-    out[a.class_name].append(nodes.get(a.node_id, "?"))
-print(json.dumps(out))
-""".replace("ADDR", repr(c.dashboard))
-    r = c.run("head", ["python", "-c", code], c.ray_env(), timeout=60)
-    ips = {h.ip: h.name for h in c.hosts}
-    return {k: sorted(ips.get(v, v) for v in vs) for k, vs in json.loads(r.stdout.strip().splitlines()[-1]).items()}
-
-
-def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
-    """`sft` then `train` as Ray jobs across six hosts: the learner world spans two hosts whose hostnames map to
+def test_sft_then_train_across_hosts(hosts, shared):
+    """`sft` then `train` as Ray jobs across seven hosts: the learner world spans two hosts whose hostnames map to
     127.0.1.1; every step's weights reach the rollout host (mismatch KL < 1e-6); the reward host uses the judge and
     the Redis on the head (written, then hit); checkpoints and hf/ land on the shared folder only; the exporter is
     scraped from another host; `videop2r scale` on a learner host adds a worker on the spare rollout host that
@@ -97,22 +28,12 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
     sees, are refused before anything starts (naming the setting, and every host that does not see the folder),
     and those jobs read as failed."""
     from cluster.run_dir import RunDir
-    from toy.synthetic import make_synthetic
 
     c = hosts
-    shared = c.shared
-    # the models on the shared volume (the hosts do not see this process's /tmp): the tiny one for SFT, and the
-    # session's SFT model, which knows the format, so that train's observations reach the judge from step 1
-    shutil.copytree(tiny_model_dir, shared / "tiny-model")
-    shutil.copytree(sft_model, shared / "sft-model")
-    # four prompts: the second epoch starts at step 3 and meets step 1's observations in the verdict cache
-    make_synthetic(shared / "few", n=4, seed=1, n_eval=2, frames=8, size=56, style="demo", progress=False)
     judge = c.popen("head", ["python", "-m", "toy.judge_server", "--host", c.head.ip, "--port", str(JUDGE_PORT)],
                     c.ray_env(), stdout=open(c.state / "judge.log", "w"), stderr=subprocess.STDOUT)
-    pins = ["learner.num_ranks=2", "learner.num_cpus=1", "learner.resources.learner=1", "rollout.num_cpus=1",
-            "rollout.resources.rollout=1", "reward.resources.reward=1"]
-    sft = _submit(c, "sft", "--config", "configs/demo.yaml", "run.out_dir=sft", f"model.path={shared}/tiny-model",
-                  f"data.dir={shared}/few", "sft.steps=4", "sft.batch_size=2", *pins)
+    sft = submit(c, "sft", "--config", "configs/demo.yaml", "run.out_dir=sft", f"model.path={shared}/tiny-model",
+                  f"data.dir={shared}/few", "sft.steps=4", "sft.batch_size=2", *PINS)
     assert "succeeded" in sft.stdout + sft.stderr, (sft.stdout + sft.stderr)[-3000:]
     sft_out = shared / "runs" / "sft"
     assert [r["step"] for r in RunDir(sft_out).metrics()] == [1, 2, 3, 4]  # a world across learn0 and learn1
@@ -122,21 +43,21 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
              "trainer.prompts_per_step=2", "rollout.group_size=2", "rollout.max_tokens=48", "rollout.temperature=0.01",
              "trainer.steps=100000", "trainer.checkpoint_every=2", "judge.backend=http", "judge.model=judge",
              "judge.allow_insecure_http=true", "cache.start_local=true", "metrics.host=0.0.0.0",
-             f"metrics.port={METRICS_PORT}", *pins]
-    refused = _submit(c, *train, "run.out_dir=refused", f"judge.base_url=http://127.0.0.1:{JUDGE_PORT}/v1")
+             f"metrics.port={METRICS_PORT}", *PINS]
+    refused = submit(c, *train, "run.out_dir=refused", f"judge.base_url=http://127.0.0.1:{JUDGE_PORT}/v1")
     text = refused.stdout + refused.stderr
-    assert "failed" in text and "error: this cluster has 6 nodes" in text and "judge.base_url" in text, text[-3000:]
+    assert "failed" in text and f"error: this cluster has {len(c.hosts)} nodes" in text and "judge.base_url" in text, text[-3000:]
     assert "Traceback" not in text and RunDir(shared / "runs" / "refused").metrics() == []
     # a run folder on the head host's own disk: the other hosts are named before anything starts
-    private = _submit(c, "sft", "--config", "configs/demo.yaml", "run.out_dir=/tmp/not-shared",
+    private = submit(c, "sft", "--config", "configs/demo.yaml", "run.out_dir=/tmp/not-shared",
                       f"model.path={shared}/tiny-model", f"data.dir={shared}/few", "sft.steps=1", "sft.batch_size=2",
-                      *pins)
+                      *PINS)
     text = private.stdout + private.stderr
     assert "failed" in text and "does not see run.out_dir /tmp/not-shared" in text, text[-3000:]
     assert all(f"{h.name} ({h.ip}) does not see" in text for h in c.hosts[1:]) and "head (" not in text, text[-3000:]
     assert "Traceback" not in text
 
-    r = _submit(c, *train, "run.out_dir=rl", f"judge.base_url=http://{c.head.ip}:{JUDGE_PORT}/v1", wait=False)
+    r = submit(c, *train, "run.out_dir=rl", f"judge.base_url=http://{c.head.ip}:{JUDGE_PORT}/v1", wait=False)
     found = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr)
     assert found, (r.stdout + r.stderr)[-3000:]
     job, run = found.group(0), RunDir(shared / "runs" / "rl")
@@ -149,7 +70,7 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
     def wait_for(pred, what, timeout=300):
         deadline = time.monotonic() + timeout
         while not pred():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {_logs(c, job)[-4000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {job_logs(c, job)[-4000:]}"
             time.sleep(1)
 
     try:
@@ -160,8 +81,8 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
         entrypoints = re.findall(r"entrypoint='([^']*)'", listed.stdout)
         assert any("cluster.cli train" in e for e in entrypoints) and not any(SECRET in e for e in entrypoints)
         assert f"'VIDEOP2R_JUDGE_API_KEY': '{SECRET}'" in listed.stdout
-        placed = _placement(c)
-        assert placed["LearnerRank"] == ["learn0", "learn1"] and placed["RewardScorer"] == ["reward0"], placed
+        placed = placement(c)
+        assert placed["LearnerRank"] == ["learn0", "learn1"] and placed["RewardScorer"][0].startswith("reward"), placed
         assert len(placed["RolloutWorker"]) == 1 and placed["RolloutWorker"][0].startswith("roll"), placed
         rows = run.metrics()
         assert all(r["sync_updated"] == r["rollout_workers_ready"] == 1 and r["mismatch_kl"] < 1e-6 for r in rows)
@@ -181,7 +102,7 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
         assert ray_hosts == {h.ip for h in c.hosts}, targets  # every host's Ray metrics, scraped from the head
         wait_for(lambda: run.metrics()[-1]["rollout_workers_ready"] == 2, "the second rollout worker", 240)
         wait_for(lambda: len({x["worker"] for x in run.read_rollouts()[-4:]}) == 2, "both workers serving")
-        assert sorted(_placement(c)["RolloutWorker"]) == ["roll0", "roll1"]
+        assert sorted(placement(c)["RolloutWorker"]) == ["roll0", "roll1"]
         last = run.metrics()[-1]
         assert last["sync_updated"] == 2 and last["mismatch_kl"] < 1e-6, last
     finally:
@@ -190,7 +111,7 @@ def test_sft_then_train_across_hosts(hosts, tiny_model_dir, sft_model):
         judge.kill()
         prom.kill()
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert "resume with the same command" in _logs(c, job)
+    assert "resume with the same command" in job_logs(c, job)
     last = run.metrics()[-1]["step"]
     assert run.latest_checkpoint().name == f"step_{last:06d}"
     ckpt = run.latest_checkpoint()
@@ -245,8 +166,3 @@ def _check_prometheus(prom, run, wait_for) -> list:
     targets = prom("targets")["activeTargets"]
     assert {t["labels"]["job"] for t in targets if t["health"] == "up"} == {"videop2r", "ray"}, targets  # both scraped
     return targets
-
-
-def _logs(c: Cluster, job: str) -> str:
-    r = c.run("head", ["ray", "job", "logs", "--address", c.dashboard, job], c.ray_env(), timeout=60, check=False)
-    return r.stdout + r.stderr

@@ -2,14 +2,17 @@
 at the keyboard through scripts/multihost.sh). Needs root and Linux namespaces.
 
 Each host is a network namespace on one bridge (its own veth, IP, loopback and hosts file) plus a mount, UTS and
-PID namespace kept alive by a ``sleep`` that is PID 1 there: its own hostname, its own tmpfs /tmp, /dev/shm and
+PID namespace kept alive by a small init (PID 1 there, reaping orphans): its own hostname, its own tmpfs /tmp, /dev/shm and
 ``runs/`` of this repository. The learner hosts' hosts files map their names to 127.0.1.1, as Debian does, so
 anything that takes its address from the hostname advertises loopback there. The repository, its .venv and
 ``<state>/shared`` (the cluster's shared volume) are the same files everywhere.
 
 Only what this harness made is removed: killing a host's PID 1 ends every process of its PID namespace (Ray's
 daemons included), then its namespace, links and hosts file go by exact name. The names and PIDs are in
-``<state>/hosts.json``, so ``down`` also cleans up after a killed run."""
+``<state>/hosts.json``, so ``down`` also cleans up after a killed run.
+
+Host faults: ``link(name, False)`` cuts a host off, ``kill_raylet(name)`` kills its raylet alone, ``crash(name)`` ends
+all its processes at once, ``reboot(name)`` brings it back with fresh disks and joins its Ray node again."""
 
 from __future__ import annotations
 
@@ -28,6 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY_PORT, DASHBOARD_PORT = 6380, 8265
 
 
+# PID 1 of each host reaps orphans, as a machine's init does: a dead raylet left as a zombie would look alive to
+# its workers (they poll the raylet's PID), which then never exit
+INIT_NAME = "videop2r-host-init"
+INIT = ("import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n"
+        "        time.sleep(1)")
+# Node death is detected by the head's health checks; Ray's defaults (a check every 3 s, 5 misses) take 15-30 s.
+# The harness checks every second and gives up after 3 misses, so that host faults fit a short test.
+HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                 "RAY_health_check_failure_threshold": "3"}
+
+
 @dataclass
 class Host:
     name: str  # the hostname; the namespace is <prefix>-<name>
@@ -40,14 +54,16 @@ class Host:
 
 def default_hosts(subnet: str) -> list[Host]:
     """The head (Ray head, the job's driver, Redis, the judge), two learner hosts (one rank each), a rollout host, a
-    reward host, and a spare rollout host that `videop2r scale` fills."""
+    reward host, a spare rollout host that `videop2r scale` fills, and a second reward host (where a cut-off reward
+    host's chunk is scored again)."""
     ip = lambda i: f"{subnet}.{10 + i}"  # noqa: E731
     return [Host("head", ip(0), {}, 1),
             Host("learn0", ip(1), {"learner": 1}, 2, debian=True),
             Host("learn1", ip(2), {"learner": 1}, 2, debian=True),
             Host("roll0", ip(3), {"rollout": 1}, 2),
             Host("reward0", ip(4), {"reward": 1}, 1, debian=True),
-            Host("roll1", ip(5), {"rollout": 1}, 2)]
+            Host("roll1", ip(5), {"rollout": 1}, 2),
+            Host("reward1", ip(6), {"reward": 1}, 1)]
 
 
 class Cluster:
@@ -129,20 +145,25 @@ class Cluster:
         sh(inside + ["ip", "link", "set", "eth0", "up"])
         sh(inside + ["ip", "link", "set", "lo", "up"])
         sh(inside + ["ip", "route", "add", "default", "via", f"{self.subnet}.1"])
+        self._boot(h)
+
+    def _boot(self, h: Host) -> None:
+        """The host's mount, UTS and PID namespaces inside its network namespace, kept by an init that is PID 1."""
         (ROOT / "runs").mkdir(exist_ok=True)
         setup = (f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && "
-                 f"mount -t tmpfs tmpfs {ROOT / 'runs'} && hostname {h.name} && exec sleep infinity")
-        keeper = subprocess.Popen(inside + ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
-                                            "sh", "-c", setup], start_new_session=True, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+                 f"mount -t tmpfs tmpfs {ROOT / 'runs'} && hostname {h.name} && "
+                 f"exec {sys.executable} -c '{INIT}' {INIT_NAME}")
+        keeper = subprocess.Popen(["ip", "netns", "exec", self.netns(h), "unshare", "--mount", "--uts", "--pid",
+                                   "--fork", "--mount-proc", "sh", "-c", setup], start_new_session=True,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        h.pid, deadline = 0, time.monotonic() + 10
         while not h.pid:
             h.pid = _pid_one(keeper.pid)
             if keeper.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"host {h.name} did not start (unshare exited {keeper.poll()})")
             time.sleep(0.05)
-        while "sleep" not in Path(f"/proc/{h.pid}/cmdline").read_bytes().decode(errors="replace"):
-            time.sleep(0.05)  # its mounts are in place once it is the sleep
+        while INIT_NAME not in Path(f"/proc/{h.pid}/cmdline").read_bytes().decode(errors="replace"):
+            time.sleep(0.05)  # its mounts are in place once it is the init
 
     def down(self) -> list[str]:
         """Ends every process of the hosts and removes their namespaces, links and hosts files."""
@@ -183,7 +204,7 @@ class Cluster:
                 # a stopped job gets SIGTERM, and SIGKILL only after this (time to write its checkpoint)
                 "RAY_JOB_STOP_WAIT_TIME_S": "60",
                 # a dead rollout worker's vLLM engine processes die with it (as on every node of a real cluster)
-                "RAY_process_group_cleanup_enabled": "true"}
+                "RAY_process_group_cleanup_enabled": "true", **HEALTH_CHECKS}
 
     def start_ray(self, object_store_mb: int = 150) -> None:
         """A Ray head on the first host, every other host joined to it with its role's resources."""
@@ -211,6 +232,37 @@ class Cluster:
     def link(self, name: str, up: bool) -> None:
         """Cuts a host off the network (or plugs it back in)."""
         sh(["ip", "link", "set", self.veth(self.host(name)), "up" if up else "down"])
+
+    def crash(self, name: str) -> None:
+        """The host goes down at once, as at a power cut: every process on it ends (SIGKILL), nothing is told."""
+        h = self.host(name)
+        if h.pid and _is_pid_one_of(h.pid, self.netns(h)):
+            os.kill(h.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _netns_pids(self.netns(h)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        h.pid = 0
+        self._save()
+
+    def kill_raylet(self, name: str) -> None:
+        """SIGKILLs the host's raylet alone (Ray's node death; the host and its other processes stay)."""
+        for pid in _netns_pids(self.netns(self.host(name))):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
+                    _kill(pid)
+            except OSError:
+                pass
+
+    def reboot(self, name: str) -> None:
+        """The host back after a crash (or a cut): fresh /tmp, /dev/shm and processes, and its Ray node joined
+        again, as a restarted KubeRay pod or a node's systemd unit does."""
+        h = self.host(name)
+        if h.pid:
+            self.crash(name)
+        sh(["ip", "link", "set", self.veth(h), "up"])
+        self._boot(h)
+        self._save()
+        self.join(name)
 
 
 def sh(argv: list[str]) -> None:

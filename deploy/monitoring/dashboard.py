@@ -67,7 +67,8 @@ ROWS = [
             (f"videop2r_rollout_workers_desired{{{I}}}", "rollout desired"),
             (f"videop2r_rollout_workers_ready{{{I}}}", "rollout ready"),
             (f"videop2r_reward_workers{{{I}}}", "reward workers"),
-            (f"increase(videop2r_rollout_worker_restarts_total{{{I}}}[1h])", "rollout restarts (1h)")]),
+            (f"increase(videop2r_rollout_worker_restarts_total{{{I}}}[1h])", "rollout restarts (1h)"),
+            (f"increase(videop2r_reward_chunks_rescored_total{{{I}}}[1h])", "reward chunks rescored (1h)")]),
         ("Skipped inputs and steps", "none", False, [
             (f"increase(videop2r_inputs_skipped_total{{{I}}}[1h])", "skipped rows: {{reason}}"),
             (f"increase(videop2r_perception_zeroed_steps_total{{{I}}}[1h])", "steps without perception"),

@@ -1,0 +1,107 @@
+"""The multi-host harness as the tests use it: the hosts of toy/hosts.py brought up once per test session,
+the inputs on its shared volume, and jobs submitted with deploy/submit.sh on the head host. Needs root; in CI a
+missing capability fails the test with its reason, elsewhere it skips with it."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from toy.hosts import Cluster
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the multi-host harness needs root (network, mount and PID namespaces)"
+    for tool in ("ip", "unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"the multi-host harness needs `{tool}`"
+    probe = f"vp{secrets.token_hex(3)}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _free_subnet() -> str:
+    taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for third in range(87, 250):
+        if f" 10.{third}.0." not in taken:
+            return f"10.{third}.0"
+    raise RuntimeError("no free 10.x.0.0/24 subnet")
+
+
+@pytest.fixture(scope="session")
+def hosts():
+    reason = _unavailable()
+    if reason:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+    # outside /tmp: every host has a /tmp of its own, and this folder holds the cluster's shared volume
+    state = Path(tempfile.mkdtemp(prefix="videop2r-hosts-", dir="/var/tmp"))
+    cluster = Cluster(state, prefix=f"vp{secrets.token_hex(2)}", subnet=_free_subnet())
+    try:
+        cluster.up()
+        cluster.start_ray()
+        yield cluster
+    finally:
+        cluster.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+SECRET = "sekrit-" + secrets.token_hex(4)
+
+
+def submit(c: Cluster, *args, env=None, wait=True, timeout=600) -> subprocess.CompletedProcess:
+    extra = {"RAY_ADDRESS": c.dashboard, "VIDEOP2R_JUDGE_API_KEY": SECRET, **(env or {})}
+    cmd = ["deploy/submit.sh", "--out-root", str(c.shared / "runs"), *([] if wait else ["--no-wait"]), "--", *args]
+    return c.run("head", cmd, {**c.ray_env(), **extra}, timeout=timeout, check=False)
+
+
+def placement(c: Cluster) -> dict[str, list[str]]:
+    """Live actors per class, as the hostnames of the nodes they run on (Ray's state API, asked on the head)."""
+    code = """
+import json, collections
+from ray.util.state import list_actors, list_nodes
+nodes = {n.node_id: n.node_name for n in list_nodes(address=ADDR)}
+out = collections.defaultdict(list)
+for a in list_actors(address=ADDR, filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
+    out[a.class_name].append(nodes.get(a.node_id, "?"))
+print(json.dumps(out))
+""".replace("ADDR", repr(c.dashboard))
+    r = c.run("head", ["python", "-c", code], c.ray_env(), timeout=60)
+    ips = {h.ip: h.name for h in c.hosts}
+    return {k: sorted(ips.get(v, v) for v in vs) for k, vs in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+
+
+@pytest.fixture(scope="session")
+def shared(hosts, tiny_model_dir, sft_model):
+    """The cluster's shared volume with the inputs: the tiny model for SFT, and the session's SFT model, which knows
+    the format, so that train's observations reach the judge from step 1 (the hosts do not see this process's
+    /tmp); four prompts: the second epoch starts at step 3 and meets step 1's observations in the verdict cache."""
+    from toy.synthetic import make_synthetic
+
+    shutil.copytree(tiny_model_dir, hosts.shared / "tiny-model")
+    shutil.copytree(sft_model, hosts.shared / "sft-model")
+    make_synthetic(hosts.shared / "few", n=4, seed=1, n_eval=2, frames=8, size=56, style="demo", progress=False)
+    return hosts.shared
+
+
+PINS = ["learner.num_ranks=2", "learner.num_cpus=1", "learner.resources.learner=1", "rollout.num_cpus=1",
+        "rollout.resources.rollout=1", "reward.resources.reward=1"]
+
+
+def job_id(r: subprocess.CompletedProcess) -> str:
+    found = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr)
+    assert found, (r.stdout + r.stderr)[-3000:]
+    return found.group(0)
+
+
+def job_logs(c: Cluster, job: str) -> str:
+    r = c.run("head", ["ray", "job", "logs", "--address", c.dashboard, job], c.ray_env(), timeout=60, check=False)
+    return r.stdout + r.stderr
