@@ -307,4 +307,5 @@ def engine_died(error: Exception) -> bool:
     """A worker's task failed because its vLLM engine process died (vLLM's ``EngineDeadError``): the worker is
     useless until restarted, unlike a task error that any worker would hit."""
     cause = getattr(error, "cause", None)
-    return type(cause).__name__ == "EngineDeadError" or "EngineDeadError" in str(error).splitlines()[0]
+    last = (getattr(error, "traceback_str", "") or "").strip().splitlines()[-1:]
+    return type(cause).__name__ == "EngineDeadError" or any("EngineDeadError" in t for t in [str(cause), *last])

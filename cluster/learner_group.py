@@ -34,10 +34,11 @@ class LearnerRank:
         self.source = None
 
     @ray.method(concurrency_group=HEALTH)
-    def host(self) -> str:
+    def host(self) -> tuple[str, str]:
+        """``hostname (ip)`` and the Ray node id of this rank's host."""
         import socket
 
-        return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+        return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})", ray.get_runtime_context().get_node_id()
 
     def address(self) -> tuple[str, int]:
         from cluster.services import free_port
@@ -157,7 +158,7 @@ class LearnerGroup:
             ).remote(i, self.world)
             for i in range(self.world)
         ]
-        self.step, self.hosts = 0, [f"rank {i}" for i in range(self.world)]
+        self.step, self.hosts = 0, [(f"rank {i}", None) for i in range(self.world)]
         self.hosts = self._get([r.host.remote() for r in self.ranks])
         master = self._get(self.ranks[0].address.remote())
         infos = self._get([r.setup.remote(lcfg, model_path, master, with_reference, transport if i == 0 else None)
@@ -184,19 +185,25 @@ class LearnerGroup:
                               "run.resume=auto to continue from the last checkpoint in run.out_dir") from e
 
     def _unreachable(self, wait_s: float = 60.0) -> list[str]:
-        """The ranks that do not answer within ``wait_s`` (long enough for Ray to declare a silent node dead with
-        its default health checks), as ``rank N on host (ip)``."""
+        """The ranks whose host is gone, as ``rank N on host (ip)``: no answer within ``wait_s`` (long enough for
+        Ray to declare a silent node dead with its default health checks), or dead on a node Ray declared dead. A
+        rank that died on a live node (out of memory, a crash) is not a lost host: its own error is the story."""
         pings = [r.host.remote() for r in self.ranks]
         ready, _ = ray.wait(pings, num_returns=len(pings), timeout=wait_s)
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         lost = []
         for i, ref in enumerate(pings):
-            try:
-                if ref in ready:
+            label, node = self.hosts[i]
+            if node is None:  # not started yet: nothing known about its host
+                continue
+            if ref in ready:
+                try:
                     ray.get(ref)
                     continue
-            except ray.exceptions.RayError:
-                pass
-            lost.append(f"rank {i} on {self.hosts[i]}")
+                except ray.exceptions.RayError:
+                    if node in alive:
+                        continue
+            lost.append(f"rank {i} on {label}")
         return lost
 
     # -- steps ----------------------------------------------------------------------------------------------------

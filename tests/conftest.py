@@ -115,3 +115,9 @@ def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
 
 # the multi-host harness (network namespaces, needs root): brought up once, for the tests that ask for it
 from tests.hosts_harness import hosts, shared  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(items):
+    """The tests on the multi-host harness run last: its seven Ray nodes, once up, stay up until the session ends,
+    and would otherwise share the 2 cores and the memory with every test after the first of them."""
+    items.sort(key=lambda item: "hosts" in getattr(item, "fixturenames", ()))

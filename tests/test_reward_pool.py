@@ -54,6 +54,8 @@ def test_pool_keeps_order_and_shares_the_cache(ray_cluster, redis_server, cot, t
         import ray
 
         ray.kill(pool.workers[0], no_restart=True)
+        with pytest.raises(ray.exceptions.RayActorError):  # dead before the batch (ray.kill returns at once)
+            ray.get(pool.workers[0].__ray_ready__.remote(), timeout=30)
         third = pool.score(items)
         assert [r.acc_p for r in third.rewards] == [r.acc_p for r in first.rewards]
         assert third.stats["rescored_chunks"] == 1 and third.stats["rollouts"] == 12
