@@ -95,3 +95,25 @@ def test_ray_errors_become_one_line_naming_the_host():
     died = rx.ActorDiedError()
     assert ray_error_line(died).startswith("a Ray actor died")
     assert ray_error_line(ValueError("mine")) is None
+
+
+
+def test_only_a_dead_engine_restarts_a_rollout_worker(ray_cluster):
+    """Catches: a worker whose vLLM engine died ending the run (not recognised through Ray's task error), and any
+    other task error (one every worker would hit) restarting workers over and over instead of failing the run."""
+    import ray
+
+    from actors.rollout_group import engine_died
+
+    def raise_(dead: bool):
+        class EngineDeadError(RuntimeError):  # named as vLLM's, defined here so the Ray worker can unpickle it
+            pass
+
+        raise (EngineDeadError if dead else ValueError)("boom")
+
+    errors = []
+    for dead in (True, False):
+        with pytest.raises(ray.exceptions.RayTaskError) as caught:
+            ray.get(ray.remote(raise_).remote(dead))
+        errors.append(caught.value)
+    assert engine_died(errors[0]) and not engine_died(errors[1])

@@ -49,7 +49,7 @@ def test_pool_keeps_order_and_shares_the_cache(ray_cluster, redis_server, cot, t
         second = pool.score(items[::-1])
         assert [r.acc_p for r in second.rewards] == [r.acc_p for r in first.rewards][::-1]
         assert second.stats["cache_hits"] == 12 and second.stats["judge_calls"] == 0
-        # a worker gone for good mid-batch: its chunk is scored again by the other, counted, and nothing is lost;
+        # a worker gone for good: the chunk sent to it is scored again by the other, counted, and nothing is lost;
         # the next batch goes to the survivor alone (catches a pool that hangs, raises or drops the chunk)
         import ray
 
