@@ -35,8 +35,8 @@ class RewardPool:
                 max_task_retries=0
             )
             self.engines = [actor.remote(cfg.judge.model, eng, seed=i) for i in range(cfg.judge.num_engines)]
-            self._wait_started([e.ready.remote() for e in self.engines], start_timeout_s,
-                               f"{cfg.judge.num_engines} judge engine(s) of {eng.num_cpus} CPU and {eng.num_gpus} GPU",
+            self._wait_started([e.ready.remote() for e in self.engines], start_timeout_s, "judge engine(s)",
+                               {"CPU": eng.num_cpus, "GPU": eng.num_gpus, **eng.resources},
                                "lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes")
         tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
         worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, resources=dict(cfg.reward.resources),
@@ -46,21 +46,25 @@ class RewardPool:
         # lost worker -> (its readiness call, which answers once it is back, or None; when to ask again)
         self.returning: dict[int, tuple] = {}
         self.dead: set[int] = set()  # workers Ray will not restart
-        self._wait_started([w.__ray_ready__.remote() for w in self.workers], start_timeout_s,
-                           f"{n} reward worker(s) of {cfg.reward.num_cpus} CPU",
+        self._wait_started([w.__ray_ready__.remote() for w in self.workers], start_timeout_s, "reward worker(s)",
+                           {"CPU": cfg.reward.num_cpus, **cfg.reward.resources},
                            "lower reward.num_workers or reward.num_cpus, or add nodes")
 
-    def _wait_started(self, refs: list, timeout_s: float, what: str, fix: str) -> None:
-        """Bounded: actors the cluster has no room for (or that cannot start) fail here, not as a silent wait in
-        the first score()."""
+    def _wait_started(self, refs: list, timeout_s: float, what: str, need: dict, fix: str) -> None:
+        """Bounded (the clock stops while the autoscaler brings nodes up): actors the cluster has no room for (or
+        that cannot start) fail here, naming what each node lacks, not as a silent wait in the first score()."""
         import ray
 
-        try:
-            ray.get(refs, timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            self.shutdown()
-            raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s: the cluster lacks the resources "
-                               f"({fix})") from None
+        from actors.cluster_view import lacking, start_clock
+
+        clock, waiting = start_clock(timeout_s, what), list(refs)
+        while waiting:
+            if clock.expired():
+                self.shutdown()
+                raise RuntimeError(f"{len(waiting)} of {len(refs)} {what} did not start within {timeout_s:.0f} s: "
+                                   f"{lacking(need, len(waiting))} ({fix})")
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=clock.step())
+        ray.get(refs)  # an actor that failed in its constructor raises here, as it did before
 
     def score(self, items: list[ScoreItem]) -> ScoredBatch:
         import ray

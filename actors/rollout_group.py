@@ -105,11 +105,10 @@ class RolloutGroup(WeightSync):
         return [k for k, ref in refs.items() if ref not in ready]
 
     def _missing_resources(self, names: list[str]) -> str:
-        import ray
+        from actors.cluster_view import lacking
 
-        return (f"rollout worker(s) {', '.join(names)} need {self._bundle()} each, and the cluster has "
-                f"{ray.available_resources()} free: lower rollout.num_workers or rollout.num_cpus/num_gpus, or add "
-                "nodes")
+        return (f"rollout worker(s) {', '.join(names)} could not be placed: {lacking(self._bundle(), len(names))}: "
+                "lower rollout.num_workers or rollout.num_cpus/num_gpus, or add nodes")
 
     def _drop(self, names: list[str], why: str) -> None:
         import ray
@@ -212,20 +211,22 @@ class RolloutGroup(WeightSync):
         resources it lacks."""
         import ray
 
+        from actors.cluster_view import start_clock
+
         timeout_s = self.cfg.start_timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
+        clock = start_clock(timeout_s, "rollout workers")  # stopped while the autoscaler brings nodes up
         while True:
             waiting = [k for k, s in list(self.slots.items()) if s.state_ref is not None]
             if not waiting:
                 return
-            if time.monotonic() > deadline:
+            if clock.expired():
                 unplaced = self._unplaced(waiting)
                 if unplaced:
                     raise TimeoutError(self._missing_resources(unplaced))
                 raise TimeoutError(f"rollout worker(s) {', '.join(waiting)} did not come up within {timeout_s:.0f} s "
                                    "(their engines are still loading or keep failing: see the Ray logs)")
             ready, _ = ray.wait([self.slots[k].state_ref for k in waiting if k in self.slots], num_returns=1,
-                                timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+                                timeout=clock.step())
             for k in waiting:
                 slot = self.slots.get(k)
                 if slot is not None and slot.state_ref is not None and slot.state_ref in ready:
@@ -233,10 +234,17 @@ class RolloutGroup(WeightSync):
 
     def _drop_unplaceable(self) -> None:
         """Workers added without waiting (scaling up) that the cluster could not place within
-        ``rollout.start_timeout_s`` are given up, with a warning naming the resources they lack."""
+        ``rollout.start_timeout_s`` are given up, with a warning naming what each node lacks; while the autoscaler
+        brings nodes up (at most ``room.MAX_PENDING_S`` more) they are waited for."""
+        from actors.cluster_view import autoscaler_pending
+        from actors.room import MAX_PENDING_S
+
+        now = time.monotonic()
         late = [k for k, s in list(self.slots.items())
-                if s.state_ref is not None and not s.incarnation and time.monotonic() - s.started > self.cfg.start_timeout_s]
+                if s.state_ref is not None and not s.incarnation and now - s.started > self.cfg.start_timeout_s]
         unplaced = self._unplaced(late) if late else []
+        if unplaced and autoscaler_pending():
+            unplaced = [k for k in unplaced if now - self.slots[k].started > self.cfg.start_timeout_s + MAX_PENDING_S]
         if unplaced:
             log.warning("giving up on %s", self._missing_resources(unplaced))
             self._drop(unplaced, "no resources")

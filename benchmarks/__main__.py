@@ -1,4 +1,4 @@
-"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults,capacity,sync,shapes,gpu}``: each prints a table (see the modules' docstrings).
+"""``python -m benchmarks {decode,rewards,rollout,learner,train,eval,faults,capacity,sync,multihost,shapes,gpu}``: each prints a table (see the modules' docstrings).
 
 Benchmarks are development tools, not part of the training system's command line; each builds the synthetic
 data and tiny model it needs under ``runs/bench`` on first use.
@@ -62,6 +62,12 @@ def cmd_sync(args) -> int:
     from benchmarks.sync import run_bench_sync
 
     return run_bench_sync(args.mb, args.rounds, tuple(args.receivers))
+
+
+def cmd_multihost(args) -> int:
+    from benchmarks.multihost import run_bench_multihost
+
+    return run_bench_multihost(args.mb, args.rounds, tuple(args.receivers))
 
 
 def cmd_shapes(args) -> int:
@@ -146,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--receivers", type=int, nargs="+", default=[1, 2, 4])
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("multihost", help="weight sync with receivers on separate hosts (network namespaces; root) vs "
+                       "on one host: per-worker channels vs one group")
+    p.add_argument("--mb", type=float, default=64, help="model size in MiB (default 64)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--receivers", type=int, nargs="+", default=[1, 2, 4])
+    p.set_defaults(func=cmd_multihost)
 
     p = sub.add_parser("shapes", help="Qwen2.5-VL-3B/7B widths (cut in depth) end to end on the CPU: vLLM vs learner "
                        "log-probs, bucketed sync, ZeRO-2/3 steps, peak memory per role")

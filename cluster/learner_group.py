@@ -13,6 +13,7 @@ import os
 
 import ray
 
+from actors.cluster_view import lacking, start_clock
 from actors.weight_transport import WeightPlan
 
 # The weight channel's methods run beside a long update on rank 0 (a restarted rollout worker may rejoin mid-step):
@@ -143,12 +144,13 @@ class LearnerGroup:
         self.cfg, self.world = lcfg, lcfg.num_ranks
         bundle = {"CPU": lcfg.num_cpus, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}), **lcfg.resources}
         self.placement_group = ray.util.placement_group([bundle] * self.world, strategy="PACK")
-        try:
-            ray.get(self.placement_group.ready(), timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            ray.util.remove_placement_group(self.placement_group)
-            raise RuntimeError(f"the cluster has no room for {self.world} learner rank(s) of {bundle} within "
-                               f"{timeout_s:.0f} s: lower learner.num_ranks / num_cpus / num_gpus") from None
+        clock, ready = start_clock(timeout_s, "learner ranks"), self.placement_group.ready()
+        while not ray.wait([ready], timeout=clock.step())[0]:  # the clock stops while the autoscaler adds nodes
+            if clock.expired():
+                ray.util.remove_placement_group(self.placement_group)
+                raise RuntimeError(f"the cluster has no room for the learner within {timeout_s:.0f} s: "
+                                   f"{lacking(bundle, self.world)}: lower learner.num_ranks / num_cpus / num_gpus, "
+                                   "or add nodes")
         self.ranks = [
             LearnerRank.options(
                 num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus, resources=dict(lcfg.resources), max_restarts=0,
@@ -184,27 +186,36 @@ class LearnerGroup:
                               f"step {self.step}; once the host is back, run the same command with "
                               "run.resume=auto to continue from the last checkpoint in run.out_dir") from e
 
-    def _unreachable(self, wait_s: float = 60.0) -> list[str]:
-        """The ranks whose host is gone, as ``rank N on host (ip)``: no answer within ``wait_s`` (long enough for
-        Ray to declare a silent node dead with its default health checks), or dead on a node Ray declared dead. A
-        rank that died on a live node (out of memory, a crash) is not a lost host: its own error is the story."""
-        pings = [r.host.remote() for r in self.ranks]
-        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=wait_s)
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        lost = []
-        for i, ref in enumerate(pings):
-            label, node = self.hosts[i]
-            if node is None:  # not started yet: nothing known about its host
-                continue
-            if ref in ready:
-                try:
-                    ray.get(ref)
-                    continue
-                except ray.exceptions.RayError:
-                    if node in alive:
-                        continue
-            lost.append(f"rank {i} on {label}")
-        return lost
+    def _unreachable(self, wait_s: float = 60.0, settle_s: float = 45.0) -> list[str]:
+        """The ranks whose host is gone, as ``rank N on host (ip)``: on a node Ray declared dead, or no answer
+        within ``wait_s`` (long enough for Ray to declare a silent node dead with its default health checks). A
+        rank whose actor died while its node stays alive for ``settle_s`` (out of memory, a crash) is not a lost
+        host: its own error is the story. Its death is often known before its node's (every process of a crashed
+        host dies at once; the health checks take seconds more), hence the wait."""
+        import time
+
+        t0 = time.monotonic()
+        unsettled = {i for i, (_, node) in enumerate(self.hosts) if node is not None}  # started ones only
+        lost: list[int] = []
+        while unsettled and time.monotonic() - t0 < wait_s:
+            pings = {i: self.ranks[i].host.remote() for i in sorted(unsettled)}
+            ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=2.0)
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            for i, ref in pings.items():
+                if self.hosts[i][1] not in alive:
+                    lost.append(i)
+                    unsettled.discard(i)
+                elif ref in ready:
+                    try:
+                        ray.get(ref)
+                        unsettled.discard(i)  # it answers: its host is there
+                    except ray.exceptions.RayError:
+                        if time.monotonic() - t0 > settle_s:
+                            unsettled.discard(i)  # dead on a node that stays alive
+                        else:
+                            time.sleep(1.0)
+        lost += sorted(unsettled)  # never answered
+        return [f"rank {i} on {self.hosts[i][0]}" for i in sorted(lost)]
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def sft_step(self, items_ref, n: int) -> dict:

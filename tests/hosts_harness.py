@@ -8,14 +8,15 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from toy.hosts import Cluster
+from toy.hosts import Cluster, free_subnet
 
-def _unavailable() -> str | None:
+def unavailable() -> str | None:
     if os.geteuid() != 0:
         return "the multi-host harness needs root (network, mount and PID namespaces)"
     for tool in ("ip", "unshare", "nsenter"):
@@ -29,22 +30,14 @@ def _unavailable() -> str | None:
     return None
 
 
-def _free_subnet() -> str:
-    taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-    for third in range(87, 250):
-        if f" 10.{third}.0." not in taken:
-            return f"10.{third}.0"
-    raise RuntimeError("no free 10.x.0.0/24 subnet")
-
-
 @pytest.fixture(scope="session")
 def hosts():
-    reason = _unavailable()
+    reason = unavailable()
     if reason:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
     # outside /tmp: every host has a /tmp of its own, and this folder holds the cluster's shared volume
     state = Path(tempfile.mkdtemp(prefix="videop2r-hosts-", dir="/var/tmp"))
-    cluster = Cluster(state, prefix=f"vp{secrets.token_hex(2)}", subnet=_free_subnet())
+    cluster = Cluster(state, prefix=f"vp{secrets.token_hex(2)}", subnet=free_subnet())
     try:
         cluster.up()
         cluster.start_ray()
@@ -105,3 +98,25 @@ def job_id(r: subprocess.CompletedProcess) -> str:
 def job_logs(c: Cluster, job: str) -> str:
     r = c.run("head", ["ray", "job", "logs", "--address", c.dashboard, job], c.ray_env(), timeout=60, check=False)
     return r.stdout + r.stderr
+
+
+def stacks(c: Cluster, names=("RolloutWorker", "EngineCore", "LearnerRank")) -> str:
+    """What the named processes on every host are doing (py-spy), for a test's failure message: a step that never
+    comes is otherwise only a timeout."""
+    hosts = {os.readlink(f"/proc/{h.pid}/ns/net"): h.name for h in c.hosts if h.pid}
+    spy = Path(os.environ.get("VIRTUAL_ENV", Path(sys.executable).parent.parent)) / "bin" / "py-spy"
+    out = []
+    for p in sorted(Path("/proc").iterdir(), key=lambda q: q.name):
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            host = hosts.get(os.readlink(p / "ns" / "net"))
+            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if host is None or not any(n in cmd for n in names):
+            continue
+        dump = subprocess.run([str(spy), "dump", "--pid", p.name], capture_output=True, text=True, timeout=60)
+        out.append(f"--- {host} pid {p.name} ({stat}) {cmd[:100]}\n{(dump.stdout + dump.stderr)[-3000:]}")
+    return "\n".join(out)

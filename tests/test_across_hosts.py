@@ -1,6 +1,7 @@
 """The multi-host start-up checks and error lines, without a cluster (tests/test_multihost.py runs them for real)."""
 
 import os
+import time
 
 import pytest
 
@@ -117,3 +118,42 @@ def test_only_a_dead_engine_restarts_a_rollout_worker(ray_cluster):
             ray.get(ray.remote(raise_).remote(dead))
         errors.append(caught.value)
     assert engine_died(errors[0]) and not engine_died(errors[1])
+
+
+def test_a_lost_learner_host_is_told_from_a_rank_that_died_on_its_own(ray_cluster, monkeypatch):
+    """``LearnerGroup._unreachable`` on real Ray actors standing in for ranks; ``ray.nodes`` is made to declare one
+    node dead 2 s late, as Ray's health checks do after a host crashed. Catches: a crashed host's rank read as a rank
+    error because its actor's death is known before its node's (the host-fault test once saw rank 0's gloo error
+    instead of LearnerLost), a rank that died on a live node (out of memory) reported as a lost host, and a rank
+    that never answers left out."""
+    import ray
+
+    from cluster.learner_group import LearnerGroup
+
+    @ray.remote
+    class Rank:
+        def host(self):
+            return "h", ray.get_runtime_context().get_node_id()
+
+    @ray.remote
+    class Silent:
+        def host(self):
+            time.sleep(60)
+
+    node, crashed_node = ray.get_runtime_context().get_node_id(), "e" * 56
+    ok, died, crashed, silent = Rank.remote(), Rank.remote(), Rank.remote(), Silent.remote()
+    ray.get([ok.host.remote(), died.host.remote(), crashed.host.remote()])
+    ray.kill(died)
+    ray.kill(crashed)
+    group = object.__new__(LearnerGroup)
+    group.ranks = [ok, died, crashed]
+    group.hosts = [("ok", node), ("died (10.0.0.2)", node), ("crashed (10.0.0.3)", crashed_node)]
+    t0, real = time.monotonic(), ray.nodes
+    monkeypatch.setattr(ray, "nodes", lambda: real() + [{"NodeID": crashed_node,
+                                                        "Alive": time.monotonic() < t0 + 2}])
+    assert group._unreachable(wait_s=8, settle_s=4) == ["rank 2 on crashed (10.0.0.3)"]
+    assert 4 < time.monotonic() - t0 < 20  # the dead rank on a live node was given settle_s
+    group.ranks, group.hosts = [ok, silent], [("ok", node), ("silent (10.0.0.4)", node)]
+    assert group._unreachable(wait_s=3, settle_s=2) == ["rank 1 on silent (10.0.0.4)"]
+    for a in (ok, silent):
+        ray.kill(a)

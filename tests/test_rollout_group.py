@@ -191,7 +191,7 @@ def test_add_and_remove_workers_between_steps(group, items, processor, tiny_mode
     # a worker the cluster has no room for: a bounded wait, then an error naming what it lacks; nothing left behind
     group.cfg.num_cpus, cpus = 1000, group.cfg.num_cpus
     try:
-        with pytest.raises(TimeoutError, match=r"need \{'CPU': 1000"):
+        with pytest.raises(TimeoutError, match=r"could not be placed: 1 x \{CPU: 1000\} needed; per node: [0-9.]+: CPU "):
             _add_with_timeout(group, 3)
     finally:
         group.cfg.num_cpus = cpus

@@ -138,6 +138,9 @@ class Cluster:
         mine = "127.0.1.1" if h.debian else h.ip
         others = "".join(f"{o.ip} {o.name}\n" for o in self.hosts if o is not h)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{mine} {h.name}\n{others}")
+        # no name server reachable from a host: a lookup of a name or address not in its hosts file (c10d looks up
+        # every peer's) fails at once on its own loopback instead of timing out on the machine's resolver
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         sh(["ip", "netns", "add", ns])
         sh(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
         sh(["ip", "link", "set", veth, "master", self.bridge, "up"])
@@ -198,6 +201,17 @@ class Cluster:
         if check and r.returncode:
             raise RuntimeError(f"on {host}: {' '.join(argv)} exited {r.returncode}: {(r.stdout + r.stderr)[-2000:]}")
         return r
+
+    def python_on(self, host: str | Host) -> str:
+        """A Python interpreter on ``host``'s network (its address, loopback, hosts file and resolver; the machine's
+        disks and /dev/shm): a script under the harness's folder that ``multiprocessing`` can spawn a process with,
+        its pipes and semaphores still shared with the parent."""
+        h = host if isinstance(host, Host) else self.host(host)
+        path = self.state / "bin" / f"python-{h.name}"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.netns(h)} {sys.executable} "$@"\n')
+        path.chmod(0o755)
+        return str(path)
 
     def popen(self, host, argv, env=None, **kw) -> subprocess.Popen:
         return subprocess.Popen(self.command(host, argv, env), **kw)
@@ -267,6 +281,15 @@ class Cluster:
         self._boot(h)
         self._save()
         self.join(name)
+
+
+def free_subnet() -> str:
+    """A 10.x.0.0/24 that no interface of this machine uses."""
+    taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for third in range(87, 250):
+        if f" 10.{third}.0." not in taken:
+            return f"10.{third}.0"
+    raise RuntimeError("no free 10.x.0.0/24 subnet")
 
 
 def sh(argv: list[str]) -> None:
