@@ -18,6 +18,10 @@ from actors.weight_transport import WeightPlan, WeightSender, WeightTransportErr
 
 log = logging.getLogger(__name__)
 
+# A receiver has transport.timeout_s for the transfer, then this long to load the weights and reset its caches;
+# past that it is stuck and restarted.
+LOAD_GRACE_S = 60.0
+
 
 class LocalWeightSource:
     """The current weights and their sender, in this process (tests, benchmarks, a driver-side learner)."""
@@ -147,14 +151,13 @@ class WeightSync:
         failed = self._send_channels(names) if names else {}
         for k, ref in refs.items():
             try:
-                version = ray.get(ref, timeout=self.transport.timeout_s + 60)
+                version = ray.get(ref, timeout=self.transport.timeout_s + LOAD_GRACE_S)
                 if k in failed:
                     outcomes[k] = f"send: {failed[k]}"
                 else:
                     self.slots[k].version, outcomes[k] = version, "ok"
             except (RayActorError, GetTimeoutError) as e:
-                outcomes[k] = f"lost: {type(e).__name__}"
-                self._lost(k, f"weight sync: {type(e).__name__}")
+                outcomes[k] = self._sync_lost(k, e)
             except Exception as e:  # the worker could not load them: it must not serve a half-loaded model
                 outcomes[k] = f"send: {failed[k]}" if k in failed else \
                     f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -169,6 +172,17 @@ class WeightSync:
                 log.warning("rollout worker %s did not get weight version %d (%s); it waits for the next sync",
                             k, plan.version, why)
         return SyncReport(time.perf_counter() - t0, outcomes)
+
+    def _sync_lost(self, name: str, e: Exception) -> str:
+        """A worker whose receive never came back: dead (Ray restarts it), or alive but stuck (seen once: vLLM's
+        engine core never answering a cache reset), which is restarted. Either way it rejoins with the weights."""
+        from ray.exceptions import GetTimeoutError
+
+        if isinstance(e, GetTimeoutError):
+            self._restart(name, f"did not finish its weight sync within {self.transport.timeout_s + LOAD_GRACE_S:.0f} s")
+        else:
+            self._lost(name, f"weight sync: {type(e).__name__}")
+        return f"lost: {type(e).__name__}"
 
     def _send_channels(self, names: list[str]) -> dict[str, str]:
         """The sender's half of a channel sync: receivers that failed (key -> why). A failure of the sender itself
@@ -210,14 +224,13 @@ class WeightSync:
         outcomes = {}
         for k, ref in refs.items():
             try:
-                version = ray.get(ref, timeout=self.transport.timeout_s + 60)
+                version = ray.get(ref, timeout=self.transport.timeout_s + LOAD_GRACE_S)
                 if error is None:
                     self.slots[k].version, outcomes[k] = version, "ok"
                 else:
                     outcomes[k] = f"group: {error[:200]}"
             except (RayActorError, GetTimeoutError) as e:
-                outcomes[k] = f"lost: {type(e).__name__}"
-                self._lost(k, f"weight sync: {type(e).__name__}")
+                outcomes[k] = self._sync_lost(k, e)
             except Exception as e:  # noqa: BLE001 - its load failed: retried over its channel
                 outcomes[k] = f"group: {type(e).__name__}"
         if error is not None or any(v != "ok" for v in outcomes.values()):

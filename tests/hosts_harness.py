@@ -100,7 +100,7 @@ def job_logs(c: Cluster, job: str) -> str:
     return r.stdout + r.stderr
 
 
-def stacks(c: Cluster, names=("RolloutWorker", "EngineCore", "LearnerRank")) -> str:
+def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank")) -> str:
     """What the named processes on every host are doing (py-spy), for a test's failure message: a step that never
     comes is otherwise only a timeout."""
     hosts = {os.readlink(f"/proc/{h.pid}/ns/net"): h.name for h in c.hosts if h.pid}

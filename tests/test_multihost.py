@@ -56,7 +56,8 @@ def test_sft_then_train_across_hosts_through_host_faults(hosts, shared):
              f"trainer.prompts_per_step={B}", f"rollout.group_size={G}", "rollout.max_tokens=48", "rollout.temperature=0.01",
              "trainer.steps=100000", "trainer.checkpoint_every=2", "judge.backend=http", "judge.model=judge",
              "judge.allow_insecure_http=true", "cache.start_local=true", "metrics.host=0.0.0.0",
-             f"metrics.port={METRICS_PORT}", "reward.num_workers=2", "rollout.chunk_timeout_s=60", *PINS]
+             f"metrics.port={METRICS_PORT}", "reward.num_workers=2", "rollout.chunk_timeout_s=60",
+             "transport.timeout_s=30", *PINS]
     refused = submit(c, *train, "run.out_dir=refused", f"judge.base_url=http://127.0.0.1:{JUDGE_PORT}/v1")
     text = refused.stdout + refused.stderr
     assert "failed" in text and f"error: this cluster has {len(c.hosts)} nodes" in text and "judge.base_url" in text, text[-3000:]
@@ -79,7 +80,7 @@ def test_sft_then_train_across_hosts_through_host_faults(hosts, shared):
                    c.ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _across_hosts(c, steps)
-        _host_faults(c, steps, rl)
+        resumed_from = _host_faults(c, steps, rl)
     finally:  # a job left running would hold the hosts' resources for whatever runs next
         for j in steps.jobs:
             stop = c.run("head", ["ray", "job", "stop", "--address", c.dashboard, j], c.ray_env(), timeout=180,
@@ -89,6 +90,7 @@ def test_sft_then_train_across_hosts_through_host_faults(hosts, shared):
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert "resume with the same command" in job_logs(c, steps.job)
     run = steps.run
+    assert json.loads((run.path / "summary.json").read_text())["resumed_from"].endswith(resumed_from)
     last = run.metrics()[-1]["step"]
     assert run.latest_checkpoint().name == f"step_{last:06d}"
     ckpt = run.latest_checkpoint()
@@ -192,8 +194,8 @@ def _across_hosts(c: Cluster, steps: Steps) -> None:
     assert last["sync_updated"] == 2 and last["mismatch_kl"] < 1e-6, last
 
 
-def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> None:
-    """The faults of the module's docstring, one job; then the same command resumes."""
+def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> str:
+    """The faults of the module's docstring, one job; then the same command resumes (from the checkpoint named)."""
     from videoqa.sampler import IndexOrder
 
     run, job = steps.run, steps.job
@@ -205,9 +207,10 @@ def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> None:
             c.link(name, False)
             faulted.append(name)
         print("cut roll0 and reward0")
-        rows = steps.rows(k + 3)
+        rows = steps.rows(k + 3, timeout=400)
         hit = rows[k]  # the step whose generation lost roll0's worker and whose scoring lost reward0's
-        assert hit["rollout_worker_restarts"] == rows[k - 1]["rollout_worker_restarts"] + 1, hit
+        # at least roll0's worker (roll1's is restarted too if its weight sync got stuck, which is survived)
+        assert hit["rollout_worker_restarts"] >= rows[k - 1]["rollout_worker_restarts"] + 1, hit
         # the step waited for Ray to declare roll0's node dead (4 misses of the harness's 1 s health checks), well
         # within rollout.chunk_timeout_s
         assert 2 < hit["time/generate"] < 60, hit
@@ -267,7 +270,7 @@ def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> None:
     for r in rows:  # nothing lost or duplicated by any of the faults
         ids = sorted(x["prompt_id"] for x in rollouts if x["step"] == r["step"])
         assert ids == sorted(r["prompt_ids"] * G), (r["step"], ids)
-    assert json.loads((run.path / "summary.json").read_text())["resumed_from"].endswith(ckpt.name)
+    return ckpt.name
 
 
 def _prom_on(c: Cluster, port: int, path: str, **params) -> dict:

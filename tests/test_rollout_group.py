@@ -269,6 +269,27 @@ def test_hung_worker_is_restarted_and_its_chunk_served_elsewhere(group, items, p
     group.wait_until_ready(timeout_s=240)
     st = ray.get(victim.actor.state.remote())
     assert st["pid"] != pid and st["version"] == version and group.slots[name].ready
+    # stuck again, now in a weight sync (seen on the harness: vLLM's engine core never answered a cache reset):
+    # its outcome says so, Ray restarts it, and it rejoins with the version it missed. Catches a stuck receiver
+    # marked lost and then waited for forever (its state call queues behind the stuck one).
+    import actors.weight_sync as weight_sync
+
+    pid = st["pid"]
+    victim = group.slots[name]
+    stuck = lambda self: setattr(self.llm.llm_engine, "reset_encoder_cache", lambda: time.sleep(600))  # noqa: E731
+    ray.get(victim.actor.__ray_call__.remote(stuck))  # the weights arrive, then the cache reset never returns
+    group.source.update(group.source.named, version=group.source.version + 1)
+    grace, timeout = weight_sync.LOAD_GRACE_S, group.transport.timeout_s
+    weight_sync.LOAD_GRACE_S, group.transport.timeout_s = 2, 3
+    try:
+        report = group.sync_weights()
+    finally:
+        weight_sync.LOAD_GRACE_S, group.transport.timeout_s = grace, timeout
+    assert report.outcomes[name] == "lost: GetTimeoutError" and report.updated, report.outcomes
+    assert any(e.startswith(f"{name} lost (did not finish its weight sync") for e in group.events), group.events
+    group.wait_until_ready(timeout_s=240)
+    st = ray.get(victim.actor.state.remote())
+    assert st["pid"] != pid and st["version"] == group.source.version and group.slots[name].ready
 
 
 def test_worker_dying_during_a_sync(group, items, processor, tiny_model_dir):
