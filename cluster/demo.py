@@ -16,11 +16,60 @@ from pathlib import Path
 
 from cluster.config import Config
 from cluster.evaluate import evaluate, paired_gain
+from cluster.run_dir import RunExistsError
 from cluster.stack import Dataset, Stack
 
 
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
+
+
+DEMO_FILE = "demo.json"  # the settings the demo in this folder runs with
+# What does not change what the demo computes: where it is, whether it resumes, the exporter, and the controls
+# (asked for on a finished demo, they are added to it).
+NOT_RESULTS = ("run.out_dir", "run.resume", "metrics", "demo.controls")
+
+
+def demo_settings(cfg: Config) -> dict:
+    """The settings that decide the demo's results, flat (``section.key``), secrets redacted."""
+    from cluster.config_loader import redact
+
+    flat: dict = {}
+
+    def walk(tree: dict, prefix: str) -> None:
+        for k, v in tree.items():
+            key = f"{prefix}{k}"
+            if any(key == n or key.startswith(n + ".") for n in NOT_RESULTS):
+                continue
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                flat[key] = v
+
+    walk(redact(cfg.model_dump(mode="json")), "")
+    return flat
+
+
+def check_folder(cfg: Config, out: Path, force: bool) -> None:
+    """Before anything starts: ``out`` is new, empty, or this demo's own folder with the same settings; a user's
+    folder, or a demo made with other settings, is refused unless ``force`` (which runs there anyway, starting the
+    stages over)."""
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"run.out_dir {out} is a file: choose a folder")
+    if force or not out.is_dir() or not any(out.iterdir()):
+        return
+    mine = out / DEMO_FILE
+    if not mine.is_file():
+        if (out / "sft").is_dir() or (out / "summary.json").is_file():
+            return  # a demo folder from before its settings were recorded: resumed as it always was
+        raise RunExistsError(f"{out} holds files that are not a demo's: choose a new or empty run.out_dir, or pass "
+                             "--force to run the demo there anyway")
+    old, new = json.loads(mine.read_text()), demo_settings(cfg)
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if diff:
+        named = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise RunExistsError(f"{out} holds a demo run with other settings ({named}): choose another run.out_dir, "
+                             "or pass --force to start it over there")
 
 
 def ensure_fixtures(cfg: Config, out: Path) -> None:
@@ -103,12 +152,14 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
 
     t_start = time.perf_counter()
     out = Path(cfg.run.out_dir).resolve()
+    check_folder(cfg, out, force)
     done = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else None
     if done and not force and ("controls" in done or not cfg.demo.controls):
         print(f"[demo] {out}/summary.json exists: the demo is complete (pass --force to run it again)")
         print_report(done)
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_FILE).write_text(json.dumps(demo_settings(cfg), indent=1, sort_keys=True))
     ensure_fixtures(cfg, out)
     with Stack(cfg, verbose) as stack:
         held_out = Dataset(cfg, cfg.data.eval_file, sampling=cfg.eval.sampling(cfg.video))

@@ -187,6 +187,21 @@ def test_demo_end_to_end(tmp_path):
     assert "held-out reasoning accuracy" in r.stdout and "Loading weights" not in r.stdout + r.stderr
     again = run("demo", "--config", "configs/demo.yaml", *small)
     assert again.returncode == 0 and "the demo is complete" in again.stdout
+    # other settings on the finished demo: refused, naming them, before anything starts; its results untouched.
+    # Catches a demo that prints the old run's results as if they answered the new settings.
+    before = (out / "summary.json").read_text()
+    changed = run("demo", "--config", "configs/demo.yaml", *small, "rollout.max_tokens=20", "learner.lr=0.5")
+    assert changed.returncode == 2 and "held-out" not in changed.stdout, changed.stdout + changed.stderr
+    assert "other settings (learner.lr, rollout.max_tokens)" in changed.stderr and "--force" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1 and (out / "summary.json").read_text() == before
+    # a user's own folder: refused, the file untouched, nothing written there. Catches a demo training into it.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    into = run("demo", "--config", "configs/demo.yaml", f"run.out_dir={mine}", f"model.path={mine}/model",
+               f"data.dir={mine}/data")
+    assert into.returncode == 2 and "not a demo's" in into.stderr and "--force" in into.stderr, into.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "my notes"
     # a model path outside the demo's folder is never generated into
     elsewhere = tmp_path / "my-model"
     bad = run("demo", "--config", "configs/demo.yaml", *small[:1], f"run.out_dir={tmp_path}/other",
