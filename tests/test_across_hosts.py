@@ -129,6 +129,7 @@ def test_a_lost_learner_host_is_told_from_a_rank_that_died_on_its_own(ray_cluste
     import ray
 
     from cluster.learner_group import LearnerGroup
+    from toy.faults import kill_for_good
 
     @ray.remote
     class Rank:
@@ -143,8 +144,8 @@ def test_a_lost_learner_host_is_told_from_a_rank_that_died_on_its_own(ray_cluste
     node, crashed_node = ray.get_runtime_context().get_node_id(), "e" * 56
     ok, died, crashed, silent = Rank.remote(), Rank.remote(), Rank.remote(), Silent.remote()
     ray.get([ok.host.remote(), died.host.remote(), crashed.host.remote()])
-    ray.kill(died)
-    ray.kill(crashed)
+    for dead in (died, crashed):
+        kill_for_good(dead)  # dead before the pings (a ping right after ray.kill may still be answered)
     group = object.__new__(LearnerGroup)
     group.ranks = [ok, died, crashed]
     group.hosts = [("ok", node), ("died (10.0.0.2)", node), ("crashed (10.0.0.3)", crashed_node)]

@@ -81,3 +81,22 @@ def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
     while alive() and time.monotonic() < deadline:
         time.sleep(0.5)
     return alive()
+
+
+def kill_for_good(actor, timeout_s: float = 30.0) -> None:
+    """``ray.kill`` without restarts, returning once a call to the actor fails: ``ray.kill`` itself returns at once,
+    and a call made right after it may still be answered by the living actor."""
+    import time
+
+    import ray
+
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the actor still answers {timeout_s:.0f} s after ray.kill")
+        time.sleep(0.1)
