@@ -46,7 +46,8 @@ def load_benchmark(path: Path, max_rows: int | None) -> tuple[list, Counter, lis
 
 
 def run_eval(cfg, force: bool = False, verbose: bool = False) -> dict:
-    from cluster.stack import Stack, check_judge_fits, check_model
+    from cluster.preflight import check_before_start
+    from cluster.stack import Stack, check_judge_fits
 
     files = [Path(f) for f in cfg.eval.benchmarks]
     if not files:
@@ -54,7 +55,7 @@ def run_eval(cfg, force: bool = False, verbose: bool = False) -> dict:
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"benchmark file not found: {f}")
-    check_model(cfg.model.path)
+    check_before_start(cfg, "eval")
     names = _benchmark_names(files)
     benchmarks = {n: load_benchmark(f, cfg.eval.max_rows) for n, f in zip(names, files)}
     if cfg.eval.judge:

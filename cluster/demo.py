@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cluster.config import Config
 from cluster.evaluate import evaluate, paired_gain
+from cluster.preflight import check_policy_model, check_port
 from cluster.run_dir import RunExistsError
 from cluster.stack import Dataset, Stack
 
@@ -161,6 +162,8 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_FILE).write_text(json.dumps(demo_settings(cfg), indent=1, sort_keys=True))
     ensure_fixtures(cfg, out)
+    check_policy_model(cfg.model.path)  # a model.path given elsewhere: what it holds, before anything starts
+    check_port(cfg.metrics.host, cfg.metrics.port, "metrics.port")
     with Stack(cfg, verbose) as stack:
         held_out = Dataset(cfg, cfg.data.eval_file, sampling=cfg.eval.sampling(cfg.video))
         items = [it for _, it in held_out.load(list(range(min(len(held_out), cfg.eval.max_rows or len(held_out)))))]

@@ -38,13 +38,14 @@ def _identity(cfg, source: Path) -> dict:
 
 
 def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
-    from cluster.stack import Stack, check_judge_fits, check_model
+    from cluster.preflight import check_before_start
+    from cluster.stack import Stack, check_judge_fits
 
     source = Path(cfg.cot.input)
     if not cfg.cot.input or not source.is_file():
         raise FileNotFoundError(f"cot.input {cfg.cot.input!r} is not a file: pass --input FILE (Video-R1 JSON, "
                                 "JSONL or Parquet)")
-    check_model(cfg.model.path)
+    check_before_start(cfg, "make-cot")
     samples, malformed = load_samples_skipping(source, cfg.cot.max_rows)
     check_judge_fits(cfg, [s for _, s in samples])
     store = BatchStore(cfg.cot.out_dir, _identity(cfg, source), force)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from videoqa.loader import LoadedSample, MediaLoader
-from videoqa.schema import Sample, load_samples
+from videoqa.schema import RowError, Sample, load_samples
 
 log = logging.getLogger("videop2r")
 
@@ -21,7 +21,7 @@ class Dataset:
         self.path = self.root / file
         self.samples: list[Sample] = load_samples(self.path)
         if not self.samples:
-            raise ValueError(f"{self.path} has no rows")
+            raise RowError(f"{self.path} has no rows: point the config at a dataset file with rows")
         self.loader = MediaLoader(self.root, sampling or cfg.video.sampling(), cfg.data.loader_workers,
                                   cfg.data.on_bad_media, cfg.video.image_max_pixels)
 
@@ -116,14 +116,6 @@ def logical_cpus(cfg) -> int:
     if cfg.judge.backend == "vllm":
         need += cfg.judge.num_engines * cfg.judge.engine.num_cpus
     return max(os.cpu_count() or 1, math.ceil(need) + 1)
-
-
-def check_model(path: str) -> None:
-    """A clear error for a model folder that is missing or incomplete."""
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"model.path {p} is not a Hugging Face model folder (no config.json): point model.path "
-                                "at a Qwen2.5-VL folder (or the hf/ folder `videop2r sft` writes)")
 
 
 def check_judge_fits(cfg, samples) -> None:

@@ -13,8 +13,10 @@ import ray
 
 from cluster.across_hosts import check_storage
 from cluster.run_dir import RunDir
-from cluster.stack import Dataset, Stack, check_judge_fits, check_model
+from cluster.preflight import check_before_start
+from cluster.stack import Dataset, Stack, check_judge_fits
 from videoqa.sampler import IndexOrder
+from videoqa.schema import RowError
 
 log = logging.getLogger("videop2r")
 
@@ -43,7 +45,7 @@ def _bar(total: int, initial: int, desc: str):
 def check_cot_rows(data: Dataset) -> None:
     bad = [s.problem_id for s in data.samples if not (s.observation and s.process)]
     if bad:
-        raise ValueError(f"{data.path}: {len(bad)} rows lack the 'observation' or 'process' text SFT trains on "
+        raise RowError(f"{data.path}: {len(bad)} rows lack the 'observation' or 'process' text SFT trains on "
                          f"(first: {', '.join(bad[:3])}); use a CoT file (data.cot_file)")
 
 
@@ -53,14 +55,14 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
     there (the demo stops once validation accuracy shows the skill RL should sharpen, leaving it headroom)."""
     from cluster.learner_group import LearnerGroup
 
-    check_model(cfg.model.path)
+    check_before_start(cfg, "sft")
+    data = Dataset(cfg, cfg.data.cot_file)
+    check_cot_rows(data)
     run, _, state = _open_run(cfg, force)
     own = stack is None
     stack = stack or Stack(cfg, verbose)
     try:
         check_storage(str(run.path), cfg.model.path)  # every host sees the run folder and the model, or none starts
-        data = Dataset(cfg, cfg.data.cot_file)
-        check_cot_rows(data)
         learner = LearnerGroup(cfg, cfg.model.path, with_reference=False, lr=cfg.sft.lr,
                                warmup_steps=cfg.sft.warmup_steps, transport=cfg.transport if should_stop else None)
         order = IndexOrder(len(data), cfg.run.seed)
@@ -117,7 +119,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
     from cluster.metrics import StepMetrics
     from cluster.trainer import RLTrainer
 
-    check_model(cfg.model.path)
+    check_before_start(cfg, "train")
     if cfg.rollout.tensor_parallel_size > 1 and cfg.transport.scheme != "group":
         from cluster.config_loader import ConfigError
 
