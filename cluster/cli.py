@@ -368,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.report import ReportError
 
     args = build_parser().parse_args(argv)
+    if argv is None and args.func in (cmd_demo, cmd_sft, cmd_train, cmd_eval, cmd_make_cot):
+        from cluster.reaper import start_reaper
+
+        start_reaper()  # run as a program: what it starts (Ray, engines, redis) ends with it, even on a SIGKILL
     try:
         return args.func(args)
     except JudgeAuthError as e:  # raised in a reward actor, it arrives wrapped: its own message is the line
