@@ -25,7 +25,8 @@ def cmd_rewards(args) -> int:
 def cmd_rollout(args) -> int:
     from benchmarks.rollout import run_bench_rollout
 
-    return run_bench_rollout(args.root, prompts=args.prompts, max_tokens=args.max_tokens, rounds=args.rounds)
+    return run_bench_rollout(args.root, prompts=args.prompts, max_tokens=args.max_tokens, rounds=args.rounds,
+                             with_100m=not args.tiny_only)
 
 
 def cmd_learner(args) -> int:
@@ -37,7 +38,7 @@ def cmd_learner(args) -> int:
 def cmd_train(args) -> int:
     from benchmarks.train import run_bench_train
 
-    return run_bench_train(args.root, steps=args.steps, prompts=args.prompts)
+    return run_bench_train(args.root, steps=args.steps, prompts=args.prompts, sft_steps=args.sft_steps)
 
 
 def cmd_eval(args) -> int:
@@ -49,7 +50,7 @@ def cmd_eval(args) -> int:
 def cmd_faults(args) -> int:
     from benchmarks.faults import run_bench_faults
 
-    return run_bench_faults(args.root)
+    return run_bench_faults(args.root, sft_steps=args.sft_steps)
 
 
 def cmd_capacity(args) -> int:
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="repetitions per measurement (best is reported)")
+    p.add_argument("--tiny-only", action="store_true", help="time the weight sync of the tiny model only (not also "
+                   "a ~100M-parameter one)")
     p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("learner", help="PA-GRPO vs GRPO step time, log-prob throughput")
@@ -125,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data, model and runs")
     p.add_argument("--steps", type=int, default=10, help="measured steps per run (after one warm-up step)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--sft-steps", type=int, default=150, help="SFT steps of the model the RL runs start from")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluation throughput with 1 vs 2 rollout workers; make-cot throughput")
     p.add_argument("--root", default="runs/bench", help="folder for the synthetic data and tiny model (made if missing)")
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("faults", help="a short RL run with one injected fault per step: lost, duplicated, counted")
     p.add_argument("--root", default="runs/bench", help="folder for the synthetic data and tiny model (made if missing)")
+    p.add_argument("--sft-steps", type=int, default=150, help="SFT steps of the model the RL run starts from "
+                   "(shared with `train` under the same --root)")
     p.set_defaults(func=cmd_faults)
 
     p = sub.add_parser("capacity", help="a capacity model on GPUs: memory per GPU, step-time split, sync vs workers")
@@ -205,11 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="where the random models are written (default: the system's temp folder)")
     p.add_argument("--verbose", action="store_true", help="show DeepSpeed's and transformers' output")
     p.set_defaults(func=cmd_gpu)
+    for name, p in sub.choices.items():  # every benchmark takes --verbose (shapes and gpu say what it shows there)
+        if name not in ("shapes", "gpu"):
+            p.add_argument("--verbose", action="store_true", help="vLLM's, Ray's and DeepSpeed's INFO output too")
     return parser
+
+
+def _quiet(verbose: bool) -> None:
+    """The table is what a person sees: vLLM's, Ray's, DeepSpeed's and transformers' INFO lines and progress
+    bars stay off the console (in this process, and in every process it starts) unless ``--verbose``."""
+    import logging
+    import os
+
+    from benchmarks import VERBOSE_ENV
+    from cluster.services import QUIET_ENV
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        logging.basicConfig(level=logging.INFO)
+        return
+    os.environ.update(QUIET_ENV)
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
+    logging.getLogger("vllm").setLevel(logging.ERROR)  # what vLLM logs before it configures its own logging
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import verbose
+
 
 def _ensure(data: Path, model: Path) -> None:
     from toy.synthetic import make_synthetic
@@ -59,7 +61,7 @@ def run_bench_eval(root: str | Path = "runs/bench", rows: int = 48, max_tokens: 
             f"rollout.num_cpus={num_cpus}", f"cot.input={data_dir / 'train.json'}", f"cot.out_dir={tmp}/cot",
             f"cot.max_rows={rows}", f"cot.max_tokens={max_tokens}", "cot.batch_rows=16", "eval.batch_rows=16",
         ])
-        with Stack(cfg) as stack:
+        with Stack(cfg, verbose()) as stack:
             ds = Dataset(cfg, "train.json", sampling=cfg.eval.sampling(cfg.video))
             items = [it for _, it in ds.load(list(range(min(rows, len(ds)))))]
             one = _eval_rows_per_s(cfg, stack, items, 1, cfg.eval.batch_rows)

@@ -14,7 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.train import _setup
+from benchmarks import verbose
+from benchmarks.train import _setup, sft_dir
 from toy.faults import kill_actor
 
 B, G, STEPS = 4, 3, 9
@@ -46,7 +47,7 @@ def _counted(row: dict, events: list[str]) -> dict[str, float]:
     return {k: v for k, v in keys.items() if v}
 
 
-def run_bench_faults(root: str | Path = "runs/bench") -> int:
+def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150) -> int:
     import ray
 
     from cluster.config import Config
@@ -63,7 +64,7 @@ def run_bench_faults(root: str | Path = "runs/bench") -> int:
     out = root / "faults"
     shutil.rmtree(out, ignore_errors=True)
     base = [f"data.dir={data}", f"trainer.prompts_per_step={B}", f"rollout.group_size={G}", "rollout.max_tokens=48",
-            f"trainer.steps={STEPS}", "trainer.max_staleness=0", "trainer.checkpoint_every=0", "sft.steps=150",
+            f"trainer.steps={STEPS}", "trainer.max_staleness=0", "trainer.checkpoint_every=0", f"sft.steps={sft_steps}",
             "sft.checkpoint_every=0", "rollout.num_workers=2", "rollout.num_cpus=1", "rollout.chunks_per_worker=1",
             "rollout.chunk_timeout_s=30", "reward.num_workers=2", "judge.backend=http", "judge.model=test",
             f"judge.base_url={judge.base_url}", "judge.retries=0", "judge.timeout_s=2", "learner.micro_batch_size=12",
@@ -106,10 +107,11 @@ def run_bench_faults(root: str | Path = "runs/bench") -> int:
             trainer.rollout.wait_until_ready(timeout_s=300)
             ray.get(trainer.learner.ranks[0].run.remote(nan_gradient_once))
 
-    sft_cfg = load_config(Config, "configs/demo.yaml", base + [f"model.path={model}", f"run.out_dir={root}/train-sft"])
+    sft_out = sft_dir(root, sft_steps)
+    sft_cfg = load_config(Config, "configs/demo.yaml", base + [f"model.path={model}", f"run.out_dir={sft_out}"])
     try:
-        with Stack(sft_cfg) as stack:
-            hf = root / "train-sft" / "hf"
+        with Stack(sft_cfg, verbose()) as stack:
+            hf = sft_out / "hf"
             if not (hf / "config.json").is_file():
                 run_sft(sft_cfg, stack=stack)
             cfg = load_config(Config, "configs/demo.yaml", base + [f"model.path={hf}", f"run.out_dir={out}"])

@@ -11,6 +11,8 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks import verbose
+
 
 def _rollouts(data: Path, n: int):
     from actors.reward_scorer import ScoreItem
@@ -80,7 +82,7 @@ def run_bench_rewards(data: str | Path, model: str | None, n: int = 2000, lookup
     finally:
         redis.stop()
 
-    init_ray(num_cpus=4)
+    init_ray(verbose(), num_cpus=4)
     try:
         rates = {}
         for workers in (1, 2):

@@ -16,6 +16,8 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+from benchmarks import verbose
+
 
 def _raw_receiver(host: str, port: int, plan_dict: dict, rounds: int, timeout_s: float) -> None:
     from actors.weight_transport import WeightPlan, join_channel, receive_tensors
@@ -58,7 +60,7 @@ def _prompts(cfg, data: Path, model: str, n: int):
     return [RolloutRequest(it.sample.problem_id, vllm_prompt(tok, it)) for it in MediaLoader(data, cfg.video.sampling())(samples)]
 
 
-def _ensure(data: Path, model: Path, big: Path):
+def _ensure(data: Path, model: Path, big: Path | None):
     from toy.synthetic import make_synthetic
     from toy.tiny_model import TinySize, build_tiny_model
 
@@ -66,12 +68,13 @@ def _ensure(data: Path, model: Path, big: Path):
         make_synthetic(data, n=80, seed=0, progress=False)
     if not (model / "config.json").is_file():
         build_tiny_model(model)
-    if not (big / "config.json").is_file():  # ~100M parameters, still head_dim 64
+    if big and not (big / "config.json").is_file():  # ~100M parameters, still head_dim 64
         build_tiny_model(big, TinySize(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12,
                                        intermediate_size=3072))
 
 
-def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_tokens: int = 256, rounds: int = 3) -> int:
+def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_tokens: int = 256, rounds: int = 3,
+                      with_100m: bool = True) -> int:
     import ray
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -85,7 +88,7 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
 
     root = Path(root)
     data, tiny, big = root / "data", root / "tiny-model", root / "model-100m"
-    _ensure(data, tiny, big)
+    _ensure(data, tiny, big if with_100m else None)
     cfg = load_config(Config, "configs/demo.yaml", [f"rollout.max_tokens={max_tokens}"])
     reqs = _prompts(cfg, data, str(tiny), prompts)
     g, rows = cfg.rollout.group_size, []
@@ -95,7 +98,7 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
 
     from cluster.services import init_ray
 
-    init_ray(num_cpus=4)
+    init_ray(verbose(), num_cpus=4)
     try:
         # both engines stay up and the rounds alternate, so drift in the machine's speed hits both alike
         llm = start_engine(cfg.rollout, str(tiny))
@@ -126,7 +129,7 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
         for slot in group.slots.values():
             ray.kill(slot.actor, no_restart=True)
 
-        for label, path in (("tiny model", tiny), ("~100M model", big)):
+        for label, path in (("tiny model", tiny), ("~100M model", big))[:2 if with_100m else 1]:
             hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
             named = dict(hf.state_dict())
             n_params = sum(t.numel() for t in named.values())
@@ -136,7 +139,10 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
             sync = []
             for v in range(rounds):
                 source.update(named, version=v + 2)
-                sync.append(group.sync_weights())
+                report = group.sync_weights()
+                if report.failed:  # its seconds would time a sync that did not happen
+                    raise RuntimeError(f"weight sync failed: {report.outcomes}")
+                sync.append(report.seconds)
             raw = raw_gloo_seconds(named, plan, rounds)
             mb = plan.nbytes / 2**20
             rows.append((f"weight sync, {label} ({n_params / 1e6:.1f}M params, {mb:.0f} MiB)",

@@ -13,6 +13,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+from benchmarks import verbose
+
 PARTS = ("time/decode", "time/generate", "time/score", "time/update", "time/sync")
 
 
@@ -28,7 +30,12 @@ def _setup(root: Path) -> tuple[Path, Path]:
     return data, model
 
 
-def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: int = 8) -> int:
+def sft_dir(root: Path, sft_steps: int) -> Path:
+    """The SFT run the RL runs start from, by its length (a shorter one made earlier is never taken for it)."""
+    return root / f"train-sft-{sft_steps}"
+
+
+def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: int = 8, sft_steps: int = 150) -> int:
     from cluster.config import Config
     from cluster.config_loader import load_config
     from cluster.run_dir import RunDir
@@ -38,14 +45,15 @@ def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: i
     root = Path(root)
     data, model = _setup(root)
     base = [f"model.path={model}", f"data.dir={data}", f"trainer.prompts_per_step={prompts}", "trainer.checkpoint_every=0",
-            f"trainer.steps={steps + 1}", "trainer.log_rollouts=false", "sft.steps=150", "sft.checkpoint_every=0"]
-    cfg = load_config(Config, "configs/demo.yaml", base + [f"run.out_dir={root}/train-sft"])
+            f"trainer.steps={steps + 1}", "trainer.log_rollouts=false", f"sft.steps={sft_steps}", "sft.checkpoint_every=0"]
+    sft_out = sft_dir(root, sft_steps)
+    cfg = load_config(Config, "configs/demo.yaml", base + [f"run.out_dir={sft_out}"])
     runs = {"pa_grpo, synchronous": ["trainer.max_staleness=0"], "pa_grpo, overlapped": ["trainer.max_staleness=1"],
             "grpo, synchronous": ["trainer.max_staleness=0", "learner.algorithm=grpo"]}
     results = {}
-    with Stack(cfg) as stack:
-        sft = run_sft(cfg, stack=stack) if not (root / "train-sft" / "hf" / "config.json").is_file() else {
-            "hf": str(root / "train-sft" / "hf")}
+    with Stack(cfg, verbose()) as stack:
+        sft = run_sft(cfg, stack=stack) if not (sft_out / "hf" / "config.json").is_file() else {
+            "hf": str(sft_out / "hf")}
         for name, extra in runs.items():
             out = root / ("train-" + name.replace(", ", "-"))
             shutil.rmtree(out, ignore_errors=True)
@@ -57,7 +65,7 @@ def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: i
                 row["wall"] = row["time"] - prev["time"]
             results[name] = rows[1:]  # the first step warms up
     print(f"\nRL step benchmark: {steps} steps after a warm-up, B={prompts} prompts x G={cfg.rollout.group_size}, "
-          f"tiny model, 1 rollout worker, 1 learner rank (median seconds per step)")
+          f"tiny model after {sft_steps} SFT steps, 1 rollout worker, 1 learner rank (median seconds per step)")
     print(f"{'run':22s} {'step':>6s} " + " ".join(f"{p[5:]:>8s}" for p in PARTS)
           + f" {'overhead':>9s} {'gen tokens':>10s}")
     med, upd = {}, {}

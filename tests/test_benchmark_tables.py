@@ -1,0 +1,83 @@
+"""The benchmarks that run the real stack (rollout, learner, train, eval, faults), each run to its table at its
+smallest sizes, as a user runs it (`python -m benchmarks`, a subprocess with a private Ray cluster): a change
+underneath that breaks one (a return type, a renamed field) fails here, not in a user's `make bench`. They share
+one --root, so the tiny model, the data and the SFT model are made once.
+
+Each also checks that the console is quiet: the table, not vLLM's, Ray's or DeepSpeed's INFO lines and bars.
+Catches a benchmark that skips `_quiet` (hundreds of INFO lines) or a quiet set-up applied after vLLM loads."""
+
+import re
+
+import pytest
+
+from tests.test_benchmarks import run
+
+# Not counted: vLLM's "Triton is installed, but doesn't include CPU backend" warning, which vLLM 0.32 logs while
+# importing, before its logging is configured (so no level reaches it), once per engine process.
+NOISE = re.compile(r"\bINFO\b|Loading safetensors|Loading weights|NUMA binding")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+def ran(*args, timeout=900):
+    r = run(*args, timeout=timeout)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    noise = [line for line in (r.stdout + r.stderr).splitlines() if NOISE.search(line)]
+    assert not noise, noise[:5]  # the quiet console: catches a benchmark that skips its quiet set-up
+    return r.stdout
+
+
+def rows_of(out: str, labels) -> dict[str, str]:
+    found = {label: next((line for line in out.splitlines() if line.strip().startswith(label)), None)
+             for label in labels}
+    assert all(found.values()), (found, out)
+    return found
+
+
+def test_rollout(root):
+    """Catches: the sync's report taken for a number (the TypeError this benchmark once shipped with), the group's
+    token count differing from raw vLLM's on the same seeds (the benchmark asserts it), a ratio column lost."""
+    out = ran("rollout", "--root", root, "--prompts", 2, "--max-tokens", 8, "--rounds", 1, "--tiny-only")
+    rows = rows_of(out, ("raw vllm.LLM.generate", "worker group (1 Ray worker)", "weight sync, tiny model"))
+    assert "of raw" in rows["worker group (1 Ray worker)"] and "x raw gloo" in rows["weight sync, tiny model"]
+    assert float(re.search(r"([\d.]+)x raw gloo", rows["weight sync, tiny model"]).group(1)) > 0
+
+
+def test_learner(root):
+    """Catches a change in the learner's step or log-prob API that the benchmark calls."""
+    out = ran("learner", "--root", root, "--rounds", 1)
+    rows_of(out, ("PA-GRPO step", "GRPO step", "PA-GRPO / GRPO", "log-prob throughput"))
+
+
+def test_train(root):
+    """The RL step split for the three runs, after a 2-step SFT. Catches: a metrics key the table reads renamed
+    (KeyError), a run that did not write its steps, the ratio lines gone."""
+    out = ran("train", "--root", root, "--steps", 1, "--prompts", 2, "--sft-steps", 2)
+    rows = rows_of(out, ("pa_grpo, synchronous", "pa_grpo, overlapped", "grpo, synchronous",
+                         "overlapped / synchronous step time", "PA-GRPO / GRPO step time"))
+    for run_name in ("pa_grpo, synchronous", "pa_grpo, overlapped", "grpo, synchronous"):
+        step = float(rows[run_name].split()[2])
+        assert step > 0, rows[run_name]
+    assert "after 2 SFT steps" in out
+
+
+def test_eval(root):
+    """Evaluation through 1 and 2 workers, then make-cot. Catches an evaluation or make-cot API change and a
+    funnel that is not printed."""
+    out = ran("eval", "--root", root, "--rows", 4, "--max-tokens", 8)
+    rows = rows_of(out, ("eval, 1 rollout worker", "eval, 2 rollout workers", "eval 2 vs 1 workers",
+                         "make-cot end to end", "make-cot funnel"))
+    assert float(rows["eval 2 vs 1 workers"].split()[-1].rstrip("x")) > 0
+
+
+def test_faults(root):
+    """One injected fault per step of a short RL run. Catches: a fault that loses or duplicates rollouts, a step
+    that never completes, a fault that is survived but not counted (its row's counted column reads '-')."""
+    out = ran("faults", "--root", root, "--sft-steps", 2, timeout=1200)
+    assert "steps completed 9/9; rollouts lost 0, duplicated 0" in out, out[-2000:]
+    table = {int(line.split()[0]): line for line in out.splitlines() if re.match(r"\s*\d+\s{2}", line)}
+    for step in range(2, 9):  # the steps a fault hits
+        assert not table[step].rstrip().endswith(" -"), table[step]
