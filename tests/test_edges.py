@@ -1,0 +1,426 @@
+"""Edge cases of the pure modules that mutation testing (`make mutate`) showed the other fast tests let through:
+each test names the single-point bug (a flipped comparison, a dropped clamp, swapped arguments, an off-by-one) it
+catches."""
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from actors.rollout_worker import Response, RolloutResult
+from cluster.step_batch import StepBatch
+from learner.advantages import group_advantages, process_advantages
+from learner.micro_batches import chunks, pad_to, split, token_share
+from learner.mrope import mrope_positions
+from rewards import LengthRule, ProcessRewards, parse_response, process_rewards, think_answer_mismatch
+from videoqa.sampler import IndexOrder
+
+
+def _rewards(**kw):
+    base = dict(acc_p=0.0, form_p=0.0, len_p=0.0, acc_r=0.0, form_r=0.0, len_r=0.0, verdict=None,
+                perception_valid=True)
+    return ProcessRewards(**{**base, **kw})
+
+
+def _batch(versions, G=2, types=None):
+    items = [SimpleNamespace(sample=SimpleNamespace(problem_id=f"p{i}", problem_type=(types or ["OCR"] * 9)[i]))
+             for i in range(len(versions))]
+    results = [RolloutResult(f"p{i}", [1], [Response([5] * (i + k + 1), "x", "stop", [-0.1] * (i + k + 1))
+                                            for k in range(G)], v, "w0") for i, v in enumerate(versions)]
+    return StepBatch(3, list(range(len(versions))), items, results)
+
+
+# -- the step batch's hand-off to the learner and its reward summary --------------------------------------------------
+def test_learner_rollouts_carry_each_rollouts_own_rewards_and_flags():
+    """Catches R_P and R_R swapped, the validity flag dropped or inverted, the behaviour log-probs or the response
+    ids of another rollout, and `stale` with <= for < (a rollout of the learner's own version is not stale)."""
+    b = _batch([2, 1])
+    b.rewards = [_rewards(acc_p=1, form_p=1, acc_r=0.25), _rewards(form_r=1, perception_valid=False),
+                 _rewards(acc_p=1), _rewards(acc_r=1, len_r=0.2)]
+    rows = b.learner_rollouts(learner_version=2)
+    assert [r["r_perception"] for r in rows] == [2, 0, 1, 0]
+    assert [r["r_reasoning"] for r in rows] == [0.25, 1, 0, 1.2]
+    assert [r["perception_valid"] for r in rows] == [True, False, True, True]
+    assert [len(r["response_ids"]) for r in rows] == [1, 2, 2, 3]
+    assert [len(r["behaviour_logprobs"]) for r in rows] == [1, 2, 2, 3]
+    assert [r["stale"] for r in rows] == [False, False, True, True]
+    assert [r["stale"] for r in b.learner_rollouts(learner_version=1)] == [False] * 4
+
+
+def test_missing_fraction_counts_cached_verdicts_as_judged():
+    """A cached verdict is a verdict: catches CACHED left out of the judged count (or counted as missing), and
+    every no-verdict status (deadline and unparseable too) counted as missing."""
+    b = _batch([1])
+    b.score_stats = Counter(judge_cached=6, judge_deadline=1, judge_unparseable=1, judge_ok=2, judge_not_needed=9)
+    assert b.missing_verdict_fraction() == pytest.approx(2 / 10)
+    b.score_stats = Counter(judge_not_needed=4)
+    assert b.missing_verdict_fraction() == 0.0  # nothing needed a verdict: nothing is missing
+
+
+def test_replaced_groups_bring_their_judge_counters_and_times():
+    """Catches a resampled group's judge counters or call times dropped (the step's missing fraction and judge
+    latency would ignore them) and a group put at the wrong position."""
+    b = _batch([1, 1, 1])
+    b.rewards = [_rewards(acc_r=i) for i in range(6)]
+    b.score_stats, b.judge_seconds = Counter(judge_ok=4), [0.1]
+    other = _batch([5, 6])
+    other.rewards = [_rewards(acc_r=10 + i) for i in range(4)]
+    other.score_stats, other.judge_seconds = Counter(judge_ok=1, judge_failed=3), [0.2, 0.3]
+    b.replace_groups([2, 0], other)
+    assert [r.acc_r for r in b.rewards] == [12, 13, 2, 3, 10, 11]
+    assert b.versions() == [6, 1, 5]
+    assert b.score_stats == Counter(judge_ok=5, judge_failed=3) and b.judge_seconds == [0.1, 0.2, 0.3]
+
+
+def test_reward_summary_keys_each_read_their_own_part():
+    """Every part given a distinct value: catches one key reading another part (acc_p for acc_r, len_r for len_p),
+    a mean over the wrong count, the yes-rate counting unjudged rollouts, and per-type accuracy mixing types."""
+    b = _batch([1, 1], types=["OCR", "numerical"])
+    b.rewards = [_rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=1, form_r=1, len_r=0.2, verdict=True),
+                 _rewards(form_p=1, acc_r=0.5, verdict=False),
+                 _rewards(form_r=1),
+                 _rewards(acc_p=1, form_p=1, verdict=True)]
+    s = b.reward_summary()
+    assert s["reward_perception"] == pytest.approx((2.2 + 1 + 0 + 2) / 4)
+    assert s["reward_reasoning"] == pytest.approx((2.2 + 0.5 + 1 + 0) / 4)
+    assert s["accuracy"] == pytest.approx(1.5 / 4) and s["accuracy_perception"] == pytest.approx(2 / 4)
+    assert s["format_perception"] == pytest.approx(3 / 4) and s["format_reasoning"] == pytest.approx(2 / 4)
+    assert s["length_perception"] == pytest.approx(0.2 / 4) and s["length_reasoning"] == pytest.approx(0.2 / 4)
+    assert s["judge_yes_rate"] == pytest.approx(2 / 3)  # of the 3 judged, not of all 4
+    assert s["accuracy/OCR"] == pytest.approx(0.75) and s["accuracy/numerical"] == 0.0
+    assert s["response_tokens"] == pytest.approx((1 + 2 + 2 + 3) / 4)
+
+
+# -- advantages ----------------------------------------------------------------------------------------------------
+def test_nearly_equal_rewards_are_a_flat_group():
+    """Float noise is no signal: catches the eps test flipped or dropped (noise would become +-1 advantages)."""
+    adv, flat = group_advantages(torch.tensor([1.0, 1.0 + 1e-7, 0.0, 1.0]), 2)
+    assert flat == 1 and adv[:2].tolist() == [0.0, 0.0] and adv[2:].tolist() == pytest.approx([-1, 1], abs=1e-4)
+
+
+def test_excluded_perception_under_pa_grpo_leaves_reasoning_alone():
+    """missing_verdict=exclude with PA-GRPO (the default): the excluded rollout gets A_P = 0 and leaves the
+    perception group's statistics, but keeps its reasoning advantage. Catches the validity mask passed to the
+    reasoning group too, or not to the perception one."""
+    valid = torch.tensor([True, True, False, True])
+    a_p, a_r, stats = process_advantages(torch.tensor([1.0, 0.0, 5.0, 1.0]), torch.tensor([1.0, 0.0, 1.0, 0.0]),
+                                         4, "pa_grpo", valid)
+    assert a_p[2] == 0 and a_p[[0, 1, 3]].tolist() == pytest.approx([0.7071, -1.4142, 0.7071], abs=1e-3)
+    assert a_r.tolist() == pytest.approx([1, -1, 1, -1], abs=1e-4)
+    assert stats == {"flat_groups_perception": 0, "flat_groups_reasoning": 0}
+
+
+# -- micro-batches -------------------------------------------------------------------------------------------------
+def test_micro_batch_helpers_at_their_boundaries():
+    """Catches chunks without its floor of 1 (n=0 loops forever or raises), split refusing len == parts or cutting
+    unevenly, token_share dividing by the wrong set, and pad_to padding on the left or copying needlessly."""
+    assert chunks([1, 2, 3], 0) == [[1], [2], [3]] and chunks([1, 2, 3], 2) == [[1, 2], [3]]
+    assert split([1, 2, 3], 3) == [[1], [2], [3]]
+    assert split(list(range(7)), 3) == [[0, 1], [2, 3, 4], [5, 6]]
+    with pytest.raises(ValueError, match="cannot fill learner.grad_accum=4"):
+        split([1, 2, 3], 4)
+    tokens = torch.tensor([10.0, 30.0, 60.0, 100.0])
+    assert token_share(tokens, [1, 2], [0, 1, 2], "token_mean") == pytest.approx(0.9)
+    assert token_share(tokens, [1, 2], [0, 1, 2], "seq_mean_token_mean") == pytest.approx(2 / 3)
+    assert token_share(torch.zeros(2), [0], [0, 1], "token_mean") == 0.0  # no tokens: no division by zero
+    t = torch.tensor([[1, 2]])
+    assert pad_to(t, 2) is t and pad_to(t, 4).tolist() == [[1, 2, 0, 0]]
+
+
+# -- parsing, rewards, the mismatch rules --------------------------------------------------------------------------
+@pytest.mark.parametrize("text, perception_ok, reasoning_ok", [
+    ("<observation>o</observation></observation><think>t</think><answer>a</answer>", False, True),  # repeated close
+    ("<observation>o</observation><think>t</think></answer><answer>a</answer>", True, False),  # stray close first
+    ("<observation>o</observation>\n\n<think>t</think>\n<answer>a</answer>\n", True, True),  # whitespace is fine
+    ("<observation>o</observation>x<think>t</think><answer>a</answer>", True, False),  # text between processes
+    ("<observation>o</observation><think>t</think><answer>a</answer>x", True, False),  # text after the answer
+    ("x<observation>o</observation><think>t</think><answer>a</answer>", False, True),  # a preamble
+])
+def test_format_with_stray_or_repeated_tags(text, perception_ok, reasoning_ok):
+    p = parse_response(text)
+    assert (p.perception_format, p.reasoning_format) == (perception_ok, reasoning_ok)
+
+
+def test_length_bonus_needs_the_format_even_when_accurate():
+    """Catches the length rule checking accuracy alone: an accurate answer outside its tags gets no bonus."""
+    parsed = parse_response("<observation>o</observation><think>t</think> 5")  # no answer tags
+    r = process_rewards(parsed, "5", "numerical", True, 200, 400, LengthRule())
+    assert r.form_r == 0 and r.len_r == 0
+    r = process_rewards(parse_response("<observation>o</observation><think>t</think><answer>5</answer>"), "5",
+                        "numerical", True, 128, 512, LengthRule())
+    assert (r.len_p, r.len_r) == (0.2, 0.2)  # both ends of the windows are inside them
+    r = process_rewards(parse_response("<observation>o</observation><think>t</think><answer>5</answer>"), "5",
+                        "numerical", True, 127, 513, LengthRule())
+    assert (r.len_p, r.len_r) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("output, ptype, expect", [
+    ("<think>it is -3</think><answer>-3</answer>", "numerical", False),  # negative numbers keep their sign
+    ("<think>it is -3</think><answer>3</answer>", "numerical", True),
+    ("<think>about 2.004</think><answer>2.0</answer>", "regression", False),  # equal at 2 decimals
+    ("<think>about 2.006</think><answer>2.0</answer>", "regression", True),
+    ("<think>so the ANSWER is b? no, Option C</think><answer>C</answer>", "multiple choice", False),  # cue's case
+    ("<think>the answer is B</think><answer>(C) red</answer>", "multiple choice", True),
+    ("<think>no letter here</think><answer>C</answer>", "multiple choice", None),
+    ("<think>t</think><answer>  </answer>", "numerical", None),
+])
+def test_think_answer_mismatch_rules(output, ptype, expect):
+    assert think_answer_mismatch(output, ptype) is expect
+
+
+# -- M-RoPE and the sampler -----------------------------------------------------------------------------------------
+def test_mrope_with_a_non_integer_temporal_factor():
+    """Temporal positions are floor(i_t * second_per_grid * tokens_per_second): catches rounding instead of
+    flooring, the factor skipped when it is not 1, and text resuming at the wrong position after the block."""
+    V = 9
+    ids = [1, V, V, V, V, 2]  # t=4 temporal patches of 1x1 merged tokens (grid h = w = 2 before the merge)
+    pos, delta = mrope_positions(ids, video_grid_thw=[[4, 2, 2]], second_per_grid_ts=[0.375], image_token_id=8,
+                                 video_token_id=V, tokens_per_second=2.0)  # factor 0.75
+    assert pos[0].tolist() == [0, 1, 1, 2, 3, 4]  # 1 + floor([0, .75, 1.5, 2.25])
+    assert pos[1].tolist() == [0, 1, 1, 1, 1, 4] and delta == 5 - 6
+
+
+def test_resuming_the_order_in_a_later_epoch():
+    """Catches a resumed order that rebuilds epoch 0's permutation (the state's epoch ignored)."""
+    a = IndexOrder(5, seed=2)
+    a.take(12)  # two full epochs and 2 rows into the third
+    state = a.state()
+    assert state == {"epoch": 2, "position": 2}
+    b = IndexOrder(5, seed=2, **state)
+    assert b.take(6) == a.take(6)
+    with pytest.raises(ValueError, match="outside an epoch"):
+        IndexOrder(5, position=6)
+    IndexOrder(5, position=5)  # the end of an epoch is a valid state
+
+
+# -- the rollout log, M-RoPE from a model config, prompts, data files -------------------------------------------------
+def test_log_rows_write_each_rollouts_own_fields():
+    """Every column of the rollout log from distinct values: catches a column reading another rollout's or another
+    field's value (acc_p under acc_r), sample_index counting across groups, and advantages written off by one."""
+    b = _batch([4, 7])
+    b.results[1].worker = "w1"
+    b.rewards = [_rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=0.5, form_r=1, len_r=0.2, verdict=True),
+                 _rewards(form_p=1, verdict=False, perception_valid=False), _rewards(acc_r=1), _rewards(form_r=1)]
+    rows = b.log_rows({"advantage_perception": [0.1, 0.2, 0.3, 0.4], "advantage_reasoning": [1, 2, 3, 4]})
+    first = rows[0]
+    assert {k: first[k] for k in ("step", "prompt_id", "row", "problem_type", "sample_index", "response",
+                                  "response_tokens", "finish_reason", "weight_version", "worker")} == dict(
+        step=3, prompt_id="p0", row=0, problem_type="OCR", sample_index=0, response="x", response_tokens=1,
+        finish_reason="stop", weight_version=4, worker="w0")
+    assert (first["r_perception"], first["r_reasoning"]) == (pytest.approx(2.2), pytest.approx(1.7))
+    assert [first[k] for k in ("acc_p", "form_p", "len_p", "acc_r", "form_r", "len_r")] == [1, 1, 0.2, 0.5, 1, 0.2]
+    assert first["verdict"] is True and first["perception_valid"] is True
+    assert rows[1]["verdict"] is False and rows[1]["perception_valid"] is False and rows[1]["sample_index"] == 1
+    assert [r["sample_index"] for r in rows] == [0, 1, 0, 1] and [r["row"] for r in rows] == [0, 0, 1, 1]
+    assert [r["worker"] for r in rows] == ["w0", "w0", "w1", "w1"] and rows[3]["weight_version"] == 7
+    assert [r["response_tokens"] for r in rows] == [1, 2, 2, 3]
+    assert [r["advantage_perception"] for r in rows] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert [r["advantage_reasoning"] for r in rows] == [1, 2, 3, 4]
+    assert "advantage_perception" not in b.log_rows()[0]
+
+
+def test_model_positions_reads_the_config_and_the_processor_outputs():
+    """Catches the image and video grids swapped, the merge size or tokens_per_second not read from the config,
+    and second_per_grid_ts ignored: a video of 2 temporal patches 1.5 s apart at 2 tokens/s is 3 positions apart."""
+    from learner.mrope import model_positions
+
+    config = SimpleNamespace(image_token_id=8, video_token_id=9,
+                             vision_config=SimpleNamespace(spatial_merge_size=2, tokens_per_second=2))
+    ids = [1, 8, 2, 9, 9, 3]
+    out = {"image_grid_thw": torch.tensor([[1, 2, 2]]), "video_grid_thw": torch.tensor([[2, 2, 2]]),
+           "second_per_grid_ts": [1.5]}
+    pos = model_positions(config, ids, out)
+    assert pos.shape == (3, 1, 6)
+    assert pos[0, 0].tolist() == [0, 1, 2, 3, 6, 7] and pos[1, 0].tolist() == [0, 1, 2, 3, 3, 7]
+    text_only = model_positions(config, [1, 2, 3], {})
+    assert text_only[:, 0].tolist() == [[0, 1, 2]] * 3
+
+
+def _sample(**kw):
+    from videoqa.schema import Sample
+
+    base = dict(problem_id="q1", problem=" What moves? ", data_type="video", problem_type="multiple choice",
+                solution="<answer>B</answer>", path="v.mp4", options=["A. a cat", "B. a dog"])
+    return Sample(**{**base, **kw})
+
+
+def test_prompts_are_the_trained_text():
+    """The prompt is part of a trained model's contract: any change to its wording, the options' layout, the media
+    word or the per-type answer format is a different prompt (caught here word for word)."""
+    from videoqa.prompts import chat_messages, question_text, sft_target, user_text
+
+    s = _sample()
+    assert question_text(s) == "What moves?\nOptions:\nA. a cat\nB. a dog"
+    assert question_text(_sample(problem_type="OCR")) == "What moves?"
+    assert user_text(s) == (
+        "What moves?\nOptions:\nA. a cat\nB. a dog\n"
+        "First describe what you observe in the video that is needed to answer the question, inside "
+        "<observation> </observation> tags, beginning with \"Based on the question, I need to notice\". "
+        "Then reason step by step from those observations inside <think> </think> tags, beginning with "
+        "\"Based on the observations,\". Finally give your answer inside <answer> </answer> tags."
+        " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags.")
+    ocr = user_text(_sample(problem_type="OCR", data_type="image"))
+    assert "observe in the image" in ocr and ocr.endswith(
+        " Please transcribe text from the image clearly and provide your text answer within the <answer> </answer> tags.")
+    r1 = user_text(s, "video-r1")
+    assert r1.startswith(" What moves? Options:\nA. a cat\nB. a dog\n\nPlease think about this question as if you "
+                         "were a human pondering deeply.")
+    assert "Provide your detailed reasoning between the <think> and </think> tags, and then give your final answer " \
+           "between the <answer> and </answer> tags. Please provide only the single option letter" in r1
+    assert user_text(_sample(problem_type="numerical"), "video-r1").endswith(
+        " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.")
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        user_text(s, "chat")
+    assert chat_messages(s) == [{"role": "user", "content": [{"type": "video"},
+                                                              {"type": "text", "text": user_text(s)}]}]
+    assert chat_messages(s, "video-r1")[0]["content"][1]["text"] == r1
+    row = _sample(observation=" I see a dog ", process=" so B ")
+    assert sft_target(row) == "<observation>I see a dog</observation><think>so B</think><answer>B</answer>"
+    with pytest.raises(ValueError, match="needs 'observation' and 'process'"):
+        sft_target(_sample(observation="x"))
+
+
+def test_loading_skips_malformed_rows_and_keeps_their_indices(tmp_path):
+    """Catches max_rows applied after parsing (or off by one), indices renumbered after a skip, and a skipped row's
+    message without the file's name."""
+    import json
+
+    from videoqa.schema import load_samples_skipping
+
+    good = dict(problem_id="a", problem="q", data_type="video", problem_type="OCR", solution="<answer>x</answer>",
+                path="v.mp4")
+    rows = [good, {"problem_id": "b"}, {**good, "problem_id": "c"}, {**good, "problem_id": "d"}]
+    f = tmp_path / "rows.json"
+    f.write_text(json.dumps(rows))
+    samples, bad = load_samples_skipping(f, max_rows=3)
+    assert [(i, s.problem_id) for i, s in samples] == [(0, "a"), (2, "c")]
+    assert len(bad) == 1 and bad[0].startswith("rows.json: ")
+    assert len(load_samples_skipping(f)[0]) == 3
+
+
+def test_frame_sampling_of_the_video_and_eval_sections():
+    """Catches fields passed to FrameSampling in the wrong order, and the eval section's widening (its frame count
+    above the video section's maximum, its pixel budget below the video section's minimum) dropped."""
+    from cluster.config import EvalSection, VideoSection
+
+    v = VideoSection(fps=3.0, min_frames=2, max_frames=8, nframes=6, min_pixels=5 * 28 * 28, max_pixels=9 * 28 * 28)
+    s = v.sampling()
+    assert (s.fps, s.min_frames, s.max_frames, s.nframes, s.min_pixels, s.max_pixels) == (
+        3.0, 2, 8, 6, 5 * 28 * 28, 9 * 28 * 28)
+    e = EvalSection(nframes=12, max_pixels=4 * 28 * 28).sampling(v)
+    assert (e.fps, e.min_frames, e.max_frames, e.nframes, e.min_pixels, e.max_pixels) == (
+        3.0, 2, 12, 12, 4 * 28 * 28, 4 * 28 * 28)
+    e = EvalSection(nframes=4, max_pixels=20 * 28 * 28).sampling(v)
+    assert (e.max_frames, e.min_pixels) == (8, 5 * 28 * 28)
+
+
+def test_process_rewards_as_a_dict():
+    """Catches as_dict dropping a part or writing R_R as R_P."""
+    d = _rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=0.5, verdict=True).as_dict()
+    assert d == dict(acc_p=1, form_p=1, len_p=0.2, acc_r=0.5, form_r=0.0, len_r=0.0, verdict=True,
+                     perception_valid=True, perception=pytest.approx(2.2), reasoning=0.5)
+
+
+def test_validate_file_row_by_row(tmp_path, synthetic_dir):
+    """Each problem attached to its row: catches the id read from another key, duplicates missed, media checked
+    for rows without a path or of another data type, media resolved against the wrong folder, and check_media
+    ignored. A real video from the synthetic set is the good one; a missing file and a 1-row text file the bad."""
+    import json
+    import shutil
+
+    from videoqa.validate import validate_file
+
+    video = next((synthetic_dir / "videos").glob("*.mp4")) if (synthetic_dir / "videos").is_dir() else next(
+        synthetic_dir.rglob("*.mp4"))
+    (tmp_path / "media").mkdir()
+    shutil.copy(video, tmp_path / "media" / "ok.mp4")
+    (tmp_path / "media" / "bad.jpg").write_text("not an image")
+    good = dict(problem_id="a", problem="q", data_type="video", problem_type="OCR", solution="<answer>x</answer>",
+                path="media/ok.mp4")
+    rows = [good, {**good, "problem_id": "b", "path": "media/gone.mp4"}, {**good},  # a duplicate id
+            {**good, "problem_id": "c", "data_type": "image", "path": "media/bad.jpg"},
+            {**good, "problem_id": "d", "data_type": "audio", "path": "media/gone.mp4"}, ["not", "a", "row"],
+            {k: v for k, v in good.items() if k != "problem_id"}]
+    f = tmp_path / "rows.json"
+    f.write_text(json.dumps(rows))
+    n, problems = validate_file(f)
+    by_row = {}
+    for p in problems:
+        by_row.setdefault(p.row, []).append(p.reason)
+    assert n == 7 and set(by_row) == {"b", "a", "c", "d", "#5", "#6"}, by_row
+    assert by_row["b"] == [f"video not found: {tmp_path / 'media' / 'gone.mp4'}"]
+    assert by_row["a"] == ["duplicate problem_id"]
+    assert by_row["c"][0].startswith("corrupt image")
+    assert by_row["d"] == ["unknown data_type 'audio' (expected video or image)"]  # not probed as media
+    assert by_row["#5"] == ["row is a list, expected a JSON object"]
+    assert by_row["#6"] == ["missing field 'problem_id'"]
+    assert str(problems[0]) == f"row b: video not found: {tmp_path / 'media' / 'gone.mp4'}"
+    _, unchecked = validate_file(f, check_media=False)
+    assert {p.row for p in unchecked} == {"a", "d", "#5", "#6"}
+    (tmp_path / "elsewhere").mkdir()
+    _, moved = validate_file(f, root=tmp_path / "elsewhere")  # media resolved against root, not the file's folder
+    assert "a" in {p.row for p in moved} and any("ok.mp4" in p.reason for p in moved)
+    (tmp_path / "empty.json").write_text("[]")
+    assert validate_file(tmp_path / "empty.json") == (0, [validate_file(tmp_path / "empty.json")[1][0]])
+    assert validate_file(tmp_path / "empty.json")[1][0].reason.endswith("has no rows")
+
+
+# -- accuracy rules, the policy loss, advantages at their edges -------------------------------------------------------
+@pytest.mark.parametrize("answer, truth, ptype, expect", [
+    ("3.14", "3.14", "numerical", 1.0), ("3.141", "3.14", "numerical", 1.0), ("3.2", "3.14", "numerical", 0.0),
+    ("3.0", "3", "numerical", 0.0),  # only one side has a decimal point
+    ("0", "0", "regression", 1.0), ("1", "0", "regression", 0.0),  # relative error undefined at 0: only 0 is right
+    ("x", "5", "regression", 0.0), ("5", "x", "regression", 0.0), ("7.5", "5", "regression", 0.5),
+    ("", "", "OCR", 1.0), ("a", " ", "OCR", 0.0), (" ", "a b", "OCR", 0.0), ("a c", "a b", "OCR", 0.5),
+    ("", "a cat", "free-form", 0.0), ("a cat", "", "free-form", 0.0),
+])
+def test_accuracy_rules_at_their_edges(answer, truth, ptype, expect):
+    """Catches rounding to the wrong precision, the zero-truth rule dropped or inverted, a non-number not scored
+    0, and the empty-text rules of OCR and free-form inverted."""
+    from rewards import accuracy_reward
+
+    assert accuracy_reward(answer, truth, ptype) == pytest.approx(expect)
+
+
+def test_mismatch_rounds_both_sides_to_two_decimals():
+    assert think_answer_mismatch("<think>so 2.0</think><answer>2.004</answer>", "numerical") is False
+
+
+def test_group_advantages_with_groups_of_one_and_one_valid_member():
+    """A group of one, or one valid member, has no spread: zeros and counted flat. Catches the count of valid
+    members clamped to 2 (a lone reward would get a spread of its own) and group_size 1 refused."""
+    adv, flat = group_advantages(torch.tensor([3.0, 1.0]), 1)
+    assert adv.tolist() == [0.0, 0.0] and flat == 2
+    adv, flat = group_advantages(torch.tensor([3.0, 1.0, 2.0]), 3, torch.tensor([True, False, False]))
+    assert adv.tolist() == [0.0, 0.0, 0.0] and flat == 1
+    adv, _ = group_advantages([1, 0], 2)  # integer rewards are made float
+    assert adv.dtype == torch.float32 and adv.tolist() == pytest.approx([1, -1], abs=1e-4)
+    with pytest.raises(ValueError, match="divisible by group_size=3"):
+        group_advantages(torch.zeros(4), 3)
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(4), 0)
+
+
+def test_policy_loss_defaults_one_token_and_masked_stats():
+    """Catches the defaults changed (clip 0.2, beta 0.04), the token count clamped to 2 (one token's loss halved),
+    and stats that divide by the mask or read masked tokens (a masked token with a huge ratio)."""
+    from learner.loss import policy_loss
+
+    logp = torch.tensor([[-1.0, -1.0]])
+    old = torch.tensor([[-1.5, -30.0]])  # ratio e^0.5 on the real token, e^29 on the padding
+    ref = torch.tensor([[-0.5, -1.0]])
+    adv, mask = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    loss, stats = policy_loss(logp, old, ref, adv, mask)
+    explicit, _ = policy_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04)
+    kl = float(torch.exp(torch.tensor(0.5)) - 0.5 - 1)
+    assert float(loss) == pytest.approx(-1.2 + 0.04 * kl, rel=1e-5) and float(explicit) == float(loss)
+    assert stats["kl"] == pytest.approx(kl, rel=1e-5) and stats["clip_fraction"] == 1.0
+    assert stats["ratio_mean"] == pytest.approx(float(torch.exp(torch.tensor(0.5))), rel=1e-5)
+    # at the clip boundary the ratio is not counted as clipped; below 1 - eps with A < 0 it is
+    at_edge = torch.log(torch.tensor([[1.25, 0.5]]))
+    _, s = policy_loss(at_edge, torch.zeros(1, 2), None, torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), clip_eps=0.25)
+    assert s["clip_fraction"] == 0.5
+    _, s = policy_loss(torch.log(torch.tensor([[0.5, 1.5]])), torch.zeros(1, 2), None, torch.tensor([[0.0, 0.0]]),
+                       torch.ones(1, 2))
+    assert s["clip_fraction"] == 0.0  # a zero advantage is never clipped
