@@ -119,7 +119,6 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
     from cluster.metrics import StepMetrics
     from cluster.trainer import RLTrainer
 
-    check_before_start(cfg, "train")
     if cfg.rollout.tensor_parallel_size > 1 and cfg.transport.scheme != "group":
         from cluster.config_loader import ConfigError
 
@@ -127,6 +126,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} needs "
                           "transport.scheme=group (every tensor-parallel rank receives the weights there; a "
                           "per-worker channel has one receiver)")
+    check_before_start(cfg, "train")  # the config's values first, then what it names on disk
     data = Dataset(cfg, cfg.data.train_file)
     check_judge_fits(cfg, data.samples)
     run, run_id, state = _open_run(cfg, force)
