@@ -30,7 +30,7 @@ bench: setup
 	.venv/bin/python -m benchmarks shapes
 
 # Mutation testing of the pure modules against their fast tests (configured in pyproject.toml, [tool.mutmut]);
-# not in CI: about 10 minutes on 2 cores. Prints the survivors; `.venv/bin/mutmut show NAME` shows one.
+# not in CI: about 15 minutes on 2 cores. Prints the survivors; `.venv/bin/mutmut show NAME` shows one.
 mutate: setup
 	@.venv/bin/pip install --quiet --disable-pip-version-check "mutmut==3.8.1" 2>&1 | grep -v "is ignored" || true
 	.venv/bin/mutmut run --max-children 2

@@ -46,7 +46,7 @@ def check_cot_rows(data: Dataset) -> None:
     bad = [s.problem_id for s in data.samples if not (s.observation and s.process)]
     if bad:
         raise RowError(f"{data.path}: {len(bad)} rows lack the 'observation' or 'process' text SFT trains on "
-                         f"(first: {', '.join(bad[:3])}); use a CoT file (data.cot_file)")
+                       f"(first: {', '.join(bad[:3])}); use a CoT file (data.cot_file)")
 
 
 def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None = None, should_stop=None,
