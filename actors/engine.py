@@ -10,16 +10,24 @@ import os
 import time
 from dataclasses import dataclass
 
-from actors.vllm_inputs import engine_env, engine_kwargs
+from actors.vllm_inputs import engine_env, engine_in_process, engine_kwargs
 
 
 def start_engine(rollout, model_path: str, dtype: str = "float32", seed: int = 0, **extra):
     """A ``vllm.LLM`` (``extra`` goes to it, e.g. ``worker_extension_cls``). Call it under
     ``if __name__ == "__main__":`` in scripts: vLLM spawns its engine process."""
-    os.environ.update(engine_env(rollout))
+    in_process = engine_in_process(rollout, in_ray_actor())
+    os.environ.update(engine_env(rollout, in_process))
     from vllm import LLM
 
-    return LLM(**engine_kwargs(rollout, model_path, dtype=dtype, seed=seed), **extra)
+    return LLM(**engine_kwargs(rollout, model_path, dtype=dtype, seed=seed, in_process=in_process), **extra)
+
+
+def in_ray_actor() -> bool:
+    """Whether this process is a Ray actor's (the process is then the engine's alone)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def sampling_params(rollout, n: int | None = None, seed: int | None = None, logprobs: int | None = None):

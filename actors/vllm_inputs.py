@@ -13,8 +13,18 @@ from videoqa.loader import LoadedSample
 from videoqa.prompts import chat_messages
 
 
-def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 0) -> dict:
-    """Keyword arguments for ``vllm.LLM`` (``rollout`` is a ``RolloutSection``)."""
+def engine_in_process(engine, in_actor: bool) -> bool:
+    """Whether vLLM's engine core runs in the calling process (``engine.engine_in_process``; automatic: inside a Ray
+    actor on the CPU with one tensor-parallel rank). Only an actor's process is the engine's alone: elsewhere (a
+    test session, a benchmark) the engine's worker would set up torch.distributed's default group in the caller."""
+    if engine.engine_in_process is not None:
+        return engine.engine_in_process
+    return in_actor and engine.device == "cpu" and engine.tensor_parallel_size == 1
+
+
+def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 0, in_process: bool = False) -> dict:
+    """Keyword arguments for ``vllm.LLM`` (``rollout`` is a ``RolloutSection``; ``in_process``: see
+    ``engine_in_process``)."""
     kw = dict(
         model=model_path,
         dtype=dtype,
@@ -26,7 +36,9 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
         enforce_eager=rollout.device == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager,
         use_tqdm_on_load=os.environ.get("VIDEOP2R_QUIET") != "1",  # the weight-loading bar, unless --verbose is off
     )
-    if rollout.tensor_parallel_size > 1:
+    if in_process:
+        kw["distributed_executor_backend"] = "uni"  # the model in this process too, not in a worker process
+    elif rollout.tensor_parallel_size > 1:
         # the engine's TP ranks are processes of this Ray actor, on the resources Ray gave it (inside an actor vLLM
         # would otherwise place them as Ray tasks of its own, through the cluster's GCS)
         kw["distributed_executor_backend"] = "mp"
@@ -41,9 +53,9 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
     return kw
 
 
-def engine_env(rollout) -> dict[str, str]:
+def engine_env(rollout, in_process: bool = False) -> dict[str, str]:
     """Environment the engine process needs before vLLM is imported."""
-    env = {}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
     if rollout.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(rollout.kv_cache_gib))))
         # The engine's compute threads follow the CPUs the worker was given (Ray sets this inside actors; an

@@ -88,15 +88,16 @@ def test_a_sigkilled_command_leaves_nothing_running(tmp_path, tiny_model_dir, sy
     process it started (Ray's, the worker's, the engine's) carries the command's token, so its reaper ends them,
     and within a minute none is left. (Ray's own clean-up ends most of them too, but not always: killed during the
     engine's model load, in 4 of 17 kill times tried here EngineCore and its worker were left running.) The test marks
-    the command's environment itself, so it sees every process started under the command. Catches: a process tree
-    the token does not reach (Ray's workers, the engine's processes), a command that starts no reaper."""
+    the command's environment itself, so it sees every process started under the command. The engine runs in
+    processes of its own (rollout.engine_in_process=false, as on a GPU), the case that can leave orphans. Catches: a
+    process tree the token does not reach (Ray's workers, the engine's processes), a command that starts no reaper."""
     mark = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["TEST_MARK"] = mark
     log = open(tmp_path / "eval.log", "w")
     proc = subprocess.Popen([VIDEOP2R, "eval", "--config", "configs/demo.yaml", "--bench", synthetic_dir / "eval.json",
                              "--model", tiny_model_dir, "--out", tmp_path / "e", "eval.max_tokens=1024",
-                             "eval.batch_rows=1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "eval.batch_rows=1", "rollout.engine_in_process=false"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:

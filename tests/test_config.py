@@ -144,3 +144,27 @@ def test_device_dependent_defaults_and_the_paper_config():
     lr = paper.learner
     assert (lr.backend, lr.dtype, lr.zero_stage, lr.gradient_checkpointing, lr.num_ranks) == ("nccl", "bfloat16", 3, True, 4)
     assert paper.transport.backend == "nccl" and paper.rollout.group_size == 8 and paper.trainer.steps == 1000
+
+
+def test_the_engine_core_runs_in_the_actor_only_where_it_is_the_engines_process():
+    """Catches: the engine core moved into a process that is not the engine's alone (a test session, a benchmark:
+    vLLM's worker would set up torch.distributed's default group there), into the actor on CUDA (where vLLM's own
+    process overlaps scheduling with the GPU), or with tensor-parallel ranks (processes of their own)."""
+    from actors.vllm_inputs import engine_env, engine_in_process, engine_kwargs
+
+    cpu = load_config(Config, None, []).rollout
+    assert engine_in_process(cpu, in_actor=True) and not engine_in_process(cpu, in_actor=False)
+    gpu = load_config(Config, None, ["rollout.device=cuda", "rollout.num_gpus=2"]).rollout
+    assert not engine_in_process(gpu, in_actor=True)
+    tp = load_config(Config, None, ["rollout.tensor_parallel_size=2"]).rollout
+    assert not engine_in_process(tp, in_actor=True)
+    forced = load_config(Config, None, ["rollout.engine_in_process=false"]).rollout
+    assert not engine_in_process(forced, in_actor=True)
+    assert engine_in_process(load_config(Config, None, ["rollout.engine_in_process=true"]).rollout, in_actor=False)
+    with pytest.raises(ConfigError, match="engine_in_process=true needs tensor_parallel_size=1"):
+        load_config(Config, None, ["rollout.engine_in_process=true", "rollout.tensor_parallel_size=2"])
+    # what vLLM is told: no engine-core process, and the model in this process (no worker process)
+    assert engine_env(cpu, True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert engine_env(cpu, False)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert engine_kwargs(cpu, "m", in_process=True)["distributed_executor_backend"] == "uni"
+    assert "distributed_executor_backend" not in engine_kwargs(cpu, "m", in_process=False)

@@ -35,8 +35,11 @@ def items(synthetic_dir, test_config):
 
 @pytest.fixture(scope="module")
 def group(ray_cluster, tiny_model_dir, test_config):
+    """Two workers whose vLLM engines run in processes of their own, as on a GPU (the rest of the suite runs them in
+    the actor, the CPU's default): the restarts, kills and syncs here go through vLLM's engine-core process."""
     source = LocalWeightSource(WeightSender("127.0.0.1", timeout_s=30), bucket_mb=1)
-    g = RolloutGroup(test_config.rollout, test_config.transport, str(tiny_model_dir), source=source, num_workers=2)
+    rollout = test_config.rollout.model_copy(update={"engine_in_process": False})
+    g = RolloutGroup(rollout, test_config.transport, str(tiny_model_dir), source=source, num_workers=2)
     yield g
     for slot in list(g.slots.values()):
         ray_cluster.kill(slot.actor, no_restart=True)
