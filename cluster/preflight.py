@@ -126,6 +126,10 @@ def check_port(host: str, port: int, key: str) -> None:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as the exporter binds (HTTPServer's allow_reuse_address): a port whose last server is gone but whose
+        # connections linger in TIME_WAIT (a run resumed right after its predecessor died, Prometheus scraping it)
+        # is free to it; one that a process still listens on is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host.strip("[]"), port))
         except OSError as e:

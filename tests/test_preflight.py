@@ -84,7 +84,7 @@ def test_text_models_hub_ids_and_local_folders(tmp_path, tiny_model_dir):
 def test_outputs_data_and_ports(tmp_path):
     """Catches: an output path that is a file let through (the run dies in mkdir), a folder that cannot be
     written let through, a missing data file found only after Ray started, a port in use found only when the
-    exporter binds it (after the engines started)."""
+    exporter binds it (after the engines started), a port the exporter can bind refused (TIME_WAIT)."""
     check_output(str(tmp_path / "new" / "deeper"), "run.out_dir")
     (tmp_path / "file").write_text("mine")
     assert "is a file, not a folder" in refused(check_output, str(tmp_path / "file"), "run.out_dir")
@@ -109,6 +109,16 @@ def test_outputs_data_and_ports(tmp_path):
         port = s.getsockname()[1]
         assert f"metrics.port={port} on 127.0.0.1" in refused(check_port, "127.0.0.1", port, "metrics.port")
     check_port("127.0.0.1", port, "metrics.port")  # free again
+    # a server gone while its connection lingers in TIME_WAIT (a run resumed at once after its predecessor died,
+    # with Prometheus scraping it) is free to the exporter, which binds with SO_REUSEADDR: the check agrees
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server's end closes first: it is the one left in TIME_WAIT
+    client.close()
+    server.close()
+    check_port("127.0.0.1", port, "metrics.port")
 
 
 def test_each_command_checks_what_it_reads(tmp_path, tiny_model_dir, synthetic_dir):
