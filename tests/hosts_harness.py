@@ -100,6 +100,24 @@ def job_logs(c: Cluster, job: str) -> str:
     return r.stdout + r.stderr
 
 
+def cpu_by_host(c: Cluster) -> dict[str, float]:
+    """CPU seconds used so far by the live processes of each host (for a failure's report: on 2 shared cores, which
+    host took the time while a step was slow)."""
+    hosts = {os.readlink(f"/proc/{h.pid}/ns/net"): h.name for h in c.hosts if h.pid}
+    tick, used = os.sysconf("SC_CLK_TCK"), {h.name: 0.0 for h in c.hosts}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            host = hosts.get(os.readlink(p / "ns" / "net"))
+            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if host is not None:
+            used[host] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return used
+
+
 def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank")) -> str:
     """What the named processes on every host are doing (py-spy), for a test's failure message: a step that never
     comes is otherwise only a timeout."""

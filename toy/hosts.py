@@ -11,8 +11,9 @@ Only what this harness made is removed: killing a host's PID 1 ends every proces
 daemons included), then its namespace, links and hosts file go by exact name. The names and PIDs are in
 ``<state>/hosts.json``, so ``down`` also cleans up after a killed run.
 
-Host faults: ``link(name, False)`` cuts a host off, ``kill_raylet(name)`` kills its raylet alone, ``crash(name)`` ends
-all its processes at once, ``reboot(name)`` brings it back with fresh disks and joins its Ray node again."""
+Host faults: ``cut(name)`` cuts a host off (and stops its processes, which here share the machine's cores),
+``kill_raylet(name)`` kills its raylet alone, ``crash(name)`` ends all its processes at once, ``reboot(name)``
+brings it back with fresh disks and joins its Ray node again."""
 
 from __future__ import annotations
 
@@ -250,6 +251,24 @@ class Cluster:
     def link(self, name: str, up: bool) -> None:
         """Cuts a host off the network (or plugs it back in)."""
         sh(["ip", "link", "set", self.veth(self.host(name)), "up" if up else "down"])
+
+    def cut(self, name: str) -> None:
+        """The host cut off the network for good (until ``reboot``): its link goes down and its processes stop
+        (SIGSTOP). Seen from the other hosts that is a cut alone; stopping them is what makes it one here, where
+        all hosts share the machine's cores: a cut-off host's processes would go on taking CPU from the others
+        (on a real cluster, that host's own CPUs)."""
+        self.link(name, False)
+        stopped: set[int] = set()
+        while True:  # until no process of the host is left running (one may fork while the others stop)
+            new = [pid for pid in _netns_pids(self.netns(self.host(name))) if pid not in stopped]
+            if not new:
+                return
+            for pid in new:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
+                stopped.add(pid)
 
     def crash(self, name: str) -> None:
         """The host goes down at once, as at a power cut: every process on it ends (SIGKILL), nothing is told."""
