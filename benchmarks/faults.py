@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks import verbose
 from benchmarks.train import _setup, sft_dir
-from toy.faults import kill_actor
+from toy.faults import kill_actor, kill_worker_mid_generation
 
 B, G, STEPS = 4, 3, 9
 
@@ -88,7 +88,7 @@ def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150) -> i
         seen["events"] = len(events)
         nxt = step + 1
         if nxt == 2:
-            kill_actor(trainer.rollout.slots["rollout-0"].actor, after_s=0.5)
+            kill_worker_mid_generation(trainer.rollout.slots["rollout-0"].actor)
         elif nxt == 3:
             trainer.rollout.wait_until_ready(timeout_s=300)
             kill_actor(trainer.pool.workers[0])

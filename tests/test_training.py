@@ -14,7 +14,7 @@ import pytest
 
 from cluster.run_dir import RunDir
 from tests.conftest import B, G, ROOT, config, overrides  # noqa: F401 - the shared run settings
-from toy.faults import kill_actor
+from toy.faults import kill_actor, kill_worker_mid_generation
 from videoqa.sampler import IndexOrder
 
 pytestmark = pytest.mark.vllm
@@ -155,7 +155,7 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
             trainer.rollout.wait_until_ready(timeout_s=240)  # the new worker joins (with the weights)
             assert trainer.rollout.ready_workers == 2
         if step == 3:  # SIGKILL a rollout worker while the next batch is being generated
-            kill_actor(trainer.rollout.slots["rollout-0"].actor, after_s=0.3)  # from inside, wherever it runs
+            kill_worker_mid_generation(trainer.rollout.slots["rollout-0"].actor)  # from inside, wherever it runs
             events["rollout_killed"] = True
         if step == 4:
             kill_actor(trainer.pool.workers[0])

@@ -18,6 +18,22 @@ def _arm(self, after_s: float) -> None:
     threading.Timer(after_s, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
 
+def _arm_on_generation(self, timeout_s: float) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    def watch():  # polls the engine's own count of requests in flight; vLLM's generate holds no lock it needs
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.llm.llm_engine.get_num_unfinished_requests() > 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _die(self) -> None:
     import os
     import signal
@@ -45,6 +61,17 @@ def kill_actor(actor, after_s: float = 0.0) -> int:
         ray.get(_once(actor).remote(_die))
     except ray.exceptions.RayActorError:  # the call's process died under it: the kill has landed
         pass
+    return pid
+
+
+def kill_worker_mid_generation(actor, timeout_s: float = 600.0) -> int:
+    """Arms a rollout worker to SIGKILL itself once its engine holds requests (its next ``generate``), and returns
+    its process id at once. Deterministic where a timer is not: a timer may fire before the batch reaches the worker,
+    or after it finished, and the loss is then seen a step later. Gives up after ``timeout_s``."""
+    import ray
+
+    pid = ray.get(_once(actor).remote(_pid))
+    ray.get(_once(actor).remote(_arm_on_generation, timeout_s))
     return pid
 
 
