@@ -100,36 +100,39 @@ def job_logs(c: Cluster, job: str) -> str:
     return r.stdout + r.stderr
 
 
-def cpu_by_host(c: Cluster) -> dict[str, float]:
-    """CPU seconds used so far by the live processes of each host (for a failure's report: on 2 shared cores, which
-    host took the time while a step was slow)."""
+def _procs(c: Cluster):
+    """(pid folder, host name or None for a process of no host) for every live process of this machine."""
     hosts = {os.readlink(f"/proc/{h.pid}/ns/net"): h.name for h in c.hosts if h.pid}
-    tick, used = os.sysconf("SC_CLK_TCK"), {h.name: 0.0 for h in c.hosts}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
+    for p in sorted(Path("/proc").iterdir(), key=lambda q: q.name):
+        if p.name.isdigit():
+            try:
+                yield p, hosts.get(os.readlink(p / "ns" / "net"))
+            except OSError:  # gone meanwhile
+                continue
+
+
+def cpu_by_host(c: Cluster) -> dict[str, float]:
+    """CPU seconds used so far by the live processes of each host, and by this machine's other processes
+    ("outside": the rest of a test session); for a failure's report: on 2 shared cores, which host took the time
+    while a step was slow."""
+    tick, used = os.sysconf("SC_CLK_TCK"), {**{h.name: 0.0 for h in c.hosts}, "outside": 0.0}
+    for p, host in _procs(c):
         try:
-            host = hosts.get(os.readlink(p / "ns" / "net"))
             fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if host is not None:
-            used[host] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        used[host or "outside"] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return used
 
 
-def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank")) -> str:
+def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank", "RewardScorer", "cluster.cli")) -> str:
     """What the named processes on every host are doing (py-spy), for a test's failure message: a step that never
     comes is otherwise only a timeout."""
-    hosts = {os.readlink(f"/proc/{h.pid}/ns/net"): h.name for h in c.hosts if h.pid}
     spy = Path(os.environ.get("VIRTUAL_ENV", Path(sys.executable).parent.parent)) / "bin" / "py-spy"
     out = []
-    for p in sorted(Path("/proc").iterdir(), key=lambda q: q.name):
-        if not p.name.isdigit():
-            continue
+    for p, host in _procs(c):
         try:
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            host = hosts.get(os.readlink(p / "ns" / "net"))
             stat = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue

@@ -146,9 +146,11 @@ class Steps:
             time.sleep(0.02)
         rows = self.run.metrics()
         for r in rows[self.shown:]:
-            print(f"{time.monotonic() - self.t0:6.1f}s step {r['step']}: {r['time/step']:.1f}s (generate "
-                  f"{r['time/generate']:.1f}s), workers ready {r['rollout_workers_ready']}, restarts "
-                  f"{r['rollout_worker_restarts']}, rescored {r['reward_chunks_rescored']}")
+            phases = " ".join(f"{k[5:]} {r[k]:.1f}" for k in ("time/generate", "time/score", "time/update",
+                                                               "time/sync") if r.get(k, 0) >= 0.05)
+            print(f"{time.monotonic() - self.t0:6.1f}s step {r['step']}: {r['time/step']:.1f}s ({phases}), workers "
+                  f"ready {r['rollout_workers_ready']}, restarts {r['rollout_worker_restarts']}, rescored "
+                  f"{r['reward_chunks_rescored']}")
         if rows[self.shown:]:  # CPU seconds each host took since the last rows shown (2 cores shared by all)
             cpu = cpu_by_host(self.c)
             print("  cpu s: " + ", ".join(f"{h} {cpu[h] - self.cpu.get(h, 0):.1f}" for h in cpu))
