@@ -153,7 +153,11 @@ class Steps:
                   f"{r['reward_chunks_rescored']}")
         if rows[self.shown:]:  # CPU seconds each host took since the last rows shown (2 cores shared by all)
             cpu = cpu_by_host(self.c)
-            print("  cpu s: " + ", ".join(f"{h} {cpu[h] - self.cpu.get(h, 0):.1f}" for h in cpu))
+            import psutil
+
+            mem, swap = psutil.virtual_memory(), psutil.swap_memory()
+            print("  cpu s: " + ", ".join(f"{h} {cpu[h] - self.cpu.get(h, 0):.1f}" for h in cpu)
+                  + f"; memory available {mem.available / 2**30:.1f} GiB, swap used {swap.used / 2**30:.1f} GiB")
             self.cpu = cpu
         self.shown = len(rows)
         return rows
