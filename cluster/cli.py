@@ -257,7 +257,7 @@ def cmd_scale(args) -> int:
 def cmd_report(args) -> int:
     from cluster.report import write_report
 
-    plotted = write_report(args.runs, args.out, force=args.force)
+    plotted = write_report(args.runs, args.out, force=args.force, smooth=args.smooth)
     lines = sum(len(v) for v in plotted.values())
     print(f"{args.out}: {len(args.runs)} run(s), {lines} curves")
     return 0
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="a train run's out_dir; several are overlaid")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--smooth", type=float, default=0.0, help="moving-average weight in [0, 1), as TensorBoard's slider")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("make-synthetic", help="write the synthetic video QA task (all five problem types)")

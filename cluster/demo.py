@@ -26,9 +26,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 DEMO_FILE = "demo.json"  # the settings the demo in this folder runs with
-# What does not change what the demo computes: where it is, whether it resumes, the exporter, and the controls
-# (asked for on a finished demo, they are added to it).
-NOT_RESULTS = ("run.out_dir", "run.resume", "metrics", "demo.controls")
+# What does not change what the demo computes: where it is, whether it resumes, the exporter, the experiment
+# trackers, and the controls (asked for on a finished demo, they are added to it).
+NOT_RESULTS = ("run.out_dir", "run.resume", "metrics", "demo.controls", "trainer.loggers", "trainer.log_samples_every",
+               "trainer.log_samples")
 
 
 def demo_settings(cfg: Config) -> dict:

@@ -137,6 +137,19 @@ def check_port(host: str, port: int, key: str) -> None:
                               "it off)") from None
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_tracker_packages(loggers: list[str]) -> None:
+    import importlib.util
+
+    for name in loggers:
+        package = TRACKER_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"trainer.loggers names {name}, but the {package} package is not installed: "
+                                 "pip install -e '.[trackers]' (or drop it from trainer.loggers)")
+
+
 def check_before_start(cfg, command: str) -> None:
     """Every check ``command`` (sft, train, eval, make-cot) can make before Ray starts."""
     check_policy_model(cfg.model.path)
@@ -151,5 +164,7 @@ def check_before_start(cfg, command: str) -> None:
     reads = {"sft": [("data.cot_file", cfg.data.cot_file)], "train": [("data.train_file", cfg.data.train_file)]}
     if command in reads:
         check_data_files(cfg.data.dir, reads[command])
+    if command in ("sft", "train"):
+        check_tracker_packages(cfg.trainer.loggers)
     if command == "train":
         check_port(cfg.metrics.host, cfg.metrics.port, "metrics.port")

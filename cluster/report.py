@@ -1,6 +1,8 @@
 """`videop2r report RUN [RUN ...] --out FILE.png`: the reward curves of one or more training runs, read from their
 ``metrics.jsonl`` (no Prometheus needed): perception and reasoning rewards, accuracy by problem type, the judge's
-Yes-rate, KL to the reference, and step time. Several runs are overlaid (e.g. PA-GRPO and GRPO from the same SFT
+Yes-rate, KL to the reference, the mismatch KL between vLLM's and the learner's log-probs, the sampled tokens'
+entropy, and step time; ``--smooth`` draws each curve smoothed (TensorBoard's debiased moving average) over its
+raw points. Several runs are overlaid (e.g. PA-GRPO and GRPO from the same SFT
 checkpoint), each labelled with its folder and algorithm."""
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from pathlib import Path
 
 import yaml
 
+from cluster.tracker_rows import ema
+
 PANELS = (  # (title, metric keys: a prefix ending in "/" stands for every key under it)
     ("perception reward R_P", ("reward_perception",)),
     ("reasoning reward R_R", ("reward_reasoning",)),
     ("accuracy by problem type", ("accuracy/",)),
     ("judge Yes-rate", ("judge_yes_rate",)),
     ("KL to the reference", ("kl",)),
+    ("mismatch KL (vLLM vs learner)", ("mismatch_kl",)),
+    ("entropy of the sampled tokens", ("entropy",)),
     ("step time (s)", ("time/step",)),
 )
 
@@ -64,9 +70,12 @@ def series(rows: list[dict], keys: tuple[str, ...]) -> dict[str, tuple[list[int]
     return out
 
 
-def write_report(runs: list[str | Path], out: str | Path, force: bool = False) -> dict[str, dict]:
-    """Draws the report; returns what was plotted: panel title -> line label -> (steps, values)."""
+def write_report(runs: list[str | Path], out: str | Path, force: bool = False, smooth: float = 0.0) -> dict[str, dict]:
+    """Draws the report; returns what was plotted: panel title -> line label -> (steps, values), the values
+    smoothed where ``smooth`` > 0 (the raw points are drawn faintly behind)."""
     out = Path(out)
+    if not 0 <= smooth < 1:
+        raise ReportError(f"--smooth {smooth} must be in [0, 1): 0 draws the raw points, 0.6-0.9 smooths")
     if out.suffix.lower() != ".png":
         raise ReportError(f"--out {out} must be a .png file")
     if out.exists() and not force:
@@ -77,14 +86,19 @@ def write_report(runs: list[str | Path], out: str | Path, force: bool = False) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
     plotted: dict[str, dict] = {}
     for ax, (title, keys) in zip(axes.flat, PANELS):
         lines = plotted.setdefault(title, {})
         for label, rows in loaded:
             for name, (steps, values) in series(rows, keys).items():
                 line = label if len(keys) == 1 and not keys[0].endswith("/") else f"{label}: {name.split('/', 1)[-1]}"
-                ax.plot(steps, values, label=line)
+                if smooth:
+                    raw = ax.plot(steps, values, alpha=0.25)[0]
+                    values = ema(values, smooth)
+                    ax.plot(steps, values, label=line, color=raw.get_color())
+                else:
+                    ax.plot(steps, values, label=line)
                 lines[line] = (steps, values)
         ax.set_title(title)
         ax.set_xlabel("RL step")

@@ -15,6 +15,7 @@ from cluster.across_hosts import check_storage
 from cluster.run_dir import RunDir
 from cluster.preflight import check_before_start
 from cluster.stack import Dataset, Stack, check_judge_fits
+from cluster.trackers import Trackers
 from videoqa.sampler import IndexOrder
 from videoqa.schema import RowError
 
@@ -58,10 +59,11 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
     check_before_start(cfg, "sft")
     data = Dataset(cfg, cfg.data.cot_file)
     check_cot_rows(data)
-    run, _, state = _open_run(cfg, force)
+    run, run_id, state = _open_run(cfg, force)
+    trackers = Trackers(cfg.trainer.loggers, cfg, run, run_id, "sft", (state or {}).get("step", 0))
     own = stack is None
-    stack = stack or Stack(cfg, verbose)
     try:
+        stack = stack or Stack(cfg, verbose)
         check_storage(str(run.path), cfg.model.path)  # every host sees the run folder and the model, or none starts
         learner = LearnerGroup(cfg, cfg.model.path, with_reference=False, lr=cfg.sft.lr,
                                warmup_steps=cfg.sft.warmup_steps, transport=cfg.transport if should_stop else None)
@@ -82,6 +84,7 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
                    "skipped_steps": stats["skipped_steps"], "time/step": time.perf_counter() - t0,
                    "prompt_ids": [it.sample.problem_id for it in items], "skipped_media": dict(data.skipped)}
             run.log_metrics(row)
+            trackers.log(row)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
             if should_stop and check_every and learner.step % check_every == 0:
@@ -97,12 +100,13 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
         learner.shutdown()
         summary = {"stage": "sft", "steps": learner.step, "final_loss": run.metrics()[-1]["loss"], "stopped_by": stop,
                    "seconds": time.perf_counter() - t_start, "hf": str(run.path / "hf"),
-                   "skipped_media": dict(data.skipped)}
+                   "skipped_media": dict(data.skipped), "trackers_failed": trackers.failed}
         run.write_summary(summary)
         print(f"[sft] {learner.step} steps, loss {summary['final_loss']:.3f}; model written to {run.path / 'hf'}")
         return summary
     finally:
-        if own:
+        trackers.shutdown()
+        if own and stack is not None:
             stack.close()
 
 
@@ -130,10 +134,11 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
     data = Dataset(cfg, cfg.data.train_file)
     check_judge_fits(cfg, data.samples)
     run, run_id, state = _open_run(cfg, force)
+    trackers = Trackers(cfg.trainer.loggers, cfg, run, run_id, "train", (state or {}).get("step", 0))
     own = stack is None
-    stack = stack or Stack(cfg, verbose)
-    parts = []
+    parts = [trackers]  # shut down last: the steps' rows are all queued by then
     try:
+        stack = stack or Stack(cfg, verbose)
         check_storage(str(run.path), cfg.model.path)  # every host sees the run folder and the model, or none starts
         # first: a port in use is a start-up error, not one after the engines have loaded
         metrics = StepMetrics(cfg.metrics.port, host=cfg.metrics.host, stall_after_s=cfg.metrics.stall_after_s,
@@ -162,6 +167,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
         parts.append(pool)
         trainer = RLTrainer(cfg, stack, run, data, learner, rollout, pool, control, metrics)
+        trainer.trackers = trackers
         trainer.order = order
         trainer.counters.update((state or {}).get("counters", {}))
         trainer.hooks.extend(hooks)
@@ -184,7 +190,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         bar.close()
         summary.update(steps=trainer.step, seconds=time.perf_counter() - t0, counters=dict(trainer.counters),
                        stopped_early=trainer.stop_requested, rollout_events=list(rollout.events),
-                       skipped_media=dict(data.skipped))
+                       skipped_media=dict(data.skipped), trackers_failed=trackers.failed)
         if trainer.stop_requested:
             print(f"[train] stopped at step {trainer.step} with a checkpoint; resume with the same command "
                   f"(run.resume=auto) and run.out_dir={run.path}")
@@ -201,5 +207,5 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
                 p.shutdown()
             except Exception:  # noqa: BLE001 - best effort on the way out; the cluster goes with the job anyway
                 pass
-        if own:
+        if own and stack is not None:
             stack.close()

@@ -21,6 +21,7 @@ from actors.rollout_worker import RolloutRequest
 from actors.vllm_inputs import vllm_prompt
 from cluster.metrics import RunCount
 from cluster.step_batch import StepBatch
+from cluster.tracker_rows import samples
 from learner.advantages import process_advantages
 
 log = logging.getLogger("videop2r")
@@ -31,6 +32,7 @@ class RLTrainer:
         self.cfg, self.stack, self.run, self.data = cfg, stack, run, dataset
         self.learner, self.rollout, self.pool = learner, rollout, pool
         self.control, self.metrics = control, metrics
+        self.trackers = None  # cluster.trackers.Trackers, set by the caller
         self.step = learner.step
         self.order = None  # videoqa.sampler.IndexOrder, set by the caller (fresh or from a checkpoint)
         self.counters: Counter = Counter()  # run totals, keyed by RunCount (checkpointed)
@@ -196,8 +198,14 @@ class RLTrainer:
             "reward_chunks_rescored": batch.score_stats.get("rescored_chunks", 0),
         }
         self.run.log_metrics(row)
+        logged = batch.log_rows({"advantage_perception": a_p, "advantage_reasoning": a_r})
         if self.cfg.trainer.log_rollouts:
-            self.run.log_rollouts(batch.step, batch.log_rows({"advantage_perception": a_p, "advantage_reasoning": a_r}))
+            self.run.log_rollouts(batch.step, logged)
+        if self.trackers is not None:
+            every, questions = self.cfg.trainer.log_samples_every, {it.sample.problem_id: it.sample.problem
+                                                                   for it in batch.items}
+            shown = samples(logged, questions, self.cfg.trainer.log_samples) if every and batch.step % every == 0 else None
+            self.trackers.log(row, shown)
         if self.metrics is not None:
             self.metrics.record_step(row, batch)
         if self.control is not None:

@@ -219,7 +219,7 @@ def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
         (run_dir / "config.yaml").write_text(f"learner:\n  algorithm: {algorithm}\n")
         rows = [{"step": s, "reward_perception": 1 + rate * s, "reward_reasoning": 2 - rate * s,
                  "accuracy/OCR": rate * s, "accuracy/numerical": 0.5, "judge_yes_rate": 0.4, "kl": 0.01 * s,
-                 "time/step": 3.0} for s in (1, 2, 3)]
+                 "mismatch_kl": 1e-9 * s, "entropy": 2.0 - rate, "time/step": 3.0} for s in (1, 2, 3)]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "r.png"
     r = run("report", tmp_path / "pa", tmp_path / "g", "--out", out)
@@ -230,6 +230,13 @@ def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
     assert plotted["reasoning reward R_R"]["g (grpo)"][1] == [1.95, 1.9, 1.85]
     assert set(plotted["accuracy by problem type"]) == {"pa (pa_grpo): OCR", "pa (pa_grpo): numerical",
                                                         "g (grpo): OCR", "g (grpo): numerical"}
+    assert plotted["mismatch KL (vLLM vs learner)"]["g (grpo)"][1] == pytest.approx([1e-9, 2e-9, 3e-9], rel=1e-9)
+    assert plotted["entropy of the sampled tokens"]["pa (pa_grpo)"][1] == [1.9, 1.9, 1.9]
+    # smoothed: TensorBoard's debiased moving average (a constant stays constant; a ramp lags behind)
+    smooth = write_report([tmp_path / "pa"], tmp_path / "smooth.png", smooth=0.5)
+    assert smooth["entropy of the sampled tokens"]["pa (pa_grpo)"][1] == pytest.approx([1.9, 1.9, 1.9])
+    assert smooth["perception reward R_P"]["pa (pa_grpo)"][1] == pytest.approx([1.1, 0.875 / 0.75, 1.0875 / 0.875])
+    assert run("report", tmp_path / "pa", "--out", tmp_path / "s.png", "--smooth", "1").returncode == 2
     before = out.read_bytes()
     again = run("report", tmp_path / "pa", "--out", out)
     assert again.returncode == 2 and "--force" in again.stderr and out.read_bytes() == before

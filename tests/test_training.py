@@ -66,11 +66,18 @@ def test_synchronous_run_writes_its_folder(reference_run, demo_data):
 
 def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_model, demo_data, tmp_path):
     """Killed (the whole job, SIGKILL) after step 3; the resume redoes step 3 from the step-2 checkpoint and its
-    prompts and losses equal the uninterrupted run's."""
+    prompts and losses equal the uninterrupted run's. With TensorBoard, W&B (offline) and MLflow (its default
+    SQLite file in the run folder) on: each holds steps 1-4 once, in one tracker run, with the samples of step 2."""
+    from tests.tracker_readers import mlflow_steps, tensorboard_scalars, tensorboard_texts, wandb_steps
+
     ref_out, _ = reference_run
     out = tmp_path / "rl"
-    args = [VIDEOP2R, "train", "--config", "configs/demo.yaml", *overrides(out, sft_model, demo_data)]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    args = [VIDEOP2R, "train", "--config", "configs/demo.yaml", *overrides(out, sft_model, demo_data),
+            "trainer.loggers=[jsonl,tensorboard,wandb,mlflow]", "trainer.log_samples_every=2"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
     deadline = time.monotonic() + 300
     while not [r for r in RunDir(out).metrics() if r["step"] == 3]:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-3000:]
@@ -80,8 +87,17 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
     # the job's own cluster died with it; its vLLM engines (child processes of its workers) are orphans now
     subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)
     assert RunDir(out).latest_checkpoint().name == "step_000002"
-    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "experiment tracker" not in again.stderr, again.stderr[-3000:]  # none failed
+    key = "reward/perception/total"
+    assert [s for s, _ in tensorboard_scalars(out / "tensorboard", key)] == [1, 2, 3, 4]
+    shown = tensorboard_texts(out / "tensorboard", "samples")  # steps 2 and 4 (log_samples_every=2), once each
+    assert len(shown) == 2 and all(t.startswith("| step | prompt_id | problem_type | question |") for t in shown)
+    assert sorted(wandb_steps(out / "wandb", key)) == [1, 2, 3, 4]
+    runs, steps, _ = mlflow_steps(f"sqlite:///{out / 'mlflow.db'}", json.loads((out / "control.json").read_text())[
+        "run_id"], key)
+    assert runs == 1 and sorted(steps) == [1, 2, 3, 4]
     got, want = RunDir(out).metrics(), RunDir(ref_out).metrics()
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for g, w in zip(got[2:], want[2:]):

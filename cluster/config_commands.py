@@ -1,0 +1,67 @@
+"""The config sections of the commands around training: `videop2r eval`, `videop2r make-cot` and the demo
+(re-exported by cluster/config.py, whose ``Config`` holds them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from cluster.config_loader import Section
+from videoqa.video import FrameSampling
+
+if TYPE_CHECKING:
+    from cluster.config import VideoSection
+
+
+class EvalSection(Section):
+    """`videop2r eval` on benchmark files, with the paper's evaluation settings as defaults (32 frames at
+    256x28x28 pixels, temperature 0.01, top_p 0.001); the demo's held-out measurements use the same code with its
+    own settings (configs/demo.yaml)."""
+
+    benchmarks: list[str] = []  # files in the Video-R1 evaluation format (JSON, JSONL or Parquet)
+    out_dir: str = "runs/eval"  # per-sample Parquet, summary.json and results.md (resumes when rerun)
+    prompt: Literal["process", "video-r1"] = "process"  # video-r1: their think/answer prompt, to compare numbers
+    max_rows: int | None = Field(None, ge=1)  # per benchmark (the first rows); None: all
+    temperature: float = Field(0.01, ge=0)
+    top_p: float = Field(0.001, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    nframes: int = Field(32, ge=2)
+    max_pixels: int = Field(256 * 28 * 28, ge=28 * 28)
+    batch_rows: int = Field(64, ge=1)  # rows generated and saved together: a killed run loses at most these
+    judge: bool = False  # also judge each observation (the perception sufficiency rate) with the judge section
+
+    def sampling(self, video: VideoSection) -> FrameSampling:
+        """Frames for evaluation: ``nframes`` frames of at most ``max_pixels`` (the video section's minimum)."""
+        return FrameSampling(video.fps, video.min_frames, max(video.max_frames, self.nframes), self.nframes,
+                             min(video.min_pixels, self.max_pixels), self.max_pixels)
+
+
+class CotSection(Section):
+    """`videop2r make-cot`: the paper's CoT funnel (teacher generation at temperature 0, answer accuracy >=
+    0.6, judge says the observation suffices). The teacher is model.path; the judge is the judge section."""
+
+    input: str = ""  # Video-R1 JSON, JSONL or Parquet rows (media paths relative to the file)
+    out_dir: str = "runs/cot"  # cot.parquet (SFT rows), funnel.parquet, funnel.json; resumes when rerun
+    max_rows: int | None = Field(None, ge=1)  # the first rows only; None: all
+    samples: int = Field(1, ge=1)  # teacher outputs per question; the most accurate one that passes is kept
+    temperature: float = Field(0.0, ge=0)  # paper: 0 (one sample); more samples need a temperature > 0
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    min_accuracy: float = Field(0.6, ge=0, le=1)  # step 2: the paper drops answers scoring under 0.6
+    batch_rows: int = Field(64, ge=1)  # rows generated, judged and saved together
+
+
+class DemoSection(Section):
+    """The demo's synthetic task (see toy/synthetic.py) and whether to run the controls (GRPO; more SFT)."""
+
+    style: Literal["varied", "demo"] = "demo"
+    mix: dict[str, float] | None = None  # training-row weights per problem type; None: equal
+    eval_rows: int = Field(200, ge=5)  # held-out questions, all five types equally
+    # SFT stops once greedy accuracy on validation rows (the training mix, their own seed; never the held-out
+    # rows) reaches this, checked every sft_check_every steps: RL starts where the skill has appeared but is far
+    # from done (sft.steps is the upper bound). 0 disables the check.
+    val_rows: int = Field(48, ge=0)
+    sft_stop_accuracy: float = Field(0.5, ge=0, le=1)
+    sft_check_every: int = Field(20, ge=1)
+    controls: bool = False
