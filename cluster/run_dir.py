@@ -8,7 +8,7 @@
     out_dir/hf/                    the final Hugging Face model (SFT's is what ``train`` starts from)
     out_dir/summary.json
     out_dir/trackers.json          each experiment tracker's run id and last step sent (cluster/trackers.py)
-    out_dir/tensorboard/, wandb/, mlflow.db   the trackers' local files, where trainer.loggers names them
+    out_dir/tensorboard/, wandb/, mlflow.db, mlflow-artifacts/   the trackers' local files (trainer.loggers)
 
 A checkpoint is written under a temporary name and renamed when complete, so a run killed at any moment resumes
 from the last complete one.
@@ -48,7 +48,7 @@ class RunDir:
             if not force:
                 raise RunExistsError(f"{self.path} already holds a run: pass run.resume=auto to continue it, "
                                      "--force to start over there, or another run.out_dir")
-            for sub in ("checkpoints", "rollouts", "hf", "tensorboard", "wandb"):
+            for sub in ("checkpoints", "rollouts", "hf", "tensorboard", "wandb", "mlflow-artifacts"):
                 shutil.rmtree(self.path / sub, ignore_errors=True)
             for f in ("metrics.jsonl", "summary.json", "control.json", "trackers.json", "mlflow.db"):
                 (self.path / f).unlink(missing_ok=True)

@@ -114,7 +114,8 @@ class MLflow:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a quiet console
         from mlflow.tracking import MlflowClient
 
-        uri = state.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
+        own = f"sqlite:///{run_dir / 'mlflow.db'}"  # the default: a file in the run folder
+        uri = state.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or own
         self.client = MlflowClient(uri)
         if state.get("run_id"):
             self.id = state["run_id"]
@@ -122,7 +123,10 @@ class MLflow:
         else:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "videop2r"
             exp = self.client.get_experiment_by_name(name)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
+            # artifacts beside that file (MLflow's default for a database is ./mlruns in whatever folder the
+            # driver runs in); a server keeps its own
+            where = (run_dir / "mlflow-artifacts").as_uri() if uri == own else None
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=where)
             self.id = self.client.create_run(exp_id, run_name=run_id, tags={"videop2r.run_id": run_id,
                                                                            "videop2r.stage": stage}).info.run_id
             from mlflow.entities import Param

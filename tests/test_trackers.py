@@ -203,9 +203,10 @@ def test_force_starts_the_trackers_over(tmp_path):
     run = RunDir(cfg.run.out_dir)
     run.prepare(cfg, resume=False, force=False)
     run.log_metrics(_row(1, 0.0))
-    for d in ("tensorboard", "wandb"):
+    for d in ("tensorboard", "wandb", "mlflow-artifacts"):
         (run.path / d).mkdir()
     for f in ("trackers.json", "mlflow.db"):
         (run.path / f).write_text("{}")
     run.prepare(cfg, resume=False, force=True)
-    assert not [p.name for p in run.path.iterdir() if p.name in ("tensorboard", "wandb", "trackers.json", "mlflow.db")]
+    assert not [p.name for p in run.path.iterdir() if p.name in ("tensorboard", "wandb", "trackers.json", "mlflow.db",
+                                                          "mlflow-artifacts")]

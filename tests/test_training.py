@@ -98,6 +98,7 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
     runs, steps, _ = mlflow_steps(f"sqlite:///{out / 'mlflow.db'}", json.loads((out / "control.json").read_text())[
         "run_id"], key)
     assert runs == 1 and sorted(steps) == [1, 2, 3, 4]
+    assert len(list((out / "mlflow-artifacts").rglob("step_*.json"))) == 2  # the samples, in the run folder
     got, want = RunDir(out).metrics(), RunDir(ref_out).metrics()
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for g, w in zip(got[2:], want[2:]):
