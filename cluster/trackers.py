@@ -79,6 +79,10 @@ class WandB:
     name = "wandb"
 
     def start(self, run_dir: Path, run_id: str, stage: str, config: dict, state: dict, resumed_step: int) -> dict:
+        # A W&B service inherited from whatever started this driver (wandb sets WANDB_SERVICE in its process, and
+        # children inherit it) would outlive a killed driver holding this run's id: the resumed run's init is then
+        # refused ("run ID ... is in use"). This driver's W&B gets a service of its own.
+        os.environ.pop("WANDB_SERVICE", None)
         import wandb
 
         self.wandb = wandb

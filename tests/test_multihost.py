@@ -128,6 +128,11 @@ class Steps:
 
     def fail(self, what: str):
         print(stacks(self.c))
+        # the head's object store and raylet (the full suite's host-fault failure had the driver blocked in ray.put)
+        for cmd in (["ray", "memory", "--stats-only", "--address", self.c.ray_address],
+                    ["sh", "-c", "tail -n 40 /tmp/ray/session_latest/logs/raylet.out; df -h /tmp /dev/shm"]):
+            r = self.c.run("head", cmd, self.c.ray_env(), timeout=60, check=False)
+            print(f"--- head: {' '.join(cmd)}\n{(r.stdout + r.stderr)[-4000:]}")
         raise AssertionError(f"timed out waiting for {what}: {job_logs(self.c, self.job)[-4000:]}")
 
     def wait_for(self, pred, what: str, timeout: float = 300) -> None:

@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 
 from cluster.tracker_rows import ema, flat_params, samples, scalars, tracker_key
+from tests.conftest import ROOT
 from tests.tracker_readers import mlflow_steps, tensorboard_scalars, tensorboard_texts, wandb_steps
 
 ROW = {"step": 3, "time": 1.7e9, "reward_perception": 0.5, "accuracy": 0.25, "loss": -0.1, "kl": 0.01,
@@ -137,6 +138,7 @@ def test_trackers_get_each_step_once_across_resumes(tmp_path, mlflow_server, mon
     from cluster.run_dir import RunDir
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # wandb sets it in this process: gone again after the test
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     cfg = _cfg(tmp_path / "run", "trainer.loggers=[jsonl,tensorboard,wandb,mlflow]",
                "cache.url=redis://:hunter2@cache:6379/0")
@@ -210,3 +212,58 @@ def test_force_starts_the_trackers_over(tmp_path):
     run.prepare(cfg, resume=False, force=True)
     assert not [p.name for p in run.path.iterdir() if p.name in ("tensorboard", "wandb", "trackers.json", "mlflow.db",
                                                           "mlflow-artifacts")]
+
+
+CHILD = """
+import sys, time
+from cluster.config import Config
+from cluster.config_loader import load_config
+from cluster.run_dir import RunDir
+from cluster.trackers import Trackers
+out, life = sys.argv[1], int(sys.argv[2])
+cfg = load_config(Config, None, [f"run.out_dir={out}", "trainer.loggers=[wandb]"])
+run = RunDir(out)
+run.path.mkdir(exist_ok=True)
+t = Trackers(cfg.trainer.loggers, cfg, run, "r-3", "train", resumed_step=2 * (life - 1))
+for s in (1, 2, 3) if life == 1 else (3, 4):
+    row = {"step": s, "reward_perception": float(s)}
+    run.log_metrics(row)
+    t.log(row)
+if life == 1:
+    time.sleep(600)  # SIGKILLed here
+t.shutdown()
+print("failed", t.failed)
+"""
+
+
+PARENT = """
+import json, os, signal, subprocess, sys, time
+import wandb
+out, child = sys.argv[1], sys.argv[2]
+parent = wandb.init(project="videop2r-test", dir=out + "-parent", settings=wandb.Settings(silent=True, console="off"))
+assert os.environ.get("WANDB_SERVICE"), "wandb no longer exports its service"  # what children inherit
+first = subprocess.Popen([sys.executable, "-c", child, out, "1"], start_new_session=True)
+deadline = time.monotonic() + 120
+record = os.path.join(out, "trackers.json")
+while not os.path.isfile(record) or json.load(open(record)).get("wandb", {}).get("last_step") != 3:
+    assert first.poll() is None and time.monotonic() < deadline, "life 1 did not log its steps"
+    time.sleep(0.2)
+os.killpg(first.pid, signal.SIGKILL)
+first.wait()
+again = subprocess.run([sys.executable, "-c", child, out, "2"], capture_output=True, text=True, timeout=120)
+print(again.stdout, again.stderr[-2000:])
+parent.finish()
+"""
+
+
+def test_a_killed_driver_under_a_w_and_b_service_resumes_its_run(tmp_path):
+    """A driver started by a process that runs W&B itself (a notebook, a sweep agent: wandb exports WANDB_SERVICE
+    and children inherit it) is SIGKILLed; the same run resumed from that process still logs to W&B. Catches: the
+    driver attaching to the inherited W&B service, which keeps the killed driver's run id registered, so the
+    resumed run's init is refused ("run ID ... is in use") and W&B is dropped."""
+    (tmp_path / "run-parent").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    env.pop("WANDB_SERVICE", None)
+    r = subprocess.run([sys.executable, "-c", PARENT, str(tmp_path / "run"), CHILD], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "failed []" in r.stdout and "in use" not in r.stdout, r.stdout + r.stderr[-2000:]
