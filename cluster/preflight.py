@@ -147,7 +147,7 @@ def check_tracker_packages(loggers: list[str]) -> None:
         package = TRACKER_PACKAGES.get(name)
         if package and importlib.util.find_spec(package) is None:
             raise ConfigError(f"trainer.loggers names {name}, but the {package} package is not installed: "
-                                 "pip install -e '.[trackers]' (or drop it from trainer.loggers)")
+                              "pip install -e '.[trackers]' (or drop it from trainer.loggers)")
 
 
 def check_before_start(cfg, command: str) -> None:
