@@ -25,6 +25,8 @@ __all__ = ["LocalWeightSource", "RolloutGroup", "SyncReport"]
 
 log = logging.getLogger(__name__)
 
+NODE_CHECK_S = 2.0  # how often a batch looks whether a restarting worker's node has died (_replace_on_dead_nodes)
+
 
 @dataclass
 class Slot:
@@ -164,6 +166,39 @@ class RolloutGroup(WeightSync):
         self.events.append(f"{name} lost ({why})")
         self.restarts += 1
         log.warning("rollout worker %s lost (%s); its prompts go to the others while Ray restarts it", name, why)
+        self._replace_if_node_died(name)
+
+    def _replace_on_dead_nodes(self) -> None:
+        """Restarting workers whose node has died since they were lost (a killed raylet takes its workers at once;
+        Ray declares the node dead only after its health checks): see ``_replace_if_node_died``."""
+        for k, s in list(self.slots.items()):
+            if s.state_ref is not None and s.incarnation:
+                self._replace_if_node_died(k)
+
+    def _replace_if_node_died(self, name: str) -> bool:
+        """A worker whose node died is started again in a placement group of its own, which waits (with Ray's
+        back-off) for a node with room, instead of Ray's restart in its old group: Ray 2.60 re-places a dead node's
+        group ("RESCHEDULING") on every pass of its GCS loop with no back-off, so while no node has room (a cluster
+        without a spare rollout node) the GCS spins a core and starves its health checks and RPCs (seen across
+        hosts: the run's steps slowed from seconds to minutes; Ray PR 65007)."""
+        import ray
+
+        slot = self.slots.get(name)
+        if slot is None or slot.placement_group is None:
+            return False
+        try:
+            state = ray.util.placement_group_table(slot.placement_group).get("state")
+        except Exception as e:  # the GCS not answering: leave the restart to Ray
+            log.debug("placement group of %s unknown: %s", name, e)
+            return False
+        if state != "RESCHEDULING":
+            return False
+        ray.kill(slot.actor, no_restart=True)
+        ray.util.remove_placement_group(slot.placement_group)
+        slot.actor, slot.placement_group = self._new_actor(name)
+        slot.state_ref, slot.started = slot.actor.state.remote(), time.monotonic()
+        self.events.append(f"{name} placed again (its node died)")
+        return True
 
     def _restart(self, name: str, why: str) -> None:
         """A worker alive but useless (not answering within ``rollout.chunk_timeout_s``, or its engine dead): Ray
@@ -189,8 +224,9 @@ class RolloutGroup(WeightSync):
         try:
             st = ray.get(slot.state_ref)
         except ActorUnavailableError:  # still restarting: ask again (the answer comes once it is up)
-            time.sleep(0.5)
-            slot.state_ref = slot.actor.state.remote()
+            if not self._replace_if_node_died(name):  # its node died since it was lost
+                time.sleep(0.5)
+                slot.state_ref = slot.actor.state.remote()
             return
         except ActorDiedError:  # out of restarts: it is gone for good
             gone = self.slots.pop(name)
@@ -262,6 +298,7 @@ class RolloutGroup(WeightSync):
         if behind:  # a failed sync is retried before that worker serves again
             self.sync_weights(behind)
         self._drop_unplaceable()
+        self._replace_on_dead_nodes()
         if not any(s.ready for s in list(self.slots.values())):
             self.wait_until_ready()
         ready = [k for k, s in list(self.slots.items()) if s.ready]
@@ -271,8 +308,12 @@ class RolloutGroup(WeightSync):
         queue, results = deque(range(len(chunks))), [None] * len(chunks)
         inflight: dict = {}  # ref -> (worker, chunk index, when it must have answered)
         deadline = time.monotonic() + self.cfg.batch_timeout_s
+        checked = time.monotonic()  # when restarting workers' nodes were last looked at
         while queue or inflight:
             now = time.monotonic()
+            if now - checked > NODE_CHECK_S:
+                self._replace_on_dead_nodes()
+                checked = now
             for ref in [r for r, (_, _, due) in inflight.items() if due <= now]:
                 worker, ci, _ = inflight.pop(ref)  # its answer, should it ever come, is never used
                 queue.appendleft(ci)
@@ -289,6 +330,8 @@ class RolloutGroup(WeightSync):
             if deadline - now <= 0:
                 raise TimeoutError(f"rollout batch not done within rollout.batch_timeout_s={self.cfg.batch_timeout_s}")
             next_due = min((due for _, _, due in inflight.values()), default=deadline)
+            if restarting:  # back in time to look at their nodes
+                next_due = min(next_due, now + NODE_CHECK_S)
             done, _ = ray.wait(list(inflight) + list(restarting), num_returns=1,
                                timeout=max(0.0, min(deadline, next_due) - now))
             for ref in done:

@@ -10,6 +10,7 @@ weights it sends are a snapshot taken after an update (``publish``), never param
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 
@@ -30,6 +31,9 @@ class LearnerLost(ray.exceptions.RayError):
 @ray.remote(concurrency_groups={WEIGHTS: 1, HEALTH: 1})
 class LearnerRank:
     def __init__(self, rank: int, world: int):
+        # importing deepspeed imports MLflow when it is installed (its autotuner's optional logging): ~1.2 s of every
+        # rank's start; a rank never logs to a tracker (the driver does), so in this process MLflow reads as absent
+        sys.modules.setdefault("mlflow", None)
         self.rank, self.world = rank, world
         self.learner = None
         self.source = None
@@ -182,6 +186,9 @@ class LearnerGroup:
             lost = self._unreachable()
             if not lost:
                 raise
+            # the world cannot go on: its group goes now, or Ray 2.60's GCS re-places the dead node's bundle with no
+            # back-off until the job ends (see RolloutGroup._replace_if_node_died)
+            ray.util.remove_placement_group(self.placement_group)
             raise LearnerLost(f"learner {', '.join(lost)} lost (its host is unreachable or its Ray node died) at "
                               f"step {self.step}; once the host is back, run the same command with "
                               "run.resume=auto to continue from the last checkpoint in run.out_dir") from e

@@ -2,6 +2,7 @@
 the inputs on its shared volume, and jobs submitted with deploy/submit.sh on the head host. Needs root; in CI a
 missing capability fails the test with its reason, elsewhere it skips with it."""
 
+import getpass
 import json
 import os
 import re
@@ -38,6 +39,12 @@ def hosts():
     # outside /tmp: every host has a /tmp of its own, and this folder holds the cluster's shared volume
     state = Path(tempfile.mkdtemp(prefix="videop2r-hosts-", dir="/var/tmp"))
     cluster = Cluster(state, prefix=f"vp{secrets.token_hex(2)}", subnet=free_subnet())
+    # the hosts' kernel cache (Cluster.ray_env) starts from this session's: the same engine's kernels, compiled once
+    warm = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    try:
+        shutil.copytree(warm, state / "inductor-cache", dirs_exist_ok=True)
+    except OSError:  # none yet, or a file of it written meanwhile: compiled again where missing
+        pass
     try:
         cluster.up()
         cluster.start_ray()
@@ -89,6 +96,14 @@ PINS = ["learner.num_ranks=2", "learner.num_cpus=1", "learner.resources.learner=
         "rollout.resources.rollout=1", "reward.resources.reward=1"]
 
 
+def placement_group_states(c: Cluster) -> list[str]:
+    """The state of every placement group of the cluster (Ray's state API, asked on the head)."""
+    code = ("import json; from ray.util.state import list_placement_groups; "
+            f"print(json.dumps([g.state for g in list_placement_groups(address={c.dashboard!r}, limit=1000)]))")
+    r = c.run("head", ["python", "-c", code], c.ray_env(), timeout=60)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def job_id(r: subprocess.CompletedProcess) -> str:
     found = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr)
     assert found, (r.stdout + r.stderr)[-3000:]
@@ -111,18 +126,31 @@ def _procs(c: Cluster):
                 continue
 
 
-def cpu_by_host(c: Cluster) -> dict[str, float]:
-    """CPU seconds used so far by the live processes of each host, and by this machine's other processes
-    ("outside": the rest of a test session); for a failure's report: on 2 shared cores, which host took the time
-    while a step was slow."""
-    tick, used = os.sysconf("SC_CLK_TCK"), {**{h.name: 0.0 for h in c.hosts}, "outside": 0.0}
+def cpu_by_process(c: Cluster) -> dict[int, tuple[str, str, float]]:
+    """(host, command name, CPU seconds used so far) of every live process of this machine; the host is "outside"
+    for the machine's other processes (the rest of a test session). For a failure's report: on 2 shared cores,
+    which host and which process took the time while a step was slow (``cpu_used``)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
     for p, host in _procs(c):
         try:
-            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            comm, rest = (p / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError):
             continue
-        used[host or "outside"] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return used
+        fields = rest.split()
+        out[int(p.name)] = (host or "outside", comm, (int(fields[11]) + int(fields[12])) / tick)  # utime + stime
+    return out
+
+
+def cpu_used(before: dict, after: dict, top: int = 3) -> str:
+    """CPU seconds each host's processes used between two ``cpu_by_process`` snapshots (processes that ended
+    meanwhile are left out), and the busiest processes."""
+    delta = {pid: (host, comm, s - before.get(pid, (host, comm, 0.0))[2]) for pid, (host, comm, s) in after.items()}
+    hosts: dict[str, float] = {}
+    for host, _, s in delta.values():
+        hosts[host] = hosts.get(host, 0.0) + s
+    busiest = sorted(delta.items(), key=lambda kv: -kv[1][2])[:top]
+    return (", ".join(f"{h} {s:.1f}" for h, s in hosts.items()) + "; busiest: "
+            + ", ".join(f"{comm} {pid} on {host} {s:.1f}" for pid, (host, comm, s) in busiest))
 
 
 def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank", "RewardScorer", "cluster.cli")) -> str:

@@ -223,7 +223,10 @@ class Cluster:
                 # a stopped job gets SIGTERM, and SIGKILL only after this (time to write its checkpoint)
                 "RAY_JOB_STOP_WAIT_TIME_S": "60",
                 # a dead rollout worker's vLLM engine processes die with it (as on every node of a real cluster)
-                "RAY_process_group_cleanup_enabled": "true", **HEALTH_CHECKS}
+                "RAY_process_group_cleanup_enabled": "true",
+                # torch's compiled CPU kernels in one cache for all hosts, outside their own /tmp: vLLM's CPU engine
+                # compiles them (~25 s of the 2 cores) in every fresh /tmp, i.e. at every worker start on a host
+                "TORCHINDUCTOR_CACHE_DIR": str(self.state / "inductor-cache"), **HEALTH_CHECKS}
 
     def start_ray(self, object_store_mb: int = 150) -> None:
         """A Ray head on the first host, every other host joined to it with its role's resources."""
