@@ -248,9 +248,14 @@ def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
             if bad:
                 c.add(c.rl_row(label, {"error": "; ".join(bad), "oom": any(res[d].get("oom") for d in (la, lb))}))
                 continue
-            e = _extrapolate(res[la], res[lb], la, lb, target)
             note = (f"measured {res[la]['step_s']:.2f} / {res[lb]['step_s']:.2f} s, "
                     f"{_fmt_bytes(res[la]['peak_bytes'])} / {_fmt_bytes(res[lb]['peak_bytes'])} at {la} / {lb} layers")
+            if res[lb]["step_s"] <= res[la]["step_s"]:  # the layers' cost is below the steps' noise: a line through
+                c.add({"kind": "rl_step", "label": label, "result": res,  # the two would fall with depth
+                       "note": note + "; not extrapolated: the deeper slice was not slower (noise above the "
+                                      "layers' cost; more --steps)"})
+                continue
+            e = _extrapolate(res[la], res[lb], la, lb, target)
             mem = c.info.get("device_memory")
             if mem and e["peak_bytes"] > mem:
                 note += f"; over the card's {_fmt_bytes(mem)}: would not fit"

@@ -16,6 +16,8 @@
 #   - tenacity and PyYAML (cluster.config, which the learner's LearnerSection comes from);
 #   - torchvision and Pillow: transformers' Qwen2.5-VL video processor will not load without them. torchvision
 #     0.26.0 is the build for torch 2.11 (its PyPI wheel is +cu130); installed only where the machine has none.
+#   - transformers and regex (its pin: regex>=2025.10.22): the version the CPU tests run, where the machine's is older
+#     (5.17 there); its other needs (huggingface-hub>=1.31, tokenizers 0.23, safetensors 0.8) the machine has.
 # Not carried, because the check never imports them: vLLM, Ray, decord (the check's frames are synthetic arrays),
 # OpenCV, jiwer and rouge-score (rewards.accuracy imports them inside the functions that use them).
 # Versions are this virtualenv's (what the CPU tests run), except torchvision's, which must match the GPU's torch.
@@ -59,6 +61,8 @@ PACKAGES=(
   "pyyaml yaml missing"
   "torchvision torchvision missing"
   "pillow PIL missing"
+  "transformers transformers older"
+  "regex regex older"
 )
 PINNED_torchvision=0.26.0
 

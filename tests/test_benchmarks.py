@@ -210,3 +210,25 @@ def test_shapes_refuses_an_existing_json_before_starting(tmp_path):
     assert mine.read_text() == "my results" and not (tmp_path / "root").exists()
     r = run("shapes", "--root", tmp_path / "root", "--text-layers", 0, timeout=120)
     assert r.returncode == 2 and "--text-layers" in r.stderr and not (tmp_path / "root").exists()
+
+
+def test_gpu_check_does_not_extrapolate_a_slope_below_the_noise(tmp_path, monkeypatch):
+    """A deeper slice measured no slower than the shallower one (the layers' cost below the steps' noise: the first
+    H200 run's 7B rows with checkpointing, 9.20 s at 2 layers and 7.97 s at 4) gives a row that says so, not a line
+    through the two that reaches a negative step time at 28 layers (what that run printed: -6.79 s)."""
+    from benchmarks import gpu
+
+    c = gpu.Check(tmp_path, "cpu", dict(gpu.PROFILES["cpu"]), verbose=False)
+    measured = {1: 9.2, 2: 7.97}
+    monkeypatch.setattr(c, "learner", lambda name, model, gc: {
+        "step_s": measured[model[1]], "peak_bytes": 2**30 * model[1], "trainable_params": 10**9,
+        "tokens": 1000, "response_tokens": 500, "extra_forwards": 2, "load_s": 1.0, "warmup_s": 1.0,
+        "peak_kind": "peak RSS"})
+    gpu.run_check(c, ["7b"], [True])
+    (row,) = c.rows
+    assert "step_s" not in row and "not extrapolated" in row["note"] and not row.get("failed")
+    assert "| - | - | - | - |" in gpu.render(c)
+    measured[2] = 10.0  # a slope above the noise is extrapolated as before
+    c.rows.clear()
+    gpu.run_check(c, ["7b"], [True])
+    assert c.rows[0]["step_s"] == pytest.approx(9.2 + 0.8 * 35)

@@ -236,15 +236,20 @@ def test_gradient_accumulation_steps_once_per_call(tiny_model_dir, cot_items):
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir, cot_items):
     """learner.gradient_checkpointing: the decoder's activations are recomputed in the backward (its layers run
-    twice), and the gradient is the one without it."""
-    grads, calls = {}, {}
+    twice), and the gradient is the one without it. The frozen vision tower stays out of the autograd graph: it runs
+    once per forward and its output needs no grad (transformers' input-grad hook on its patch embedding made it run
+    backward and recompute, 2.6x the step time on an H200)."""
+    grads, calls, vision_calls, vision_grad = {}, {}, {}, {}
     for on in (False, True):
         learner = Learner(learner_cfg("learner.zero_stage=0", f"learner.gradient_checkpointing={str(on).lower()}"),
                           str(tiny_model_dir))
         layer = learner.engine.module.model.language_model.layers[0]
-        calls[on] = []
+        calls[on], vision_calls[on], vision_grad[on] = [], [], []
         # a pre-hook: the recompute stops early once it has what the backward needs, before forward hooks would run
         layer.register_forward_pre_hook(lambda *a, seen=calls[on]: seen.append(1))
+        visual = learner.engine.module.model.visual
+        visual.blocks[0].register_forward_pre_hook(lambda *a, seen=vision_calls[on]: seen.append(1))
+        visual.blocks[-1].register_forward_hook(lambda m, a, out, seen=vision_grad[on]: seen.append(out.requires_grad))
         step = learner._optimizer_step
 
         def capture(step=step, learner=learner, on=on):
@@ -254,6 +259,8 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir, cot_item
         learner._optimizer_step = capture
         learner.sft_step(cot_items[:4], targets_for(learner, cot_items[:4]))
     assert len(calls[True]) == 2 * len(calls[False])  # recomputed in the backward
+    assert vision_calls[False] and len(vision_calls[True]) == len(vision_calls[False])  # the frozen tower: not
+    assert vision_grad[True] == vision_grad[False] == [False] * len(vision_calls[False])
     for n in grads[False]:
         assert torch.allclose(grads[False][n], grads[True][n], rtol=1e-4, atol=1e-7), n
 
