@@ -32,7 +32,8 @@ def cmd_rollout(args) -> int:
 def cmd_learner(args) -> int:
     from benchmarks.learner import run_bench_learner
 
-    return run_bench_learner(args.root, rounds=args.rounds, model=args.model, zero_stage=args.zero_stage)
+    return run_bench_learner(args.root, rounds=args.rounds, model=args.model, zero_stage=args.zero_stage,
+                             wide_blocks=args.wide_blocks, wide_frames=args.wide_frames, wide_group=args.wide_group)
 
 
 def cmd_train(args) -> int:
@@ -117,11 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "a ~100M-parameter one)")
     p.set_defaults(func=cmd_rollout)
 
-    p = sub.add_parser("learner", help="PA-GRPO vs GRPO step time, log-prob throughput")
+    p = sub.add_parser("learner", help="PA-GRPO vs GRPO step time, log-prob throughput, vision features once per "
+                                      "group vs every pass")
     p.add_argument("--root", default="runs/bench", help="folder for the benchmark's data and model (made if missing)")
     p.add_argument("--model", default=None, help="a Qwen2.5-VL folder (default: the tiny model under --root)")
     p.add_argument("--zero-stage", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--wide-blocks", type=int, default=8,
+                   help="vision blocks of the 3B-width slice for the vision-features rows (0: tiny model only)")
+    p.add_argument("--wide-frames", type=int, default=4, help="frames per video for the 3B-width slice (even)")
+    p.add_argument("--wide-group", type=int, default=8, help="rollouts G of the 3B-width slice's prompt")
     p.set_defaults(func=cmd_learner)
 
     p = sub.add_parser("train", help="RL step-time split, driver overhead, synchronous vs overlapped, PA-GRPO vs GRPO")

@@ -1,5 +1,7 @@
-"""Benchmark of the learner, printed as a table: one PA-GRPO step vs one GRPO step on the same rollout batch
-(alternating, same learner; target ratio <= 1.05), and log-prob throughput of the policy on that batch."""
+"""Benchmark of the learner, printed as tables: one PA-GRPO step vs one GRPO step on the same rollout batch
+(alternating, same learner; target ratio <= 1.05), log-prob throughput of the policy on that batch, and the RL step
+with the frozen vision tower's features computed once per prompt group vs in every pass
+(``learner.share_vision_features``), on the tiny model and on a 3B-width slice with a full-width tower."""
 
 from __future__ import annotations
 
@@ -7,9 +9,53 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.gpu_step import frame_size
+
+
+def alternate(learner, rollouts, group_size: int, settings: dict, rounds: int) -> dict:
+    """Median RL-step seconds of the same learner and batch under each setting (``{name: (cfg field, value)}``),
+    alternating round by round after one warm-up step each, so that drift hits all of them alike."""
+    times = {name: [] for name in settings}
+    for r in range(rounds + 1):
+        for name, (field, value) in settings.items():
+            setattr(learner.cfg, field, value)
+            t0 = time.perf_counter()
+            learner.rl_step(rollouts, group_size)
+            if r:  # round 0 warms up
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def vision_rows(learner, rollouts, group_size: int, rounds: int, label: str) -> None:
+    """The step with the tower's features once per prompt group against every pass running the tower."""
+    t = alternate(learner, rollouts, group_size, {"once": ("share_vision_features", True),
+                                                  "every": ("share_vision_features", False)}, rounds)
+    prompts = len(rollouts) // group_size
+    print(f"{label + ', features once per group':64s} {t['once'] * 1e3:9.0f} ms")
+    print(f"{label + ', tower in every pass':64s} {t['every'] * 1e3:9.0f} ms")
+    print(f"{label + ', once / every':64s} {t['once'] / t['every']:9.2f}   ({prompts} prompt(s) x G={group_size})")
+
+
+def wide_learner(root: Path, blocks: int, frames: int, pixels: int, group: int, zero_stage: int):
+    """A 3B-width slice (1 decoder layer, ``blocks`` vision blocks of the released 1,280 width; embeddings frozen
+    with the tower, to fit the CPU box) and G rollouts of one synthetic video prompt."""
+    from benchmarks.gpu_step import make_rollouts
+    from cluster.config import LearnerSection
+    from learner.engine import Learner
+    from toy.shaped_model import build_shaped_model
+
+    path = root / f"3b-slice-1l-{blocks}v"
+    if not (path / "config.json").is_file():
+        build_shaped_model(path, "3b-slice", text_layers=1, vision_blocks=blocks)
+    cfg = LearnerSection(zero_stage=zero_stage, lr=1e-6, micro_batch_size=4,
+                         freeze=["model.visual", "model.language_model.embed_tokens"])
+    learner = Learner(cfg, str(path))
+    return learner, make_rollouts(learner.processor.tokenizer, frames, pixels, group, 24, 48)
+
 
 def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_size: int = 4, rounds: int = 5,
-                      model: str | None = None, zero_stage: int = 2) -> int:
+                      model: str | None = None, zero_stage: int = 2, wide_blocks: int = 8, wide_frames: int = 4,
+                      wide_pixels: int = 16, wide_group: int = 8) -> int:
     from cluster.config import Config
     from cluster.config_loader import load_config
     from learner.engine import Learner, Rollout
@@ -64,4 +110,14 @@ def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_si
     print(f"{'PA-GRPO / GRPO':32s} {pa / gr:9.2f}   (target <= 1.05)")
     lp = statistics.median(lp_times)
     print(f"{'log-prob throughput':32s} {n_tokens / lp:9,.0f} generated tok/s ({lp * 1e3:.0f} ms per batch)")
+
+    print(f"\nvision tower: PA-GRPO step, tower frozen, median of {rounds} alternating rounds")
+    learner.cfg.algorithm = "pa_grpo"
+    vision_rows(learner, rollouts, group_size, rounds, "tiny model")
+    if wide_blocks:
+        del learner
+        wide, wide_rollouts = wide_learner(root, wide_blocks, wide_frames, wide_pixels, wide_group, zero_stage)
+        h, w = frame_size(wide_pixels)
+        vision_rows(wide, wide_rollouts, wide_group, rounds,
+                    f"3B width, {wide_blocks} vision blocks, {wide_frames} frames {h}x{w}")
     return 0

@@ -178,6 +178,9 @@ class LearnerSection(Section):
     num_gpus: float = Field(0, ge=0)  # per rank (1 on a GPU cluster)
     resources: Resources = {}  # per rank
     freeze: list[str] = ["model.visual"]  # parameter-name prefixes kept frozen (a random tiny vision tower must be)
+    # the frozen vision tower's output for a prompt computed once per RL update and reused by its G rollouts in
+    # every pass (old policy, reference, minibatches, epochs); ignored while the tower trains
+    share_vision_features: bool = True
     update_epochs: int = Field(1, ge=1)  # passes over each rollout batch
     minibatches: int = Field(1, ge=1)  # optimizer steps per pass
     clip_eps: float = Field(0.2, gt=0)

@@ -311,7 +311,7 @@ def _shards(xs: list, parts: int) -> list[list]:
 def merge_rank_stats(outs: list[dict]) -> dict:
     """Counts add up over ranks; everything else is the ranks' mean (their shards are the same size)."""
     counts = {"unsplittable", "flat_groups_perception", "flat_groups_reasoning", "flat_groups", "trained_tokens",
-              "perception_tokens", "reasoning_tokens"}
+              "perception_tokens", "reasoning_tokens", "vision_tower_calls"}
     merged = {}
     for k in outs[0]:
         vals = [o[k] for o in outs]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from learner.mrope import model_positions
+from learner.vision_features import PIXEL_KEYS, SharedVisionFeatures
 from videoqa.loader import LoadedSample
 from videoqa.prompts import chat_messages
 
@@ -23,6 +24,7 @@ class ScoredInputs:
     response_ids: torch.Tensor  # (B, R) padded with 0
     response_mask: torch.Tensor  # (B, R) 1 on generated tokens
     prompt_lengths: list[int]
+    prompts: list[dict] | None = None  # each row's processor output (its pixels), for SharedVisionFeatures
 
 
 def prompt_inputs(processor, item: LoadedSample) -> dict:
@@ -72,7 +74,7 @@ def build_inputs(processor, config, items: list[LoadedSample], responses: list[l
     for i, r in enumerate(responses):
         rid[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
         rmask[i, : len(r)] = 1
-    return ScoredInputs(kw, rid, rmask, lengths)
+    return ScoredInputs(kw, rid, rmask, lengths, list(prompts))
 
 
 def response_positions(prompt_positions: torch.Tensor, n: int) -> torch.Tensor:
@@ -86,8 +88,12 @@ def response_positions(prompt_positions: torch.Tensor, n: int) -> torch.Tensor:
 LOGPROB_CHUNK = 128  # response positions per LM-head call: bounds the float32 logits to (B, 128, V)
 
 
-def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK) -> torch.Tensor:
+def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK,
+                      vision: SharedVisionFeatures | None = None) -> torch.Tensor:
     """log pi(token) of each generated token, (B, R); 0 where padded. Gradients flow when enabled.
+
+    ``vision``: the update's store of each prompt's (frozen) vision features; the model then gets those instead of
+    the pixels and does not run its tower.
 
     The (B, L, V) logits are never built: the decoder's last hidden states are gathered at the response positions,
     and the LM head runs on ``chunk`` of them at a time, its log-softmax in float32. With gradients each chunk is
@@ -95,7 +101,10 @@ def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK) ->
     for Qwen2.5-VL: a 4 x 4096-token batch would otherwise hold 10 GB of float32 logits).
     """
     hf = getattr(model, "module", model)  # a DeepSpeed engine, or the Hugging Face model itself
-    kwargs = {k: v.to(hf.device) for k, v in batch.model_kwargs.items()}  # the inputs go where the model is
+    kwargs = {k: v.to(hf.device) for k, v in batch.model_kwargs.items()  # the inputs go where the model is
+              if vision is None or k not in PIXEL_KEYS}
+    if vision is not None:
+        kwargs["mm_encoder_outputs"] = vision.encoder_outputs(hf, batch.prompts)
     hidden = hf.model(**kwargs, use_cache=False).last_hidden_state  # (B, L, H), after the final norm
     B, R = batch.response_ids.shape
     device = hidden.device

@@ -21,6 +21,7 @@ import torch
 
 from learner.advantages import process_advantages
 from learner.batch import build_inputs, prompt_inputs, response_logprobs
+from learner.vision_features import SharedVisionFeatures, tower_frozen
 from learner.deepspeed_setup import ds_config, init_distributed, lr_lambda, rank
 from learner.micro_batches import chunks, pad_to, split, token_share
 from learner.loss import policy_loss, token_advantages
@@ -87,11 +88,18 @@ class Learner:
         self._stage0_skipped = 0  # steps the stage-0 guard skipped (ZeRO counts its own)
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def logprobs(self, items, responses, model=None, prompts=None) -> torch.Tensor:
+    def logprobs(self, items, responses, model=None, prompts=None, vision=None) -> torch.Tensor:
         """log-probs (B, R) of generated ids under ``model`` (default: the policy), without gradients."""
         batch = build_inputs(self.processor, self.model_config, items, responses, prompts)
-        with torch.no_grad():
-            return response_logprobs(model or self.engine, batch).cpu()  # small (B, R): kept beside the batch
+        with torch.no_grad():  # small (B, R): kept beside the batch
+            return response_logprobs(model or self.engine, batch, vision=vision).cpu()
+
+    def _vision_store(self) -> SharedVisionFeatures | None:
+        """One update's store of each prompt's vision features (``learner.share_vision_features``), or None when
+        the tower trains: then every pass runs it, as its weights change between passes."""
+        if not self.cfg.share_vision_features or not tower_frozen(self.engine.module):
+            return None
+        return SharedVisionFeatures()
 
     def _micro_batches(self, indices: list[int]) -> list[list[int]]:
         """An optimizer step's rows in contiguous micro-batches of at most ``micro_batch_size`` (and at least
@@ -195,14 +203,15 @@ class Learner:
             unsplittable += not ok
         adv = token_advantages(a_p, a_r, m_p, m_r)
         tokens = (m_p + m_r > 0).float()
+        vision = self._vision_store()  # each prompt's frozen-tower features: computed once in this update
         # log-probs of the policy that sampled (before this update) and of the frozen reference
         t_logprobs = time.perf_counter()
         old, ref = [], []
         for chunk in chunks(list(range(len(rollouts))), cfg.micro_batch_size):
             its, resp, prm = [items[i] for i in chunk], [responses[i] for i in chunk], [prompts[i] for i in chunk]
-            old.append(pad_to(self.logprobs(its, resp, prompts=prm), R))
+            old.append(pad_to(self.logprobs(its, resp, prompts=prm, vision=vision), R))
             if self.reference is not None:
-                ref.append(pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm), R))
+                ref.append(pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm, vision=vision), R))
         old_lp = torch.cat(old)
         ref_lp = torch.cat(ref) if ref else None
         logprobs_s = time.perf_counter() - t_logprobs
@@ -223,7 +232,7 @@ class Learner:
                 for chunk in self._micro_batches(mb):  # each forward and backward: at most micro_batch_size rows
                     batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk],
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
-                    lp = pad_to(response_logprobs(self.engine, batch), R)
+                    lp = pad_to(response_logprobs(self.engine, batch, vision=vision), R)
                     idx = torch.tensor(chunk)
 
                     def here(t):  # this micro-batch's rows of a batch tensor, on the model's device
@@ -248,6 +257,8 @@ class Learner:
                # entropy (no full-vocabulary pass needed)
                "entropy": float(-(old_lp.float().cpu() * tokens).sum() / tokens.sum().clamp(min=1)),
                "grad_norm": _finite_mean(grad_norms), "logprobs_s": logprobs_s}
+        if vision is not None:  # prompts whose vision features this update computed (once each)
+            out["vision_tower_calls"] = vision.tower_calls
         for k in ("kl", "clip_fraction", "ratio_mean"):
             out[k] = _finite_mean([s[k] for s in stats_acc])
         return out

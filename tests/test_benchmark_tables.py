@@ -47,9 +47,12 @@ def test_rollout(root):
 
 
 def test_learner(root):
-    """Catches a change in the learner's step or log-prob API that the benchmark calls."""
-    out = ran("learner", "--root", root, "--rounds", 1)
+    """Catches a change in the learner's step or log-prob API that the benchmark calls, and the vision-features
+    rows lost or their ratio not a number (on the tiny model and a 3B-width slice of 1 vision block, G=2)."""
+    out = ran("learner", "--root", root, "--rounds", 1, "--wide-blocks", 1, "--wide-frames", 2, "--wide-group", 2)
     rows_of(out, ("PA-GRPO step", "GRPO step", "PA-GRPO / GRPO", "log-prob throughput"))
+    rows = rows_of(out, ("tiny model, once / every", "3B width, 1 vision blocks, 2 frames 112x112, once / every"))
+    assert all(float(line.split()[-5]) > 0 for line in rows.values()), rows
 
 
 def test_train(root):

@@ -234,6 +234,53 @@ def test_gradient_accumulation_steps_once_per_call(tiny_model_dir, cot_items):
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
+@pytest.mark.parametrize("stage", [0, 3])
+def test_vision_features_once_per_prompt_per_update(stage, tiny_model_dir, cot_items):
+    """learner.share_vision_features: with the tower frozen, one RL update runs it once per prompt (2 prompts x
+    G=4, scored by the old policy and the reference in micro-batches of 3, one of them across both prompts, then 2
+    minibatches x 2 epochs in micro-batches of 2: 14 tower runs without it), and the update is the same: old and reference log-probs, each optimizer step's gradient (ZeRO-0)
+    and the updated weights' log-probs to float32 precision. Catches features reused across prompts or rows in the
+    wrong order (different log-probs), a store that misses (more calls) or one that leaks gradients into the
+    frozen tower (different gradients); ZeRO-3 checks that the tower, called outside the model's forward, gathers
+    its partitioned weights."""
+    out = {}
+    for share in (False, True):
+        learner = Learner(learner_cfg(f"learner.zero_stage={stage}", "learner.minibatches=2", "learner.update_epochs=2",
+                                      "learner.micro_batch_size=3", f"learner.share_vision_features={str(share).lower()}"),
+                          str(tiny_model_dir))
+        assert learner.reference is not None
+        calls, grads = [], []
+        for model in (learner.engine.module, learner.reference):
+            model.model.visual.register_forward_pre_hook(lambda *a: calls.append(1))
+        step = learner._optimizer_step
+
+        def capture(step=step, learner=learner, grads=grads):
+            grads.append({n: p.grad.clone() for n, p in learner.engine.module.named_parameters() if p.grad is not None})
+            return step()
+
+        learner._optimizer_step = capture
+        rollouts = rollouts_for(cot_items, targets_for(learner, cot_items))
+        items, responses = [r.item for r in rollouts], [r.response_ids for r in rollouts]
+        before = learner.logprobs(items, responses)
+        ref = learner.logprobs(items, responses, model=learner.reference)
+        calls.clear()
+        stats = learner.rl_step(rollouts, group_size=4)
+        out[share] = dict(calls=len(calls), grads=grads, stats=stats, before=before, ref=ref,
+                          after=learner.logprobs(items, responses))
+    assert out[False]["calls"] == 14 and out[True]["calls"] == 2 == out[True]["stats"]["vision_tower_calls"]
+    assert "vision_tower_calls" not in out[False]["stats"]
+    for k in ("before", "ref", "after"):
+        assert torch.allclose(out[False][k], out[True][k], rtol=1e-5, atol=1e-6), k
+    for k in ("loss", "kl", "entropy", "ratio_mean"):
+        assert out[False]["stats"][k] == pytest.approx(out[True]["stats"][k], rel=1e-4, abs=1e-7), k
+    if stage == 0:
+        assert len(out[False]["grads"]) == len(out[True]["grads"]) == 4
+        for a, b in zip(out[False]["grads"], out[True]["grads"]):
+            assert a.keys() == b.keys() and not any(n.startswith("model.visual") for n in a)
+            for n in a:
+                assert torch.allclose(a[n], b[n], rtol=1e-4, atol=1e-7), n
+
+
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir, cot_items):
     """learner.gradient_checkpointing: the decoder's activations are recomputed in the backward (its layers run
     twice), and the gradient is the one without it. The frozen vision tower stays out of the autograd graph: it runs
