@@ -36,6 +36,38 @@ def vision_rows(learner, rollouts, group_size: int, rounds: int, label: str) -> 
     print(f"{label + ', once / every':64s} {t['once'] / t['every']:9.2f}   ({prompts} prompt(s) x G={group_size})")
 
 
+def token_budget_rows(learner, items, group_size: int, rounds: int) -> None:
+    """Micro-batches by a token budget against by rows, on a batch whose responses vary 1-8x in length: the budget
+    is micro_batch_size x the longest row (the memory the row cut may need), so only the cut differs."""
+    from learner.engine import Rollout
+
+    tok = learner.processor.tokenizer
+    rollouts = []
+    for g, it in enumerate(items):
+        text = tok.encode(" ".join(it.sample.problem.split() * 40), add_special_tokens=False)
+        for j in range(group_size):
+            n = round(32 * (1 + 7 * j / max(1, group_size - 1)))  # 32 .. 256 tokens
+            rollouts.append(Rollout(it, text[:n], r_perception=float(j % 2), r_reasoning=float((j + g) % 2)))
+    from learner.batch import prompt_inputs
+
+    longest = max(int(prompt_inputs(learner.processor, r.item)["input_ids"].shape[1]) + len(r.response_ids)
+                  for r in rollouts)
+    budget = learner.cfg.micro_batch_size * longest
+    t = alternate(learner, rollouts, group_size, {"tokens": ("micro_batch_tokens", budget),
+                                                  "rows": ("micro_batch_tokens", None)}, rounds)
+    padding = {}
+    for name, value in (("tokens", budget), ("rows", None)):
+        learner.cfg.micro_batch_tokens = value
+        padding[name] = learner.rl_step(rollouts, group_size)["padding_fraction"]
+    learner.cfg.micro_batch_tokens = None
+    print(f"\nmicro-batches: responses of 32-256 tokens (1-8x), {len(rollouts)} rows, median of {rounds} alternating rounds")
+    print(f"{'by rows (micro_batch_size=' + str(learner.cfg.micro_batch_size) + ')':40s} {t['rows'] * 1e3:9.0f} ms   "
+          f"padding {padding['rows']:.2f}")
+    print(f"{'by tokens (micro_batch_tokens=' + str(budget) + ')':40s} {t['tokens'] * 1e3:9.0f} ms   "
+          f"padding {padding['tokens']:.2f}")
+    print(f"{'tokens / rows step time':40s} {t['tokens'] / t['rows']:9.2f}")
+
+
 def wide_learner(root: Path, blocks: int, frames: int, pixels: int, group: int, zero_stage: int):
     """A 3B-width slice (1 decoder layer, ``blocks`` vision blocks of the released 1,280 width; embeddings frozen
     with the tower, to fit the CPU box) and G rollouts of one synthetic video prompt."""
@@ -110,6 +142,8 @@ def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_si
     print(f"{'PA-GRPO / GRPO':32s} {pa / gr:9.2f}   (target <= 1.05)")
     lp = statistics.median(lp_times)
     print(f"{'log-prob throughput':32s} {n_tokens / lp:9,.0f} generated tok/s ({lp * 1e3:.0f} ms per batch)")
+
+    token_budget_rows(learner, items, group_size, rounds)
 
     print(f"\nvision tower: PA-GRPO step, tower frozen, median of {rounds} alternating rounds")
     learner.cfg.algorithm = "pa_grpo"

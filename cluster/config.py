@@ -171,6 +171,9 @@ class LearnerSection(Section):
     schedule: Literal["constant", "cosine"] = "constant"
     total_steps: int = Field(1000, ge=1)  # for the cosine schedule
     micro_batch_size: int = Field(4, ge=1)
+    # RL updates cut micro-batches by this many padded tokens (rows x the longest row) over length-sorted rows
+    # instead of by micro_batch_size rows; None: by rows
+    micro_batch_tokens: int | None = Field(None, ge=1)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, gt=0)
     num_ranks: int = Field(1, ge=1)  # learner processes (Ray actors, one per GPU), forming one DeepSpeed world

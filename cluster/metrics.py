@@ -133,6 +133,8 @@ STEP_GAUGES = {
     "videop2r_generated_tokens_per_second": ((), "Tokens generated per second of generation",
                                              {(): "generated_tokens_per_s"}),
     "videop2r_trained_tokens_per_second": ((), "Tokens trained per second of update", {(): "trained_tokens_per_s"}),
+    "videop2r_padding_ratio": ((), "Share of the update's padded tokens that is padding (learner.micro_batch_tokens "
+                                   "lowers it)", {(): "padding_fraction"}),
     "videop2r_rollout_workers_desired": ((), "Rollout workers asked for (config or `videop2r scale`)",
                                          {(): "rollout_workers_desired"}),
     "videop2r_rollout_workers": ((), "Rollout workers in the group", {(): "rollout_workers"}),

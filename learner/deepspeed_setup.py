@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+import torch
+
 
 def _free_port() -> int:
     import socket
@@ -95,3 +97,20 @@ def lr_lambda(cfg):
         return 1.0
 
     return f
+
+
+def collective_device(cfg, engine_device) -> torch.device:
+    """Where a tensor for a collective of the learner's world lives: nccl moves only CUDA tensors, gloo only CPU
+    ones."""
+    return torch.device(engine_device) if cfg.backend == "nccl" else torch.device("cpu")
+
+
+def most_on_any_rank(device, n: int) -> int:
+    """The largest ``n`` of all learner ranks (a MAX all-reduce; ``n`` itself in a world of one)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

@@ -22,9 +22,9 @@ import torch
 from learner.advantages import process_advantages
 from learner.batch import build_inputs, prompt_inputs, response_logprobs
 from learner.vision_features import SharedVisionFeatures, tower_frozen
-from learner.deepspeed_setup import ds_config, init_distributed, lr_lambda, rank
-from learner.micro_batches import chunks, pad_to, split, token_share
-from learner.loss import policy_loss, token_advantages
+from learner.deepspeed_setup import collective_device, ds_config, init_distributed, lr_lambda, most_on_any_rank, rank
+from learner.micro_batches import pad_to, padding_fraction, split, token_budget, token_share
+from learner.loss import importance_weights, policy_loss, token_advantages
 from learner.masks import process_masks
 
 
@@ -81,6 +81,7 @@ class Learner:
         )
         if self.reference is not None:  # the frozen KL reference sits beside the policy (cuda:LOCAL_RANK on GPUs)
             self.reference.to(self.engine.device)
+        self._collective_device = collective_device(self.cfg, self.engine.device)  # for the learner's own all-reduces
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.model_config = model.config
         self.step = 0
@@ -101,10 +102,17 @@ class Learner:
             return None
         return SharedVisionFeatures()
 
-    def _micro_batches(self, indices: list[int]) -> list[list[int]]:
-        """An optimizer step's rows in contiguous micro-batches of at most ``micro_batch_size`` (and at least
-        ``grad_accum`` of them): the bound on every forward and backward."""
-        return split(indices, max(self.cfg.grad_accum, math.ceil(len(indices) / self.cfg.micro_batch_size)))
+    def _micro_batches(self, indices: list[int], lengths: list[int] | None = None,
+                       at_least: int = 1) -> list[list[int]]:
+        """Rows in micro-batches (at least ``at_least`` of them): the bound on every forward and backward. By
+        rows, contiguous, at most ``micro_batch_size`` each; with ``learner.micro_batch_tokens`` and the rows'
+        sequence ``lengths``, by that budget of padded tokens over length-sorted rows. Every rank runs as many
+        micro-batches as the rank that needs the most (under ZeRO-3 each forward gathers weights with all ranks)."""
+        if self.cfg.micro_batch_tokens is None or lengths is None:
+            by_rows = math.ceil(len(indices) / self.cfg.micro_batch_size)
+            return split(indices, most_on_any_rank(self._collective_device, max(at_least, by_rows)))
+        need = len(token_budget(indices, lengths, self.cfg.micro_batch_tokens))
+        return token_budget(indices, lengths, self.cfg.micro_batch_tokens, most_on_any_rank(self._collective_device, max(at_least, need)))
 
     def _accumulate(self, loss: torch.Tensor, weight: float) -> None:
         """Backward of one micro-batch's loss, weighted by its share of the step (tokens or sequences), so that
@@ -133,7 +141,8 @@ class Learner:
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
             if grads:
                 norm = float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
-            finite = torch.tensor([float(all(bool(torch.isfinite(g).all()) for g in grads))])
+            finite = torch.tensor([float(all(bool(torch.isfinite(g).all()) for g in grads))],
+                                  device=self._collective_device)
             import torch.distributed as dist
 
             if dist.is_initialized():
@@ -159,7 +168,7 @@ class Learner:
         target token of the batch, accumulated over micro-batches of at most ``micro_batch_size`` rows."""
         total = max(1, sum(len(t) for t in targets))
         loss_sum = 0.0
-        for chunk in self._micro_batches(list(range(len(items)))):
+        for chunk in self._micro_batches(list(range(len(items))), at_least=self.cfg.grad_accum):
             batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk], [targets[i] for i in chunk])
             lp = response_logprobs(self.engine, batch)
             loss = -(lp.sum() / batch.response_mask.sum().clamp(min=1))
@@ -206,17 +215,18 @@ class Learner:
         vision = self._vision_store()  # each prompt's frozen-tower features: computed once in this update
         # log-probs of the policy that sampled (before this update) and of the frozen reference
         t_logprobs = time.perf_counter()
-        old, ref = [], []
-        for chunk in chunks(list(range(len(rollouts))), cfg.micro_batch_size):
+        # each row's sequence length: what a token-budget micro-batch counts
+        lengths = [int(p["input_ids"].shape[1]) + len(r) for p, r in zip(prompts, responses)]
+        old_lp = torch.zeros(len(rollouts), R)
+        ref_lp = torch.zeros(len(rollouts), R) if self.reference is not None else None
+        for chunk in self._micro_batches(list(range(len(rollouts))), lengths):  # by tokens: rows out of order
             its, resp, prm = [items[i] for i in chunk], [responses[i] for i in chunk], [prompts[i] for i in chunk]
-            old.append(pad_to(self.logprobs(its, resp, prompts=prm, vision=vision), R))
-            if self.reference is not None:
-                ref.append(pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm, vision=vision), R))
-        old_lp = torch.cat(old)
-        ref_lp = torch.cat(ref) if ref else None
+            old_lp[chunk] = pad_to(self.logprobs(its, resp, prompts=prm, vision=vision), R)
+            if ref_lp is not None:
+                ref_lp[chunk] = pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm, vision=vision), R)
         logprobs_s = time.perf_counter() - t_logprobs
         behaviour = _behaviour(rollouts, R)
-        is_weight, mismatch = _importance(old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens,
+        is_weight, mismatch = importance_weights(old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens,
                                           cfg.is_clamp)
         losses, stats_acc, grad_norms = [], [], []
         # every minibatch is checked before the first optimizer step: an uneven last one must not fail mid-update
@@ -226,10 +236,11 @@ class Learner:
                              f"{min(len(mb) for mb in minibatches)}, too few for learner.grad_accum={cfg.grad_accum} "
                              "micro-batches: lower grad_accum or minibatches")
         nonfinite_before, skipped_before = self.nonfinite_losses, self.skipped_steps
+        cuts = [self._micro_batches(mb, lengths, cfg.grad_accum) for mb in minibatches]  # the same every epoch
         for _ in range(cfg.update_epochs):
-            for mb in minibatches:  # one optimizer step each
+            for mb, cut in zip(minibatches, cuts):  # one optimizer step each
                 step_loss = 0.0
-                for chunk in self._micro_batches(mb):  # each forward and backward: at most micro_batch_size rows
+                for chunk in cut:  # each forward and backward: at most micro_batch_size rows or micro_batch_tokens
                     batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk],
                                          [responses[i] for i in chunk], [prompts[i] for i in chunk])
                     lp = pad_to(response_logprobs(self.engine, batch, vision=vision), R)
@@ -256,7 +267,9 @@ class Learner:
                # the sampled tokens' mean surprisal under the pre-update policy: a Monte Carlo estimate of its
                # entropy (no full-vocabulary pass needed)
                "entropy": float(-(old_lp.float().cpu() * tokens).sum() / tokens.sum().clamp(min=1)),
-               "grad_norm": _finite_mean(grad_norms), "logprobs_s": logprobs_s}
+               "grad_norm": _finite_mean(grad_norms), "logprobs_s": logprobs_s,
+               # of the update's forwards and backwards (rows x the longest row, summed): right padding
+               "padding_fraction": padding_fraction([c for cut in cuts for c in cut], lengths)}
         if vision is not None:  # prompts whose vision features this update computed (once each)
             out["vision_tower_calls"] = vision.tower_calls
         for k in ("kl", "clip_fraction", "ratio_mean"):
@@ -365,26 +378,6 @@ def _behaviour(rollouts: list[Rollout], width: int) -> torch.Tensor | None:
     for i, r in enumerate(rollouts):
         out[i, : len(r.behaviour_logprobs)] = torch.tensor(r.behaviour_logprobs, dtype=torch.float32)
     return out
-
-
-def _importance(old_lp: torch.Tensor, behaviour: torch.Tensor | None, stale: torch.Tensor, tokens: torch.Tensor,
-                clamp: float) -> tuple[torch.Tensor | None, float]:
-    """(per-token truncated importance weights, mismatch KL).
-
-    A stale rollout was sampled by older weights (the behaviour policy mu) than the ones the update starts from
-    (pi_old): its tokens are weighted by min(pi_old / mu, clamp) (truncated IS, as in decoupled PPO / AReaL); fresh
-    rollouts get 1. The mismatch KL, k3 estimate of KL(mu || pi_old) over every token, is ~0 when the rollout
-    workers hold exactly the learner's weights, so it also catches weight-sync bugs.
-    """
-    if behaviour is None:
-        return None, float("nan")
-    log_ratio = (old_lp - behaviour) * tokens
-    d = log_ratio.double()  # float32 rounds the k3 of a 1e-6 difference to exactly 0
-    mismatch = float(((torch.exp(d) - 1 - d) * tokens).sum() / tokens.sum().clamp(min=1))
-    if not bool(stale.any()):
-        return None, mismatch
-    weight = torch.clamp(torch.exp(log_ratio), max=clamp)
-    return torch.where(stale[:, None], weight, torch.ones_like(weight)), mismatch
 
 
 def _rng_state() -> dict:

@@ -58,3 +58,23 @@ def policy_loss(
             "ratio_mean": float((ratio * mask).sum() / n),
         }
     return loss, stats
+
+
+def importance_weights(old_lp: torch.Tensor, behaviour: torch.Tensor | None, stale: torch.Tensor, tokens: torch.Tensor,
+                clamp: float) -> tuple[torch.Tensor | None, float]:
+    """(per-token truncated importance weights, mismatch KL).
+
+    A stale rollout was sampled by older weights (the behaviour policy mu) than the ones the update starts from
+    (pi_old): its tokens are weighted by min(pi_old / mu, clamp) (truncated IS, as in decoupled PPO / AReaL); fresh
+    rollouts get 1. The mismatch KL, k3 estimate of KL(mu || pi_old) over every token, is ~0 when the rollout
+    workers hold exactly the learner's weights, so it also catches weight-sync bugs.
+    """
+    if behaviour is None:
+        return None, float("nan")
+    log_ratio = (old_lp - behaviour) * tokens
+    d = log_ratio.double()  # float32 rounds the k3 of a 1e-6 difference to exactly 0
+    mismatch = float(((torch.exp(d) - 1 - d) * tokens).sum() / tokens.sum().clamp(min=1))
+    if not bool(stale.any()):
+        return None, mismatch
+    weight = torch.clamp(torch.exp(log_ratio), max=clamp)
+    return torch.where(stale[:, None], weight, torch.ones_like(weight)), mismatch

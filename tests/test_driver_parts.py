@@ -11,7 +11,7 @@ import torch
 from actors.rollout_worker import Response, RolloutResult
 from cluster.run_dir import RunDir, RunExistsError
 from cluster.step_batch import StepBatch
-from learner.engine import _importance
+from learner.loss import importance_weights as _importance
 from learner.loss import policy_loss
 from rewards import ProcessRewards
 from tests.conftest import ROOT

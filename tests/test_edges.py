@@ -11,7 +11,7 @@ import torch
 from actors.rollout_worker import Response, RolloutResult
 from cluster.step_batch import StepBatch
 from learner.advantages import group_advantages, process_advantages
-from learner.micro_batches import chunks, pad_to, split, token_share
+from learner.micro_batches import pad_to, split, token_budget, token_share
 from learner.mrope import mrope_positions
 from rewards import LengthRule, ProcessRewards, parse_response, process_rewards, think_answer_mismatch
 from videoqa.sampler import IndexOrder
@@ -113,9 +113,13 @@ def test_excluded_perception_under_pa_grpo_leaves_reasoning_alone():
 
 # -- micro-batches -------------------------------------------------------------------------------------------------
 def test_micro_batch_helpers_at_their_boundaries():
-    """Catches chunks without its floor of 1 (n=0 loops forever or raises), split refusing len == parts or cutting
-    unevenly, token_share dividing by the wrong set, and pad_to padding on the left or copying needlessly."""
-    assert chunks([1, 2, 3], 0) == [[1], [2], [3]] and chunks([1, 2, 3], 2) == [[1, 2], [3]]
+    """Catches token_budget dropping a row longer than the budget or looping on parts == rows, split refusing
+    len == parts or cutting unevenly, token_share dividing by the wrong set, and pad_to padding on the left or
+    copying needlessly."""
+    assert token_budget([0, 1], [500, 20], budget=100) == [[0], [1]]  # a row over the budget goes alone
+    assert token_budget([0, 1, 2], [5, 5, 5], budget=100, parts=3) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="2 rows cannot fill 3 micro-batches"):
+        token_budget([0, 1], [5, 5], budget=100, parts=3)
     assert split([1, 2, 3], 3) == [[1], [2], [3]]
     assert split(list(range(7)), 3) == [[0, 1], [2, 3, 4], [5, 6]]
     with pytest.raises(ValueError, match="cannot fill learner.grad_accum=4"):

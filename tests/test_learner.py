@@ -102,9 +102,11 @@ def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_g
     """learner.micro_batch_size bounds the batch of every forward (scoring and update); each micro-batch's loss is
     weighted by its share of the step's tokens, so the accumulated gradient is the same whether the 8 rows go
     through in one micro-batch or in four (an ignored bound, or micro-batches weighted equally, would show)."""
-    grads, seen = {}, {}
-    for mbs in (2, 8):
-        learner = Learner(learner_cfg("learner.zero_stage=0", f"learner.micro_batch_size={mbs}"), str(tiny_model_dir))
+    grads, seen, padding = {}, {}, {}
+    for mbs in (2, 8, "tokens"):
+        cut = ["learner.micro_batch_size=8", "learner.micro_batch_tokens=700"] if mbs == "tokens" else \
+            [f"learner.micro_batch_size={mbs}"]
+        learner = Learner(learner_cfg("learner.zero_stage=0", *cut), str(tiny_model_dir))
         rows = seen.setdefault(mbs, [])
         learner.engine.module.model.register_forward_pre_hook(  # the decoder: every scoring and update forward
             lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
@@ -120,13 +122,17 @@ def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_g
         targets = targets_for(learner, cot_items)
         # SFT rows of different lengths, so that equal weights per micro-batch would not be the token mean
         learner.sft_step(cot_items, [t[: 20 + 9 * i] for i, t in enumerate(targets)])
-        learner.rl_step(rollouts_for(cot_items, targets), group_size=4)
+        seen[mbs].clear()  # the RL step's forwards only
+        padding[mbs] = learner.rl_step(rollouts_for(cot_items, targets), group_size=4)["padding_fraction"]
     assert max(seen[2]) == 2 and max(seen[8]) == 8
-    assert len(grads[2]) == len(grads[8]) == 2  # one optimizer step each for SFT and RL
-    for small, large in zip(grads[2], grads[8]):
-        assert small.keys() == large.keys()
-        for n in small:
-            assert torch.allclose(small[n], large[n], rtol=1e-4, atol=1e-7), n
+    # by tokens (learner.micro_batch_tokens): rows of like length together, fewer padded tokens, same gradient
+    assert 1 < max(seen["tokens"]) < 8 and padding["tokens"] < padding[8]
+    assert len(grads[2]) == len(grads[8]) == len(grads["tokens"]) == 2  # one optimizer step each for SFT and RL
+    for other in (grads[2], grads["tokens"]):
+        for small, large in zip(other, grads[8]):
+            assert small.keys() == large.keys()
+            for n in small:
+                assert torch.allclose(small[n], large[n], rtol=1e-4, atol=1e-7), n
 
 
 def _token_advantages(learner, rollouts, width):

@@ -162,6 +162,24 @@ def test_micro_batch_cuts_and_weights():
     assert token_share(tokens, [0], [0, 1, 2, 3], "seq_mean_token_mean") == 1 / 4
 
 
+def test_token_budget_micro_batches():
+    """learner.micro_batch_tokens: rows sorted longest first, packed while rows x the longest row fits the budget;
+    `parts` forces more micro-batches (every learner rank runs as many as the one that needs the most). Catches an
+    unsorted cut (padding as high as the contiguous one), a batch over the budget, a row lost or repeated, and
+    extra parts that leave a batch empty."""
+    from learner.micro_batches import padding_fraction, token_budget
+
+    lengths = [100, 800, 120, 790, 400, 410, 105, 95]  # responses varying 1-8x
+    rows = list(range(8))
+    cut = token_budget(rows, lengths, budget=1700)
+    assert cut == [[1, 3], [5, 4, 2, 6], [0, 7]]
+    assert all(len(b) * max(lengths[i] for i in b) <= 1700 for b in cut)
+    assert padding_fraction(cut, lengths) < 0.5 * padding_fraction([[0, 1, 2, 3], [4, 5, 6, 7]], lengths)
+    more = token_budget(rows, lengths, budget=1700, parts=6)
+    assert len(more) == 6 and all(more) and sorted(i for b in more for i in b) == rows
+    assert padding_fraction([[0], [1]], lengths) == 0.0
+
+
 def test_logprobs_and_loss_stay_on_the_model_device(monkeypatch):
     """The learner's own tensors follow the model to its device. No GPU is needed: under FakeTensorMode tensors
     carry a device (here cuda) and no data, and an op mixing devices raises. The stand-in model's decoder checks

@@ -122,16 +122,20 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
 
 def test_grpo_on_two_learner_ranks_from_the_same_start(reference_run, sft_model, demo_data, tmp_path):
     """The baseline: same SFT start and seeds, so step 1 samples the same rollouts; two DeepSpeed ranks (gloo),
-    ZeRO-3; dynamic sampling replaces exactly the groups flat in both processes by fresh prompts."""
+    ZeRO-3; dynamic sampling replaces exactly the groups flat in both processes by fresh prompts. Micro-batches by a
+    token budget (learner.micro_batch_tokens): each rank's rows need their own number of them, and under ZeRO-3
+    every rank must run as many forwards (each gathers weights with the other), or the step hangs."""
     from cluster.stages import run_train
 
     ref_out, _ = reference_run
     out = tmp_path / "grpo"
     summary = run_train(config(out, sft_model, demo_data, "learner.algorithm=grpo", "learner.num_ranks=2",
-                               "trainer.steps=2", "learner.zero_stage=3", "trainer.drop_flat_groups=true"))
+                               "trainer.steps=2", "learner.zero_stage=3", "trainer.drop_flat_groups=true",
+                               "learner.micro_batch_tokens=400"))
     mine, ref = RunDir(out).read_rollouts(), RunDir(ref_out).read_rollouts()
     rows = RunDir(out).metrics()
     assert [r["step"] for r in rows] == [1, 2] and "flat_groups" in rows[0] and rows[1]["mismatch_kl"] < 1e-6
+    assert all(0 <= r["padding_fraction"] < 1 for r in rows)
     groups = lambda xs: {p: [(x["response"], x["r_perception"], x["r_reasoning"]) for x in xs if x["prompt_id"] == p]
                          for p in dict.fromkeys(x["prompt_id"] for x in xs)}
     mine1, ref1 = groups([x for x in mine if x["step"] == 1]), groups([x for x in ref if x["step"] == 1])
