@@ -2,7 +2,8 @@
 (the sync itself is in ``actors/weight_sync.py``).
 
 - Load: a batch is cut into ``workers x chunks_per_worker`` chunks; each worker holds one chunk at a time and
-  takes the next when it finishes, so a faster (or less loaded) worker serves more.
+  takes the next when it finishes, so a faster (or less loaded) worker serves more (with more than one chunk per
+  worker; the default is one, since a worker's chunks run one after another, each a smaller vLLM batch).
 - Faults: a chunk whose worker dies goes back to the queue and is served whole by a survivor (a group is never
   split, nothing is duplicated; per-request seeds make the retry sample the same group). Ray restarts the dead
   worker; it rejoins only after it has received the current weights.

@@ -76,6 +76,7 @@ def test_eval(root):
     funnel that is not printed."""
     out = ran("eval", "--root", root, "--rows", 4, "--max-tokens", 8)
     rows = rows_of(out, ("eval, 1 rollout worker", "eval, 2 rollout workers", "eval 2 vs 1 workers",
+                         "eval 2 vs 1 workers, same CPUs", "eval, 2 rollout workers, 2 chunks per worker",
                          "make-cot end to end", "make-cot funnel"))
     assert float(rows["eval 2 vs 1 workers"].split()[-1].rstrip("x")) > 0
 
