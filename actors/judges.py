@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from actors.redaction import redact_url
 from rewards import judge_prompt, parse_judgement
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def judge_api_key(cfg) -> str:
     if is_local_url(cfg.base_url):
         return "EMPTY"
     raise JudgeAuthError(f"the judge's API key is not set: export it as {cfg.api_key_env} (judge.api_key_env) "
-                         f"for {cfg.base_url}")
+                         f"for {redact_url(cfg.base_url)}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ class HTTPJudge:
 
         self.cfg = cfg
         # the identity cached verdicts are keyed and checked by: endpoint, model and sampling
-        self.model_id = f"http:{cfg.base_url}|{cfg.model}|t={cfg.temperature}|n={cfg.max_tokens}"
+        # (credentials in the URL never reach the cache entries)
+        self.model_id = f"http:{redact_url(cfg.base_url)}|{cfg.model}|t={cfg.temperature}|n={cfg.max_tokens}"
         self._client = OpenAI(base_url=cfg.base_url, api_key=judge_api_key(cfg), timeout=cfg.timeout_s, max_retries=0)
 
     def _call(self, prompt: str, deadline: float) -> Outcome:
@@ -159,7 +161,7 @@ class HTTPJudge:
                     openai.RateLimitError) as e:
                 raise JudgeError(type(e).__name__) from e
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise JudgeAuthError(f"the judge at {self.cfg.base_url} refused the API key from "
+                raise JudgeAuthError(f"the judge at {redact_url(self.cfg.base_url)} refused the API key from "
                                      f"{self.cfg.api_key_env} ({e.status_code}): check the key and the model "
                                      "name's access") from None
             return resp.choices[0].message.content if resp.choices else None

@@ -16,6 +16,7 @@ import os
 import time
 from collections import Counter
 
+from actors.redaction import redact_url
 from actors.score_stats import CacheResult
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ class VerdictCache:
         if self._down_since is None:
             self._down_since = time.monotonic()
         if not self._warned:  # once per outage; the counter keeps the total
-            host = self.url.split("@")[-1]  # never log a password embedded in the URL
-            log.warning("Redis verdict cache at %s unavailable (%s); judging without it", host, type(err).__name__)
+            log.warning("Redis verdict cache at %s unavailable (%s); judging without it", redact_url(self.url),
+                        type(err).__name__)
             self._warned = True
 
     def get_many(self, keys: list[str]) -> list[dict | None]:

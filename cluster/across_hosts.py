@@ -18,6 +18,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from actors.redaction import redact_url
+
 MARKER = ".videop2r-storage-check"
 
 
@@ -40,17 +42,12 @@ def loopback_settings(cfg, cache_url: str | None) -> list[str]:
     (``cache.url_env`` or ``cache.url``); a local Redis the run starts itself binds the node's address instead."""
     out = []
     if cfg.cache.enabled and not cfg.cache.start_local and cache_url and is_loopback(urlparse(cache_url).hostname):
-        out.append(f"cache.url {_no_password(cache_url)} (use a Redis every node reaches, or cache.start_local=true)")
+        out.append(f"cache.url {redact_url(cache_url)} (use a Redis every node reaches, or cache.start_local=true)")
     if cfg.judge.backend == "http" and is_loopback(urlparse(cfg.judge.base_url).hostname):
         out.append(f"judge.base_url {cfg.judge.base_url} (serve the judge on an address every node reaches)")
     if cfg.transport.host is not None and is_loopback(cfg.transport.host):
         out.append(f"transport.host {cfg.transport.host} (leave it unset: each learner uses its node's address)")
     return out
-
-
-def _no_password(url: str) -> str:
-    p = urlparse(url)
-    return url.replace(p.netloc, p.netloc.split("@")[-1]) if "@" in p.netloc else url
 
 
 def config_digest(model_path: str) -> str | None:

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from actors.redaction import redact_url
 from cluster.config_loader import ConfigError
 
 
@@ -244,10 +245,14 @@ def cmd_scale(args) -> int:
     password = (password_env and os.environ.get(password_env)) or None
     plane = ControlPlane(control["redis_url"], control["run_id"], password=password, timeout_s=5)
     try:
-        plane.set_desired_workers(args.rollout_workers)
         state = plane.state() or {}
+        most = state.get("max_rollout_workers")
+        if most is not None and args.rollout_workers > most:
+            raise ConfigError(f"--rollout-workers {args.rollout_workers} is above the run's rollout.max_workers={most}: "
+                             "the run would refuse it (restart it with a larger rollout.max_workers)")
+        plane.set_desired_workers(args.rollout_workers)
     except redis.RedisError as e:
-        raise FileNotFoundError(f"the run's control plane at {control['redis_url'].split('@')[-1]} is not reachable "
+        raise FileNotFoundError(f"the run's control plane at {redact_url(control['redis_url'])} is not reachable "
                                 f"({type(e).__name__}): is the run still going?") from None
     print(f"{control['run_id']}: rollout workers {state.get('rollout_workers', '?')} -> {args.rollout_workers} "
           "(applied at the next step boundary)")

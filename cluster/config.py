@@ -121,6 +121,9 @@ class RolloutSection(EngineSection):
     """vLLM rollout workers: the engine settings plus grouped sampling."""
 
     num_workers: int = Field(1, ge=1)
+    # the most workers `videop2r scale` may ask for: a larger (or < 1) count read from the control plane is refused,
+    # counted and the run keeps its workers (Redis is shared: nobody's typo or write asks the autoscaler for a fleet)
+    max_workers: int = Field(64, ge=1)
     group_size: int = Field(8, ge=1)  # G rollouts per prompt (paper: 8)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -135,6 +138,13 @@ class RolloutSection(EngineSection):
     chunk_timeout_s: float = Field(900, gt=0)
     # a new worker's wait for its resources and its engine: then an error naming the missing resources
     start_timeout_s: float = Field(600, gt=0)
+
+    @model_validator(mode="after")
+    def _worker_bound(self):
+        if self.max_workers < self.num_workers:
+            raise ValueError(f"rollout.max_workers={self.max_workers} is below rollout.num_workers={self.num_workers}: "
+                             "raise max_workers")
+        return self
 
 
 class TransportSection(Section):

@@ -9,13 +9,14 @@ types and bad values fail at start-up, before anything expensive starts.
 from __future__ import annotations
 
 import difflib
-import re
 import types
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from actors.redaction import redact_url
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -150,17 +151,15 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
         raise _explain(model, e, source, {k for k, _ in parsed}) from None
 
 
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]+@", re.IGNORECASE)
-
-
 def redact(value: Any) -> Any:
-    """The value with any password embedded in a URL (``redis://:pw@host``) replaced by ``***``."""
+    """The value with any password embedded in a URL (``redis://:pw@host``, ``?password=``) replaced by ``***``
+    (``actors.redaction``, the one redaction every log line and message uses)."""
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1:***@", value)
+        return redact_url(value)
     return value
 
 

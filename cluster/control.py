@@ -21,7 +21,8 @@ class ControlPlane:
                                             socket_connect_timeout=timeout_s)
         self._errors = (redis.RedisError, OSError)
         self._warned = False
-        self.unavailable = 0  # reads or writes that failed (exported as a metric)
+        self.unavailable = 0  # reads or writes that failed
+        self.rejected = 0  # desired counts read and refused (out of range or not a number): a run total
 
     def _key(self, name: str) -> str:
         return f"videop2r:run:{self.run_id}:{name}"
@@ -39,22 +40,33 @@ class ControlPlane:
             raise ValueError(f"--rollout-workers must be >= 1, got {n}")
         self._client.set(self._key("desired_rollout_workers"), int(n))
 
-    def desired_workers(self) -> int | None:
+    def desired_workers(self, most: int | None = None) -> int | None:
+        """The desired rollout worker count, or None: none set, Redis away, or a value refused (not a number, below
+        1 or above ``most``; refused values are counted in ``rejected`` and warned about once each)."""
         try:
             value = self._client.get(self._key("desired_rollout_workers"))
         except self._errors as e:
             self._failed(e)
             return None
         self._warned = False
-        try:
-            return int(value) if value is not None else None
-        except ValueError:
-            log.warning("ignoring a desired rollout worker count that is not a number: %r", value)
+        if value is None:
             return None
+        try:
+            n = int(value)
+        except ValueError:
+            n = None
+        if n is None or n < 1 or (most is not None and n > most):
+            self.rejected += 1
+            if value != getattr(self, "_last_refused", None):
+                self._last_refused = value
+                log.warning("ignoring a desired rollout worker count of %r: it must be a number from 1 to %s "
+                            "(rollout.max_workers)", value[:40] if isinstance(value, bytes) else value, most)
+            return None
+        return n
 
     def report(self, state: dict) -> None:
         try:
-            self._client.set(self._key("state"), json.dumps(state, default=float))
+            self._client.set(self._key("state"), json.dumps(state, default=float))  # `videop2r scale` reads it
         except self._errors as e:
             self._failed(e)
 

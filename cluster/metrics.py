@@ -33,6 +33,7 @@ class RunCount(StrEnum):
     GENERATED_TOKENS = "generated_tokens"
     TRAINED_TOKENS = "trained_tokens"
     SYNC_FAILED = "sync_failed"  # workers that did not receive a weight version (they catch up or restart)
+    REFUSED_SCALE_REQUESTS = "refused_scale_requests"  # control-plane worker counts out of range or not a number
 
 
 class RewardMetrics:
@@ -154,6 +155,8 @@ STEP_TOTALS = {
     "videop2r_perception_zeroed_steps": ("Steps trained without perception advantages (missing verdicts)",
                                          f"total/{RunCount.ZEROED_PERCEPTION_STEPS}"),
     "videop2r_nonfinite_steps": ("Steps whose optimizer step was skipped (non-finite)", f"total/{RunCount.NONFINITE_STEPS}"),
+    "videop2r_scale_requests_refused": ("Desired rollout worker counts refused (not 1..rollout.max_workers)",
+                                        f"total/{RunCount.REFUSED_SCALE_REQUESTS}"),
 }
 
 _unexported = {f"total/{c}" for c in RunCount} - {key for _, key in STEP_TOTALS.values()}

@@ -11,6 +11,7 @@ import time
 
 import ray
 
+from actors.redaction import redact_url
 from cluster.across_hosts import check_storage
 from cluster.run_dir import RunDir
 from cluster.preflight import check_before_start
@@ -161,7 +162,7 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
             control.set_desired_workers(cfg.rollout.num_workers)  # this start's count wins over an old request
         except Exception as e:  # noqa: BLE001 - no control plane: the run goes on at its configured size
             log.warning("control plane at %s unavailable (%s): `videop2r scale` will not reach this run",
-                        url.split("@")[-1], type(e).__name__)
+                        redact_url(url), type(e).__name__)
         rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, source=learner)
         parts.append(rollout)
         pool = RewardPool(cfg, tokenizer_path=cfg.model.path)

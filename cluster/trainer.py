@@ -35,7 +35,7 @@ class RLTrainer:
         self.trackers = None  # cluster.trackers.Trackers, set by the caller
         self.step = learner.step
         self.order = None  # videoqa.sampler.IndexOrder, set by the caller (fresh or from a checkpoint)
-        self.counters: Counter = Counter()  # run totals, keyed by RunCount (checkpointed)
+        self.counters: Counter = Counter({c: 0 for c in RunCount})  # run totals (checkpointed), each from step 1
         self.desired_workers = rollout.num_workers  # `videop2r scale`'s last request, else the configured count
         self.stop_requested = False
         self.pending: StepBatch | None = None  # the next batch, generated during the last update (overlapped)
@@ -210,7 +210,8 @@ class RLTrainer:
             self.metrics.record_step(row, batch)
         if self.control is not None:
             self.control.report({"step": batch.step, "weight_version": self.learner.version,
-                                 "rollout_workers": self.rollout.num_workers})
+                                 "rollout_workers": self.rollout.num_workers,
+                                 "max_rollout_workers": self.cfg.rollout.max_workers})
         self.last_row, self.last_step_at = row, time.time()
         for hook in self.hooks:
             hook(self, batch.step)
@@ -220,7 +221,9 @@ class RLTrainer:
         current weights once their engines are up; removed ones are idle now (drained)."""
         if self.control is None:
             return
-        want = self.control.desired_workers()
+        refused = self.control.rejected
+        want = self.control.desired_workers(self.cfg.rollout.max_workers)
+        self.counters[RunCount.REFUSED_SCALE_REQUESTS] += self.control.rejected - refused
         have = self.rollout.num_workers
         if want is None or want == have:
             return

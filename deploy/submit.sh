@@ -49,7 +49,8 @@ for arg in "$@"; do
     api_key|password|secret|token|*_api_key|*_password|*_secret|*_token) secret=1 ;;
     *) secret=0 ;;
   esac
-  if [ "$secret" = 1 ] || [[ "$arg" =~ ://[^/@:]*:[^/@]+@ ]]; then
+  # a password in a URL's userinfo, or as a query value (redis://host/0?password=..., which redis-py honours)
+  if [ "$secret" = 1 ] || [[ "$arg" =~ ://[^/@:]*:[^/]+@ ]] || [[ "${arg,,}" =~ [?\&](password|passwd|pass|pwd|secret|token|api_key|apikey|key|auth)= ]]; then
     die "'$key=...' would put a secret in the job's command line, which 'ray job list' shows; export it and pass its variable name (--env NAME, read by the config's *_env keys)"
   fi
 done

@@ -120,6 +120,24 @@ def test_passwords_in_urls_are_redacted_when_shown_or_saved(tmp_path):
     assert redact(["http://127.0.0.1:8000/v1", "redis://host:6379"]) == ["http://127.0.0.1:8000/v1", "redis://host:6379"]
 
 
+def test_one_url_redaction_covers_raw_at_signs_and_query_passwords():
+    """actors.redaction.redact_url, which the config dump, the log lines (cache, control plane, judge) and the
+    errors all use. Catches the holes the old pattern had: a raw "@" in a password leaked its tail (the match
+    stopped at the first "@"), and ?password=... (which redis-py honours) passed untouched; a URL without secrets
+    must come out unchanged, and a line holding several URLs must lose every secret."""
+    from actors.redaction import redact_url
+    from cluster.config_loader import dump_config
+
+    assert redact_url("redis://user:p@ss@h:6379/0") == "redis://user:***@h:6379/0"
+    assert redact_url("redis://h:6379/0?password=s3cret&db=1") == "redis://h:6379/0?password=***&db=1"
+    assert redact_url("http://h/v1?api_key=zz#top") == "http://h/v1?api_key=***#top"
+    assert redact_url("a redis://:x@y@h/0 b https://u:t@j/v1 c") == "a redis://:***@h/0 b https://u:***@j/v1 c"
+    for plain in ("http://127.0.0.1:8000/v1", "redis://u@h:1/0", "redis://h:6379/0?db=2", "not a url: a@b"):
+        assert redact_url(plain) == plain
+    shown = dump_config(load_config(Config, DEMO, ["cache.url=redis://redis-master:6379/0?password=s3cret"]))
+    assert "s3cret" not in shown and "?password=***" in shown
+
+
 def test_errors_name_where_the_bad_value_came_from(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("rollout:\n  temperature: hot\n")

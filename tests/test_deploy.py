@@ -284,7 +284,8 @@ def _submit(*args, env=None):
                           timeout=120, env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:9", **(env or {})})
 
 
-@pytest.mark.parametrize("arg", ["judge.api_key=abc", "cache.url=redis://:pw@host:6379/0", "x.auth_token=1"])
+@pytest.mark.parametrize("arg", ["judge.api_key=abc", "cache.url=redis://:pw@host:6379/0", "x.auth_token=1",
+                                 "cache.url=redis://host:6379/0?password=pw", "cache.url=redis://:p@ss@host/0"])
 def test_submit_refuses_a_secret_on_the_command_line(arg):
     r = _submit("--", "train", arg)
     assert r.returncode == 2 and "would put a secret in the job's command line" in r.stderr

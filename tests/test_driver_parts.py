@@ -183,3 +183,41 @@ def test_local_redis_goes_with_a_killed_driver(tmp_path):
     while psutil.pid_exists(redis_pid) and psutil.Process(redis_pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "redis-server outlived its driver"
         time.sleep(0.2)
+
+
+def test_control_plane_refuses_worker_counts_out_of_range(redis_server, tmp_path):
+    """The desired rollout worker count comes from a Redis that others can write: a count of 0, one above
+    rollout.max_workers or one that is not a number is refused (None: the run keeps its workers) and counted, never
+    applied (0 crashed the next step; 1000 asked the autoscaler for a fleet). Within range it is applied as before.
+    `videop2r scale` refuses a count above the run's reported bound with one line before writing anything."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cluster.config import Config
+    from cluster.config_loader import ConfigError, load_config
+    from cluster.control import ControlPlane
+
+    plane = ControlPlane(redis_server.url, "bounds-test")
+    key = plane._key("desired_rollout_workers")
+    assert plane.desired_workers(8) is None and plane.rejected == 0  # none set
+    for bad in (b"0", b"-3", b"1000", b"many"):
+        redis_server.client.set(key, bad)
+        assert plane.desired_workers(8) is None
+    assert plane.rejected == 4
+    redis_server.client.set(key, b"8")
+    assert plane.desired_workers(8) == 8 and plane.rejected == 4
+    with pytest.raises(ConfigError, match="rollout.max_workers=1 is below rollout.num_workers=2"):
+        load_config(Config, None, ["rollout.num_workers=2", "rollout.max_workers=1"])
+
+    run = tmp_path / "run"  # a run folder with only its control file, as the driver writes it
+    run.mkdir()
+    RunDir(run).write_control("bounds-test", redis_server.url)
+    plane.report({"step": 1, "rollout_workers": 2, "max_rollout_workers": 8})
+    redis_server.client.set(key, b"2")
+    r = subprocess.run([str(Path(sys.executable).parent / "videop2r"), "scale", "--run", str(run), "--rollout-workers", "9"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --rollout-workers 9 is above the run's rollout.max_workers=8: the run would refuse it (restart "
+        "it with a larger rollout.max_workers)"], r.stderr
+    assert redis_server.client.get(key) == b"2"  # nothing written

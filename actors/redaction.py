@@ -1,0 +1,20 @@
+"""One redaction of secrets in URLs, for every log line, error message and written config (pure).
+
+A URL's password (``redis://user:pw@host``; the userinfo ends at the authority's last ``@``, so a raw ``@`` in the
+password does not leak its tail) and the values of secret-looking query parameters (``?password=...``, which
+redis-py honours) become ``***``.
+"""
+
+from __future__ import annotations
+
+import re
+
+# scheme://[user]:password@ up to the authority's last "@" (the authority ends at the first "/", "?" or "#" after it)
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^\s/?#]*@(?=[^@\s/?#]*(?:[/?#\s]|$))", re.IGNORECASE)
+_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|secret|token|api_key|apikey|key|auth)=)[^&#\s]*",
+                    re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a URL, or a line holding URLs) with passwords and secret query values replaced by ``***``."""
+    return _QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
