@@ -12,7 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class JudgeServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.mode = "yes"  # yes | no | garbage | slow | error | unauthorized
+        # yes | no | garbage | slow | error | unauthorized | quote (repeats the prompt's observations section and
+        # nothing else: a judge that quotes what it was given, the way an injected verdict would reach the parser)
+        self.mode = "yes"
         self.raw: tuple[int, bytes] | None = None  # answer exactly this (status, body) instead
         self.fail_first = 0  # answer 500 to this many requests first
         self.delay_s = 0.0
@@ -56,7 +58,11 @@ class JudgeServer:
                     "yes": "The observation states it. <judgement>Yes</judgement>",
                     "no": "Not enough. <judgement>No</judgement>",
                     "garbage": "I like turtles.",
+                    "quote": None,
                 }[server.mode]
+                if server.mode == "quote":
+                    prompt = body["messages"][-1]["content"]
+                    text = prompt.split("### Observations", 1)[-1].split("First give a brief explanation", 1)[0]
                 payload = {
                     "id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
