@@ -36,5 +36,5 @@ mutate: setup
 	.venv/bin/mutmut run --max-children 2
 	.venv/bin/mutmut results
 
-clean:
-	rm -rf runs/
+clean:  # a link named runs is removed, never what it points to (shared storage, another user's folder)
+	@if [ -L runs ]; then echo "runs is a link to $$(readlink runs): removing the link only"; rm -f runs; else rm -rf runs; fi

@@ -26,6 +26,10 @@ from pathlib import Path
 
 
 CHECKPOINT = re.compile(r"^step_(\d+)$")
+# what a run writes in its folder: none of these may be a symbolic link (a write through one planted by whoever
+# can write the folder would land wherever it points; `--force` would empty its target)
+OWN_ENTRIES = ("config.yaml", "control.json", "metrics.jsonl", "summary.json", "trackers.json", "mlflow.db",
+               "checkpoints", "rollouts", "hf", "tensorboard", "wandb", "mlflow-artifacts")
 
 
 class RunExistsError(RuntimeError):
@@ -44,6 +48,11 @@ class RunDir:
 
     def prepare(self, cfg, resume: bool, force: bool) -> str:
         """Creates the folder (or checks that it may be written) and returns the run id."""
+        linked = [n for n in OWN_ENTRIES if (self.path / n).is_symlink()]
+        if linked:  # before anything is written or removed
+            raise RunExistsError(f"{self.path / linked[0]} is a symbolic link (to {os.readlink(self.path / linked[0])}): "
+                                 "a run writes its own files there, never through a link; remove it or use another "
+                                 "run.out_dir")
         if self.holds_run() and not resume:
             if not force:
                 raise RunExistsError(f"{self.path} already holds a run: pass run.resume=auto to continue it, "

@@ -221,3 +221,36 @@ def test_control_plane_refuses_worker_counts_out_of_range(redis_server, tmp_path
         "error: --rollout-workers 9 is above the run's rollout.max_workers=8: the run would refuse it (restart "
         "it with a larger rollout.max_workers)"], r.stderr
     assert redis_server.client.get(key) == b"2"  # nothing written
+
+
+def test_run_folder_is_never_written_through_a_link(tmp_path):
+    """Whoever can write a shared run folder could plant links where the run writes (config.yaml, hf/, ...): a
+    start refuses them with one line before writing or removing anything, so --force does not empty the link's
+    target and no file lands where the link points. `make clean` removes a `runs` link, never its target. Catches
+    writes that follow the link (the victim file changes) and a check made after the first write."""
+    import subprocess
+
+    from cluster.config import Config
+    from cluster.config_loader import load_config
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("mine")
+    cfg = load_config(Config, None, [])
+    for entry, force in (("config.yaml", False), ("hf", True), ("metrics.jsonl", True)):
+        run = tmp_path / f"run-{entry}"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("{}\n") if entry != "metrics.jsonl" else None  # an earlier run
+        (run / entry).symlink_to(victim / "precious" if entry != "hf" else victim)
+        with pytest.raises(RunExistsError, match=f"{entry} is a symbolic link .*never through a link"):
+            RunDir(run).prepare(cfg, resume=not force, force=force)
+        assert (victim / "precious").read_text() == "mine" and sorted(p.name for p in victim.iterdir()) == ["precious"]
+        assert not (run / "rollouts").exists()  # refused before anything was made
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "runs").symlink_to(victim)
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "clean"], cwd=work, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "removing the link only" in r.stdout, r.stdout + r.stderr
+    assert not (work / "runs").exists() and (victim / "precious").read_text() == "mine"
