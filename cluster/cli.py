@@ -239,14 +239,10 @@ def cmd_scale(args) -> int:
         raise FileNotFoundError(f"{args.run}: the run has no control plane (Redis) to scale through")
     import redis
 
-    import os
-
-    password_env = control.get("password_env")
-    password = (password_env and os.environ.get(password_env)) or None
+    password = os.environ.get(control.get("password_env") or "") or None  # the variable the run named, if any
     plane = ControlPlane(control["redis_url"], control["run_id"], password=password, timeout_s=5)
     try:
-        state = plane.state() or {}
-        most = state.get("max_rollout_workers")
+        most = (state := plane.state() or {}).get("max_rollout_workers")  # the run's own bound, as it reported it
         if most is not None and args.rollout_workers > most:
             raise ConfigError(f"--rollout-workers {args.rollout_workers} is above the run's rollout.max_workers={most}: "
                              "the run would refuse it (restart it with a larger rollout.max_workers)")
