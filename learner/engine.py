@@ -111,8 +111,9 @@ class Learner:
         if self.cfg.micro_batch_tokens is None or lengths is None:
             by_rows = math.ceil(len(indices) / self.cfg.micro_batch_size)
             return split(indices, most_on_any_rank(self._collective_device, max(at_least, by_rows)))
-        need = len(token_budget(indices, lengths, self.cfg.micro_batch_tokens))
-        return token_budget(indices, lengths, self.cfg.micro_batch_tokens, most_on_any_rank(self._collective_device, max(at_least, need)))
+        cut = token_budget(indices, lengths, self.cfg.micro_batch_tokens)
+        parts = most_on_any_rank(self._collective_device, max(at_least, len(cut)))
+        return cut if parts == len(cut) else token_budget(indices, lengths, self.cfg.micro_batch_tokens, parts)
 
     def _accumulate(self, loss: torch.Tensor, weight: float) -> None:
         """Backward of one micro-batch's loss, weighted by its share of the step (tokens or sequences), so that
@@ -212,7 +213,9 @@ class Learner:
             unsplittable += not ok
         adv = token_advantages(a_p, a_r, m_p, m_r)
         tokens = (m_p + m_r > 0).float()
-        vision = self._vision_store()  # each prompt's frozen-tower features: computed once in this update
+        vision = self._vision_store()  # each prompt's frozen-tower features: computed once in this update, up front
+        if vision is not None:
+            vision.prepare(self.engine.module, prompts)
         # log-probs of the policy that sampled (before this update) and of the frozen reference
         t_logprobs = time.perf_counter()
         # each row's sequence length: what a token-budget micro-batch counts

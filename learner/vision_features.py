@@ -36,6 +36,13 @@ class SharedVisionFeatures:
         self._kept: dict[tuple[int, str], tuple[dict, tuple[torch.Tensor, ...]]] = {}
         self.tower_calls = 0  # prompts whose features were computed (the test counts these against the tower)
 
+    def prepare(self, hf_model, prompts: list[dict]) -> None:
+        """Computes every prompt's features now, in the order given, one tower call each. Under ZeRO-3 the frozen
+        tower's weights are partitioned too, and each call gathers them with every rank: all ranks must call it as
+        often and in the same order (each holds as many prompts), not whenever a micro-batch first meets a prompt,
+        which differs between ranks."""
+        self.encoder_outputs(hf_model, list({id(p): p for p in prompts}.values()))
+
     def encoder_outputs(self, hf_model, prompts: list[dict]) -> dict:
         """transformers' ``mm_encoder_outputs`` for a batch whose rows have these prompts, in row order."""
         out = {}

@@ -246,8 +246,9 @@ def test_vision_features_once_per_prompt_per_update(stage, tiny_model_dir, cot_i
     G=4, scored by the old policy and the reference in micro-batches of 3, one of them across both prompts, then 2
     minibatches x 2 epochs in micro-batches of 2: 14 tower runs without it), and the update is the same: old and reference log-probs, each optimizer step's gradient (ZeRO-0)
     and the updated weights' log-probs to float32 precision. Catches features reused across prompts or rows in the
-    wrong order (different log-probs), a store that misses (more calls) or one that leaks gradients into the
-    frozen tower (different gradients); ZeRO-3 checks that the tower, called outside the model's forward, gathers
+    wrong order (different log-probs), a store that misses (more calls), features computed lazily when a
+    micro-batch first meets a prompt (a hang across ZeRO-3 ranks) or gradients leaking into the frozen tower
+    (different gradients); ZeRO-3 checks that the tower, called outside the model's forward, gathers
     its partitioned weights."""
     out = {}
     for share in (False, True):
@@ -255,9 +256,10 @@ def test_vision_features_once_per_prompt_per_update(stage, tiny_model_dir, cot_i
                                       "learner.micro_batch_size=3", f"learner.share_vision_features={str(share).lower()}"),
                           str(tiny_model_dir))
         assert learner.reference is not None
-        calls, grads = [], []
+        calls, grads, order = [], [], []
         for model in (learner.engine.module, learner.reference):
-            model.model.visual.register_forward_pre_hook(lambda *a: calls.append(1))
+            model.model.visual.register_forward_pre_hook(lambda *a: calls.append(1) or order.append("tower"))
+        learner.engine.module.model.language_model.register_forward_pre_hook(lambda *a: order.append("decoder"))
         step = learner._optimizer_step
 
         def capture(step=step, learner=learner, grads=grads):
@@ -270,11 +272,15 @@ def test_vision_features_once_per_prompt_per_update(stage, tiny_model_dir, cot_i
         before = learner.logprobs(items, responses)
         ref = learner.logprobs(items, responses, model=learner.reference)
         calls.clear()
+        order.clear()
         stats = learner.rl_step(rollouts, group_size=4)
-        out[share] = dict(calls=len(calls), grads=grads, stats=stats, before=before, ref=ref,
+        out[share] = dict(calls=len(calls), grads=grads, stats=stats, before=before, ref=ref, order=list(order),
                           after=learner.logprobs(items, responses))
     assert out[False]["calls"] == 14 and out[True]["calls"] == 2 == out[True]["stats"]["vision_tower_calls"]
     assert "vision_tower_calls" not in out[False]["stats"]
+    # both towers' runs before the first decoder forward: under ZeRO-3 each run gathers the partitioned tower with
+    # every rank, so they must not depend on which micro-batch first meets a prompt (which differs between ranks)
+    assert out[True]["order"][:2] == ["tower", "tower"] and "tower" not in out[True]["order"][2:]
     for k in ("before", "ref", "after"):
         assert torch.allclose(out[False][k], out[True][k], rtol=1e-5, atol=1e-6), k
     for k in ("loss", "kl", "entropy", "ratio_mean"):
