@@ -39,6 +39,7 @@ def vision_rows(learner, rollouts, group_size: int, rounds: int, label: str) -> 
 def token_budget_rows(learner, items, group_size: int, rounds: int) -> None:
     """Micro-batches by a token budget against by rows, on a batch whose responses vary 1-8x in length: the budget
     is micro_batch_size x the longest row (the memory the row cut may need), so only the cut differs."""
+    from learner.batch import prompt_inputs
     from learner.engine import Rollout
 
     tok = learner.processor.tokenizer
@@ -48,8 +49,6 @@ def token_budget_rows(learner, items, group_size: int, rounds: int) -> None:
         for j in range(group_size):
             n = round(32 * (1 + 7 * j / max(1, group_size - 1)))  # 32 .. 256 tokens
             rollouts.append(Rollout(it, text[:n], r_perception=float(j % 2), r_reasoning=float((j + g) % 2)))
-    from learner.batch import prompt_inputs
-
     longest = max(int(prompt_inputs(learner.processor, r.item)["input_ids"].shape[1]) + len(r.response_ids)
                   for r in rollouts)
     budget = learner.cfg.micro_batch_size * longest

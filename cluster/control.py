@@ -23,6 +23,7 @@ class ControlPlane:
         self._warned = False
         self.unavailable = 0  # reads or writes that failed
         self.rejected = 0  # desired counts read and refused (out of range or not a number): a run total
+        self._last_refused = None  # warned about once, until another value is refused
 
     def _key(self, name: str) -> str:
         return f"videop2r:run:{self.run_id}:{name}"
@@ -57,7 +58,7 @@ class ControlPlane:
             n = None
         if n is None or n < 1 or (most is not None and n > most):
             self.rejected += 1
-            if value != getattr(self, "_last_refused", None):
+            if value != self._last_refused:
                 self._last_refused = value
                 log.warning("ignoring a desired rollout worker count of %r: it must be a number from 1 to %s "
                             "(rollout.max_workers)", value[:40] if isinstance(value, bytes) else value, most)

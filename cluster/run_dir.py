@@ -27,7 +27,7 @@ from pathlib import Path
 
 CHECKPOINT = re.compile(r"^step_(\d+)$")
 # what a run writes in its folder: none of these may be a symbolic link (a write through one planted by whoever
-# can write the folder would land wherever it points; `--force` would empty its target)
+# can write the folder would land wherever it points: a config, a model, metrics written into someone's files)
 OWN_ENTRIES = ("config.yaml", "control.json", "metrics.jsonl", "summary.json", "trackers.json", "mlflow.db",
                "checkpoints", "rollouts", "hf", "tensorboard", "wandb", "mlflow-artifacts")
 
