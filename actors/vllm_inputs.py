@@ -1,5 +1,6 @@
-"""vLLM engine arguments and prompts for Qwen2.5-VL on videos, from the run config. No vLLM import here, so the
-driver can build them anywhere; the engine-hosting code passes them to ``vllm.LLM``.
+"""vLLM engine arguments and prompts for the Qwen-VL families (``videoqa.families``) on videos, from the run
+config. No vLLM import here, so the driver can build them anywhere; the engine-hosting code passes them to
+``vllm.LLM``.
 
 CPU vs GPU is configuration only: ``rollout.device`` picks the KV-cache sizing (``VLLM_CPU_KVCACHE_SPACE`` on the
 CPU build, ``gpu_memory_utilization`` on CUDA); the rest is the same call.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from videoqa.families import video_normalisation_differs
 from videoqa.loader import LoadedSample
 from videoqa.prompts import chat_messages
 
@@ -36,6 +38,8 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
         enforce_eager=rollout.device == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager,
         use_tqdm_on_load=os.environ.get("VIDEOP2R_QUIET") != "1",  # the weight-loading bar, unless --verbose is off
     )
+    if video_normalisation_differs(model_path):  # vLLM would normalise videos with the image statistics
+        kw["mm_device_do_normalize"] = False
     if in_process:
         kw["distributed_executor_backend"] = "uni"  # the model in this process too, not in a worker process
     elif rollout.tensor_parallel_size > 1:

@@ -20,6 +20,7 @@ from pathlib import Path
 from cluster.batch_store import BatchStore, file_digest, latest_by, load_batch, write_records
 from cluster.evaluate import score_items, summarize
 from rewards import PROBLEM_TYPES
+from videoqa.families import family_of
 from videoqa.schema import load_samples_skipping
 
 
@@ -93,7 +94,8 @@ def _generate(cfg, stack, store: BatchStore, files: list[Path], names: list[str]
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="eval", unit="row", dynamic_ncols=True)
     try:
         for name, path in zip(names, files):
-            loader = MediaLoader(path.parent, cfg.eval.sampling(cfg.video), cfg.data.loader_workers, "skip",
+            loader = MediaLoader(path.parent, cfg.eval.sampling(cfg.video, family_of(cfg.model.path).pixel_factor),
+                                 cfg.data.loader_workers, "skip",
                                  cfg.video.image_max_pixels)
             rows, scores = todo[name], []
             for start in range(0, len(rows), cfg.eval.batch_rows):

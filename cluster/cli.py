@@ -13,6 +13,8 @@ from pathlib import Path
 
 from actors.redaction import redact_url
 from cluster.config_loader import ConfigError
+from cluster.config_paths import place_paths
+from videoqa.families import FAMILIES
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -31,45 +33,8 @@ def _config(args):
     from cluster.config import Config
     from cluster.config_loader import load_config
 
-    return place_paths(load_config(Config, args.config, args.overrides))
-
-
-def place_paths(cfg, env=os.environ):
-    """Under `ray job submit` the command runs in Ray's temporary copy of the repository, where a relative output
-    folder would land and vanish with it. With ``VIDEOP2R_OUT_ROOT`` (deploy/submit.sh --out-root) relative output
-    folders go below it, and so do relative inputs that are not in the copy (the demo's model and data, built
-    inside its run folder); in a job without it a relative output folder is an error."""
-    root = env.get("VIDEOP2R_OUT_ROOT")
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in env  # set by Ray for a job's entrypoint
-    for name, key, output in (("run", "out_dir", True), ("eval", "out_dir", True), ("cot", "out_dir", True),
-                              ("model", "path", False), ("data", "dir", False)):
-        section = getattr(cfg, name)
-        value = getattr(section, key)
-        if not value or Path(value).is_absolute() or (not output and Path(value).exists()):
-            continue
-        if root:
-            setattr(section, key, str(Path(root) / value))
-        elif in_job and output:
-            raise ConfigError(f"{name}.{key}={value} is relative, and this job runs in Ray's temporary copy of the "
-                              "repository: give deploy/submit.sh --out-root DIR (storage the head node writes) or an "
-                              f"absolute {name}.{key}")
-    return absolute_paths(cfg)
-
-
-def absolute_paths(cfg):
-    """Paths that actors on other hosts open, made absolute here, where they were given: an actor's working folder
-    is not the driver's. Symlinks are kept as given (``os.path.abspath``, not ``resolve``): the link may be the
-    path every host shares while its target is one host's mount. Model names that are not local folders (a hub id
-    for the tokenizer or judge) stay as they are."""
-    for section, key, always in ((cfg.run, "out_dir", True), (cfg.eval, "out_dir", True), (cfg.cot, "out_dir", True),
-                                 (cfg.model, "path", True), (cfg.data, "dir", True), (cfg.reward, "tokenizer", False),
-                                 (cfg.judge, "model", False)):
-        value = getattr(section, key)
-        if section is cfg.judge and cfg.judge.backend != "vllm":  # an endpoint's model name, not a folder
-            continue
-        if value and (always or Path(value).exists()):
-            setattr(section, key, os.path.abspath(value))
-    return cfg
+    family = [f"tiny_model.family={args.family}"] if getattr(args, "family", None) else []  # --family: shorthand
+    return place_paths(load_config(Config, args.config, args.overrides + family))
 
 
 def _at_least(low: int):
@@ -119,12 +84,13 @@ def cmd_make_synthetic(args) -> int:
 
 def cmd_make_tiny_model(args) -> int:
     from toy.tiny_model import build_tiny_model
+    from videoqa.families import family
 
     cfg = _config(args)
     _writable_folder(args.out, args.force)
     if args.shape == "tiny":
         out = build_tiny_model(args.out, cfg.tiny_model, seed=args.seed)
-        print(f"tiny Qwen2.5-VL written to {out}")
+        print(f"tiny {family(cfg.tiny_model.family).name} written to {out}")
         return 0
     from toy.shaped_model import build_shaped_model
 
@@ -333,11 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
     p.set_defaults(func=cmd_make_synthetic)
 
-    p = sub.add_parser("make-tiny-model", help="build a small random Qwen2.5-VL (sizes from the tiny_model section)")
+    p = sub.add_parser("make-tiny-model", help="build a small random Qwen2.5-VL or Qwen3-VL (tiny_model section)")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     p.add_argument("--shape", choices=("tiny", "3b-slice", "7b-slice"), default="tiny",
                    help="tiny: the tiny_model section's sizes (default); 3b-slice / 7b-slice: Qwen2.5-VL-3B / -7B's "
                    "exact widths with 2 decoder layers and 4 vision blocks (about 2.3 / 6.7 GB in float32)")
+    p.add_argument("--family", choices=tuple(FAMILIES), help="the tiny model's family (tiny_model.family)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
     _add_config_args(p)

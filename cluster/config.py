@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from actors.judges import is_local_url
 from cluster.config_commands import CotSection, DemoSection, EvalSection
 from cluster.config_loader import Resources, Section, check_resources
-from videoqa.video import FrameSampling
+from videoqa.video import PIXEL_FACTOR, FrameSampling
 
 class RunSection(Section):
     name: str = "demo"
@@ -21,7 +21,10 @@ class RunSection(Section):
 
 
 class TinyModelSection(Section):
-    """Size of the random Qwen2.5-VL built by `videop2r make-tiny-model` (CPU attention needs head_dim 64)."""
+    """Family and size of the random model built by `videop2r make-tiny-model` and the demo (CPU attention needs
+    head_dim 64)."""
+
+    family: Literal["qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"  # videoqa.families: Qwen2.5-VL or Qwen3-VL
 
     hidden_size: int = Field(128, ge=64)
     num_layers: int = Field(2, ge=1)
@@ -58,8 +61,10 @@ class VideoSection(Section):
     max_pixels: int = Field(128 * 28 * 28, ge=28 * 28)
     image_max_pixels: int = Field(256 * 28 * 28, ge=28 * 28)
 
-    def sampling(self) -> FrameSampling:
-        return FrameSampling(self.fps, self.min_frames, self.max_frames, self.nframes, self.min_pixels, self.max_pixels)
+    def sampling(self, factor: int = PIXEL_FACTOR) -> FrameSampling:
+        """``factor``: the model family's patch x merge (``videoqa.families``), which frame sides are multiples of."""
+        return FrameSampling(self.fps, self.min_frames, self.max_frames, self.nframes, self.min_pixels, self.max_pixels,
+                             factor)
 
     @model_validator(mode="after")
     def _ranges(self):

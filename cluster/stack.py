@@ -4,8 +4,10 @@ decoder, and the prompts. One ``Stack`` per command; stages (SFT, RL, evaluation
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+from videoqa.families import family_of
 from videoqa.loader import LoadedSample, MediaLoader
 from videoqa.schema import RowError, Sample, load_samples
 
@@ -22,7 +24,9 @@ class Dataset:
         self.samples: list[Sample] = load_samples(self.path)
         if not self.samples:
             raise RowError(f"{self.path} has no rows: point the config at a dataset file with rows")
-        self.loader = MediaLoader(self.root, sampling or cfg.video.sampling(), cfg.data.loader_workers,
+        # frame sides in multiples of the model family's patch x merge (28 for Qwen2.5-VL, 32 for Qwen3-VL)
+        sampling = replace(sampling or cfg.video.sampling(), factor=family_of(cfg.model.path).pixel_factor)
+        self.loader = MediaLoader(self.root, sampling, cfg.data.loader_workers,
                                   cfg.data.on_bad_media, cfg.video.image_max_pixels)
 
     def __len__(self) -> int:

@@ -1,5 +1,5 @@
-"""The DeepSpeed learner for Qwen2.5-VL: SFT (stage 1) and PA-GRPO / GRPO updates (stage 2), checkpoints, and the
-weights it sends to the rollout workers.
+"""The DeepSpeed learner for Qwen2.5-VL and Qwen3-VL (``videoqa.families``): SFT (stage 1) and PA-GRPO / GRPO
+updates (stage 2), checkpoints, and the weights it sends to the rollout workers.
 
 One process by default (``deepspeed.init_distributed`` on a single rank: gloo on the CPU, nccl on a GPU). Several
 processes come from the ``deepspeed`` launcher, which sets RANK / WORLD_SIZE / MASTER_ADDR for each; the code is
@@ -26,6 +26,7 @@ from learner.deepspeed_setup import collective_device, ds_config, init_distribut
 from learner.micro_batches import pad_to, padding_fraction, split, token_budget, token_share
 from learner.loss import importance_weights, policy_loss, token_advantages
 from learner.masks import process_masks
+from videoqa.families import family_of
 
 
 @dataclass
@@ -45,12 +46,14 @@ class Learner:
     def __init__(self, cfg, model_path: str, with_reference: bool = True):
         """``cfg`` is a ``LearnerSection`` (or a whole run config, whose ``learner`` section is used)."""
         import deepspeed
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        import transformers
+        from transformers import AutoProcessor
 
         self.cfg = getattr(cfg, "learner", cfg)
         init_distributed(self.cfg.backend)
         dtype = torch.bfloat16 if self.cfg.dtype == "bfloat16" else torch.float32
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+        self.family = family_of(model_path)  # Qwen2.5-VL or Qwen3-VL, from the checkpoint's config.json
+        model = getattr(transformers, self.family.model_class).from_pretrained(model_path, dtype=dtype)
         frozen = 0
         for name, p in model.named_parameters():
             if any(name.startswith(prefix) for prefix in self.cfg.freeze):

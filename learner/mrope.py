@@ -1,5 +1,5 @@
-"""Qwen2.5-VL's 3-D rotary positions (M-RoPE) for one token sequence, as vLLM and the original Qwen2.5-VL code
-compute them.
+"""The 3-D rotary positions (M-RoPE) of Qwen2.5-VL and Qwen3-VL for one token sequence, as vLLM and the original
+Qwen code compute them.
 
 Text tokens advance all three axes by 1. A vision block of (t, h, w) merged patches gets temporal positions
 ``floor(i_t * second_per_grid_t * tokens_per_second)`` and height/width positions ``i_h``, ``i_w``, all offset by the
@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from videoqa.families import family_of_config
 
 
 def mrope_positions(
@@ -65,15 +67,24 @@ def mrope_positions(
 
 
 def model_positions(config, input_ids: Sequence[int], processor_outputs: dict) -> torch.Tensor:
-    """``mrope_positions`` for a Qwen2.5-VL ``config`` and the processor's outputs of one sample: (3, 1, L)."""
+    """``mrope_positions`` for a model ``config`` and the processor's outputs of one sample: (3, 1, L).
+
+    Qwen3-VL (a family with timestamps) writes ``<t seconds>`` text before each temporal patch of a video, so each
+    patch is a vision block of its own, (1, h, w), with temporal position 0 at its start (vLLM's and
+    transformers' Qwen3-VL positions); Qwen2.5-VL's video is one (t, h, w) block with time-scaled positions."""
+    videos = processor_outputs.get("video_grid_thw", torch.zeros(0, 3)).tolist()
+    seconds = [float(x) for x in processor_outputs.get("second_per_grid_ts", [])]
+    if family_of_config(config).timestamps:
+        videos = [[1, h, w] for t, h, w in videos for _ in range(t)]
+        seconds = []
     pos, _ = mrope_positions(
         input_ids,
         processor_outputs.get("image_grid_thw", torch.zeros(0, 3)).tolist(),
-        processor_outputs.get("video_grid_thw", torch.zeros(0, 3)).tolist(),
-        [float(x) for x in processor_outputs.get("second_per_grid_ts", [])],
+        videos,
+        seconds,
         image_token_id=config.image_token_id,
         video_token_id=config.video_token_id,
         spatial_merge_size=config.vision_config.spatial_merge_size,
-        tokens_per_second=config.vision_config.tokens_per_second,
+        tokens_per_second=getattr(config.vision_config, "tokens_per_second", 1.0),
     )
     return pos.unsqueeze(1)

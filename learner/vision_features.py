@@ -33,7 +33,7 @@ class SharedVisionFeatures:
     dict, so that no other dict can take its ``id`` while the store lives."""
 
     def __init__(self):
-        self._kept: dict[tuple[int, str], tuple[dict, tuple[torch.Tensor, ...]]] = {}
+        self._kept: dict[tuple[int, str], tuple[dict, type, list]] = {}
         self.tower_calls = 0  # prompts whose features were computed (the test counts these against the tower)
 
     def prepare(self, hf_model, prompts: list[dict]) -> None:
@@ -44,22 +44,33 @@ class SharedVisionFeatures:
         self.encoder_outputs(hf_model, list({id(p): p for p in prompts}.values()))
 
     def encoder_outputs(self, hf_model, prompts: list[dict]) -> dict:
-        """transformers' ``mm_encoder_outputs`` for a batch whose rows have these prompts, in row order."""
+        """transformers' ``mm_encoder_outputs`` for a batch whose rows have these prompts, in row order. Qwen3-VL's
+        towers also return DeepStack features (one set per injection layer), kept and handed on the same way."""
         out = {}
         for modality, (pix, grid, method) in MODALITIES.items():
-            per_media: list[torch.Tensor] = []
+            per_media: list[tuple] = []  # (merged features, DeepStack features per layer) of each row's medium
+            kind = BaseModelOutputWithPooling
             for p in prompts:
                 if pix not in p:
                     continue
                 key = (id(p), modality)
                 if key not in self._kept:
                     with torch.no_grad():
-                        feats = getattr(hf_model.model, method)(p[pix].to(hf_model.device),
-                                                                p[grid].to(hf_model.device),
-                                                                return_dict=True).pooler_output
-                    self._kept[key] = (p, tuple(f.detach() for f in feats))
+                        res = getattr(hf_model.model, method)(p[pix].to(hf_model.device), p[grid].to(hf_model.device),
+                                                              return_dict=True)
+                    deep = getattr(res, "deepstack_features", None)
+                    feats = [(f.detach(), None if deep is None else tuple(layer[i].detach() for layer in deep))
+                             for i, f in enumerate(res.pooler_output)]
+                    self._kept[key] = (p, type(res), feats)
                     self.tower_calls += 1
-                per_media.extend(self._kept[key][1])
+                _, kind, feats = self._kept[key]
+                per_media.extend(feats)
             if per_media:
-                out[modality] = BaseModelOutputWithPooling(pooler_output=tuple(per_media))
+                merged = tuple(f for f, _ in per_media)
+                if per_media[0][1] is None:
+                    out[modality] = BaseModelOutputWithPooling(pooler_output=merged)
+                else:  # layer-major, as the tower returns them: [layer][medium]
+                    layers = len(per_media[0][1])
+                    out[modality] = kind(pooler_output=merged,
+                                         deepstack_features=[tuple(d[l] for _, d in per_media) for l in range(layers)])
         return out

@@ -162,6 +162,11 @@ def test_make_tiny_model_size_from_overrides(tmp_path):
     over = run("make-tiny-model", "--out", tmp_path / "m")
     assert over.returncode == 2 and "not empty" in over.stderr
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == weights
+    q3 = run("make-tiny-model", "--out", tmp_path / "q3", "--family", "qwen3_vl", "tiny_model.num_layers=1")
+    assert q3.returncode == 0 and "tiny Qwen3-VL written" in q3.stdout, q3.stderr
+    cfg = json.loads((tmp_path / "q3" / "config.json").read_text())
+    assert (cfg["model_type"], cfg["vision_config"]["patch_size"], cfg["text_config"]["num_hidden_layers"]) == \
+        ("qwen3_vl", 16, 1)
 
 
 @pytest.mark.vllm

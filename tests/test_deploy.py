@@ -300,7 +300,7 @@ def test_submit_checks_the_upload_size_and_the_output_root():
 
 
 def test_relative_outputs_are_anchored_or_refused_in_a_job(tmp_path):
-    from cluster.cli import place_paths
+    from cluster.config_paths import place_paths
     from cluster.config import Config
     from cluster.config_loader import ConfigError, load_config
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 @dataclass
 class TinySize:
-    """The model's sizes; the same fields and defaults as cluster.config.TinyModelSection (which the CLI passes)."""
+    """The model's family and sizes; the same fields and defaults as cluster.config.TinyModelSection (which the CLI
+    passes)."""
 
+    family: str = "qwen2_5_vl"  # or qwen3_vl (FAMILIES)
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -135,86 +137,108 @@ def recentre_vision_output(model, processor, feature_std: float = 0.02, n_clips:
     feats = video_features(model, processor, demo_clips(n_clips, seed=seed))
     mu = feats.mean(0)
     scale = feature_std / float((feats - mu).std())
-    last = model.model.visual.merger.mlp[2]
+    merger = model.model.visual.merger
+    last = merger.linear_fc2 if hasattr(merger, "linear_fc2") else merger.mlp[2]  # Qwen3-VL / Qwen2.5-VL
     with torch.no_grad():
         last.weight.mul_(scale)
         last.bias.copy_((last.bias - mu) * scale)
 
 
-def build_tiny_model(out: str | Path, size=None, seed: int = 0, recentre: bool = True,
-                     feature_std: float = 0.02) -> Path:
-    """Writes a loadable Qwen2.5-VL folder to ``out`` and returns its path. ``size``: any object with
-    ``TinySize``'s fields (a ``TinySize``, or the config's ``TinyModelSection``); None is the defaults.
-    ``recentre``: re-centre the vision tower's output (``recentre_vision_output``) before saving."""
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")  # the model families this fixture builds (videoqa.families knows them all)
+
+
+def _mrope_section(head_dim: int, interleaved: bool) -> list[int]:
+    """The rotary half-dimension split into temporal/height/width sections (Qwen2.5-VL 16/24/24 of 64; Qwen3-VL,
+    interleaved, 24/20/20 of 64)."""
+    half = head_dim // 2
+    if interleaved:
+        hw = half * 5 // 16
+        return [half - 2 * hw, hw, hw]
+    return [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+
+
+def _text_config(size, ids: dict, vocab: int, interleaved: bool) -> dict:
+    head_dim = size.hidden_size // size.num_heads
+    rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim, interleaved), "rope_theta": 1_000_000.0}
+    if interleaved:
+        rope["mrope_interleaved"] = True
+    return dict(
+        vocab_size=vocab, hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers, num_attention_heads=size.num_heads, num_key_value_heads=size.num_kv_heads,
+        max_position_embeddings=4096, rope_parameters=rope, bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False,
     )
 
+
+def _model_and_processor(family: str, size, tokenizer, ids: dict):
+    """The random model (float32) and its processor for ``family``. The processors' own pixel bounds are wide: our
+    loader sizes frames (multiples of the family's patch factor within the configured budget) before they see
+    them, so they do not resample."""
+    import transformers as tf
+
+    vocab = len(tokenizer)  # unpadded, so that every id the random model samples is a real token
+    media_ids = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                     vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden_size,
+                  intermediate_size=size.vision_hidden_size * 2, num_heads=size.vision_heads,
+                  out_hidden_size=size.hidden_size)
+    if family == "qwen2_5_vl":
+        text = {**_text_config(size, ids, vocab, interleaved=False), "max_window_layers": size.num_layers}
+        config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=dict(
+            **vision, fullatt_block_indexes=[size.vision_depth - 1], window_size=112, tokens_per_second=2),
+            **media_ids, tie_word_embeddings=False)
+        config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+        model = tf.Qwen2_5_VLForConditionalGeneration(config)
+        bounds = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 1280)
+        processor = tf.Qwen2_5_VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(**bounds),
+            video_processor=tf.Qwen2VLVideoProcessor(**bounds, cap_pixels_per_frame=False),
+            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    elif family == "qwen3_vl":
+        # Patch 16, DeepStack features from the first block, a learned 16x16 position grid; images and videos
+        # normalised with 0.5/0.5 as the released checkpoints' processors do (vLLM normalises videos with the
+        # image processor's statistics, transformers with the video processor's: they must agree).
+        config = tf.Qwen3VLConfig(
+            text_config={**_text_config(size, ids, vocab, interleaved=True),
+                         "head_dim": size.hidden_size // size.num_heads},  # Qwen3's default is 128
+            vision_config=dict(**vision, patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0]),
+            **media_ids, tie_word_embeddings=False)
+        config.architectures = ["Qwen3VLForConditionalGeneration"]
+        model = tf.Qwen3VLForConditionalGeneration(config)
+        stats = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        size_bounds = {"shortest_edge": 32 * 32, "longest_edge": 32 * 32 * 1280}
+        processor = tf.Qwen3VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, size=size_bounds, **stats),
+            video_processor=tf.Qwen3VLVideoProcessor(size=size_bounds, cap_pixels_per_frame=False, **stats),
+            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    else:
+        raise ValueError(f"unknown model family {family!r}: one of {', '.join(FAMILIES)}")
+    return model.float(), processor
+
+
+def build_tiny_model(out: str | Path, size=None, seed: int = 0, recentre: bool = True,
+                     feature_std: float = 0.02, family: str | None = None) -> Path:
+    """Writes a loadable model folder to ``out`` and returns its path. ``size``: any object with ``TinySize``'s
+    fields (a ``TinySize``, or the config's ``TinyModelSection``); None is the defaults. ``family``: overrides
+    ``size.family`` (Qwen2.5-VL by default). ``recentre``: re-centre the vision tower's output
+    (``recentre_vision_output``) before saving."""
+    import torch
+
     size = size or TinySize()
+    family = family or size.family
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(size.vocab_size, tokenizer_corpus(seed=seed))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab = len(tokenizer)  # unpadded, so that every id the random model samples is a real token
-    head_dim = size.hidden_size // size.num_heads
-    half = head_dim // 2  # M-RoPE splits the rotary half-dimension into temporal/height/width sections
-    mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab,
-            hidden_size=size.hidden_size,
-            intermediate_size=size.intermediate_size,
-            num_hidden_layers=size.num_layers,
-            num_attention_heads=size.num_heads,
-            num_key_value_heads=size.num_kv_heads,
-            max_position_embeddings=4096,
-            max_window_layers=size.num_layers,
-            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 1_000_000.0},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            depth=size.vision_depth,
-            hidden_size=size.vision_hidden_size,
-            intermediate_size=size.vision_hidden_size * 2,
-            num_heads=size.vision_heads,
-            out_hidden_size=size.hidden_size,
-            fullatt_block_indexes=[size.vision_depth - 1],
-            window_size=112,
-            tokens_per_second=2,
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    model, processor = _model_and_processor(family, size, tokenizer, ids)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    # Our loader sizes frames (multiples of 28 within the configured budget) before the processor sees them, so
-    # the processor's own bounds are wide and it does not resample.
-    pixel_bounds = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 1280)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixel_bounds),
-        video_processor=Qwen2VLVideoProcessor(**pixel_bounds, cap_pixels_per_frame=False),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
     if recentre:  # before saving: the processor is needed to feed clips through the tower
         recentre_vision_output(model, processor, feature_std, seed=seed)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    note = {"seed": seed, **{k: getattr(size, k) for k in SIZE_FIELDS}, "recentre": recentre,
+    note = {"seed": seed, **{k: getattr(size, k) for k in SIZE_FIELDS}, "family": family, "recentre": recentre,
             "feature_std": feature_std if recentre else None}
     (out / "videop2r_tiny.json").write_text(json.dumps(note, indent=1))
     return out

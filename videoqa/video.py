@@ -1,6 +1,7 @@
-"""Video and image loading with decord, and frame/size sampling as qwen-vl-utils does it for Qwen2.5-VL.
+"""Video and image loading with decord, and frame/size sampling as qwen-vl-utils does it for the Qwen-VL models.
 
-Sizes are rounded to multiples of 28 (patch 14 x spatial merge 2) and kept within a per-frame pixel budget;
+Sizes are rounded to multiples of the family's patch x spatial merge (28 for Qwen2.5-VL, 32 for Qwen3-VL) and kept
+within a per-frame pixel budget;
 frame counts are even (temporal patch 2). Paper defaults (VideoP2R, Sec. 4): 16 frames at 128x28x28 pixels for
 training, 32 frames at 256x28x28 for evaluation.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-PIXEL_FACTOR = 28  # patch_size (14) * spatial_merge_size (2)
+PIXEL_FACTOR = 28  # Qwen2.5-VL's patch_size (14) * spatial_merge_size (2); Qwen3-VL's is 32 (videoqa.families)
 FRAME_FACTOR = 2  # temporal_patch_size
 MAX_RATIO = 200
 
@@ -33,6 +34,7 @@ class FrameSampling:
     nframes: int | None = None
     min_pixels: int = 4 * 28 * 28
     max_pixels: int = 128 * 28 * 28
+    factor: int = PIXEL_FACTOR  # frame sides are multiples of this: the model family's patch x merge
 
 
 TRAIN_SAMPLING = FrameSampling(max_frames=16, max_pixels=128 * 28 * 28)
@@ -157,12 +159,14 @@ def load_video(path: str | Path, sampling: FrameSampling = TRAIN_SAMPLING, num_t
     except (RuntimeError, decord.DECORDError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MediaError(f"cannot decode video {path}: {first} (re-encode it, e.g. with ffmpeg, or drop the row)") from None
-    h, w = _target_size(frames.shape[1], frames.shape[2], sampling.min_pixels, sampling.max_pixels, path, "video")
+    h, w = _target_size(frames.shape[1], frames.shape[2], sampling.min_pixels, sampling.max_pixels, path, "video",
+                        sampling.factor)
     return VideoClip(frames=_resize(frames, h, w), indices=idx, native_fps=fps, total_frames=total)
 
 
-def load_image(path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int = 256 * 28 * 28) -> np.ndarray:
-    """An RGB image (H, W, 3 uint8) resized to multiples of 28 within the pixel budget."""
+def load_image(path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int = 256 * 28 * 28,
+               factor: int = PIXEL_FACTOR) -> np.ndarray:
+    """An RGB image (H, W, 3 uint8) resized to multiples of ``factor`` within the pixel budget."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"image not found: {path} (check the row's 'path' and the dataset root)")
@@ -173,14 +177,15 @@ def load_image(path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int 
             arr = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"cannot decode image {path}: {e} (re-save it as PNG/JPEG or drop the row)") from None
-    h, w = _target_size(arr.shape[0], arr.shape[1], min_pixels, max_pixels, path, "image")
+    h, w = _target_size(arr.shape[0], arr.shape[1], min_pixels, max_pixels, path, "image", factor)
     return _resize(arr[None], h, w)[0]
 
 
-def _target_size(height: int, width: int, min_pixels: int, max_pixels: int, path: Path, kind: str) -> tuple[int, int]:
+def _target_size(height: int, width: int, min_pixels: int, max_pixels: int, path: Path, kind: str,
+                 factor: int = PIXEL_FACTOR) -> tuple[int, int]:
     """smart_resize, with a frame shape it refuses (aspect ratio over MAX_RATIO, an empty frame) as a MediaError:
     the loader skips and counts it like a corrupt file instead of crashing."""
     try:
-        return smart_resize(height, width, min_pixels, max_pixels)
+        return smart_resize(height, width, min_pixels, max_pixels, factor)
     except ValueError as e:
         raise MediaError(f"unusable {kind} {path}: {e} (crop or pad it, or drop the row)") from None
