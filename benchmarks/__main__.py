@@ -172,17 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--receivers", type=int, nargs="+", default=[1, 2, 4])
     p.set_defaults(func=cmd_multihost)
 
-    p = sub.add_parser("shapes", help="Qwen2.5-VL-3B/7B widths (cut in depth) end to end on the CPU: vLLM vs learner "
-                       "log-probs, bucketed sync, ZeRO-2/3 steps, peak memory per role")
+    p = sub.add_parser("shapes", help="Qwen2.5-VL-3B/7B and Qwen3-VL-8B widths (cut in depth) end to end on the CPU: "
+                       "vLLM vs learner log-probs, bucketed sync, ZeRO-2/3 steps, peak memory per role")
     p.add_argument("--root", default="runs/bench/shapes", help="folder for the models and data (made if missing)")
-    p.add_argument("--shapes", nargs="+", default=["3b-slice"], choices=["3b-slice", "7b-slice"])
+    p.add_argument("--shapes", nargs="+", default=["3b-slice"],
+                   choices=["3b-slice", "7b-slice", "qwen3-vl-8b-slice"])
     p.add_argument("--zero-stages", type=int, nargs="+", default=[2, 3], choices=[2, 3])
     p.add_argument("--text-layers", type=int, default=2, help="decoder layers of the slice (released: 36 / 28)")
     p.add_argument("--train-embeddings", action="store_true",
                    help="train the embeddings and LM head too (default: frozen, to fit 24 GB beside vLLM)")
     p.add_argument("--frames", type=int, default=16, help="frames of the video prompt (paper: 16)")
     p.add_argument("--size", type=int, default=308, help="side of the generated video's frames")
-    p.add_argument("--max-pixels", type=int, default=128 * 28 * 28, help="pixels per frame (paper: 128x28x28)")
+    p.add_argument("--max-pixels", type=int, default=128 * 28 * 28, help="pixels per frame (paper: 128x28x28; "
+                   "Qwen3-VL's 128 tokens a frame: 131072, 128x32x32)")
     p.add_argument("--group-size", type=int, default=4, help="G responses to the prompt")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per response")
     p.add_argument("--bucket-mb", type=float, default=64, help="weight sync bucket size (transport.bucket_mb)")

@@ -1,4 +1,4 @@
-"""``python -m benchmarks shapes``: Qwen2.5-VL-3B / -7B widths, cut in depth (``toy/shaped_model.py``), end to end on
+"""``python -m benchmarks shapes``: Qwen2.5-VL-3B / -7B and Qwen3-VL-8B widths, cut in depth (``toy/shaped_model.py``), end to end on
 the CPU through the system's own actors: a vLLM rollout worker and a DeepSpeed learner rank (``RolloutGroup`` and
 ``LearnerGroup``, as a run uses them), with the real transport between them.
 
@@ -191,6 +191,7 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
 
     from cluster.services import init_ray
     from toy.shaped_model import text_token_ids
+    from videoqa.families import family_of
     from videoqa.loader import MediaLoader
     from videoqa.schema import load_samples
 
@@ -218,7 +219,8 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
     for shape in shapes:
         model = _model(root, shape, text_layers)
         cfg = load_config(Config, "configs/demo.yaml", [f"model.path={model}", *base])
-        item = next(iter(MediaLoader(data, cfg.video.sampling())(load_samples(data / "train.json")[:1])))
+        factor = family_of(model).pixel_factor  # frame sides: multiples of 28 (Qwen2.5-VL) or 32 (Qwen3-VL)
+        item = next(iter(MediaLoader(data, cfg.video.sampling(factor))(load_samples(data / "train.json")[:1])))
         tokenizer = AutoTokenizer.from_pretrained(model)
         allowed = text_token_ids(tokenizer)
         for z in zero_stages:
@@ -242,17 +244,17 @@ def _num(v, width: int, fmt: str) -> str:
 def table(rows: list[dict], frames: int, max_pixels: int, group_size: int, bucket_mb: float, text_layers: int,
           train_embeddings: bool) -> str:
     lines = [f"shapes benchmark (CPU, float32): released widths, {text_layers} decoder layer(s) and 4 vision blocks; "
-             f"{frames} frames at {max_pixels // 784}x28x28 px, G={group_size}, {bucket_mb:g} MiB buckets; "
+             f"{frames} frames of at most {max_pixels} px, G={group_size}, {bucket_mb:g} MiB buckets; "
              f"trained: decoder layers{' and embeddings' if train_embeddings else ' (embeddings and vision frozen)'}; "
              f"mismatch KL bound {KL_BOUND:g}",
-             f"{'shape':9s} {'ZeRO':>4s} {'prompt':>6s} {'resp':>5s} {'tensors':>7s} {'>bucket':>7s} {'sync MiB':>8s} "
+             f"{'shape':17s} {'ZeRO':>4s} {'prompt':>6s} {'resp':>5s} {'tensors':>7s} {'>bucket':>7s} {'sync MiB':>8s} "
              f"{'sync s':>6s} {'step s':>6s} {'KL before':>9s} {'moved':>7s} {'KL after':>9s} {'learner GiB':>11s} "
              f"{'rollout GiB':>11s} {'ok':>3s}"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['shape']:9s} {r['zero_stage']:>4d} failed: {r['error']}")
+            lines.append(f"{r['shape']:17s} {r['zero_stage']:>4d} failed: {r['error']}")
             continue
-        lines.append(f"{r['shape']:9s} {r['zero_stage']:>4d} {r['prompt_tokens']:>6d} {r['response_tokens']:>5d} "
+        lines.append(f"{r['shape']:17s} {r['zero_stage']:>4d} {r['prompt_tokens']:>6d} {r['response_tokens']:>5d} "
                      f"{r['tensors']:>7d} {r['over_bucket']:>7d} {r['sync_mb']:>8.0f} {_num(r['sync_s'], 6, '.1f')} "
                      f"{r['step_s']:>6.1f} {r['kl_before']:>9.1e} {r['update_shift']:>7.0e} "
                      f"{_num(r['kl_after'], 9, '.1e')} "

@@ -95,7 +95,7 @@ def cmd_make_tiny_model(args) -> int:
     from toy.shaped_model import build_shaped_model
 
     out = build_shaped_model(args.out, args.shape, seed=args.seed)
-    print(f"random Qwen2.5-VL of shape {args.shape} written to {out}")
+    print(f"random model of shape {args.shape} written to {out}")
     return 0
 
 
@@ -301,9 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-model", help="build a small random Qwen2.5-VL or Qwen3-VL (tiny_model section)")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
-    p.add_argument("--shape", choices=("tiny", "3b-slice", "7b-slice"), default="tiny",
-                   help="tiny: the tiny_model section's sizes (default); 3b-slice / 7b-slice: Qwen2.5-VL-3B / -7B's "
-                   "exact widths with 2 decoder layers and 4 vision blocks (about 2.3 / 6.7 GB in float32)")
+    p.add_argument("--shape", choices=("tiny", "3b-slice", "7b-slice", "qwen3-vl-8b-slice"), default="tiny",
+                   help="tiny: the tiny_model section's sizes (default); 3b-slice / 7b-slice / qwen3-vl-8b-slice: "
+                   "Qwen2.5-VL-3B / -7B's or Qwen3-VL-8B's exact widths with 2 decoder layers and 4 vision blocks "
+                   "(about 2.3 / 6.7 / 6.7 GB in float32)")
     p.add_argument("--family", choices=tuple(FAMILIES), help="the tiny model's family (tiny_model.family)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")

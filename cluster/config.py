@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from actors.judges import is_local_url
-from cluster.config_commands import CotSection, DemoSection, EvalSection
+from cluster.config_commands import CotSection, DemoSection, EvalSection, TinyModelSection
 from cluster.config_loader import Resources, Section, check_resources
 from videoqa.video import PIXEL_FACTOR, FrameSampling
 
@@ -18,31 +19,6 @@ class RunSection(Section):
     # auto: continue from the latest checkpoint in out_dir when there is one; never: start fresh (a folder that
     # already holds a run is refused unless the command is given --force)
     resume: Literal["auto", "never"] = "auto"
-
-
-class TinyModelSection(Section):
-    """Family and size of the random model built by `videop2r make-tiny-model` and the demo (CPU attention needs
-    head_dim 64)."""
-
-    family: Literal["qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"  # videoqa.families: Qwen2.5-VL or Qwen3-VL
-
-    hidden_size: int = Field(128, ge=64)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(2, ge=1)
-    num_kv_heads: int = Field(1, ge=1)
-    intermediate_size: int = Field(256, ge=1)
-    vision_depth: int = Field(2, ge=1)
-    vision_hidden_size: int = Field(32, ge=8)
-    vision_heads: int = Field(1, ge=1)
-    vocab_size: int = Field(1024, ge=300)  # the tokenizer's BPE vocabulary, before special tokens
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
-        if self.vision_hidden_size % self.vision_heads:
-            raise ValueError("vision_hidden_size must be divisible by vision_heads")
-        return self
 
 
 class ModelSection(Section):
@@ -173,6 +149,24 @@ class TransportSection(Section):
         return self
 
 
+class LoraSection(Section):
+    """LoRA adapters on the language model (peft); rank 0: full fine-tuning. The vision tower stays frozen, the KL
+    reference is the same model with its adapters off, a sync sends the adapted layers' merged weights."""
+
+    rank: int = Field(0, ge=0)
+    alpha: float = Field(16.0, gt=0)  # the adapters' scale is alpha / rank
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | None = None  # a regex over whole module names; None: the family's (its LM projections)
+
+    @model_validator(mode="after")
+    def _pattern(self):
+        try:
+            re.compile(self.target_modules or "")
+        except re.error as e:
+            raise ValueError(f"target_modules is not a valid regular expression: {e}") from None
+        return self
+
+
 class LearnerSection(Section):
     """The DeepSpeed learner and the PA-GRPO / GRPO update (VideoP2R Eqs. 5-7; Video-R1's defaults)."""
 
@@ -207,6 +201,7 @@ class LearnerSection(Section):
     beta: float = Field(0.04, ge=0)  # KL to the frozen reference (the SFT model), k3 estimator
     aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
     is_clamp: float = Field(2.0, gt=0)  # truncated importance weight vs the behaviour policy (stale rollouts)
+    lora: LoraSection = LoraSection()
 
     @model_validator(mode="after")
     def _backend_device(self):

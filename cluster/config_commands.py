@@ -1,11 +1,11 @@
-"""The config sections of the commands around training: `videop2r eval`, `videop2r make-cot` and the demo
-(re-exported by cluster/config.py, whose ``Config`` holds them)."""
+"""The config sections of the commands around training: `videop2r eval`, `videop2r make-cot`, the demo and the
+tiny model it builds (re-exported by cluster/config.py, whose ``Config`` holds them)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cluster.config_loader import Section
 from videoqa.video import PIXEL_FACTOR, FrameSampling
@@ -65,3 +65,28 @@ class DemoSection(Section):
     sft_stop_accuracy: float = Field(0.5, ge=0, le=1)
     sft_check_every: int = Field(20, ge=1)
     controls: bool = False
+
+
+class TinyModelSection(Section):
+    """Family and size of the random model built by `videop2r make-tiny-model` and the demo (CPU attention needs
+    head_dim 64)."""
+
+    family: Literal["qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"  # videoqa.families: Qwen2.5-VL or Qwen3-VL
+
+    hidden_size: int = Field(128, ge=64)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    num_kv_heads: int = Field(1, ge=1)
+    intermediate_size: int = Field(256, ge=1)
+    vision_depth: int = Field(2, ge=1)
+    vision_hidden_size: int = Field(32, ge=8)
+    vision_heads: int = Field(1, ge=1)
+    vocab_size: int = Field(1024, ge=300)  # the tokenizer's BPE vocabulary, before special tokens
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
+        if self.vision_hidden_size % self.vision_heads:
+            raise ValueError("vision_hidden_size must be divisible by vision_heads")
+        return self

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from learner.lora import base_model
 from learner.mrope import model_positions
 from learner.vision_features import PIXEL_KEYS, SharedVisionFeatures
 from videoqa.loader import LoadedSample
@@ -100,7 +101,9 @@ def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK,
     recomputed in the backward (checkpointed), so only one chunk's logits exist at any time (V is about 152K
     for Qwen2.5-VL: a 4 x 4096-token batch would otherwise hold 10 GB of float32 logits).
     """
-    hf = getattr(model, "module", model)  # a DeepSpeed engine, or the Hugging Face model itself
+    # a DeepSpeed engine or the model itself; under LoRA the transformers model inside peft's wrapper (its adapted
+    # layers are in it: the forward goes through the adapters unless they are switched off)
+    hf = base_model(getattr(model, "module", model))
     kwargs = {k: v.to(hf.device) for k, v in batch.model_kwargs.items()  # the inputs go where the model is
               if vision is None or k not in PIXEL_KEYS}
     if vision is not None:

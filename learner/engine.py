@@ -8,13 +8,11 @@ the same. The reference model for the KL term is a frozen copy of the starting (
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,10 +20,12 @@ import torch
 from learner.advantages import process_advantages
 from learner.batch import build_inputs, prompt_inputs, response_logprobs
 from learner.vision_features import SharedVisionFeatures, tower_frozen
-from learner.deepspeed_setup import collective_device, ds_config, init_distributed, lr_lambda, most_on_any_rank, rank
+from learner.deepspeed_setup import collective_device, ds_config, init_distributed, lr_lambda, most_on_any_rank
 from learner.micro_batches import pad_to, padding_fraction, split, token_budget, token_share
 from learner.loss import importance_weights, policy_loss, token_advantages
+from learner.lora import adapters_off, apply_lora, base_model
 from learner.masks import process_masks
+from learner.weights_out import LearnerWeights
 from videoqa.families import family_of
 
 
@@ -42,7 +42,7 @@ class Rollout:
     stale: bool = False  # sampled by older weights than the learner's: corrected by truncated importance sampling
 
 
-class Learner:
+class Learner(LearnerWeights):
     def __init__(self, cfg, model_path: str, with_reference: bool = True):
         """``cfg`` is a ``LearnerSection`` (or a whole run config, whose ``learner`` section is used)."""
         import deepspeed
@@ -69,8 +69,16 @@ class Learner:
             model.disable_input_require_grads()
             model.config.use_cache = False
             model.train()  # transformers checkpoints only in training mode (Qwen2.5-VL has no dropout to change)
+        lora = self.cfg.lora
+        if lora.rank > 0:  # adapters on the language model; everything else frozen
+            targets = lora.target_modules or self.family.lora_targets
+            model = apply_lora(model, lora.rank, lora.alpha, lora.dropout, targets)
+            if self.cfg.gradient_checkpointing:  # peft hooks the input embeddings again: see above
+                base_model(model).disable_input_require_grads()
         self.reference = None
-        if with_reference and self.cfg.beta > 0:
+        # The KL reference: a frozen copy of the starting weights; with LoRA the same model with its adapters off
+        self._reference_is_base = with_reference and self.cfg.beta > 0 and lora.rank > 0
+        if with_reference and self.cfg.beta > 0 and lora.rank == 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer_holder = {}
@@ -101,7 +109,7 @@ class Learner:
     def _vision_store(self) -> SharedVisionFeatures | None:
         """One update's store of each prompt's vision features (``learner.share_vision_features``), or None when
         the tower trains: then every pass runs it, as its weights change between passes."""
-        if not self.cfg.share_vision_features or not tower_frozen(self.engine.module):
+        if not self.cfg.share_vision_features or not tower_frozen(base_model(self.engine.module)):
             return None
         return SharedVisionFeatures()
 
@@ -218,18 +226,20 @@ class Learner:
         tokens = (m_p + m_r > 0).float()
         vision = self._vision_store()  # each prompt's frozen-tower features: computed once in this update, up front
         if vision is not None:
-            vision.prepare(self.engine.module, prompts)
+            vision.prepare(base_model(self.engine.module), prompts)
         # log-probs of the policy that sampled (before this update) and of the frozen reference
         t_logprobs = time.perf_counter()
         # each row's sequence length: what a token-budget micro-batch counts
         lengths = [int(p["input_ids"].shape[1]) + len(r) for p, r in zip(prompts, responses)]
         old_lp = torch.zeros(len(rollouts), R)
-        ref_lp = torch.zeros(len(rollouts), R) if self.reference is not None else None
+        ref_lp = torch.zeros(len(rollouts), R) if self.reference is not None or self._reference_is_base else None
         for chunk in self._micro_batches(list(range(len(rollouts))), lengths):  # by tokens: rows out of order
             its, resp, prm = [items[i] for i in chunk], [responses[i] for i in chunk], [prompts[i] for i in chunk]
             old_lp[chunk] = pad_to(self.logprobs(its, resp, prompts=prm, vision=vision), R)
             if ref_lp is not None:
-                ref_lp[chunk] = pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm, vision=vision), R)
+                with adapters_off(self.engine.module) if self._reference_is_base else contextlib.nullcontext():
+                    ref_lp[chunk] = pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm, vision=vision),
+                                           R)
         logprobs_s = time.perf_counter() - t_logprobs
         behaviour = _behaviour(rollouts, R)
         is_weight, mismatch = importance_weights(old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens,
@@ -284,84 +294,13 @@ class Learner:
 
     def reset_reference(self) -> None:
         """The frozen KL reference becomes the current policy (call it after SFT: PA-GRPO's reference is the SFT
-        model)."""
+        model). With LoRA the reference is the model the learner started from (adapters off): a LoRA RL run starts
+        from the SFT model's hf/ (the merged model), as ``train`` does."""
+        if self._reference_is_base:
+            raise ValueError("with learner.lora the KL reference is the model the learner started from (its adapters "
+                             "off): start the RL learner from the SFT model's hf/ instead of resetting it")
         if self.reference is not None:
             self.reference.load_state_dict(self.state_dict_for_rollout(), strict=False)
-
-    # -- weights out ---------------------------------------------------------------------------------------------
-    def named_weights(self, keep: bool = True, bucket_mb: float = 64,
-                      trainable_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-        """Copies of the full parameters under their Hugging Face names, on the CPU. Under ZeRO-3 they are gathered
-        about ``bucket_mb`` at a time (one gather per bucket, not per tensor). Every rank must iterate it (the
-        gathers are collectives); ``keep=False`` (ranks other than the writer) takes part without copying.
-        ``trainable_only``: leave out the frozen parameters (``learner.freeze``), which never change."""
-        import contextlib
-
-        import deepspeed
-
-        limit = bucket_mb * 2**20
-        group: list[tuple[str, torch.Tensor]] = []
-        size = 0
-
-        def flush(group):
-            partitioned = [p for _, p in group if hasattr(p, "ds_id")]
-            gathered = deepspeed.zero.GatheredParameters(partitioned) if partitioned else contextlib.nullcontext()
-            with gathered:
-                for name, p in group:
-                    if keep:  # a snapshot: the live weights change under the next update
-                        yield name, p.detach().to("cpu", copy=True)
-
-        for name, p in self.engine.module.named_parameters():
-            if trainable_only and not p.requires_grad:  # the same on every rank: the collectives stay matched
-                continue
-            group.append((name, p))
-            size += getattr(p, "ds_numel", p.numel()) * p.element_size()
-            if size >= limit:
-                yield from flush(group)
-                group, size = [], 0
-        if group:
-            yield from flush(group)
-
-    def state_dict_for_rollout(self, keep: bool = True) -> dict[str, torch.Tensor]:
-        """What the rollout workers need after an update: the trainable weights only. The frozen ones (the vision
-        tower by default) are the ones every worker loaded from ``model.path`` at start, as the learner did, and
-        never change; vLLM's in-place reload keeps a layer that receives nothing as it is."""
-        return dict(self.named_weights(keep, trainable_only=True))
-
-    # -- checkpoints --------------------------------------------------------------------------------------------
-    def save(self, directory: str | Path, with_hf: bool = True) -> Path:
-        """DeepSpeed state (model, optimizer, scheduler) + RNG states + step, and a Hugging Face copy under hf/.
-        Every rank calls it (DeepSpeed's save is a collective)."""
-        directory = Path(directory)
-        client = {"step": self.step, "nonfinite_losses": self.nonfinite_losses, "rng": _rng_state()}
-        tag = f"step{self.step}"
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client)
-        # DeepSpeed keeps rank 0's client state only: each rank's own RNG goes beside it
-        (directory / tag).mkdir(parents=True, exist_ok=True)  # a rank that wrote no DeepSpeed file there (ZeRO-0)
-        torch.save(_rng_state(), directory / tag / f"rng_rank{rank()}.pt")
-        if with_hf:
-            self.save_hf(directory / "hf")
-        return directory
-
-    def save_hf(self, directory: str | Path) -> None:
-        """A Hugging Face copy (transformers and vLLM load it). Every rank takes part in the ZeRO-3 gathers; only
-        rank 0 writes."""
-        writer = rank() == 0
-        state = dict(self.named_weights(keep=writer))  # every weight; the others take part in the gathers only
-        if writer:
-            self.engine.module.save_pretrained(Path(directory), state_dict=state)
-            self.processor.save_pretrained(Path(directory))
-
-    def load(self, directory: str | Path, tag: str | None = None) -> int:
-        path, client = self.engine.load_checkpoint(str(directory), tag=tag)
-        if client is None:
-            raise FileNotFoundError(f"no learner checkpoint in {directory}")
-        self.step = client["step"]
-        self.nonfinite_losses = client.get("nonfinite_losses", 0)
-        mine = Path(directory) / (tag or f"step{self.step}") / f"rng_rank{rank()}.pt"
-        _set_rng_state(torch.load(mine, weights_only=False) if mine.is_file() else client["rng"])
-        return self.step
-
 
 def sft_targets(tokenizer, items) -> list[list[int]]:
     """The SFT target ids of CoT rows: observation, think and answer in their tags, then the end-of-turn token."""
@@ -384,13 +323,3 @@ def _behaviour(rollouts: list[Rollout], width: int) -> torch.Tensor | None:
     for i, r in enumerate(rollouts):
         out[i, : len(r.behaviour_logprobs)] = torch.tensor(r.behaviour_logprobs, dtype=torch.float32)
     return out
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])

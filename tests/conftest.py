@@ -42,10 +42,12 @@ def test_config():
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir, test_config):
-    """The session's only in-process vLLM engine (about 20 s to start on 2 cores)."""
+    """The session's vLLM engine of the tiny Qwen2.5-VL (about 20 s to start on 2 cores), with the rollout
+    workers' weight receiver (a test that syncs weights into it puts the original ones back)."""
     from actors.engine import start_engine, stop_engine
+    from actors.rollout_worker import RECEIVER
 
-    llm = start_engine(test_config.rollout, str(tiny_model_dir), "float32", seed=0)
+    llm = start_engine(test_config.rollout, str(tiny_model_dir), "float32", seed=0, worker_extension_cls=RECEIVER)
     yield llm
     stop_engine(llm)
 

@@ -68,7 +68,7 @@ def test_the_storage_probe_names_what_a_host_does_not_see(tmp_path, tiny_model_d
 def test_paths_are_made_absolute_without_following_symlinks(tmp_path, monkeypatch):
     """Catches: Path.resolve() replacing the path every host shares by one host's mount; a relative model path
     reaching actors whose working folder is not the driver's; an endpoint's model name taken for a folder."""
-    from cluster.cli import absolute_paths
+    from cluster.config_paths import absolute_paths
 
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")

@@ -229,7 +229,7 @@ def test_model_positions_reads_the_config_and_the_processor_outputs():
     and second_per_grid_ts ignored: a video of 2 temporal patches 1.5 s apart at 2 tokens/s is 3 positions apart."""
     from learner.mrope import model_positions
 
-    config = SimpleNamespace(image_token_id=8, video_token_id=9,
+    config = SimpleNamespace(model_type="qwen2_5_vl", image_token_id=8, video_token_id=9,
                              vision_config=SimpleNamespace(spatial_merge_size=2, tokens_per_second=2))
     ids = [1, 8, 2, 9, 9, 3]
     out = {"image_grid_thw": torch.tensor([[1, 2, 2]]), "video_grid_thw": torch.tensor([[2, 2, 2]]),
@@ -239,6 +239,10 @@ def test_model_positions_reads_the_config_and_the_processor_outputs():
     assert pos[0, 0].tolist() == [0, 1, 2, 3, 6, 7] and pos[1, 0].tolist() == [0, 1, 2, 3, 3, 7]
     text_only = model_positions(config, [1, 2, 3], {})
     assert text_only[:, 0].tolist() == [[0, 1, 2]] * 3
+    # Qwen3-VL (the family read from config.model_type): each temporal patch its own block at temporal position
+    # 0, the next one starting after it (its timestamp text would sit between them); no time scaling
+    config.model_type = "qwen3_vl"
+    assert model_positions(config, ids, out)[0, 0].tolist() == [0, 1, 2, 3, 4, 5]
 
 
 def _sample(**kw):

