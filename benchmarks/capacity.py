@@ -19,6 +19,12 @@ Time (seconds per step):
   (old policy and reference log-probs, 2*P*tokens each), at MFU_TRAIN over the learner GPUs.
 - sync: 2P bytes. Per-worker channels (today's transport) send them once per worker out of the sender's NIC;
   a broadcast sends them once. Both pay the receiver's load (SYNC_LOAD_RATIO, measured) on top.
+
+With LoRA of rank r (``learner.lora``) on the language model's projections (A = r * the sum of their input and
+output widths adapter parameters): gradients 2A/N and optimizer 12A/N instead of 2P/N and 12P/N, no reference
+copy (the reference is the model with its adapters off); the update's backward computes activation gradients only
+(2P per token instead of 4P: no weight gradients of frozen weights); a sync carries the adapted projections merged
+(2 * their parameter count bytes), not 2P.
 """
 
 from __future__ import annotations
@@ -44,6 +50,20 @@ class Model:
     kv_heads: int
     head_dim: int
     vocab: int
+    heads: int = 0
+    intermediate: int = 0
+
+    @property
+    def projections(self) -> float:
+        """Parameters of the decoder's q, k, v, o, gate, up and down projections (what LoRA adapts)."""
+        q = self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        return self.layers * (2 * self.hidden * q + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate)
+
+    def adapter(self, rank: int) -> float:
+        """LoRA adapter parameters of rank ``rank`` on every projection: rank x (input + output width)."""
+        q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        return rank * self.layers * ((h + q) * 2 + (h + kv) * 2 + (h + i) * 3)
 
 
 @dataclass(frozen=True)
@@ -56,9 +76,9 @@ class GPU:
 
 
 MODELS = {
-    "3b": Model("Qwen2.5-VL-3B", 3.75e9, 36, 2048, 2, 128, 151_936),
-    "7b": Model("Qwen2.5-VL-7B", 8.29e9, 28, 3584, 4, 128, 152_064),
-    "72b": Model("Qwen2.5-VL-72B", 73.4e9, 80, 8192, 8, 128, 152_064),
+    "3b": Model("Qwen2.5-VL-3B", 3.75e9, 36, 2048, 2, 128, 151_936, heads=16, intermediate=11008),
+    "7b": Model("Qwen2.5-VL-7B", 8.29e9, 28, 3584, 4, 128, 152_064, heads=28, intermediate=18944),
+    "72b": Model("Qwen2.5-VL-72B", 73.4e9, 80, 8192, 8, 128, 152_064, heads=64, intermediate=29568),
 }
 JUDGE_72B = Model("Qwen2.5-72B-Instruct (judge)", 72.7e9, 80, 8192, 8, 128, 152_064)
 GPUS = {
@@ -79,6 +99,7 @@ class Workload:
     judge_prompt_tokens: int = 500
     judge_tokens: int = 256
     checkpointing: bool = True
+    lora_rank: int = 0  # learner.lora.rank; 0: full fine-tuning
 
 
 @dataclass(frozen=True)
@@ -106,11 +127,12 @@ def learner_memory(m: Model, gpu: GPU, lay: Layout, w: Workload) -> dict[str, fl
     tokens = w.micro_batch * (w.prompt_tokens + w.response_tokens)
     layer_work = 34 * m.hidden * tokens
     acts = (2 * m.hidden * tokens * m.layers + layer_work) if w.checkpointing else layer_work * m.layers
+    trained = m.adapter(w.lora_rank) if w.lora_rank else m.params
     return {
-        "weights": 2 * m.params / n / GIB,
-        "gradients": 2 * m.params / n / GIB,
-        "optimizer": 12 * m.params / n / GIB,
-        "reference": 2 * m.params / n / GIB,
+        "weights": (2 * m.params + (2 * trained if w.lora_rank else 0)) / n / GIB,
+        "gradients": 2 * trained / n / GIB,
+        "optimizer": 12 * trained / n / GIB,
+        "reference": 0.0 if w.lora_rank else 2 * m.params / n / GIB,
         "activations": acts / GIB,
         "logits chunk": 4 * w.micro_batch * LOGPROB_CHUNK * m.vocab / GIB,
     }
@@ -144,17 +166,19 @@ def step_times(m: Model, gpu: GPU, lay: Layout, w: Workload, judge: Model = JUDG
         lay.judge_gpus * gpu.bf16_tflops * 1e12 * MFU_PREFILL)
     score = judge_prefill + decode_seconds(judge, gpu, judge_tp, w.judge_tokens) * (1 + rollouts / engines / 256)
     tokens = rollouts * (w.prompt_tokens + w.response_tokens)
-    flops = (6 + (2 if w.checkpointing else 0) + 2 * 2) * m.params * tokens
+    train = 4 if w.lora_rank else 6  # forward 2P + backward 4P (2P without the frozen weights' gradients)
+    flops = (train + (2 if w.checkpointing else 0) + 2 * 2) * m.params * tokens
     update = flops / (lay.learner_gpus * gpu.bf16_tflops * 1e12 * MFU_TRAIN)
-    sync = sync_seconds(m, gpu, lay.rollout_workers, broadcast)
+    sync = sync_seconds(m, gpu, lay.rollout_workers, broadcast, m.projections if w.lora_rank else m.params)
     return {"generate": generate, "score": score, "update": update, "sync": sync,
             "step": (generate + score + update + sync) * DRIVER_OVERHEAD}
 
 
-def sync_seconds(m: Model, gpu: GPU, workers: int, broadcast: bool) -> float:
-    """2P bytes to ``workers`` rollout workers out of the sender's NIC: once per worker (per-worker channels) or
-    once (a broadcast), plus the receivers' load (the measured excess over a raw transfer)."""
-    once = 2 * m.params / (gpu.nic_gbs * 1e9)
+def sync_seconds(m: Model, gpu: GPU, workers: int, broadcast: bool, sent: float | None = None) -> float:
+    """2P bytes (``sent`` parameters in bf16: LoRA's merged projections) to ``workers`` rollout workers out of the
+    sender's NIC: once per worker (per-worker channels) or once (a broadcast), plus the receivers' load (the
+    measured excess over a raw transfer)."""
+    once = 2 * (m.params if sent is None else sent) / (gpu.nic_gbs * 1e9)
     return once * (1 if broadcast else workers) * SYNC_LOAD_RATIO
 
 
@@ -178,11 +202,22 @@ def run_bench_capacity(model: str = "7b", gpu: str = "a100", learner_gpus: int =
         parts = ", ".join(f"{k} {v:.1f}" for k, v in mem.items())
         total = sum(mem.values())
         print(f"  {label:26s} {total:6.1f} of {g.memory_gib:.0f}{'' if total < g.memory_gib else '  DOES NOT FIT'}: {parts}")
+    lora = replace(w, lora_rank=64)
+    mem = learner_memory(m, g, lay, lora)
+    total = sum(mem.values())
+    print(f"  {'learner, LoRA rank 64':26s} {total:6.1f} of {g.memory_gib:.0f}"
+          f"{'' if total < g.memory_gib else '  DOES NOT FIT'}: " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
+    one = learner_memory(m, g, replace(lay, learner_gpus=1), lora)
+    print(f"  {'  the same on 1 GPU':26s} {sum(one.values()):6.1f} of {g.memory_gib:.0f}"
+          f"{'' if sum(one.values()) < g.memory_gib else '  DOES NOT FIT'}")
     mem = rollout_memory(m, g, lay, w)
     print(f"  {'rollout worker':26s} {sum(mem.values()):6.1f} of {g.memory_gib:.0f}: "
           + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
     t = step_times(m, g, lay, w)
     print("\nstep time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    tl = step_times(m, g, lay, lora)
+    print("  with LoRA rank 64: " + ", ".join(f"{k} {v:.1f}" for k, v in tl.items())
+          + f" (adapters {m.adapter(64) / 1e6:.0f}M parameters; a sync carries the {m.projections / 1e9:.2f}B merged)")
     print(f"  {steps} steps: {t['step'] * steps / 3600:.1f} h")
     pl, pw = paper_layout()
     paper = step_times(MODELS["7b"], GPUS["a100"], pl, pw)["step"] * 1000 / 3600

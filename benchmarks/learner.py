@@ -1,7 +1,8 @@
 """Benchmark of the learner, printed as tables: one PA-GRPO step vs one GRPO step on the same rollout batch
 (alternating, same learner; target ratio <= 1.05), log-prob throughput of the policy on that batch, and the RL step
 with the frozen vision tower's features computed once per prompt group vs in every pass
-(``learner.share_vision_features``), on the tiny model and on a 3B-width slice with a full-width tower."""
+(``learner.share_vision_features``), on the tiny model and on a 3B-width slice with a full-width tower; and what a
+weight sync carries with full fine-tuning and with LoRA (``learner.lora``)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,43 @@ def token_budget_rows(learner, items, group_size: int, rounds: int) -> None:
     print(f"{'by tokens (micro_batch_tokens=' + str(budget) + ')':40s} {t['tokens'] * 1e3:9.0f} ms   "
           f"padding {padding['tokens']:.2f}")
     print(f"{'tokens / rows step time':40s} {t['tokens'] / t['rows']:9.2f}")
+
+
+def _payload(learner, rounds: int, **kw) -> tuple[float, float]:
+    """(MiB, median ms) of producing the named weights ``named_weights(**kw)`` yields (gathered, merged, copied)."""
+    times, size = [], 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        size = sum(t.numel() * t.element_size() for _, t in learner.named_weights(**kw))
+        times.append(time.perf_counter() - t0)
+    return size / 2**20, statistics.median(times) * 1e3
+
+
+def lora_rows(cfg, model: str, full, rollouts, group_size: int, rounds: int, rank: int = 8) -> None:
+    """What a weight sync carries with full fine-tuning and with LoRA (``learner.lora.rank``), and the RL step of
+    each on the same batch: the payload's size and the time to gather (and merge) it on the learner."""
+    from learner.engine import Learner
+    from learner.lora import lora_parameters
+
+    lora_cfg = cfg.model_copy(deep=True)
+    lora_cfg.learner.lora.rank, lora_cfg.learner.lora.alpha = rank, 2.0 * rank
+    lora = Learner(lora_cfg, model)
+    adapter = sum(p.numel() * p.element_size() for _, p in lora_parameters(lora.engine.module)) / 2**20
+    step = {}
+    for name, learner in (("full", full), ("lora", lora)):
+        learner.rl_step(rollouts, group_size)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            learner.rl_step(rollouts, group_size)
+        step[name] = (time.perf_counter() - t0) / rounds * 1e3
+    print(f"\nweight sync payload (learner side: gather, merge, copy), median of {rounds}; LoRA rank {rank}")
+    rows = [("every weight (hf/, a worker's first load)", *_payload(full, rounds)),
+            ("full fine-tuning: the trainable weights", *_payload(full, rounds, trainable_only=True)),
+            ("LoRA: the adapted layers, merged", *_payload(lora, rounds, trainable_only=True)),
+            ("LoRA: the adapters alone (not a sync mode yet)", adapter, float("nan"))]
+    for label, mib, ms in rows:
+        print(f"{label:48s} {mib:9.2f} MiB {ms:9.1f} ms")
+    print(f"{'RL step, full fine-tuning / LoRA':48s} {step['full']:9.0f} ms {step['lora']:9.0f} ms")
 
 
 def wide_learner(root: Path, blocks: int, frames: int, pixels: int, group: int, zero_stage: int):
@@ -143,6 +181,8 @@ def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_si
     print(f"{'log-prob throughput':32s} {n_tokens / lp:9,.0f} generated tok/s ({lp * 1e3:.0f} ms per batch)")
 
     token_budget_rows(learner, items, group_size, rounds)
+    learner.cfg.algorithm = "pa_grpo"
+    lora_rows(cfg, model, learner, rollouts, group_size, rounds)
 
     print(f"\nvision tower: PA-GRPO step, tower frozen, median of {rounds} alternating rounds")
     learner.cfg.algorithm = "pa_grpo"

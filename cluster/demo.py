@@ -17,6 +17,7 @@ from pathlib import Path
 from cluster.config import Config
 from cluster.evaluate import evaluate, paired_gain
 from cluster.preflight import check_policy_model, check_port
+from videoqa.families import FAMILIES
 from cluster.run_dir import RunExistsError
 from cluster.stack import Dataset, Stack
 
@@ -84,7 +85,7 @@ def ensure_fixtures(cfg: Config, out: Path) -> None:
                                     f"run.out_dir ({out})")
         from toy.tiny_model import build_tiny_model
 
-        print(f"[demo] building the tiny {cfg.tiny_model.family} model at {model}")
+        print(f"[demo] building the tiny {FAMILIES[cfg.tiny_model.family].name} at {model}")
         build_tiny_model(model, cfg.tiny_model, seed=cfg.run.seed)
     if not (data / cfg.data.train_file).is_file():
         if not _inside(data, out):

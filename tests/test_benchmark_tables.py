@@ -48,8 +48,9 @@ def test_rollout(root):
 
 def test_learner(root):
     """Catches a change in the learner's step or log-prob API that the benchmark calls, the vision-features rows
-    lost or their ratio not a number (on the tiny model and a 3B-width slice of 1 vision block, G=2), and a token
-    budget that does not lower the padding of a batch whose responses vary 1-8x."""
+    lost or their ratio not a number (on the tiny model and a 3B-width slice of 1 vision block, G=2), a token
+    budget that does not lower the padding of a batch whose responses vary 1-8x, and a LoRA sync that carries as
+    much as full fine-tuning's (or an adapter larger than the merged layers)."""
     out = ran("learner", "--root", root, "--rounds", 1, "--wide-blocks", 1, "--wide-frames", 2, "--wide-group", 2)
     rows_of(out, ("PA-GRPO step", "GRPO step", "PA-GRPO / GRPO", "log-prob throughput"))
     rows = rows_of(out, ("tiny model, once / every", "3B width, 1 vision blocks, 2 frames 112x112, once / every"))
@@ -57,6 +58,11 @@ def test_learner(root):
     cut = rows_of(out, ("by rows (micro_batch_size=4)", "by tokens (micro_batch_tokens=", "tokens / rows step time"))
     padding = {k: float(cut[k].split()[-1]) for k in ("by rows (micro_batch_size=4)", "by tokens (micro_batch_tokens=")}
     assert padding["by tokens (micro_batch_tokens="] < padding["by rows (micro_batch_size=4)"], cut
+    sync = rows_of(out, ("full fine-tuning: the trainable weights", "LoRA: the adapted layers, merged",
+                         "LoRA: the adapters alone", "RL step, full fine-tuning / LoRA"))
+    mib = {k: float(v.split("MiB")[0].split()[-1]) for k, v in sync.items() if "MiB" in v}
+    assert mib["LoRA: the adapters alone"] < mib["LoRA: the adapted layers, merged"] < \
+        mib["full fine-tuning: the trainable weights"], sync
 
 
 def test_train(root):

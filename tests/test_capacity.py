@@ -32,8 +32,25 @@ def test_memory_terms():
     assert abs(tp2["weights"] * 2 - rollout_memory(m, g, lay, w)["weights"]) < 1e-9
 
 
+def test_lora_terms():
+    """LoRA (rank 64 on the 7 projections): the adapter count is the one peft makes for Qwen2.5-VL-7B (161M,
+    counted on the meta-device model), its gradients and optimizer replace the full ones, no reference copy, a
+    7B learner fits one 80 GB GPU, the update does no weight-gradient GEMMs of frozen weights, and a sync carries
+    the merged projections (6.53B parameters), not all 8.29B. Catches the full terms left in for a LoRA run."""
+    m, g, lay, w = MODELS["7b"], GPUS["h100"], Layout(1, 1), Workload()
+    lora = replace(w, lora_rank=64)
+    assert round(m.adapter(64) / 1e6) == 161 and round(m.projections / 1e7) == 653
+    full, adapted = learner_memory(m, g, lay, w), learner_memory(m, g, lay, lora)
+    assert adapted["reference"] == 0 and abs(adapted["optimizer"] - 12 * m.adapter(64) / 2**30) < 1e-9
+    assert sum(adapted.values()) < g.memory_gib < sum(full.values())
+    t_full, t_lora = step_times(m, g, lay, w), step_times(m, g, lay, lora)
+    assert t_lora["update"] / t_full["update"] == (4 + 2 + 4) / (6 + 2 + 4)  # checkpointing on
+    assert abs(t_lora["sync"] / t_full["sync"] - m.projections / m.params) < 1e-12
+
+
 def test_capacity_prints_its_tables():
     r = run("capacity", "--model", "7b", "--gpu", "h100")
     assert r.returncode == 0, r.stderr
-    for line in ("memory per GPU", "step time (s)", "18 h reported", "weight sync vs rollout workers", "512 GPUs"):
+    for line in ("memory per GPU", "step time (s)", "18 h reported", "weight sync vs rollout workers", "512 GPUs",
+                 "learner, LoRA rank 64", "with LoRA rank 64"):
         assert line in r.stdout

@@ -169,7 +169,7 @@ def test_kuberay_roles_secrets_and_monitoring_fit_together():
 
 
 GIB = 2 ** 30
-GPU_CONFIGS = ("paper-7b-gpu.yaml", "make-cot-gpu.yaml", "eval-gpu.yaml")
+GPU_CONFIGS = ("paper-7b-gpu.yaml", "paper-7b-lora-gpu.yaml", "make-cot-gpu.yaml", "eval-gpu.yaml")
 
 
 def _kuberay_across_hosts_problems(cluster: dict, job: dict, redis: list[dict], configs: dict) -> list[str]:

@@ -134,3 +134,31 @@ def test_shaped_configs_keep_the_released_widths():
         shape_config("72b-slice", ids)
     with pytest.raises(ValueError, match="at least 1 decoder layer"):  # not silently the default 2
         shape_config("3b-slice", ids, text_layers=0)
+
+
+def test_the_qwen3_vl_8b_slice_keeps_the_released_widths():
+    """Qwen3-VL-8B-Instruct's config.json in every width, cut in depth: a width, the head layout, the interleaved
+    M-RoPE split or the patch copied wrong would test a shape no user runs; the slice keeps one DeepStack merger
+    per decoder layer (the released 3 at blocks 8/16/24 of 27), and the meta-device model has the released
+    parameter count per decoder layer (QK-norm included)."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from toy.shaped_model import shape_config
+
+    ids = {t: 1000 + i for i, t in enumerate(SPECIAL_TOKENS)}
+    full, cut = shape_config("qwen3-vl-8b", ids), shape_config("qwen3-vl-8b-slice", ids)
+    for c, depth, blocks, deepstack in ((full, 36, 27, [8, 16, 24]), (cut, 2, 4, [1, 2])):
+        t, v = c.text_config, c.vision_config
+        assert (t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
+                t.num_key_value_heads, t.head_dim) == (151936, 4096, 12288, depth, 32, 8, 128)
+        assert t.rope_parameters["mrope_section"] == [24, 20, 20] and t.rope_parameters["mrope_interleaved"]
+        assert t.rope_parameters["rope_theta"] == 5e6 and not c.tie_word_embeddings
+        assert (v.depth, v.hidden_size, v.intermediate_size, v.num_heads, v.out_hidden_size, v.patch_size,
+                v.num_position_embeddings, v.deepstack_visual_indexes) == \
+            (blocks, 1152, 4304, 16, 4096, 16, 2304, deepstack)
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(cut)
+    layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters())
+    attn = 4096 * 4096 * 2 + 4096 * 128 * 8 * 2 + 2 * 128  # q, o; k, v; q_norm, k_norm
+    assert layer == attn + 3 * 4096 * 12288 + 2 * 4096
+    assert len(model.model.visual.deepstack_merger_list) == 2

@@ -57,25 +57,25 @@ def shape_config(shape: str, ids: dict[str, int], text_layers: int | None = None
         return _qwen3_vl_config(base, sliced, ids, text_layers, vision_blocks)
     text = dict(TEXT[base])
     vision = dict(VISION, out_hidden_size=text["hidden_size"])
+    text["num_hidden_layers"], vision["depth"] = _depths(sliced, text_layers, vision_blocks,
+                                                         text["num_hidden_layers"], vision["depth"])
     if sliced:
-        text["num_hidden_layers"] = SLICE["text_layers"] if text_layers is None else text_layers
-        depth = SLICE["vision_blocks"] if vision_blocks is None else vision_blocks
-        if text["num_hidden_layers"] < 1 or depth < 1:
-            raise ValueError(f"a slice needs at least 1 decoder layer and 1 vision block (got {text['num_hidden_layers']}"
-                             f" and {depth})")
-        vision["depth"] = depth
+        depth = vision["depth"]
         vision["fullatt_block_indexes"] = [i for i in VISION["fullatt_block_indexes"] if i < depth - 1] + [depth - 1]
-    tied = text["tie_word_embeddings"]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(text, max_position_embeddings=128000, rope_parameters=dict(ROPE), rms_norm_eps=1e-6,
+    return _config(Qwen2_5_VLConfig, "Qwen2_5_VLForConditionalGeneration", text, ROPE, vision, ids, 128000)
+
+
+def _config(cls, architecture: str, text: dict, rope: dict, vision: dict, ids: dict[str, int], positions: int):
+    config = cls(
+        text_config=dict(text, max_position_embeddings=positions, rope_parameters=dict(rope), rms_norm_eps=1e-6,
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=tied,
+        tie_word_embeddings=text["tie_word_embeddings"],
     )
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    config.architectures = [architecture]
     return config
 
 
@@ -99,17 +99,7 @@ def _qwen3_vl_config(base: str, sliced: bool, ids: dict[str, int], text_layers, 
     if sliced:  # DeepStack: one merger per kept decoder layer (at most 3), from the blocks before the last
         n = min(len(QWEN3_VL_VISION["deepstack_visual_indexes"]), text["num_hidden_layers"], vision["depth"] - 1)
         vision["deepstack_visual_indexes"] = list(range(vision["depth"] - 1 - n, vision["depth"] - 1))
-    config = Qwen3VLConfig(
-        text_config=dict(text, max_position_embeddings=262144, rope_parameters=dict(QWEN3_VL_ROPE), rms_norm_eps=1e-6,
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
-    config.architectures = ["Qwen3VLForConditionalGeneration"]
-    return config
+    return _config(Qwen3VLConfig, "Qwen3VLForConditionalGeneration", text, QWEN3_VL_ROPE, vision, ids, 262144)
 
 
 def text_token_ids(tokenizer) -> list[int]:
