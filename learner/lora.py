@@ -14,15 +14,15 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Iterator
 
-if TYPE_CHECKING:  # no torch import when the config loads (it reads the defaults here)
+if TYPE_CHECKING:  # torch itself is imported by whoever passes the tensors
     import torch
 
 PEFT_PREFIX = "base_model.model."
 def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: str):
     """``model`` wrapped by peft with LoRA adapters (``rank`` > 0) on the modules whose full name matches
     ``target_modules`` (a regex; the family's default is ``ModelFamily.lora_targets``); every other weight is
-    frozen, the adapters train. B starts at zero (peft's default), so
-    the wrapped model computes what ``model`` did until the first update."""
+    frozen, the adapters train. B starts at zero (peft's default), so the wrapped model computes what ``model``
+    did until the first update."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
