@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # torch itself is imported by whoever passes the tensors
     import torch
 
 PEFT_PREFIX = "base_model.model."
+
+
 def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: str):
     """``model`` wrapped by peft with LoRA adapters (``rank`` > 0) on the modules whose full name matches
     ``target_modules`` (a regex; the family's default is ``ModelFamily.lora_targets``); every other weight is
