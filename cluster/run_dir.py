@@ -29,7 +29,7 @@ CHECKPOINT = re.compile(r"^step_(\d+)$")
 # what a run writes in its folder: none of these may be a symbolic link (a write through one planted by whoever
 # can write the folder would land wherever it points: a config, a model, metrics written into someone's files)
 OWN_ENTRIES = ("config.yaml", "control.json", "metrics.jsonl", "summary.json", "trackers.json", "mlflow.db",
-               "checkpoints", "rollouts", "hf", "tensorboard", "wandb", "mlflow-artifacts")
+               "checkpoints", "rollouts", "hf", "adapter", "tensorboard", "wandb", "mlflow-artifacts")
 
 
 class RunExistsError(RuntimeError):
@@ -57,7 +57,7 @@ class RunDir:
             if not force:
                 raise RunExistsError(f"{self.path} already holds a run: pass run.resume=auto to continue it, "
                                      "--force to start over there, or another run.out_dir")
-            for sub in ("checkpoints", "rollouts", "hf", "tensorboard", "wandb", "mlflow-artifacts"):
+            for sub in ("checkpoints", "rollouts", "hf", "adapter", "tensorboard", "wandb", "mlflow-artifacts"):
                 shutil.rmtree(self.path / sub, ignore_errors=True)
             for f in ("metrics.jsonl", "summary.json", "control.json", "trackers.json", "mlflow.db"):
                 (self.path / f).unlink(missing_ok=True)

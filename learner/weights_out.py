@@ -93,18 +93,18 @@ class LearnerWeights:
         torch.save(_rng_state(), directory / tag / f"rng_rank{rank()}.pt")
         if with_hf:
             self.save_hf(directory / "hf")
-            if is_lora(self.engine.module):
-                self.save_adapter(directory / "adapter")
         return directory
 
     def save_hf(self, directory: str | Path) -> None:
-        """A Hugging Face copy (transformers and vLLM load it; with LoRA the merged model). Every rank takes part in
-        the ZeRO-3 gathers; only rank 0 writes."""
+        """A Hugging Face copy (transformers and vLLM load it; with LoRA the merged model, and the adapter beside it
+        in ``adapter/``). Every rank takes part in the ZeRO-3 gathers; only rank 0 writes."""
         writer = rank() == 0
         state = dict(self.named_weights(keep=writer))  # every weight; the others take part in the gathers only
         if writer:
             base_model(self.engine.module).save_pretrained(Path(directory), state_dict=state)
             self.processor.save_pretrained(Path(directory))
+        if is_lora(self.engine.module):
+            self.save_adapter(Path(directory).with_name("adapter"))
 
     def save_adapter(self, directory: str | Path) -> None:
         """The LoRA adapter as peft writes it (``adapter_config.json``, ``adapter_model.safetensors``): peft and

@@ -124,8 +124,8 @@ def test_a_lora_update_moves_only_the_adapters_and_sends_only_the_adapted_layers
 
 def test_lora_resume_is_bit_exact_and_the_checkpoint_holds_merged_and_adapter(tiny_model_dir, items, tmp_path):
     """Catches adapters or their optimizer state missing from the checkpoint (the resumed losses differ), hf/ that
-    is the base model or holds peft's names (transformers loads it strictly, with the merged weights), and an
-    adapter/ folder peft cannot apply on top of the base model."""
+    is the base model or holds peft's names (transformers loads it strictly, with the merged weights), an adapter/
+    folder peft cannot apply on top of the base model, and a run's final hf/ written without its adapter/."""
     cfg = lora_cfg("learner.zero_stage=2")
     a = Learner(cfg, str(tiny_model_dir))
     tgt = targets(a, items)
@@ -144,6 +144,9 @@ def test_lora_resume_is_bit_exact_and_the_checkpoint_holds_merged_and_adapter(ti
     assert all(torch.equal(p, merged[n]) for n, p in hf.state_dict().items() if n in merged)
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
     applied = PeftModel.from_pretrained(base, tmp_path / "ckpt" / "adapter").merge_and_unload()
+    # a run's final copy (stages call save_hf, not save) has its adapter beside hf/ too
+    a.save_hf(tmp_path / "run" / "hf")
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     for n, p in applied.state_dict().items():
         assert torch.allclose(p, merged[n], atol=1e-6), n
 

