@@ -51,7 +51,7 @@ def cmd_eval(args) -> int:
 def cmd_faults(args) -> int:
     from benchmarks.faults import run_bench_faults
 
-    return run_bench_faults(args.root, sft_steps=args.sft_steps)
+    return run_bench_faults(args.root, sft_steps=args.sft_steps, chunk_timeout_s=args.chunk_timeout)
 
 
 def cmd_capacity(args) -> int:
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs/bench", help="folder for the synthetic data and tiny model (made if missing)")
     p.add_argument("--sft-steps", type=int, default=150, help="SFT steps of the model the RL run starts from "
                    "(shared with `train` under the same --root)")
+    p.add_argument("--chunk-timeout", type=float, default=30.0, help="rollout.chunk_timeout_s: how long the hung "
+                   "worker's chunk waits before it goes to another worker")
     p.set_defaults(func=cmd_faults)
 
     p = sub.add_parser("capacity", help="a capacity model on GPUs: memory per GPU, step-time split, sync vs workers")

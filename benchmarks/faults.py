@@ -47,7 +47,7 @@ def _counted(row: dict, events: list[str]) -> dict[str, float]:
     return {k: v for k, v in keys.items() if v}
 
 
-def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150) -> int:
+def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150, chunk_timeout_s: float = 30.0) -> int:
     import ray
 
     from cluster.config import Config
@@ -66,7 +66,7 @@ def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150) -> i
     base = [f"data.dir={data}", f"trainer.prompts_per_step={B}", f"rollout.group_size={G}", "rollout.max_tokens=48",
             f"trainer.steps={STEPS}", "trainer.max_staleness=0", "trainer.checkpoint_every=0", f"sft.steps={sft_steps}",
             "sft.checkpoint_every=0", "rollout.num_workers=2", "rollout.num_cpus=1", "rollout.chunks_per_worker=1",
-            "rollout.chunk_timeout_s=30", "reward.num_workers=2", "judge.backend=http", "judge.model=test",
+            f"rollout.chunk_timeout_s={chunk_timeout_s}", "reward.num_workers=2", "judge.backend=http", "judge.model=test",
             f"judge.base_url={judge.base_url}", "judge.retries=0", "judge.timeout_s=2", "learner.micro_batch_size=12",
             "cache.start_local=true", "cache.retry_after_s=0.5"]
     plan = {  # injected after step s-1 ends, so that it hits step s

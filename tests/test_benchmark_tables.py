@@ -92,7 +92,7 @@ def test_faults(root):
     that never completes, a fault that is survived but not counted (its row's counted column reads '-'). Only the
     faults that are counted whatever the model writes are checked for a count: after 2 SFT steps few responses
     have an observation to judge, so the cache and judge faults may have nothing to count."""
-    out = ran("faults", "--root", root, "--sft-steps", 2, timeout=1200)
+    out = ran("faults", "--root", root, "--sft-steps", 2, "--chunk-timeout", 10, timeout=1200)
     assert "steps completed 9/9; rollouts lost 0, duplicated 0" in out, out[-2000:]
     table = {int(line.split()[0]): line for line in out.splitlines() if re.match(r"\s*\d+\s{2}", line)}
     assert "worker lost 1" in table[2] and "worker hung 1" in table[7], out[-2000:]
