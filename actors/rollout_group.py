@@ -44,8 +44,9 @@ class Slot:
 
 class RolloutGroup(WeightSync):
     def __init__(self, rollout_cfg, transport_cfg, model_path: str, dtype: str = "float32",
-                 source: LocalWeightSource | None = None, num_workers: int | None = None):
-        self.cfg, self.transport = rollout_cfg, transport_cfg
+                 source: LocalWeightSource | None = None, num_workers: int | None = None, lora_rank: int = 0):
+        """``lora_rank`` > 0: the source sends LoRA adapters of that rank (``learner.lora.served_rank``)."""
+        self.cfg, self.transport, self.lora_rank = rollout_cfg, transport_cfg, lora_rank
         self.model_path, self.dtype, self.source = model_path, dtype, source
         self.slots: dict[str, Slot] = {}
         self._next_id = 0
@@ -68,7 +69,7 @@ class RolloutGroup(WeightSync):
             max_restarts=self.cfg.max_restarts,
             max_task_retries=0, max_concurrency=1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
-        ).remote(self.cfg, self.model_path, self.dtype, name)
+        ).remote(self.cfg, self.model_path, self.dtype, name, self.lora_rank)
         return actor, pg
 
     def add_workers(self, n: int, wait: bool = True) -> list[str]:

@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from actors.engine_metrics import EngineMetrics
+from actors.vllm_inputs import lora_engine_kwargs
 from actors.weight_transport import WeightPlan
 from videoqa.families import family_of
 
@@ -49,7 +50,9 @@ def request_seed(base_seed: int, step: int, request_id: str) -> int:
 
 
 class RolloutWorker:
-    def __init__(self, rollout_cfg, model_path: str, dtype: str, name: str):
+    def __init__(self, rollout_cfg, model_path: str, dtype: str, name: str, lora_rank: int = 0):
+        """``lora_rank`` > 0: the learner sends LoRA adapters of that rank (``learner.lora.sync=adapter``), which
+        vLLM adds to the base model loaded from ``model_path``."""
         from actors.engine import start_engine
 
         self.name, self.cfg = name, rollout_cfg
@@ -57,10 +60,11 @@ class RolloutWorker:
         t0 = time.perf_counter()
         # disable_log_stats=False: vLLM keeps its metrics, which engine_metrics publishes through Ray
         self.llm = start_engine(rollout_cfg, model_path, dtype, seed=rollout_cfg.seed, worker_extension_cls=RECEIVER,
-                                disable_log_stats=False)
+                                disable_log_stats=False, **lora_engine_kwargs(lora_rank))
         self.start_s = time.perf_counter() - t0
         self.metrics = EngineMetrics(name)
         self.version = 0
+        self.lora_request = None  # the adapter every generation goes through (None: the weights alone)
         # A sampled vision placeholder token is no text: it would break the M-RoPE layout the learner scores with.
         tok = self.llm.get_tokenizer()
         media = family_of(model_path).media_tokens
@@ -97,9 +101,22 @@ class RolloutWorker:
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
+        if plan.adapter is not None:
+            self._serve_adapter(versions[0])
         self.version = versions[0]
         self.last_sync_s = time.perf_counter() - t0
         return self.version
+
+    def _serve_adapter(self, version: int) -> None:
+        """Generations go through the adapter just received (vLLM loads it at the next request, by its id: one id
+        per weight version); the previous one leaves the engine."""
+        from vllm.lora.request import LoRARequest
+
+        path = self.llm.collective_rpc("videop2r_adapter_path")[0]
+        old = self.lora_request
+        for lora_id in {version, old.lora_int_id if old else version}:  # a retried version is loaded afresh too
+            self.llm.llm_engine.remove_lora(lora_id)
+        self.lora_request = LoRARequest(f"policy-v{version}", version, path)
 
     # -- generation ------------------------------------------------------------------------------------------
     def generate(self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False,
@@ -112,7 +129,7 @@ class RolloutWorker:
         base.update(overrides or {})
         params = [SamplingParams(**base, seed=request_seed(c.seed, step, r.request_id)) for r in requests]
         t0 = time.perf_counter()
-        outs = self.llm.generate([r.prompt for r in requests], params, use_tqdm=False)
+        outs = self.llm.generate([r.prompt for r in requests], params, use_tqdm=False, lora_request=self.lora_request)
         elapsed = time.perf_counter() - t0
         results = []
         for r, out in zip(requests, outs):

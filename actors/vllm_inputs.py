@@ -57,6 +57,20 @@ def engine_kwargs(rollout, model_path: str, dtype: str = "float32", seed: int = 
     return kw
 
 
+SERVED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
+
+
+def lora_engine_kwargs(rank: int) -> dict:
+    """Engine arguments for serving one LoRA adapter of ``rank`` at a time (``learner.lora.sync=adapter``; 0: none).
+    vLLM takes a few fixed ranks; the smallest one that holds ``rank`` serves it."""
+    if rank <= 0:
+        return {}
+    fits = [r for r in SERVED_LORA_RANKS if r >= rank]
+    if not fits:
+        raise ValueError(f"LoRA rank {rank} is above vLLM's largest ({SERVED_LORA_RANKS[-1]})")
+    return {"enable_lora": True, "max_lora_rank": fits[0], "max_loras": 1}
+
+
 def engine_env(rollout, in_process: bool = False) -> dict[str, str]:
     """Environment the engine process needs before vLLM is imported."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}

@@ -45,3 +45,20 @@ def check_names(names: list[str], accepted: set[str]) -> None:
             f"unknown parameter name {unknown[0]!r}{more}: the rollout engine's model has no such weight; "
             "send Hugging Face names as transformers writes them for this checkpoint"
         )
+
+
+# a peft adapter tensor as get_peft_model_state_dict names it (adapter_model.safetensors)
+_ADAPTER_TENSOR = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_[AB]\.weight$")
+
+
+def check_plan_names(plan, accepted: set[str]) -> None:
+    """``check_names`` for a weight plan (``actors.weight_transport.WeightPlan``). An adapter's tensors are checked
+    by the weight each one adapts: an adapter for modules the served model lacks fails before anything moves."""
+    names = plan.names
+    if plan.adapter is not None:
+        bad = [n for n in names if not _ADAPTER_TENSOR.match(n)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a LoRA adapter tensor (base_model.model.<module>.lora_A.weight or "
+                             "lora_B.weight, as peft saves them)")
+        names = [_ADAPTER_TENSOR.match(n)["module"] + ".weight" for n in names]
+    check_names(names, accepted)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.weight_names import check_names
+from actors.weight_names import check_plan_names
 from actors.weight_transport import WeightPlan, WeightSender, WeightTransportError, error_reason, plan_buckets
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,10 @@ class LocalWeightSource:
     def version(self) -> int:
         return self.plan.version if self.plan else 0
 
-    def update(self, named: dict[str, torch.Tensor], version: int) -> WeightPlan:
+    def update(self, named: dict[str, torch.Tensor], version: int, adapter: dict | None = None) -> WeightPlan:
+        """The weights to send from now on (``adapter``: they are a LoRA adapter with this peft config)."""
         self.named = dict(named)
-        self.plan = plan_buckets(self.named.items(), version, self.bucket_mb)
+        self.plan = plan_buckets(self.named.items(), version, self.bucket_mb, adapter)
         return self.plan
 
     def listen(self, key: str):
@@ -129,7 +130,7 @@ class WeightSync:
         from ray.exceptions import GetTimeoutError, RayActorError
 
         plan = self.source.plan
-        check_names(plan.names, self._accepted)  # before any tensor moves: a bad name fails alone
+        check_plan_names(plan, self._accepted)  # before any tensor moves: a bad name fails alone
         if names is None:
             names = [k for k, s in self.slots.items() if s.state_ref is None]
         t0 = time.perf_counter()

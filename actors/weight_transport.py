@@ -89,6 +89,9 @@ class Bucket:
 class WeightPlan:
     version: int
     buckets: list[Bucket]
+    # a LoRA adapter's peft config (adapter_config.json) when the tensors are an adapter (learner.lora.sync=adapter)
+    # rather than model weights: the receiver hands them to vLLM's LoRA support instead of reloading weights
+    adapter: dict | None = None
 
     @property
     def names(self) -> list[str]:
@@ -96,7 +99,7 @@ class WeightPlan:
 
     def to_dict(self) -> dict:
         """Plain types only: vLLM's RPC re-encodes arguments (msgpack), which turns dataclasses into dicts."""
-        return {"version": self.version, "buckets": [
+        return {"version": self.version, "adapter": self.adapter, "buckets": [
             {"dtype": b.dtype, "numel": b.numel, "entries": [[e.name, list(e.shape), e.offset, e.numel] for e in b.entries]}
             for b in self.buckets
         ]}
@@ -106,15 +109,17 @@ class WeightPlan:
         return cls(d["version"], [
             Bucket(b["dtype"], b["numel"], [Entry(n, tuple(shape), off, num) for n, shape, off, num in b["entries"]])
             for b in d["buckets"]
-        ])
+        ], d.get("adapter"))
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel * torch.empty((), dtype=getattr(torch, b.dtype)).element_size() for b in self.buckets)
 
 
-def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_mb: float = 64) -> WeightPlan:
-    """Groups tensors into flat buckets of one dtype each, up to ``bucket_mb`` (a larger tensor gets its own)."""
+def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_mb: float = 64,
+                 adapter: dict | None = None) -> WeightPlan:
+    """Groups tensors into flat buckets of one dtype each, up to ``bucket_mb`` (a larger tensor gets its own).
+    ``adapter``: the tensors are a LoRA adapter with this peft config (see ``WeightPlan.adapter``)."""
     limit = int(bucket_mb * 2**20)
     buckets: list[Bucket] = []
     open_by_dtype: dict[str, Bucket] = {}
@@ -128,7 +133,7 @@ def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket
             open_by_dtype[dtype] = b
         b.entries.append(Entry(name, tuple(t.shape), b.numel, t.numel()))
         b.numel += t.numel()
-    return WeightPlan(version, buckets)
+    return WeightPlan(version, buckets, adapter)
 
 
 def node_address() -> str:

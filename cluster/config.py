@@ -149,14 +149,20 @@ class TransportSection(Section):
         return self
 
 
+MAX_SERVED_LORA_RANK = 512  # vLLM's largest max_lora_rank
+
+
 class LoraSection(Section):
     """LoRA adapters on the language model (peft); rank 0: full fine-tuning. The vision tower stays frozen, the KL
-    reference is the same model with its adapters off, a sync sends the adapted layers' merged weights."""
+    reference is the same model with its adapters off."""
 
     rank: int = Field(0, ge=0)
     alpha: float = Field(16.0, gt=0)  # the adapters' scale is alpha / rank
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | None = None  # a regex over whole module names; None: the family's (its LM projections)
+    # what a weight sync sends: "merged", the adapted layers' merged weights (vLLM serves them as a plain model);
+    # "adapter", the adapters only (vLLM's LoRA support adds them to the base model it loaded: far fewer bytes)
+    sync: Literal["merged", "adapter"] = "merged"
 
     @model_validator(mode="after")
     def _pattern(self):
@@ -164,7 +170,15 @@ class LoraSection(Section):
             re.compile(self.target_modules or "")
         except re.error as e:
             raise ValueError(f"target_modules is not a valid regular expression: {e}") from None
+        if self.sync == "adapter" and not 0 < self.rank <= MAX_SERVED_LORA_RANK:
+            raise ValueError(f"sync=adapter needs 0 < rank <= {MAX_SERVED_LORA_RANK} (vLLM's largest LoRA rank); "
+                             "use sync=merged")
         return self
+
+    @property
+    def served_rank(self) -> int:
+        """The rank the rollout engines serve adapters of (0: they receive merged weights, no LoRA in vLLM)."""
+        return self.rank if self.sync == "adapter" else 0
 
 
 class LearnerSection(Section):

@@ -94,7 +94,7 @@ class LearnerRank:
         named = self.learner.state_dict_for_rollout(keep=self.source is not None)
         if self.source is None:
             return None
-        return self.source.update(named, version).to_dict()
+        return self.source.update(named, version, self.learner.rollout_adapter_config()).to_dict()
 
     @ray.method(concurrency_group=WEIGHTS)
     def listen(self, key: str):

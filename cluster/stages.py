@@ -163,7 +163,8 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         except Exception as e:  # noqa: BLE001 - no control plane: the run goes on at its configured size
             log.warning("control plane at %s unavailable (%s): `videop2r scale` will not reach this run",
                         redact_url(url), type(e).__name__)
-        rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, source=learner)
+        rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, source=learner,
+                               lora_rank=cfg.learner.lora.served_rank)
         parts.append(rollout)
         pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
         parts.append(pool)

@@ -29,7 +29,7 @@ RENAMED = {
     "rollout_workers_desired": "workers/rollout_desired", "rollout_worker_restarts": "workers/rollout_restarts",
     "reward_workers": "workers/reward", "reward_worker_starts": "workers/reward_starts",
     "reward_chunks_rescored": "workers/reward_chunks_rescored",
-    "sync_failed": "sync/failed", "sync_updated": "sync/updated",
+    "sync_failed": "sync/failed", "sync_updated": "sync/updated", "sync_mib": "sync/mib",
 }
 KEPT = ("time/", "judge/", "cache/", "total/", "accuracy/", "segment_tokens/")  # already namespaced
 NOT_SCALARS = {"step", "time", "prompt_ids"}

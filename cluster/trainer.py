@@ -189,6 +189,7 @@ class RLTrainer:
             "rollout_workers_desired": self.desired_workers, "rollout_worker_restarts": self.rollout.restarts,
             "reward_workers": self.pool.num_workers,
             "sync_failed": len(sync.failed), "sync_updated": len(sync.updated),
+            "sync_mib": plan.nbytes / 2**20 if (plan := getattr(self.learner, "plan", None)) else 0.0,  # per worker
             "prompt_ids": [it.sample.problem_id for it in batch.items],
             "skipped_media": dict(self.data.skipped), **{f"total/{k}": v for k, v in self.counters.items()},
             **{f"judge/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("judge_")},

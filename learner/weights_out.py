@@ -76,8 +76,33 @@ class LearnerWeights:
         """What the rollout workers need after an update: the weights it changed only. The frozen ones (the vision
         tower by default; with LoRA all but the adapted layers) are the ones every worker loaded from
         ``model.path`` at start, as the learner did, and never change; vLLM's in-place reload keeps a layer that
-        receives nothing as it is."""
+        receives nothing as it is. With ``learner.lora.sync=adapter``: the adapters alone, under peft's names
+        (``rollout_adapter_config`` says so)."""
+        if self.rollout_adapter_config() is not None:
+            return self.adapter_weights(keep)
         return dict(self.named_weights(keep, trainable_only=True))
+
+    def rollout_adapter_config(self) -> dict | None:
+        """The peft config the rollout workers serve the adapters with (``learner.lora.sync=adapter``), or None
+        when they receive weights."""
+        if not (is_lora(self.engine.module) and self.cfg.lora.sync == "adapter"):
+            return None
+        config = self.engine.module.peft_config["default"].to_dict()
+        # as peft writes adapter_config.json (sets as lists); inference only on the serving side
+        return {**{k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}, "inference_mode": True}
+
+    def adapter_weights(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """Copies of the adapters, on the CPU, under the names peft saves them with (adapter_model.safetensors).
+        Every rank must call it (the ZeRO-3 gather is a collective); ``keep=False`` takes part without copying."""
+        import deepspeed
+        from peft import get_peft_model_state_dict
+
+        module = self.engine.module
+        partitioned = [p for _, p in lora_parameters(module) if hasattr(p, "ds_id")]
+        with deepspeed.zero.GatheredParameters(partitioned) if partitioned else contextlib.nullcontext():
+            if not keep:
+                return {}
+            return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(module).items()}
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save(self, directory: str | Path, with_hf: bool = True) -> Path:
@@ -109,17 +134,9 @@ class LearnerWeights:
     def save_adapter(self, directory: str | Path) -> None:
         """The LoRA adapter as peft writes it (``adapter_config.json``, ``adapter_model.safetensors``): peft and
         vLLM load it on top of the model the run started from."""
-        import deepspeed
-
-        module = self.engine.module
-        params = [p for _, p in lora_parameters(module)]
-        partitioned = [p for p in params if hasattr(p, "ds_id")]
-        with deepspeed.zero.GatheredParameters(partitioned) if partitioned else contextlib.nullcontext():
-            if rank() == 0:
-                from peft import get_peft_model_state_dict
-
-                state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(module).items()}
-                module.save_pretrained(Path(directory), state_dict=state)
+        state = self.adapter_weights(keep=rank() == 0)
+        if rank() == 0:
+            self.engine.module.save_pretrained(Path(directory), state_dict=state)
 
     def load(self, directory: str | Path, tag: str | None = None) -> int:
         path, client = self.engine.load_checkpoint(str(directory), tag=tag)

@@ -34,6 +34,11 @@ def test_plan_buckets_by_dtype_and_size():
     assert len(by_dtype["int64"]) == 1 and [[e.name for e in b.entries] for b in by_dtype["float32"]] == [["a"], ["c"], ["d"]]
     assert plan.nbytes == sum(t.numel() * t.element_size() for t in named.values())
     assert WeightPlan.from_dict(plan.to_dict()) == plan
+    # an adapter's plan keeps its peft config through the RPC's plain types (lost: the receiver would reload the
+    # adapter's tensors as model weights)
+    adapter = plan_buckets(named.items(), version=4, adapter={"r": 8, "target_modules": ["q_proj"]})
+    assert WeightPlan.from_dict(adapter.to_dict()).adapter == {"r": 8, "target_modules": ["q_proj"]}
+    assert WeightPlan.from_dict(plan.to_dict()).adapter is None
 
 
 def _receive(host, port, plan_dict, queue):
@@ -138,6 +143,26 @@ def test_names_in_transformers5_form():
     check_names(["a", "b"], {"a", "b", "c"})
     with pytest.raises(ValueError, match=r"unknown parameter name 'x' \(and 1 more\)"):
         check_names(["a", "x", "y"], {"a"})
+
+
+def test_an_adapter_plan_is_checked_by_the_weights_it_adapts():
+    """Catches an adapter for modules the served model lacks (or a tensor that is not an adapter's) reaching the
+    engine, where vLLM would fail at the next generation instead of at the sync."""
+    from actors.weight_names import check_plan_names
+
+    accepted = {"model.language_model.layers.0.self_attn.q_proj.weight", "lm_head.weight"}
+    tensor = torch.zeros(2, 2)
+
+    def plan(*names):
+        return plan_buckets([(n, tensor) for n in names], version=1, adapter={"r": 2})
+
+    ok = "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_{}.weight"
+    check_plan_names(plan(ok.format("A"), ok.format("B")), accepted)
+    with pytest.raises(ValueError, match="unknown parameter name 'model.language_model.layers.1"):
+        check_plan_names(plan(ok.replace("layers.0", "layers.1").format("A")), accepted)
+    with pytest.raises(ValueError, match="not a LoRA adapter tensor"):
+        check_plan_names(plan("lm_head.weight"), accepted)
+    check_plan_names(plan_buckets([("lm_head.weight", tensor)], version=1), accepted)  # weights: by their names
 
 
 def test_checkpoint_names_of_the_tiny_model(tiny_model_dir):
