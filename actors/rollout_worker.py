@@ -108,15 +108,18 @@ class RolloutWorker:
         return self.version
 
     def _serve_adapter(self, version: int) -> None:
-        """Generations go through the adapter just received (vLLM loads it at the next request, by its id: one id
-        per weight version); the previous one leaves the engine."""
+        """Generations go through the adapter just received (one LoRA id per weight version), loaded now, so that
+        an adapter vLLM cannot load fails this sync instead of the next batch; the previous one leaves the engine."""
         from vllm.lora.request import LoRARequest
 
         path = self.llm.collective_rpc("videop2r_adapter_path")[0]
         old = self.lora_request
         for lora_id in {version, old.lora_int_id if old else version}:  # a retried version is loaded afresh too
             self.llm.llm_engine.remove_lora(lora_id)
-        self.lora_request = LoRARequest(f"policy-v{version}", version, path)
+        request = LoRARequest(f"policy-v{version}", version, path)
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not load the LoRA adapter of weight version {version} from {path}")
+        self.lora_request = request
 
     # -- generation ------------------------------------------------------------------------------------------
     def generate(self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False,

@@ -77,7 +77,8 @@ def cmd_shapes(args) -> int:
 
     return run_bench_shapes(args.root, tuple(args.shapes), tuple(args.zero_stages), args.frames, args.size,
                             args.max_pixels, args.group_size, args.max_tokens, args.bucket_mb, args.set, args.verbose,
-                            args.json, args.text_layers, args.train_embeddings, args.apart, args.force)
+                            args.json, args.text_layers, args.train_embeddings, args.apart, args.force,
+                            tuple(args.weights), args.lora_rank)
 
 
 def cmd_gpu(args) -> int:
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "vLLM vs learner log-probs, bucketed sync, ZeRO-2/3 steps, peak memory per role")
     p.add_argument("--root", default="runs/bench/shapes", help="folder for the models and data (made if missing)")
     p.add_argument("--shapes", nargs="+", default=["3b-slice"],
-                   choices=["3b-slice", "7b-slice", "qwen3-vl-8b-slice"])
+                   choices=["tiny", "3b-slice", "7b-slice", "qwen3-vl-8b-slice"])
     p.add_argument("--zero-stages", type=int, nargs="+", default=[2, 3], choices=[2, 3])
     p.add_argument("--text-layers", type=int, default=2, help="decoder layers of the slice (released: 36 / 28)")
     p.add_argument("--train-embeddings", action="store_true",
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket-mb", type=float, default=64, help="weight sync bucket size (transport.bucket_mb)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every row, e.g. learner.beta=0 (repeatable)")
+    p.add_argument("--weights", nargs="+", default=["full"], choices=["full", "lora-merged", "lora-adapter"],
+                   help="what the learner trains and a sync sends: every trainable weight (full fine-tuning), or "
+                   "LoRA with the adapted layers merged (learner.lora.sync=merged) or the adapters alone (=adapter)")
+    p.add_argument("--lora-rank", type=int, default=64, help="learner.lora.rank of the lora-* rows (alpha 2x)")
     p.add_argument("--apart", action="store_true", help="the worker samples and stops before the learner starts "
                    "(for a shape whose roles do not fit the machine at once: no sync, no after-update check)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file (a new one, or --force)")

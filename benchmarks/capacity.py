@@ -24,7 +24,8 @@ With LoRA of rank r (``learner.lora``) on the language model's projections (A = 
 output widths adapter parameters): gradients 2A/N and optimizer 12A/N instead of 2P/N and 12P/N, no reference
 copy (the reference is the model with its adapters off); the update's backward computes activation gradients only
 (2P per token instead of 4P: no weight gradients of frozen weights); a sync carries the adapted projections merged
-(2 * their parameter count bytes), not 2P.
+(2 * their parameter count bytes; ``learner.lora.sync=merged``) or the adapters alone (2A bytes; ``=adapter``),
+not 2P.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class Workload:
     judge_tokens: int = 256
     checkpointing: bool = True
     lora_rank: int = 0  # learner.lora.rank; 0: full fine-tuning
+    lora_sync: str = "merged"  # learner.lora.sync: "merged" (the adapted projections) or "adapter" (A only)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ def step_times(m: Model, gpu: GPU, lay: Layout, w: Workload, judge: Model = JUDG
     train = 4 if w.lora_rank else 6  # forward 2P + backward 4P (2P without the frozen weights' gradients)
     flops = (train + (2 if w.checkpointing else 0) + 2 * 2) * m.params * tokens
     update = flops / (lay.learner_gpus * gpu.bf16_tflops * 1e12 * MFU_TRAIN)
-    sync = sync_seconds(m, gpu, lay.rollout_workers, broadcast, m.projections if w.lora_rank else m.params)
+    sent = m.params if not w.lora_rank else m.adapter(w.lora_rank) if w.lora_sync == "adapter" else m.projections
+    sync = sync_seconds(m, gpu, lay.rollout_workers, broadcast, sent)
     return {"generate": generate, "score": score, "update": update, "sync": sync,
             "step": (generate + score + update + sync) * DRIVER_OVERHEAD}
 
@@ -215,9 +218,11 @@ def run_bench_capacity(model: str = "7b", gpu: str = "a100", learner_gpus: int =
           + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
     t = step_times(m, g, lay, w)
     print("\nstep time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    tl = step_times(m, g, lay, lora)
-    print("  with LoRA rank 64: " + ", ".join(f"{k} {v:.1f}" for k, v in tl.items())
-          + f" (adapters {m.adapter(64) / 1e6:.0f}M parameters; a sync carries the {m.projections / 1e9:.2f}B merged)")
+    for sync, sent in (("merged", f"the {m.projections / 1e9:.2f}B merged"),
+                       ("adapter", f"the {m.adapter(64) / 1e6:.0f}M adapter parameters")):
+        tl = step_times(m, g, lay, replace(lora, lora_sync=sync))
+        print(f"  with LoRA rank 64, sync={sync}: " + ", ".join(f"{k} {v:.1f}" for k, v in tl.items())
+              + f" (a sync carries {sent})")
     print(f"  {steps} steps: {t['step'] * steps / 3600:.1f} h")
     pl, pw = paper_layout()
     paper = step_times(MODELS["7b"], GPUS["a100"], pl, pw)["step"] * 1000 / 3600

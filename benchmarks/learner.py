@@ -68,12 +68,14 @@ def token_budget_rows(learner, items, group_size: int, rounds: int) -> None:
     print(f"{'tokens / rows step time':40s} {t['tokens'] / t['rows']:9.2f}")
 
 
-def _payload(learner, rounds: int, **kw) -> tuple[float, float]:
-    """(MiB, median ms) of producing the named weights ``named_weights(**kw)`` yields (gathered, merged, copied)."""
+def _payload(learner, rounds: int, adapters: bool = False, **kw) -> tuple[float, float]:
+    """(MiB, median ms) of producing the named weights ``named_weights(**kw)`` yields (gathered, merged, copied),
+    or (``adapters``) the adapters alone."""
     times, size = [], 0
     for _ in range(rounds):
         t0 = time.perf_counter()
-        size = sum(t.numel() * t.element_size() for _, t in learner.named_weights(**kw))
+        named = learner.adapter_weights().items() if adapters else learner.named_weights(**kw)
+        size = sum(t.numel() * t.element_size() for _, t in named)
         times.append(time.perf_counter() - t0)
     return size / 2**20, statistics.median(times) * 1e3
 
@@ -82,12 +84,9 @@ def lora_rows(cfg, model: str, full, rollouts, group_size: int, rounds: int, ran
     """What a weight sync carries with full fine-tuning and with LoRA (``learner.lora.rank``), and the RL step of
     each on the same batch: the payload's size and the time to gather (and merge) it on the learner."""
     from learner.engine import Learner
-    from learner.lora import lora_parameters
-
     lora_cfg = cfg.model_copy(deep=True)
     lora_cfg.learner.lora.rank, lora_cfg.learner.lora.alpha = rank, 2.0 * rank
     lora = Learner(lora_cfg, model)
-    adapter = sum(p.numel() * p.element_size() for _, p in lora_parameters(lora.engine.module)) / 2**20
     step = {}
     for name, learner in (("full", full), ("lora", lora)):
         learner.rl_step(rollouts, group_size)  # warm-up
@@ -98,8 +97,8 @@ def lora_rows(cfg, model: str, full, rollouts, group_size: int, rounds: int, ran
     print(f"\nweight sync payload (learner side: gather, merge, copy), median of {rounds}; LoRA rank {rank}")
     rows = [("every weight (hf/, a worker's first load)", *_payload(full, rounds)),
             ("full fine-tuning: the trainable weights", *_payload(full, rounds, trainable_only=True)),
-            ("LoRA: the adapted layers, merged", *_payload(lora, rounds, trainable_only=True)),
-            ("LoRA: the adapters alone (not a sync mode yet)", adapter, float("nan"))]
+            ("LoRA: the adapted layers, merged (sync=merged)", *_payload(lora, rounds, trainable_only=True)),
+            ("LoRA: the adapters alone (sync=adapter)", *_payload(lora, rounds, adapters=True))]
     for label, mib, ms in rows:
         print(f"{label:48s} {mib:9.2f} MiB {ms:9.1f} ms")
     print(f"{'RL step, full fine-tuning / LoRA':48s} {step['full']:9.0f} ms {step['lora']:9.0f} ms")

@@ -7,7 +7,8 @@ For each shape and ZeRO stage, one table row:
    larger than a bucket at the released widths);
 2. the worker samples G responses to one real video prompt (16 frames at the paper's 128x28x28 budget by default);
 3. one PA-GRPO step on them: its ``mismatch_kl`` compares vLLM's log-probs with the learner's for the same weights;
-4. publish and sync the updated weights, sample again, and compare vLLM with the learner once more (after update);
+4. publish and sync the updated weights (the sync time of the table: the learner's gather and snapshot, the
+   transfer, the worker's load), sample again, and compare vLLM with the learner once more (after update);
 5. the peak resident memory of each role's processes (VmHWM; the rollout worker's vLLM engine processes included).
 
 Both mismatch KLs must stay below 1e-6 in float32; the table says so per row. A random model's rows above the
@@ -72,7 +73,11 @@ def _data(root: Path, frames: int, size: int):
 
 def _model(root: Path, shape: str, text_layers: int) -> Path:
     from toy.shaped_model import build_shaped_model
+    from toy.tiny_model import build_tiny_model
 
+    if shape == "tiny":  # the tests' model (its own 2 layers), for the small end of a comparison
+        model = root / "tiny"
+        return model if (model / "config.json").is_file() else build_tiny_model(model, seed=0)
     model = root / f"{shape}-{text_layers}l"
     if not (model / "videop2r_shape.json").is_file():
         build_shaped_model(model, shape, text_layers=text_layers)
@@ -126,13 +131,13 @@ def measure(cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: i
     learner = rollout = None
 
     def start_rollout(source):
-        return RolloutGroup(cfg.rollout, cfg.transport, str(model), source=source, num_workers=1)
+        return RolloutGroup(cfg.rollout, cfg.transport, str(model), source=source, num_workers=1,
+                            lora_rank=cfg.learner.lora.served_rank)
 
     def stop_rollout(group):
         worker = next(iter(group.slots.values())).actor
         row["rollout_gib"] = _peak_gib(_tree(ray.get(worker.state.remote())["pid"]))
-        for slot in list(group.slots.values()):
-            ray.kill(slot.actor, no_restart=True)
+        group.shutdown()  # its actors and their placement groups: the next row needs the CPUs
 
     try:
         if not together:  # sample first, alone
@@ -146,7 +151,7 @@ def measure(cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: i
         if together:
             rollout = start_rollout(learner)
             sync = rollout.sync_weights()
-            row.update(sync_s=sync.seconds, sync_ok=sync.updated == sorted(rollout.slots))
+            row.update(sync_ok=sync.updated == sorted(rollout.slots))
             res = rollout.generate(request, step=0, logprobs=True, overrides=sample)[0]
         row["prompt_tokens"] = len(res.prompt_token_ids)
         row["response_tokens"] = sum(len(r.token_ids) for r in res.responses)
@@ -162,10 +167,13 @@ def measure(cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: i
         before, _ = _vllm_logprobs(res, moved)
         row["update_shift"] = float((moved - before).abs().max())  # the update moved the weights (else: 0)
         if together:
+            t1 = time.perf_counter()  # a step's sync, as a run times it: the gather and snapshot included
             learner.publish(version0 + 1)
             sync = rollout.sync_weights()
-            row["resync_ok"] = sync.updated == sorted(rollout.slots)
+            row.update(sync_s=time.perf_counter() - t1, resync_ok=sync.updated == sorted(rollout.slots))
+            t1 = time.perf_counter()
             res = rollout.generate(request, step=1, logprobs=True, overrides=sample)[0]
+            row["generate_s"] = time.perf_counter() - t1  # with an adapter: vLLM's LoRA kernels included
             ours = _score(learner, item, res)
             theirs, mask = _vllm_logprobs(res, ours)
             row["kl_after"], row["max_diff_after"] = _k3(ours, theirs, mask)
@@ -184,7 +192,7 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
                      frames: int = 16, size: int = 308, max_pixels: int = 128 * 28 * 28, group_size: int = 4,
                      max_tokens: int = 64, bucket_mb: float = 64, overrides: list[str] = (), verbose: bool = False,
                      out: str | None = None, text_layers: int = 2, train_embeddings: bool = False,
-                     apart: bool = False, force: bool = False) -> int:
+                     apart: bool = False, force: bool = False, weights=("full",), lora_rank: int = 64) -> int:
     from cluster.config import Config
     from cluster.config_loader import load_config
     from transformers import AutoTokenizer
@@ -223,15 +231,20 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
         item = next(iter(MediaLoader(data, cfg.video.sampling(factor))(load_samples(data / "train.json")[:1])))
         tokenizer = AutoTokenizer.from_pretrained(model)
         allowed = text_token_ids(tokenizer)
-        for z in zero_stages:
-            print(f"[shapes] {shape}, ZeRO-{z} ...", flush=True)
-            try:
-                rows.append({"shape": shape, **measure(cfg, model, item, tokenizer, allowed, z, version0=10 * z + 1,
-                                                       together=not apart)})
-            except Exception as e:  # noqa: BLE001 - e.g. Ray's OOM killer: a row of the table, the others still run
-                why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                rows.append({"shape": shape, "zero_stage": z, "ok": False, "error": f"{type(e).__name__}: {why[:160]}"})
-    print(table(rows, frames, max_pixels, group_size, bucket_mb, text_layers, train_embeddings))
+        for mode in weights:
+            mode_cfg = cfg if mode == "full" else load_config(Config, "configs/demo.yaml", [
+                f"model.path={model}", *base, f"learner.lora.rank={lora_rank}", f"learner.lora.alpha={2 * lora_rank}",
+                f"learner.lora.sync={mode.removeprefix('lora-')}"])
+            for z in zero_stages:
+                print(f"[shapes] {shape}, {mode}, ZeRO-{z} ...", flush=True)
+                head = {"shape": shape, "weights": mode, "zero_stage": z}
+                try:
+                    rows.append({**head, **measure(mode_cfg, model, item, tokenizer, allowed, z, version0=10 * z + 1,
+                                                   together=not apart)})
+                except Exception as e:  # noqa: BLE001 - e.g. Ray's OOM killer: a row of the table, the others run
+                    why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    rows.append({**head, "ok": False, "error": f"{type(e).__name__}: {why[:160]}"})
+    print(table(rows, frames, max_pixels, group_size, bucket_mb, text_layers, train_embeddings, lora_rank))
     if out:
         Path(out).write_text(json.dumps(rows, indent=1))
     return 0 if all(r["ok"] for r in rows) else 1
@@ -242,20 +255,23 @@ def _num(v, width: int, fmt: str) -> str:
 
 
 def table(rows: list[dict], frames: int, max_pixels: int, group_size: int, bucket_mb: float, text_layers: int,
-          train_embeddings: bool) -> str:
+          train_embeddings: bool, lora_rank: int = 64) -> str:
     lines = [f"shapes benchmark (CPU, float32): released widths, {text_layers} decoder layer(s) and 4 vision blocks; "
              f"{frames} frames of at most {max_pixels} px, G={group_size}, {bucket_mb:g} MiB buckets; "
              f"trained: decoder layers{' and embeddings' if train_embeddings else ' (embeddings and vision frozen)'}; "
              f"mismatch KL bound {KL_BOUND:g}",
-             f"{'shape':17s} {'ZeRO':>4s} {'prompt':>6s} {'resp':>5s} {'tensors':>7s} {'>bucket':>7s} {'sync MiB':>8s} "
-             f"{'sync s':>6s} {'step s':>6s} {'KL before':>9s} {'moved':>7s} {'KL after':>9s} {'learner GiB':>11s} "
+             f"{'shape':17s} {'weights':12s} {'ZeRO':>4s} {'prompt':>6s} {'resp':>5s} {'tensors':>7s} {'>bucket':>7s} {'sync MiB':>8s} "
+             f"{'sync s':>6s} {'gen s':>6s} {'step s':>6s} {'KL before':>9s} {'moved':>7s} {'KL after':>9s} "
+             f"{'learner GiB':>11s} "
              f"{'rollout GiB':>11s} {'ok':>3s}"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['shape']:17s} {r['zero_stage']:>4d} failed: {r['error']}")
+            lines.append(f"{r['shape']:17s} {r['weights']:12s} {r['zero_stage']:>4d} failed: {r['error']}")
             continue
-        lines.append(f"{r['shape']:17s} {r['zero_stage']:>4d} {r['prompt_tokens']:>6d} {r['response_tokens']:>5d} "
-                     f"{r['tensors']:>7d} {r['over_bucket']:>7d} {r['sync_mb']:>8.0f} {_num(r['sync_s'], 6, '.1f')} "
+        lines.append(f"{r['shape']:17s} {r['weights']:12s} {r['zero_stage']:>4d} {r['prompt_tokens']:>6d} "
+                     f"{r['response_tokens']:>5d} {r['tensors']:>7d} {r['over_bucket']:>7d} "
+                     f"{_num(r['sync_mb'], 8, '.0f' if r['sync_mb'] >= 10 else '.2f')} {_num(r['sync_s'], 6, '.2f')} "
+                     f"{_num(r.get('generate_s'), 6, '.2f')} "
                      f"{r['step_s']:>6.1f} {r['kl_before']:>9.1e} {r['update_shift']:>7.0e} "
                      f"{_num(r['kl_after'], 9, '.1e')} "
                      f"{r['learner_gib']:>11.1f} "
@@ -263,6 +279,10 @@ def table(rows: list[dict], frames: int, max_pixels: int, group_size: int, bucke
     lines.append("KL before / after: k3 KL between vLLM's and the learner's log-probs of vLLM's samples, with the "
                  "same weights, before the update and after it is synced; moved: the update's largest change of a "
                  "sampled token's log-prob (the update did move the weights)")
+    if any(r.get("weights", "full") != "full" for r in rows):
+        lines.append(f"weights: full = the trainable weights; lora-merged = LoRA rank {lora_rank}, the adapted layers "
+                     "merged (learner.lora.sync=merged); lora-adapter = the adapters alone, served by vLLM's LoRA "
+                     "support (=adapter); sync s: the learner's gather and snapshot, the transfer and the worker's load")
     lines.append("peak memory: each role's processes' peak resident sets (VmHWM), summed; the rollout worker's "
                  "include its vLLM engine processes")
     if any(not r.get("together", True) for r in rows):
