@@ -72,6 +72,21 @@ class RunDir:
             return json.loads(control.read_text())["run_id"]
         return f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
+    def check_private(self, checkpoint: Path) -> None:
+        """Before a resume reads ``checkpoint``: every folder on the way and every file in it is this user's and
+        writable by nobody else. A resume unpickles DeepSpeed's checkpoint files (``torch.load`` with
+        ``weights_only=False``, DeepSpeed's own), so whoever could write them could run code in the learner."""
+        uid = os.geteuid()
+        paths = [self.path, self.checkpoints, checkpoint, *sorted(checkpoint.rglob("*"))]
+        for p in paths:
+            st = p.lstat()
+            if st.st_uid != uid or st.st_mode & 0o022:
+                who = f"owned by uid {st.st_uid}" if st.st_uid != uid else \
+                    f"writable by other users ({oct(st.st_mode & 0o777)})"
+                raise RunExistsError(f"{p} is {who}: resuming loads pickled checkpoint files from {checkpoint}, and "
+                                     f"whoever can change them could run code in the learner; make them yours and "
+                                     f"private (chmod -R go-w {self.path}) or start over in another run.out_dir")
+
     def write_control(self, run_id: str, redis_url: str | None, password_env: str = "") -> None:
         """Owner-only (0600): a local redis-server's URL carries its password. A managed Redis's password stays in
         the environment, named here for ``videop2r scale``."""

@@ -29,6 +29,8 @@ def _open_run(cfg, force: bool) -> tuple[RunDir, str, dict | None]:
     cfg.run.out_dir = str(run.path)
     resume = cfg.run.resume == "auto" and not force  # --force starts over
     latest = run.latest_checkpoint() if resume else None
+    if latest:
+        run.check_private(latest)
     run_id = run.prepare(cfg, resume=resume, force=force)
     state = json.loads((latest / "driver.json").read_text()) if latest else None
     run.truncate_metrics(state["step"] if state else 0)  # steps after the checkpoint are done again

@@ -31,6 +31,15 @@ case "${1:-start}" in
     fi
     # a dead rollout worker's vLLM engine processes are killed with it (each worker has its own process group)
     export RAY_process_group_cleanup_enabled=true
+    # token authentication, always: Ray 2.60 turns it on only where a token already exists, so a first head would
+    # serve its job API (arbitrary code with the job's secrets) to anyone who reaches the port. The token is
+    # Ray's default file (~/.ray/auth_token, owner-only), which deploy/submit.sh and `ray job` clients send.
+    if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ ! -s "$HOME/.ray/auth_token" ]; then
+      mkdir -p "$HOME/.ray"
+      (umask 077 && python -c "import secrets; print(secrets.token_hex(32))" >"$HOME/.ray/auth_token")
+      echo "made a Ray auth token: $HOME/.ray/auth_token" >&2
+    fi
+    export RAY_AUTH_MODE=token
     # its own process group (setsid), so that stop can end exactly this head and the processes it started
     setsid ray start --head --block --disable-usage-stats --dashboard-host=127.0.0.1 --dashboard-port="$port" \
       --port="${RAY_GCS_PORT:-6380}" --num-cpus="${RAY_NUM_CPUS:-4}" "$@" >"$state/head.log" 2>&1 &

@@ -10,6 +10,7 @@ all a rollout worker needs after an update.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
 from pathlib import Path
 from typing import Iterator
@@ -145,15 +146,28 @@ class LearnerWeights:
         self.step = client["step"]
         self.nonfinite_losses = client.get("nonfinite_losses", 0)
         mine = Path(directory) / (tag or f"step{self.step}") / f"rng_rank{rank()}.pt"
-        _set_rng_state(torch.load(mine, weights_only=False) if mine.is_file() else client["rng"])
+        # weights_only: tensors and numbers only, nothing that runs code (DeepSpeed's own files are another matter:
+        # cluster.run_dir.RunDir.check_private refuses a checkpoint others could write)
+        try:
+            state = torch.load(mine, weights_only=True) if mine.is_file() else client["rng"]
+        except pickle.UnpicklingError:  # written before the states were plain tensors: rank 0's, loaded already
+            state = client["rng"]
+        _set_rng_state(state)
         return self.step
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG states as tensors and numbers, which ``torch.load(weights_only=True)`` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": (version, torch.tensor(internal, dtype=torch.int64), python_gauss)}
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    kind, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, python_gauss = s["python"]
+    random.setstate((version, tuple(int(x) for x in internal), python_gauss))

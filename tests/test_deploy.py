@@ -168,6 +168,53 @@ def test_kuberay_roles_secrets_and_monitoring_fit_together():
     assert cfg.metrics.port in head_ports
 
 
+def test_kuberay_head_needs_the_token_and_only_its_own_pods_reach_it():
+    """Catches the job API (arbitrary code with the job's secrets) open to the Kubernetes cluster: token auth off,
+    a submitter without the token, a pod of the cluster or Redis that no NetworkPolicy fences, a rule admitting
+    any source (no ``from``, an ipBlock, another namespace's pods on every port), and a Prometheus rule whose
+    ports are not the ones the PodMonitor scrapes."""
+    (cluster,), (job,), (monitor,) = _docs("raycluster.yaml"), _docs("rayjob.yaml"), _docs("podmonitor.yaml")
+    policies = _docs("networkpolicy.yaml")
+    auth = cluster["spec"]["authOptions"]
+    assert auth["mode"] == "token" and auth["secretName"]
+    assert f"kubectl create secret generic {auth['secretName']}" in (KUBERAY / "raycluster.yaml").read_text()
+    submitter = job["spec"]["submitterPodTemplate"]
+    env = {e["name"]: e for c in submitter["spec"]["containers"] for e in c.get("env", [])}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": auth["secretName"], "key": "auth_token"}
+
+    ray_pods = [cluster["spec"]["headGroupSpec"]["template"], submitter] + \
+        [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
+    redis_pod = next(d for d in _docs("redis.yaml") if d["kind"] == "Deployment")["spec"]["template"]
+
+    def fenced_by(labels):
+        return [p for p in policies if "Ingress" in p["spec"]["policyTypes"]
+                and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+
+    for pod in ray_pods + [redis_pod]:
+        assert fenced_by(pod["metadata"]["labels"]), pod["metadata"]["labels"]
+    for p in policies:
+        for rule in p["spec"]["ingress"]:
+            assert rule.get("from"), f"{p['metadata']['name']}: a rule without 'from' admits every source"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer and "podSelector" in peer, peer
+                if "namespaceSelector" in peer:  # pods of other namespaces: named ports only
+                    assert rule.get("ports"), rule
+    # only the cluster's own pods reach Redis, and they all do
+    (redis_policy,) = fenced_by(redis_pod["metadata"]["labels"])
+    (rule,) = redis_policy["spec"]["ingress"]
+    assert all(rule["from"][0]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+               for pod in ray_pods)
+    # Prometheus may reach exactly the ports the PodMonitor scrapes
+    numbers = {pt["name"]: pt["containerPort"] for pod in ray_pods for c in pod["spec"]["containers"]
+               for pt in c.get("ports", [])}
+    scraped = {numbers[e["port"]] for e in monitor["spec"]["podMetricsEndpoints"]}
+    (prom,) = [r for p in policies for r in p["spec"]["ingress"]
+               if any(f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "prometheus"
+                      for f in r["from"])]
+    assert {pt["port"] for pt in prom["ports"]} == scraped
+
+
 GIB = 2 ** 30
 GPU_CONFIGS = ("paper-7b-gpu.yaml", "paper-7b-lora-gpu.yaml", "make-cot-gpu.yaml", "eval-gpu.yaml")
 
@@ -336,23 +383,36 @@ def _alive_in_group(pgid: int) -> list[str]:
 # -- deploy/local-head.sh ----------------------------------------------------------------------------------------------
 def test_local_head_stop_ends_only_its_own_head(ray_cluster, tmp_path):
     """`stop` ends the head the script started (its whole process group), and the other Ray cluster of this user
-    (the test session's) keeps working: `ray stop`, which ends every Ray process of the user, would fail this."""
+    (the test session's) keeps working: `ray stop`, which ends every Ray process of the user, would fail this.
+    The head has token auth on although this user had no token yet (a fresh HOME): its job API refuses a request
+    without the token (Ray 2.60 alone would have started it open), and the token it made is the owner's only."""
     import signal
     import sys
+    import urllib.error
+    import urllib.request
 
     from cluster.services import free_port
 
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "VIDEOP2R_HEAD_DIR": str(tmp_path),
-           "RAY_GCS_PORT": str(free_port()), "RAY_NUM_CPUS": "1"}
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")},
+           "PATH": f"{venv_bin}:{os.environ['PATH']}", "VIDEOP2R_HEAD_DIR": str(tmp_path / "state"),
+           "RAY_GCS_PORT": str(free_port()), "RAY_NUM_CPUS": "1", "HOME": str(home)}
     script = str(ROOT / "deploy" / "local-head.sh")
     ports = [f"--{k}={free_port()}" for k in ("ray-client-server-port", "dashboard-agent-listen-port",
                                                "metrics-export-port", "runtime-env-agent-port")]
-    started = subprocess.run([script, "start", str(free_port()), "--", *ports], env=env, capture_output=True,
+    dashboard = free_port()
+    started = subprocess.run([script, "start", str(dashboard), "--", *ports], env=env, capture_output=True,
                              text=True, timeout=180)
-    pgid = int((tmp_path / "head.pgid").read_text())
+    pgid = int((tmp_path / "state" / "head.pgid").read_text())
     try:
         assert started.returncode == 0, started.stdout + started.stderr
+        token = home / ".ray" / "auth_token"
+        assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) == 64
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/jobs/", timeout=10)
+        assert refused.value.code in (401, 403)
         stopped = subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
         assert stopped.returncode == 0 and f"process group {pgid}" in stopped.stdout
         assert _alive_in_group(pgid) == []

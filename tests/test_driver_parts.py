@@ -254,3 +254,31 @@ def test_run_folder_is_never_written_through_a_link(tmp_path):
                        timeout=60)
     assert r.returncode == 0 and "removing the link only" in r.stdout, r.stdout + r.stderr
     assert not (work / "runs").exists() and (victim / "precious").read_text() == "mine"
+
+
+def test_a_resume_refuses_a_checkpoint_other_users_can_write(tmp_path):
+    """A resume unpickles DeepSpeed's checkpoint files, so a checkpoint (or a folder on the way to it) that another
+    user could have written is refused with one line, before anything loads; the same folder made private again
+    resumes. Catches the check skipping the files inside the checkpoint, or the run folder itself."""
+    import os
+
+    run = RunDir(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    tmp, final = run.checkpoint_dir(2)
+    (tmp / "step2").mkdir(parents=True)
+    (tmp / "step2" / "mp_rank_00_model_states.pt").write_bytes(b"not really")
+    run.commit_checkpoint(tmp, final, {"step": 2}, keep=2)
+    for p in (run.path, *run.path.rglob("*")):
+        p.chmod(0o700 if p.is_dir() else 0o600)
+    latest = run.latest_checkpoint()
+    run.check_private(latest)
+    for planted in (latest / "step2" / "mp_rank_00_model_states.pt", run.path):
+        mode = planted.stat().st_mode
+        planted.chmod(mode | 0o020)  # group-writable
+        with pytest.raises(RunExistsError, match=f"{planted} is writable by other users .*chmod -R go-w"):
+            run.check_private(latest)
+        planted.chmod(mode)
+    if os.geteuid() == 0:  # CI runs as root: a file of another user
+        os.chown(latest / "driver.json", 1234, -1)
+        with pytest.raises(RunExistsError, match="owned by uid 1234"):
+            run.check_private(latest)
