@@ -18,3 +18,15 @@ _QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|secret|token|api_key|apik
 def redact_url(text: str) -> str:
     """``text`` (a URL, or a line holding URLs) with passwords and secret query values replaced by ``***``."""
     return _QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+
+
+class Secrets(dict):
+    """Environment variables holding secrets (name -> value), handed to an actor as a constructor argument, which
+    sets them in its own process. Not a runtime env: Ray writes runtime-env variables verbatim into every node's
+    ``runtime_env_agent.log`` (readable by any local user) and returns them from its State API; an actor's
+    arguments it does not log. Printed, it shows the names only."""
+
+    def __repr__(self) -> str:
+        return f"Secrets({', '.join(sorted(self))}; values hidden)"
+
+    __str__ = __repr__

@@ -15,6 +15,7 @@ from collections import Counter, deque
 
 from actors.reward_scorer import RewardScorer, ScoredBatch, ScoreItem
 from actors.judges import JudgeEngine, judge_api_key
+from actors.redaction import Secrets
 from actors.score_stats import ScoreCount
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ class RewardPool:
                                "lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes")
         tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
         worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, resources=dict(cfg.reward.resources),
-                                                  max_restarts=-1, max_task_retries=0, **_driver_secrets(cfg))
+                                                  max_restarts=-1, max_task_retries=0)
         n = num_workers or cfg.reward.num_workers
-        self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines) for _ in range(n)]
+        secrets = driver_secrets(cfg)  # an argument, set again by each restart of the actor
+        self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines, secrets) for _ in range(n)]
         # lost worker -> (its readiness call, which answers once it is back, or None; when to ask again)
         self.returning: dict[int, tuple] = {}
         self.dead: set[int] = set()  # workers Ray will not restart
@@ -149,16 +151,16 @@ class RewardPool:
             ray.kill(a)
 
 
-def _driver_secrets(cfg) -> dict:
-    """The judge's key and the cache's URL and password as the driver reads them, in the reward actors' runtime
-    env: an actor on another host would otherwise read its own host's variables (or none). The judge's key is
-    checked here, before any actor starts."""
+def driver_secrets(cfg) -> Secrets:
+    """The judge's key and the cache's URL and password as the driver reads them, for the reward actors (an actor
+    on another host would otherwise read its own host's variables, or none), as an argument, never a runtime env
+    (``actors.redaction.Secrets``). The judge's key is checked here, before any actor starts."""
     import os
 
-    env = {}
+    env = Secrets()
     if cfg.judge.backend == "http":
         env[cfg.judge.api_key_env] = judge_api_key(cfg.judge)
     for name in (cfg.cache.url_env, cfg.cache.password_env):
         if name and os.environ.get(name):
             env[name] = os.environ[name]
-    return {"runtime_env": {"env_vars": env}} if env else {}
+    return env

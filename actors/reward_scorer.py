@@ -53,7 +53,13 @@ class ScoredBatch:
 
 
 class RewardScorer:
-    def __init__(self, reward_cfg, judge_cfg, cache_cfg, tokenizer_path: str | None, judge_engines: list | None = None):
+    def __init__(self, reward_cfg, judge_cfg, cache_cfg, tokenizer_path: str | None, judge_engines: list | None = None,
+                 secrets: dict | None = None):
+        """``secrets``: environment variables to set in this process first (the driver's judge key and Redis
+        password, ``actors.reward_pool.driver_secrets``), which the judge and the cache read."""
+        import os
+
+        os.environ.update(secrets or {})
         self.reward_cfg, self.judge_cfg = reward_cfg, judge_cfg
         self.rule = LengthRule(reward_cfg.perception_length, reward_cfg.reasoning_length, reward_cfg.length_bonus)
         self.judge = make_judge(judge_cfg, judge_engines)

@@ -63,6 +63,37 @@ def test_pool_keeps_order_and_shares_the_cache(ray_cluster, redis_server, cot, t
         pool.shutdown()
 
 
+def test_the_judge_key_reaches_reward_actors_but_no_ray_log(ray_cluster, cot, tiny_model_dir, monkeypatch):
+    """The driver's judge key reaches the reward actors (the session's Ray workers were started before it was set,
+    so only the driver can have sent it) and the judge receives it, while no file under the Ray session's folder
+    holds it. Catches the key sent as a runtime-env variable again (Ray writes those verbatim into every node's
+    runtime_env_agent.log, which any local user can read) and a key printed with the actor's arguments."""
+    from pathlib import Path
+
+    import ray
+
+    from actors.reward_pool import driver_secrets
+    from toy.judge_server import JudgeServer
+
+    key = "sk-test-" + os.urandom(8).hex()
+    monkeypatch.setenv("VIDEOP2R_TEST_JUDGE_KEY", key)
+    server = JudgeServer()
+    cfg = pool_cfg("judge.backend=http", "judge.model=judge-x", f"judge.base_url={server.base_url}",
+                   "judge.api_key_env=VIDEOP2R_TEST_JUDGE_KEY", "cache.enabled=false", "reward.num_workers=1")
+    assert key not in repr(driver_secrets(cfg)) and key not in str(driver_secrets(cfg))
+    pool = RewardPool(cfg, tokenizer_path=str(tiny_model_dir))
+    try:
+        batch = pool.score([ScoreItem.from_sample(s, sft_target(s)) for s in cot[:2]])
+        assert batch.stats["judge_ok"] == 2
+        assert server.requests and {r["auth"] for r in server.requests} == {f"Bearer {key}"}
+    finally:
+        pool.shutdown()
+        server.close()
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    leaked = [p for p in session.rglob("*") if p.is_file() and not p.is_symlink() and key.encode() in p.read_bytes()]
+    assert leaked == []
+
+
 @pytest.mark.vllm
 def test_vllm_judge_engine_in_a_ray_actor(ray_cluster, cot, tiny_model_dir):
     cfg = pool_cfg("judge.backend=vllm", f"judge.model={tiny_model_dir}", "judge.max_tokens=16",
