@@ -338,6 +338,10 @@ class CacheSection(Section):
     # start a redis-server for this run on the driver's host and use it (on loopback in a private local cluster,
     # on the node's address, behind a random password, in a cluster of several hosts)
     start_local: bool = False
+    # redis:// (no TLS) to a Redis on another host, or start_local's server on a cluster of several hosts: the
+    # password and the verdicts cross the network in clear. Refused unless true (a network you trust, e.g. a
+    # namespace fenced by deploy/kuberay/networkpolicy.yaml); otherwise give a rediss:// URL (Redis with TLS).
+    allow_insecure: bool = False
 
 
 class Config(Section):

@@ -170,3 +170,35 @@ def check_before_start(cfg, command: str) -> None:
         check_tracker_packages(cfg.trainer.loggers)
     if command == "train":
         check_port(cfg.metrics.host, cfg.metrics.port, "metrics.port")
+    if needs_judge and cfg.cache.enabled and not cfg.cache.start_local:
+        check_cache_transport(cfg.cache)
+
+
+def insecure_redis(url: str) -> bool:
+    """Whether ``url`` reaches a Redis on another host without TLS (redis://, not rediss://)."""
+    from urllib.parse import urlparse
+
+    from actors.judges import is_local_url
+
+    return urlparse(url).scheme == "redis" and not is_local_url(url)
+
+
+def check_local_redis_across_hosts(cache, nodes: int) -> None:
+    """``cache.start_local`` serves the other hosts of a cluster of several in clear: refused unless
+    ``cache.allow_insecure``."""
+    if nodes > 1 and not cache.allow_insecure:
+        raise ConfigError(f"cache.start_local on a cluster of {nodes} nodes would serve its Redis to the other hosts "
+                          "without TLS (the password and the verdicts in clear): set cache.allow_insecure=true on a "
+                          "network you trust, or run a Redis with TLS and give its rediss:// URL in cache.url")
+
+
+def check_cache_transport(cache) -> None:
+    """The cache's URL as the driver resolves it (``url_env`` first): no Redis on another host in clear, unless
+    ``cache.allow_insecure``."""
+    from actors.redaction import redact_url
+
+    url = (cache.url_env and os.environ.get(cache.url_env)) or cache.url
+    if insecure_redis(url) and not cache.allow_insecure:
+        raise ConfigError(f"cache.url {redact_url(url)} reaches Redis on another host without TLS: its password and "
+                          "the verdicts would cross the network in clear; use a rediss:// URL (Redis with TLS), or "
+                          "set cache.allow_insecure=true on a network you trust")

@@ -48,6 +48,7 @@ class Dataset:
 class Stack:
     def __init__(self, cfg, verbose: bool = False):
         from cluster.across_hosts import alive_nodes, check_reachable
+        from cluster.preflight import check_local_redis_across_hosts
         from cluster.services import RedisServer, init_ray
 
         import ray
@@ -67,7 +68,9 @@ class Stack:
                             cfg.cache.url_env)
             # a private local cluster is this machine alone: loopback; the hosts of a cluster this command joined
             # (now or once it grows) reach it on this node's address
-            private = not os.environ.get("RAY_ADDRESS") and alive_nodes() == 1
+            nodes = alive_nodes()
+            check_local_redis_across_hosts(cfg.cache, nodes)
+            private = not os.environ.get("RAY_ADDRESS") and nodes == 1
             self.redis = RedisServer(host="127.0.0.1" if private else ray.util.get_node_ip_address())
             # start_local wins over the environment everywhere (reward actors read the config, not the variables):
             # the URL carries the server's random password

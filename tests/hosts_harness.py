@@ -93,7 +93,8 @@ def shared(hosts, tiny_model_dir, sft_model):
 
 
 PINS = ["learner.num_ranks=2", "learner.num_cpus=1", "learner.resources.learner=1", "rollout.num_cpus=1",
-        "rollout.resources.rollout=1", "reward.resources.reward=1"]
+        "rollout.resources.rollout=1", "reward.resources.reward=1",
+        "cache.allow_insecure=true"]  # the demo config's start_local Redis, in clear between the harness's hosts
 
 
 def placement_group_states(c: Cluster) -> list[str]:

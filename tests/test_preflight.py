@@ -152,3 +152,28 @@ def test_the_commands_refuse_before_ray_starts(tmp_path, model_copy, synthetic_d
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
         assert "is a qwen2 checkpoint" in r.stderr and time.perf_counter() - t0 < 30
     assert not (tmp_path / "r").exists()
+
+
+def test_redis_in_clear_to_another_host_is_refused_unless_allowed(monkeypatch):
+    """Catches a Redis password (and the verdicts) sent in clear across the network without anyone saying so: a
+    redis:// URL to another host (from cache.url or, as the driver resolves it, from cache.url_env) and the run's
+    own start_local server on a cluster of several nodes are refused with one line naming rediss:// and
+    cache.allow_insecure, the password redacted; rediss://, a local Redis and an explicit allowance pass."""
+    from cluster.config import CacheSection
+    from cluster.preflight import check_cache_transport, check_local_redis_across_hosts
+
+    monkeypatch.delenv("VIDEOP2R_REDIS_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"cache.url redis://:\*\*\*@10.1.2.3:6379/0 reaches Redis on another host "
+                                          r"without TLS.*rediss://.*cache.allow_insecure=true") as e:
+        check_cache_transport(CacheSection(url="redis://:s3cret@10.1.2.3:6379/0"))
+    assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
+    for ok in (CacheSection(url="rediss://:s3cret@10.1.2.3:6380/0"), CacheSection(url="redis://127.0.0.1:6379/0"),
+               CacheSection(url="redis://10.1.2.3:6379/0", allow_insecure=True)):
+        check_cache_transport(ok)
+    monkeypatch.setenv("VIDEOP2R_REDIS_URL", "redis://cache.example:6379/0")  # the driver's environment wins
+    with pytest.raises(ConfigError, match="cache.example"):
+        check_cache_transport(CacheSection(url="redis://127.0.0.1:6379/0"))
+    check_local_redis_across_hosts(CacheSection(start_local=True), nodes=1)
+    check_local_redis_across_hosts(CacheSection(start_local=True, allow_insecure=True), nodes=3)
+    with pytest.raises(ConfigError, match="cache.start_local on a cluster of 3 nodes .*cache.allow_insecure=true"):
+        check_local_redis_across_hosts(CacheSection(start_local=True), nodes=3)
