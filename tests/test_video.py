@@ -82,6 +82,18 @@ def test_images_load_and_fail_clearly(tmp_path, synthetic_dir):
         load_image(tmp_path / "y.png")
 
 
+def test_a_decompression_bomb_is_a_skipped_row_not_a_dead_run(tmp_path, synthetic_dir, monkeypatch):
+    """PIL refuses an image above twice its pixel bound with DecompressionBombError, which is no OSError: uncaught,
+    it ended the loader (and the run). Here the bound is lowered so that a synthetic 56x56 image trips it: the row
+    becomes a MediaError naming the file (a skipped, counted row in a run)."""
+    from PIL import Image
+
+    image = sorted((synthetic_dir / "images").glob("*.png"))[0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 56 * 56 // 3)
+    with pytest.raises(MediaError, match=f"image {image} is too large to decode safely"):
+        load_image(image, max_pixels=3136)
+
+
 def test_loader_keeps_order_and_counts_skips(tmp_path, synthetic_dir):
     root = tmp_path / "data"
     shutil.copytree(synthetic_dir, root)

@@ -175,6 +175,8 @@ def load_image(path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int 
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:  # PIL's bound (about 179M pixels): decoding it could exhaust memory
+        raise MediaError(f"image {path} is too large to decode safely ({e}); resize it or drop the row") from None
     except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"cannot decode image {path}: {e} (re-save it as PNG/JPEG or drop the row)") from None
     h, w = _target_size(arr.shape[0], arr.shape[1], min_pixels, max_pixels, path, "image", factor)
