@@ -78,13 +78,13 @@ class RolloutWorker:
     def accepted_names(self) -> list[str]:
         return self.llm.collective_rpc("videop2r_accepted_names")[0]
 
-    def join_weight_channel(self, host: str, port: int, timeout_s: float, backend: str) -> bool:
-        return all(self.llm.collective_rpc("videop2r_join", args=(host, port, timeout_s, backend)))
+    def join_weight_channel(self, host: str, port: int, timeout_s: float, backend: str, secret: str) -> bool:
+        return all(self.llm.collective_rpc("videop2r_join", args=(host, port, timeout_s, backend, secret)))
 
     def join_weight_group(self, host: str, port: int, first_rank: int, world: int, timeout_s: float,
-                          backend: str) -> bool:
+                          backend: str, secret: str) -> bool:
         return all(self.llm.collective_rpc("videop2r_join_group",
-                                           args=(host, port, first_rank, world, timeout_s, backend)))
+                                           args=(host, port, first_rank, world, timeout_s, backend, secret)))
 
     def receive_weights(self, plan: WeightPlan, group_algorithm: str | None = None) -> int:
         """From this worker's channel, or (``group_algorithm``: relay or collective) from the group of every

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from actors.weight_transport import (Collective, WeightPlan, WeightTransportError, _group, _listening_store,
-                                     error_reason, flatten, node_address, transport_device)
+                                     check_bucket, error_reason, flatten, new_secret, node_address, transport_device)
 
 
 def _send_pipelined(pg: Collective, plan: WeightPlan, named: dict[str, torch.Tensor], device) -> None:
@@ -52,12 +52,13 @@ def receive_relayed(pg: Collective, plan: WeightPlan, rank: int, world: int, dev
     """Receiver ``rank`` of a relay: each chunk comes from ``rank - 1`` and is passed on to ``rank + 1`` at once
     (a pipelined chain, as NCCL's ring broadcast), then the bucket's tensors are yielded."""
     sends: list = []
-    for b in plan.buckets:
+    for i, b in enumerate(plan.buckets):
         buf = torch.empty(b.numel, dtype=getattr(torch, b.dtype), device=device)
         for c in _pieces(buf, chunk_mb):
             pg.recv(c, rank - 1).wait()
             if rank + 1 < world:
                 sends.append(pg.send(c, rank + 1))
+        check_bucket(plan, i, buf)  # a rank up the chain that altered it: refused here (each rank checks its own)
         for e in b.entries:
             yield e.name, buf[e.offset : e.offset + e.numel].view(e.shape)
     for w in sends:
@@ -83,18 +84,22 @@ class BroadcastGroup:
         if self.algorithm not in ("relay", "collective"):
             raise ValueError(f"unknown broadcast algorithm {self.algorithm!r} (relay or collective)")
         self._store = self._pg = None
+        self._secret = ""
         self.receivers = 0
 
-    def open(self, receivers: int) -> tuple[str, int]:
-        """A new group for ``receivers`` receivers; they join as ranks 1..receivers with ``join_channel``."""
+    def open(self, receivers: int) -> tuple[str, int, str]:
+        """A new group for ``receivers`` receivers; they join as ranks 1..receivers with ``join_channel`` and the
+        secret returned here (for the receivers alone: hand it over Ray's RPC)."""
         self.close()
         self.receivers = receivers
         self._store = _listening_store(self.host, self.timeout_s, world=receivers + 1)
-        return self.host, self._store.port
+        self._secret = new_secret()
+        return self.host, self._store.port, self._secret
 
     def accept(self) -> None:
         try:
-            self._pg = _group(self._store, 0, self.timeout_s, self.backend, self.host, self.receivers + 1)
+            self._pg = _group(self._store, 0, self.timeout_s, self.backend, self.host, self.receivers + 1,
+                              self._secret)
         except (RuntimeError, dist.DistStoreError) as e:
             self.close()
             raise WeightTransportError(

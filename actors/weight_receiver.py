@@ -22,10 +22,10 @@ class WeightReceiver:
         on gloo."""
         return transport_device(self._videop2r_backend, getattr(self, "device", "cpu"))
 
-    def videop2r_join(self, host: str, port: int, timeout_s: float, backend: str = "gloo") -> bool:
+    def videop2r_join(self, host: str, port: int, timeout_s: float, backend: str = "gloo", secret: str = "") -> bool:
         self._videop2r_backend = backend
         self._videop2r_buffers()  # nccl on a CPU worker: refused before joining, so the sender's accept fails fast
-        self._videop2r_pg = join_channel(host, port, timeout_s, backend)
+        self._videop2r_pg = join_channel(host, port, timeout_s, backend, secret=secret)
         return True
 
     def videop2r_accepted_names(self) -> list[str]:
@@ -63,13 +63,14 @@ class WeightReceiver:
         return self._videop2r_load(plan, receive_tensors(pg, plan, self._videop2r_buffers()))
 
     def videop2r_join_group(self, host: str, port: int, first_rank: int, world: int, timeout_s: float,
-                            backend: str = "gloo") -> bool:
+                            backend: str = "gloo", secret: str = "") -> bool:
         """Joins the weight group of every worker: this worker's tensor-parallel rank r is group rank
         ``first_rank + r``, so every TP rank receives (each loads its own shard of the full tensors)."""
         rank = first_rank + int(getattr(self, "rank", 0) or 0)
         self._videop2r_backend = backend
         self._videop2r_buffers()
-        self._videop2r_group = (join_channel(host, port, timeout_s, backend, rank=rank, world=world), rank, world)
+        self._videop2r_group = (join_channel(host, port, timeout_s, backend, rank=rank, world=world, secret=secret),
+                                rank, world)
         return True
 
     def videop2r_receive_group(self, plan: dict, algorithm: str) -> int:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from actors.weight_names import check_plan_names
-from actors.weight_transport import WeightPlan, WeightSender, WeightTransportError, error_reason, plan_buckets
+from actors.weight_transport import (WeightPlan, WeightSender, WeightTransportError, error_reason, plan_buckets,
+                                     with_digests)
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ LOAD_GRACE_S = 60.0
 class LocalWeightSource:
     """The current weights and their sender, in this process (tests, benchmarks, a driver-side learner)."""
 
-    def __init__(self, sender: WeightSender, bucket_mb: float = 64):
-        self.sender, self.bucket_mb = sender, bucket_mb
+    def __init__(self, sender: WeightSender, bucket_mb: float = 64, verify: bool = True):
+        """``verify``: each bucket's sha256 goes in the plan, for the receivers to check (``transport.verifies``)."""
+        self.sender, self.bucket_mb, self.verify = sender, bucket_mb, verify
         self.named: dict[str, torch.Tensor] = {}
         self.plan: WeightPlan | None = None
 
@@ -36,7 +38,7 @@ class LocalWeightSource:
         """The source of the process holding the weights (a learner's rank 0): its sender's buckets on ``device``,
         that process's own (``engine.device``), which is where nccl needs them; gloo sends from the CPU."""
         sender = WeightSender(transport.host, transport.timeout_s, transport.backend, device=device)
-        return cls(sender, transport.bucket_mb)
+        return cls(sender, transport.bucket_mb, transport.verifies)
 
     @property
     def version(self) -> int:
@@ -46,9 +48,11 @@ class LocalWeightSource:
         """The weights to send from now on (``adapter``: they are a LoRA adapter with this peft config)."""
         self.named = dict(named)
         self.plan = plan_buckets(self.named.items(), version, self.bucket_mb, adapter)
+        if self.verify:
+            with_digests(self.plan, self.named)
         return self.plan
 
-    def listen(self, key: str):
+    def listen(self, key: str) -> tuple[str, int, str]:
         return self.sender.listen(key)
 
     def accept(self, key: str) -> None:
@@ -64,7 +68,7 @@ class LocalWeightSource:
         return self.sender.send(self.plan, self.named, keys)
 
     # the group of every worker (transport.scheme=group)
-    def open_group(self, receivers: int) -> tuple[str, int]:
+    def open_group(self, receivers: int) -> tuple[str, int, str]:
         from actors.weight_group import BroadcastGroup
 
         s = self.sender
@@ -109,8 +113,9 @@ class WeightSync:
         if self.cfg.tensor_parallel_size > 1:  # every TP rank would join one two-member channel as its rank 1
             raise WeightTransportError(f"{name} is tensor-parallel ({self.cfg.tensor_parallel_size} ranks): it gets "
                                        "its weights only through the group (transport.scheme=group)")
-        host, port = self.source.listen(name)
-        ref = slot.actor.join_weight_channel.remote(host, port, self.transport.timeout_s, self.transport.backend)
+        host, port, secret = self.source.listen(name)  # the secret travels over Ray's RPC only
+        ref = slot.actor.join_weight_channel.remote(host, port, self.transport.timeout_s, self.transport.backend,
+                                                    secret)
         self.source.accept(name)
         ray.get(ref, timeout=self.transport.timeout_s + 30)
 
@@ -242,9 +247,9 @@ class WeightSync:
     def _open_group(self, members: list[str], tp: int) -> None:
         import ray
 
-        host, port = self.source.open_group(len(members) * tp)
+        host, port, secret = self.source.open_group(len(members) * tp)
         refs = [self.slots[k].actor.join_weight_group.remote(host, port, 1 + i * tp, 1 + len(members) * tp,
-                                                             self.transport.timeout_s, self.transport.backend)
+                                                             self.transport.timeout_s, self.transport.backend, secret)
                 for i, k in enumerate(members)]
         self._group_algorithm = self.source.accept_group()
         ray.get(refs, timeout=self.transport.timeout_s + 30)

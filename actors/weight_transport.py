@@ -6,7 +6,10 @@ once. Tensors travel as flat per-dtype buckets of about ``bucket_mb``; the small
 travels beside them as an ordinary message (``collective_rpc``), because vLLM's RPC cannot carry tensors.
 
 Setting a channel up waits at most ``timeout_s`` for the peer; a missing peer is a ``WeightTransportError`` naming
-the channel, never a hang. NCCL channels (``backend="nccl"``) need GPUs (a GPU per process: one GPU cannot host
+the channel, never a hang. Each channel (and each broadcast group) has a random secret that only its rendezvous
+keys carry and that reaches the receivers through Ray's RPC, never the network the channel uses: a process that
+reaches the port without it never pairs with the sender. Each bucket's sha256 travels in the plan (Ray's RPC too),
+and a receiver checks a bucket before handing its tensors on: an altered bucket is refused, never loaded. NCCL channels (``backend="nccl"``) need GPUs (a GPU per process: one GPU cannot host
 both ends) and have not run yet; on the CPU boxes the tests check, through ``Collective``, that every buffer either
 end hands an nccl group is a CUDA tensor (fake ones, under FakeTensorMode), as a real nccl group requires.
 """
@@ -14,6 +17,8 @@ end hands an nccl group is a CUDA tensor (fake ones, under FakeTensorMode), as a
 from __future__ import annotations
 
 import datetime
+import hashlib
+import secrets
 import socket
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -92,6 +97,7 @@ class WeightPlan:
     # a LoRA adapter's peft config (adapter_config.json) when the tensors are an adapter (learner.lora.sync=adapter)
     # rather than model weights: the receiver hands them to vLLM's LoRA support instead of reloading weights
     adapter: dict | None = None
+    digests: list[str] | None = None  # each bucket's sha256 (``with_digests``); None: not checked
 
     @property
     def names(self) -> list[str]:
@@ -99,7 +105,7 @@ class WeightPlan:
 
     def to_dict(self) -> dict:
         """Plain types only: vLLM's RPC re-encodes arguments (msgpack), which turns dataclasses into dicts."""
-        return {"version": self.version, "adapter": self.adapter, "buckets": [
+        return {"version": self.version, "adapter": self.adapter, "digests": self.digests, "buckets": [
             {"dtype": b.dtype, "numel": b.numel, "entries": [[e.name, list(e.shape), e.offset, e.numel] for e in b.entries]}
             for b in self.buckets
         ]}
@@ -109,7 +115,7 @@ class WeightPlan:
         return cls(d["version"], [
             Bucket(b["dtype"], b["numel"], [Entry(n, tuple(shape), off, num) for n, shape, off, num in b["entries"]])
             for b in d["buckets"]
-        ], d.get("adapter"))
+        ], d.get("adapter"), d.get("digests"))
 
     @property
     def nbytes(self) -> int:
@@ -134,6 +140,29 @@ def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket
         b.entries.append(Entry(name, tuple(t.shape), b.numel, t.numel()))
         b.numel += t.numel()
     return WeightPlan(version, buckets, adapter)
+
+
+def bucket_digest(buf: torch.Tensor) -> str:
+    """The sha256 of a flat bucket's bytes (a CUDA bucket is copied to the CPU for it)."""
+    return hashlib.sha256(buf.detach().cpu().contiguous().view(torch.uint8).numpy()).hexdigest()
+
+
+def with_digests(plan: WeightPlan, named: dict[str, torch.Tensor]) -> WeightPlan:
+    """``plan`` with each bucket's digest, computed from the sender's snapshot one bucket at a time."""
+    plan.digests = [bucket_digest(flatten(named, b, "cpu")) for b in plan.buckets]
+    return plan
+
+
+def check_bucket(plan: WeightPlan, i: int, buf: torch.Tensor) -> None:
+    """Refuses bucket ``i`` when it is not what the sender's digest says (altered or corrupted on the way)."""
+    if plan.digests is not None and bucket_digest(buf) != plan.digests[i]:
+        raise WeightTransportError(f"weight bucket {i + 1} of {len(plan.buckets)} (version {plan.version}) arrived "
+                                   "altered: its sha256 is not the sender's; it is not loaded, and this worker waits "
+                                   "for the next sync")
+
+
+def new_secret() -> str:
+    return secrets.token_hex(16)
 
 
 def node_address() -> str:
@@ -173,10 +202,11 @@ def _listening_store(host: str, timeout_s: float, world: int = 2) -> dist.TCPSto
     return store
 
 
-def _group(store, rank: int, timeout_s: float, backend: str, address: str, size: int = 2):
-    """The group (two members for a channel); gloo's own connections listen on ``address`` (not every interface)."""
+def _group(store, rank: int, timeout_s: float, backend: str, address: str, size: int = 2, secret: str = ""):
+    """The group (two members for a channel); gloo's own connections listen on ``address`` (not every interface).
+    Its rendezvous keys carry ``secret``: a member without it never pairs with the others."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    prefixed = dist.PrefixStore("videop2r-weights", store)
+    prefixed = dist.PrefixStore(f"videop2r-weights/{secret}", store)
     if backend == "gloo":
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
@@ -189,11 +219,13 @@ def _group(store, rank: int, timeout_s: float, backend: str, address: str, size:
     raise ValueError(f"unknown weight transport backend {backend!r} (gloo or nccl)")
 
 
-def join_channel(host: str, port: int, timeout_s: float, backend: str = "gloo", rank: int = 1, world: int = 2):
-    """Receiver side: connect to the sender's channel (rank 1 of 2) or broadcast group (``rank`` of ``world``)."""
+def join_channel(host: str, port: int, timeout_s: float, backend: str = "gloo", rank: int = 1, world: int = 2,
+                 secret: str = ""):
+    """Receiver side: connect to the sender's channel (rank 1 of 2) or broadcast group (``rank`` of ``world``),
+    with the ``secret`` the sender's ``listen`` / ``open`` returned."""
     try:
         store = dist.TCPStore(host, port, world, False, datetime.timedelta(seconds=timeout_s))
-        return _group(store, rank, timeout_s, backend, route_address(host, port), world)
+        return _group(store, rank, timeout_s, backend, route_address(host, port), world, secret)
     except (RuntimeError, dist.DistStoreError, OSError) as e:
         raise WeightTransportError(
             f"could not join the weight channel at {host}:{port} within {timeout_s:.0f} s ({str(e).splitlines()[0]}); "
@@ -220,6 +252,7 @@ def receive_tensors(pg: Collective, plan: WeightPlan, device="cpu") -> Iterator[
         buf, work = pending
         work.wait()
         pending = post(plan.buckets[i + 1]) if i + 1 < len(plan.buckets) else None
+        check_bucket(plan, i, buf)
         for e in b.entries:
             yield e.name, buf[e.offset : e.offset + e.numel].view(e.shape)
 
@@ -234,14 +267,16 @@ class WeightSender:
         self.timeout_s, self.backend = timeout_s, backend
         self.device = transport_device(backend, device)
         self._stores: dict[str, dist.TCPStore] = {}
+        self._secrets: dict[str, str] = {}
         self._groups: dict[str, object] = {}
 
-    def listen(self, key: str) -> tuple[str, int]:
-        """Opens a channel for receiver ``key``; returns the address it should join. Then call ``accept``."""
+    def listen(self, key: str) -> tuple[str, int, str]:
+        """Opens a channel for receiver ``key``; returns the address it should join and the channel's secret (for
+        the receiver alone: hand it over Ray's RPC). Then call ``accept``."""
         self.close(key)
         store = _listening_store(self.host, self.timeout_s)
-        self._stores[key] = store
-        return self.host, store.port
+        self._stores[key], self._secrets[key] = store, new_secret()
+        return self.host, store.port, self._secrets[key]
 
     def accept(self, key: str) -> None:
         """Waits (at most ``timeout_s``) for receiver ``key`` to join the channel opened by ``listen``."""
@@ -249,7 +284,7 @@ class WeightSender:
         if store is None:
             raise WeightTransportError(f"weight channel {key!r}: listen() was not called")
         try:
-            self._groups[key] = _group(store, 0, self.timeout_s, self.backend, self.host)
+            self._groups[key] = _group(store, 0, self.timeout_s, self.backend, self.host, secret=self._secrets[key])
         except (RuntimeError, dist.DistStoreError) as e:
             self._stores.pop(key, None)
             raise WeightTransportError(
@@ -263,6 +298,7 @@ class WeightSender:
     def close(self, key: str) -> None:
         self._groups.pop(key, None)
         self._stores.pop(key, None)
+        self._secrets.pop(key, None)
 
     def send(self, plan: WeightPlan, named: dict[str, torch.Tensor], keys: list[str]) -> dict[str, str]:
         """Sends every bucket of ``plan`` on the channels of ``keys`` at once (async ops, then wait).

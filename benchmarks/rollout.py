@@ -19,10 +19,10 @@ from pathlib import Path
 from benchmarks import verbose
 
 
-def _raw_receiver(host: str, port: int, plan_dict: dict, rounds: int, timeout_s: float) -> None:
+def _raw_receiver(host: str, port: int, secret: str, plan_dict: dict, rounds: int, timeout_s: float) -> None:
     from actors.weight_transport import WeightPlan, join_channel, receive_tensors
 
-    pg = join_channel(host, port, timeout_s)
+    pg = join_channel(host, port, timeout_s, secret=secret)
     plan = WeightPlan.from_dict(plan_dict)
     for _ in range(rounds):
         for _ in receive_tensors(pg, plan):
@@ -34,8 +34,9 @@ def raw_gloo_seconds(named: dict, plan, rounds: int = 3) -> float:
     from actors.weight_transport import WeightSender
 
     sender = WeightSender("127.0.0.1", timeout_s=120)
-    host, port = sender.listen("raw")
-    proc = mp.get_context("spawn").Process(target=_raw_receiver, args=(host, port, plan.to_dict(), rounds, 120))
+    host, port, secret = sender.listen("raw")
+    proc = mp.get_context("spawn").Process(target=_raw_receiver, args=(host, port, secret, plan.to_dict(), rounds,
+                                                                       120))
     proc.start()
     sender.accept("raw")
     best = float("inf")

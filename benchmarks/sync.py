@@ -49,11 +49,12 @@ def _netns() -> str:
 
 
 def _receiver(addresses, scheme: str, rank: int, world: int, plan_dict: dict, rounds: int, done) -> None:
-    """Joins each round's channel (or group) and receives the plan; ``addresses`` is a queue of (host, port)."""
+    """Joins each round's channel (or group) and receives the plan; ``addresses`` is a queue of (host, port,
+    secret)."""
     plan = WeightPlan.from_dict(plan_dict)
     for _ in range(rounds):
-        host, port = addresses.get(timeout=120)
-        pg = join_channel(host, port, 60, rank=rank, world=world)
+        host, port, secret = addresses.get(timeout=120)
+        pg = join_channel(host, port, 60, rank=rank, world=world, secret=secret)
         tensors = receive_relayed(pg, plan, rank, world) if scheme == "relay" else receive_tensors(pg, plan)
         for _name, _t in tensors:
             pass

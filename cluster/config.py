@@ -140,6 +140,14 @@ class TransportSection(Section):
     timeout_s: float = Field(60, gt=0)  # channel set-up and each transfer; a missing peer fails after this
     # the sender's address as workers see it, and the only interface its channels listen on; default: this node's IP
     host: str | None = None
+    # a sha256 per bucket, sent in the plan and checked by each worker before it loads the bucket (an altered or
+    # corrupted bucket is refused). None: on with gloo (CPU buckets), off with nccl (it would copy every bucket
+    # from the GPU to hash it)
+    verify_buckets: bool | None = None
+
+    @property
+    def verifies(self) -> bool:
+        return self.verify_buckets if self.verify_buckets is not None else self.backend != "nccl"
 
     @model_validator(mode="after")
     def _connectable(self):

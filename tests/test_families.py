@@ -148,10 +148,10 @@ def _sync(llm, named: dict) -> None:
     from actors.weight_transport import WeightSender, plan_buckets
 
     sender = WeightSender("127.0.0.1", timeout_s=30)
-    host, port = sender.listen("w")
+    host, port, secret = sender.listen("w")
     with ThreadPoolExecutor(1) as pool:
         accepted = pool.submit(sender.accept, "w")
-        llm.collective_rpc("videop2r_join", args=(host, port, 30.0))
+        llm.collective_rpc("videop2r_join", args=(host, port, 30.0, "gloo", secret))
         accepted.result()
         plan = plan_buckets(named.items(), version=1)
         sent = pool.submit(sender.send, plan, named, ["w"])

@@ -41,8 +41,8 @@ def test_plan_buckets_by_dtype_and_size():
     assert WeightPlan.from_dict(plan.to_dict()).adapter is None
 
 
-def _receive(host, port, plan_dict, queue):
-    pg = join_channel(host, port, 20)
+def _receive(host, port, secret, plan_dict, queue):
+    pg = join_channel(host, port, 20, secret=secret)
     got = {k: v.clone() for k, v in receive_tensors(pg, WeightPlan.from_dict(plan_dict))}
     queue.put({k: v.numpy() for k, v in got.items()})
 
@@ -58,9 +58,9 @@ def test_round_trip_between_processes():
 
     before = listening()
     sender = WeightSender("127.0.0.1", timeout_s=20)
-    host, port = sender.listen("r0")
+    host, port, secret = sender.listen("r0")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_receive, args=(host, port, plan.to_dict(), queue))
+    proc = ctx.Process(target=_receive, args=(host, port, secret, plan.to_dict(), queue))
     proc.start()
     sender.accept("r0")
     opened = listening() - before
@@ -73,8 +73,61 @@ def test_round_trip_between_processes():
         assert torch.equal(torch.from_numpy(got[k]), t), k
 
 
-def _receive_in_group(host, port, rank, world, plan_dict, algorithm, queue):
-    pg = join_channel(host, port, 20, rank=rank, world=world)
+def _receive_or_fail(host, port, secret, plan_dict, timeout_s, queue):
+    """A receiver that reports what it got, and the error that ended it (if any)."""
+    got, error = [], None
+    try:
+        pg = join_channel(host, port, timeout_s, secret=secret)
+        for name, t in receive_tensors(pg, WeightPlan.from_dict(plan_dict)):
+            got.append(name)
+    except WeightTransportError as e:
+        error = str(e)
+    queue.put((got, error))
+
+
+def test_a_foreign_joiner_gets_nothing_and_an_altered_bucket_is_refused():
+    """A process that reaches the channel's port first, without the secret that only the real receiver got over
+    Ray's RPC, never pairs with the sender: the real receiver gets every tensor, the stranger nothing (before the
+    secret, the first joiner took the channel). Then a bucket that is not what the sender's digest says (here the
+    plan's digest is altered, as a tampering relay would make the data differ) is refused before any of its
+    tensors is handed on, with an error naming the bucket."""
+    from actors.weight_transport import with_digests
+
+    ctx = mp.get_context("spawn")
+    named = {"w": torch.randn(64, 33), "i": torch.arange(7)}
+    plan = with_digests(plan_buckets(named.items(), 1, bucket_mb=0.01), named)
+    assert plan.digests and len(plan.digests) == len(plan.buckets)
+    sender = WeightSender("127.0.0.1", timeout_s=20)
+    host, port, secret = sender.listen("r0")
+    stranger_q, real_q = ctx.Queue(), ctx.Queue()
+    stranger = ctx.Process(target=_receive_or_fail, args=(host, port, "guessed", plan.to_dict(), 8, stranger_q))
+    stranger.start()
+    time.sleep(2)  # the stranger is at the rendezvous first
+    real = ctx.Process(target=_receive_or_fail, args=(host, port, secret, plan.to_dict(), 20, real_q))
+    real.start()
+    sender.accept("r0")
+    assert sender.send(plan, named, ["r0"]) == {}
+    got, error = real_q.get(timeout=60)
+    assert error is None and sorted(got) == sorted(named)
+    got, error = stranger_q.get(timeout=60)
+    assert got == [] and "could not join the weight channel" in error
+    for p in (real, stranger):
+        p.join(timeout=30)
+
+    tampered = WeightPlan.from_dict(plan.to_dict())
+    tampered.digests[0] = "0" * 64
+    host, port, secret = sender.listen("r1")
+    real = ctx.Process(target=_receive_or_fail, args=(host, port, secret, tampered.to_dict(), 20, real_q))
+    real.start()
+    sender.accept("r1")
+    sender.send(plan, named, ["r1"])
+    got, error = real_q.get(timeout=60)
+    real.join(timeout=30)
+    assert got == [] and f"weight bucket 1 of {len(plan.buckets)} (version 1) arrived altered" in error
+
+
+def _receive_in_group(host, port, secret, rank, world, plan_dict, algorithm, queue):
+    pg = join_channel(host, port, 20, rank=rank, world=world, secret=secret)
     plan = WeightPlan.from_dict(plan_dict)
     tensors = receive_relayed(pg, plan, rank, world, chunk_mb=0.002) if algorithm == "relay" else receive_tensors(pg, plan)
     got = {k: v.clone() for k, v in tensors}
@@ -90,9 +143,9 @@ def test_broadcast_group_reaches_every_receiver_and_a_missing_one_fails_in_time(
     named = {"w": torch.randn(64, 33), "i": torch.arange(7), "h": torch.randn(5, dtype=torch.float16)}
     plan = plan_buckets(named.items(), 1, bucket_mb=0.01)
     group = BroadcastGroup("127.0.0.1", timeout_s=20, algorithm=algorithm, chunk_mb=0.002)
-    host, port = group.open(3)
+    host, port, secret = group.open(3)
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_receive_in_group, args=(host, port, r, 4, plan.to_dict(), algorithm, queue))
+    procs = [ctx.Process(target=_receive_in_group, args=(host, port, secret, r, 4, plan.to_dict(), algorithm, queue))
              for r in (1, 2, 3)]
     for p in procs:
         p.start()
