@@ -156,13 +156,19 @@ def test_the_learners_weight_source_sends_from_the_learners_device():
 
     from actors.weight_sync import LocalWeightSource
 
-    nccl = SimpleNamespace(host="127.0.0.1", timeout_s=5, backend="nccl", bucket_mb=8)
+    nccl = SimpleNamespace(host="127.0.0.1", timeout_s=5, backend="nccl", bucket_mb=8, verifies=False)
     src = LocalWeightSource.for_process(nccl, torch.device("cuda", 0))
     assert src.sender.device == torch.device("cuda", 0) and src.bucket_mb == 8
     with pytest.raises(WeightTransportError, match="nccl needs a CUDA device"):
         LocalWeightSource.for_process(nccl, torch.device("cpu"))
-    gloo = SimpleNamespace(host="127.0.0.1", timeout_s=5, backend="gloo", bucket_mb=8)
+    gloo = SimpleNamespace(host="127.0.0.1", timeout_s=5, backend="gloo", bucket_mb=8, verifies=True)
     assert LocalWeightSource.for_process(gloo, torch.device("cuda", 0)).sender.device == torch.device("cpu")
     from tests.conftest import ROOT
 
     assert "for_process(transport, self.learner.engine.device)" in (ROOT / "cluster" / "learner_group.py").read_text()
+    # bucket digests: on by default with gloo, off with nccl (hashing would copy every bucket off the GPU)
+    from cluster.config import TransportSection
+
+    assert TransportSection(backend="gloo").verifies and not TransportSection(backend="nccl").verifies
+    assert TransportSection(backend="nccl", verify_buckets=True).verifies
+    assert LocalWeightSource.for_process(gloo, torch.device("cpu")).verify
