@@ -49,7 +49,38 @@ def init_distributed(backend: str) -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     _skip_shm_comm_op()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    # the world's store made here, so that rank 0's listens on MASTER_ADDR only: torch's env:// rendezvous binds
+    # every interface; DeepSpeed then takes the initialised default group as it is
+    store = _world_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     deepspeed.init_distributed(dist_backend=backend)
+
+
+def _world_store(host: str, port: int, rank: int, world: int, timeout_s: float = 1800.0):
+    """The default group's TCPStore: rank 0 serves it on ``host:port`` only (a socket bound beforehand); the other
+    ranks connect to it."""
+    import datetime
+    import socket
+
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if rank != 0:
+        return dist.TCPStore(host, port, world, False, timeout)
+    family = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+        store = dist.TCPStore(host, port, world, True, timeout, wait_for_workers=False,
+                              master_listen_fd=sock.fileno(), use_libuv=True)
+    except BaseException:
+        sock.close()
+        raise
+    sock.detach()  # the store owns the descriptor now
+    return store
 
 
 def _skip_shm_comm_op() -> None:
