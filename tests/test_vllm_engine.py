@@ -37,8 +37,9 @@ def test_grouped_sampling_from_video(vllm_engine, items, tokenizer, test_config)
         assert all(0 <= t < vocab for t in c.token_ids)
         assert c.finish_reason in ("length", "stop")
         full = tokenizer.decode(c.token_ids, skip_special_tokens=True)
-        assert full.startswith(c.text)  # vLLM holds back a trailing incomplete UTF-8 byte sequence
-        assert len(full) - len(c.text) <= 1
+        # vLLM holds back a trailing incomplete UTF-8 byte sequence: what full decoding adds is only the replacement
+        # characters of those bytes (one per byte-token of a random model's output, so possibly several)
+        assert full.startswith(c.text) and set(full[len(c.text):]) <= {"\ufffd"}, (full, c.text)
     texts = [c.text for c in completions if c.prompt_index == 0]
     assert len(set(texts)) > 1, "temperature 1.0 should give different samples within a group"
     assert seconds > 0
