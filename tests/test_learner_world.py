@@ -1,0 +1,27 @@
+"""The learner's DeepSpeed world as the learner makes it (``learner.deepspeed_setup.init_distributed``)."""
+
+from tests.conftest import ROOT
+
+
+def test_the_learner_worlds_store_listens_on_its_address_only():
+    """The DeepSpeed world's TCPStore (rank 0's) is served on MASTER_ADDR only: torch's env:// rendezvous listened
+    on every interface (measured: '::'), where any host on the network could reach it. Run in a fresh process
+    (this one may hold a world already)."""
+    import subprocess
+    import sys
+
+    code = """
+import os, socket, psutil
+from cluster.services import free_port
+port = free_port()
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+from learner.deepspeed_setup import init_distributed
+init_distributed("gloo")
+import torch, torch.distributed as dist
+t = torch.ones(1); dist.all_reduce(t)
+print("ON", sorted({c.laddr.ip for c in psutil.Process().net_connections("tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr.port == port}), dist.get_world_size())
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ON ['127.0.0.1'] 1" in r.stdout, r.stdout + r.stderr[-2000:]
