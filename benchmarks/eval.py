@@ -51,7 +51,7 @@ def run_bench_eval(root: str | Path = "runs/bench", rows: int = 48, max_tokens: 
     tiny model, whose outputs all fail the template."""
     from cluster.config import Config
     from cluster.config_loader import load_config
-    from cluster.make_cot import run_make_cot
+    from commands.make_cot import run_make_cot
     from cluster.stack import Dataset, Stack
 
     root = Path(root)

@@ -55,7 +55,7 @@ def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150, chun
     from cluster.run_dir import RunDir
     from cluster.services import RedisServer
     from cluster.stack import Stack
-    from cluster.stages import run_sft, run_train
+    from commands.stages import run_sft, run_train
     from toy.judge_server import JudgeServer
 
     root = Path(root)

@@ -40,7 +40,7 @@ def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: i
     from cluster.config_loader import load_config
     from cluster.run_dir import RunDir
     from cluster.stack import Stack
-    from cluster.stages import run_sft, run_train
+    from commands.stages import run_sft, run_train
 
     root = Path(root)
     data, model = _setup(root)

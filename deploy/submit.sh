@@ -93,4 +93,4 @@ if out_root:
 with open(path, "w") as f:
     json.dump({"working_dir": ".", "excludes": excludes, "env_vars": env}, f)
 PYEOF
-"$RAY" job submit --address "$RAY_ADDRESS" --runtime-env "$renv" "${submit_opts[@]}" -- python -m cluster.cli "$@"
+"$RAY" job submit --address "$RAY_ADDRESS" --runtime-env "$renv" "${submit_opts[@]}" -- python -m commands.cli "$@"

@@ -105,7 +105,7 @@ def demo_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
     from cluster.run_dir import RunDir
-    from cluster.stages import run_sft
+    from commands.stages import run_sft
 
     out = tmp_path_factory.mktemp("sft")
     summary = run_sft(config(out, tiny_model_dir, demo_data))

@@ -154,7 +154,7 @@ def cpu_used(before: dict, after: dict, top: int = 3) -> str:
             + ", ".join(f"{comm} {pid} on {host} {s:.1f}" for pid, (host, comm, s) in busiest))
 
 
-def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank", "RewardScorer", "cluster.cli")) -> str:
+def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank", "RewardScorer", "commands.cli")) -> str:
     """What the named processes on every host are doing (py-spy), for a test's failure message: a step that never
     comes is otherwise only a timeout."""
     spy = Path(os.environ.get("VIRTUAL_ENV", Path(sys.executable).parent.parent)) / "bin" / "py-spy"

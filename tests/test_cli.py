@@ -216,7 +216,7 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
-    from cluster.report import write_report
+    from commands.report import write_report
 
     for name, algorithm, rate in (("pa", "pa_grpo", 0.1), ("g", "grpo", 0.05)):
         run_dir = tmp_path / name

@@ -38,8 +38,8 @@ def funnel(out):
 
 
 def test_make_cot_funnel_resumes_and_sft_trains_on_its_output(ray_cluster, sft_model, demo_data, tmp_path):
-    from cluster.make_cot import run_make_cot
-    from cluster.stages import run_sft
+    from commands.make_cot import run_make_cot
+    from commands.stages import run_sft
 
     src, out = cot_input(demo_data, tmp_path / "in.json"), tmp_path / "cot"
     cfg = lambda: config(tmp_path / "unused", sft_model, demo_data, f"cot.input={src}", f"cot.out_dir={out}",  # noqa
@@ -88,7 +88,7 @@ def test_make_cot_funnel_resumes_and_sft_trains_on_its_output(ray_cluster, sft_m
 def test_make_cot_with_the_vllm_judge(ray_cluster, sft_model, tiny_model_dir, demo_data, tmp_path):
     """The judge is a real vLLM engine (the random tiny model): its text is no verdict, so nothing that reached
     the judge is kept and those rows stay open for a rerun."""
-    from cluster.make_cot import run_make_cot
+    from commands.make_cot import run_make_cot
 
     src, out = cot_input(demo_data, tmp_path / "in.json", n=4), tmp_path / "cot"
     summary = run_make_cot(config(tmp_path / "unused", sft_model, demo_data, f"cot.input={src}", f"cot.out_dir={out}",
@@ -127,7 +127,7 @@ def benchmark_file(synthetic_dir, folder):
 
 
 def test_eval_on_a_video_r1_benchmark(ray_cluster, tiny_model_dir, synthetic_dir, tmp_path):
-    from cluster.bench_eval import run_eval
+    from commands.eval import run_eval
     from cluster.config import Config
     from cluster.config_loader import load_config
 

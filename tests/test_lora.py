@@ -192,7 +192,7 @@ def test_an_adapter_sync_run_serves_the_learner_policy_through_vllm_lora(ray_clu
     model, or an adapter loaded once and never replaced, would show that much mismatch). Each sync carries the
     adapters only (a tenth of the merged layers' bytes: catches a silent fall-back to merged weights)."""
     from cluster.run_dir import RunDir
-    from cluster.stages import run_train
+    from commands.stages import run_train
     from tests.conftest import config
 
     out = tmp_path / "rl"

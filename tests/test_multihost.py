@@ -188,7 +188,7 @@ def _across_hosts(c: Cluster, steps: Steps) -> None:
     # the secret is in the job's runtime environment (the job API shows it to token holders), never in its
     # entrypoint, which `ray job list` and the dashboard show
     entrypoints = re.findall(r"entrypoint='([^']*)'", listed.stdout)
-    assert any("cluster.cli train" in e for e in entrypoints) and not any(SECRET in e for e in entrypoints)
+    assert any("commands.cli train" in e for e in entrypoints) and not any(SECRET in e for e in entrypoints)
     assert f"'VIDEOP2R_JUDGE_API_KEY': '{SECRET}'" in listed.stdout
     placed = placement(c)
     assert placed["LearnerRank"] == ["learn0", "learn1"] and placed["RewardScorer"] == ["reward0", "reward1"], placed

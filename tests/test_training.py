@@ -24,7 +24,7 @@ VIDEOP2R = str(Path(sys.executable).parent / "videop2r")
 @pytest.fixture(scope="module")
 def reference_run(ray_cluster, sft_model, demo_data, tmp_path_factory):
     """An uninterrupted synchronous PA-GRPO run of 4 steps (checkpoints at 2 and 4)."""
-    from cluster.stages import run_train
+    from commands.stages import run_train
 
     out = tmp_path_factory.mktemp("rl-sync")
     summary = run_train(config(out, sft_model, demo_data))
@@ -107,7 +107,7 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
         assert g["reward_reasoning"] == pytest.approx(w["reward_reasoning"])
     assert json.loads((out / "summary.json").read_text())["resumed_from"].endswith("step_000002")
     # resume again with two rollout workers, up to the end of the first epoch (40 rows / B=4: step 10) ...
-    from cluster.stages import run_train
+    from commands.stages import run_train
 
     run_train(config(out, sft_model, demo_data, "trainer.steps=10", "rollout.num_workers=2"))
     assert RunDir(out).latest_checkpoint().name == "step_000010"
@@ -125,7 +125,7 @@ def test_grpo_on_two_learner_ranks_from_the_same_start(reference_run, sft_model,
     ZeRO-3; dynamic sampling replaces exactly the groups flat in both processes by fresh prompts. Micro-batches by a
     token budget (learner.micro_batch_tokens): each rank's rows need their own number of them, and under ZeRO-3
     every rank must run as many forwards (each gathers weights with the other), or the step hangs."""
-    from cluster.stages import run_train
+    from commands.stages import run_train
 
     ref_out, _ = reference_run
     out = tmp_path / "grpo"
@@ -154,7 +154,7 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
     reward worker killed, redis-server killed and brought back, the judge failing for a step, a non-finite loss."""
     import ray
 
-    from cluster.stages import run_train
+    from commands.stages import run_train
     from toy.judge_server import JudgeServer
 
     judge = JudgeServer()

@@ -3,7 +3,7 @@
 The teacher (``model.path``, any Qwen2.5-VL checkpoint) runs in ``rollout.num_workers`` rollout workers (vLLM,
 a batch shared by load); the judge is the reward pool's (``judge`` section: oracle, vllm or http), through the
 verdict cache. Rows are decoded on the driver, ``cot.batch_rows`` at a time; each finished batch is saved
-(``cluster.batch_store``), so a rerun skips finished rows and a killed run loses at most the batch in flight. Rows
+(``commands.batch_store``), so a rerun skips finished rows and a killed run loses at most the batch in flight. Rows
 whose judge gave no verdict, or whose media was missing, are retried by a rerun. The decisions are
 ``videoqa.cot_funnel``'s.
 
@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from cluster.batch_store import BatchStore, file_digest, latest_by, load_batch, write_records
+from commands.batch_store import BatchStore, file_digest, latest_by, load_batch, write_records
 from rewards import PROMPT_VERSION
 from videoqa.cot_funnel import Decision, decide, funnel_table, needs_judging, screen
 from videoqa.families import family_of

@@ -140,14 +140,14 @@ def _quiet_logging(verbose: bool) -> None:
 
 
 def cmd_demo(args) -> int:
-    from cluster.demo import run_demo
+    from commands.demo import run_demo
 
     _quiet_logging(args.verbose)
     return run_demo(_config(args), force=args.force, verbose=args.verbose)
 
 
 def cmd_sft(args) -> int:
-    from cluster.stages import run_sft
+    from commands.stages import run_sft
 
     _quiet_logging(args.verbose)
     run_sft(_config(args), force=args.force, verbose=args.verbose)
@@ -155,7 +155,7 @@ def cmd_sft(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cluster.stages import run_train
+    from commands.stages import run_train
 
     _quiet_logging(args.verbose)
     summary = run_train(_config(args), force=args.force, verbose=args.verbose)
@@ -174,7 +174,7 @@ def _flag_overrides(args, mapping: dict[str, str]) -> None:
 
 
 def cmd_eval(args) -> int:
-    from cluster.bench_eval import run_eval
+    from commands.eval import run_eval
 
     _quiet_logging(args.verbose)
     if args.bench:
@@ -186,7 +186,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_make_cot(args) -> int:
-    from cluster.make_cot import run_make_cot
+    from commands.make_cot import run_make_cot
 
     _quiet_logging(args.verbose)
     if args.input:
@@ -222,7 +222,7 @@ def cmd_scale(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from cluster.report import write_report
+    from commands.report import write_report
 
     plotted = write_report(args.runs, args.out, force=args.force, smooth=args.smooth)
     lines = sum(len(v) for v in plotted.values())
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     from videoqa.video import MediaError
 
     from actors.judges import JudgeAuthError
-    from cluster.report import ReportError
+    from commands.report import ReportError
 
     args = build_parser().parse_args(argv)
     if argv is None and args.func in (cmd_demo, cmd_sft, cmd_train, cmd_eval, cmd_make_cot):

@@ -151,7 +151,7 @@ def model_eval(cfg: Config, stack: Stack, items: list) -> dict:
 
 
 def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
-    from cluster.stages import run_train
+    from commands.stages import run_train
 
     t_start = time.perf_counter()
     out = Path(cfg.run.out_dir).resolve()
@@ -187,7 +187,7 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
             summary["controls"] = run_controls(cfg, stack, out, sft, items, rl_seconds, force)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_demo(out, summary)
-    from cluster.report import write_report
+    from commands.report import write_report
 
     runs = [out / cfg.learner.algorithm] + ([out / "grpo"] if (out / "grpo" / "metrics.jsonl").is_file() else [])
     write_report(runs, out / "report.png", force=True)  # the demo's own folder: its previous report is replaced
@@ -197,7 +197,7 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
 
 def sft_stage(cfg: Config, stack: Stack, out: Path, items: list, force: bool) -> dict:
     """Untrained measurement, then SFT until validation accuracy shows the skill (or sft.steps)."""
-    from cluster.stages import run_sft
+    from commands.stages import run_sft
 
     evaluator = Evaluator(cfg, stack)
     try:
@@ -221,7 +221,7 @@ def sft_stage(cfg: Config, stack: Stack, out: Path, items: list, force: bool) ->
 
 def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, rl_seconds: float, force: bool) -> dict:
     """GRPO from the same SFT checkpoint and seeds; SFT continued for the RL stage's wall time."""
-    from cluster.stages import run_sft, run_train
+    from commands.stages import run_sft, run_train
 
     grpo = run_train(stage_config(cfg, out / "grpo", model__path=sft["hf"], learner__algorithm="grpo"),
                      force=force, stack=stack, evaluate_on=items)
