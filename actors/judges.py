@@ -173,7 +173,7 @@ class HTTPJudge:
         except (JudgeError, TimeoutError) as e:
             timed_out = isinstance(e, TimeoutError) or "Timeout" in str(e)
             return Outcome(None, "timeout" if timed_out else "failed")
-        except Exception as e:  # a 4xx, a malformed body: not worth retrying, counted as a failure
+        except Exception as e:  # noqa: BLE001 - a 4xx, a malformed body: not worth retrying, counted as a failure
             return Outcome(None, "failed", f"{type(e).__name__}")
 
     def verdicts(self, requests: list[JudgeRequest], deadline: float) -> list[Outcome]:

@@ -31,7 +31,7 @@ class ScoreItem:
     facts: dict | None = None
 
     @classmethod
-    def from_sample(cls, sample: Sample, response: str) -> "ScoreItem":
+    def from_sample(cls, sample: Sample, response: str) -> ScoreItem:
         answer = sample.answer
         if sample.problem_type == "multiple choice":
             letters = option_letters(sample.options)
@@ -47,7 +47,7 @@ class ScoredBatch:
     stats: Counter  # keyed by actors.score_stats (ScoreCount, judge_key(JudgeStatus), cache_key(CacheResult))
     judge_seconds: list[float] = field(default_factory=list)  # the wall time of each judge call
 
-    def merge(self, other: "ScoredBatch") -> "ScoredBatch":
+    def merge(self, other: ScoredBatch) -> ScoredBatch:
         return ScoredBatch(self.rewards + other.rewards, self.stats + other.stats,
                            self.judge_seconds + other.judge_seconds)
 

@@ -190,7 +190,7 @@ class RolloutGroup(WeightSync):
             return False
         try:
             state = ray.util.placement_group_table(slot.placement_group).get("state")
-        except Exception as e:  # the GCS not answering: leave the restart to Ray
+        except Exception as e:  # noqa: BLE001 - the GCS not answering: leave the restart to Ray
             log.debug("placement group of %s unknown: %s", name, e)
             return False
         if state != "RESCHEDULING":

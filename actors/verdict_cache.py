@@ -52,7 +52,7 @@ class VerdictCache:
         self.stats: Counter[str] = Counter()  # keyed by CacheResult
 
     @classmethod
-    def from_config(cls, cache) -> "VerdictCache | None":
+    def from_config(cls, cache) -> VerdictCache | None:
         """From a ``CacheSection``: the URL may come from ``url_env``, the password only from ``password_env``."""
         if not cache.enabled:
             return None

@@ -3,7 +3,7 @@ whatever the number of receivers. Built on the channels' pieces in ``actors.weig
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist

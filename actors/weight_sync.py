@@ -34,7 +34,7 @@ class LocalWeightSource:
         self.plan: WeightPlan | None = None
 
     @classmethod
-    def for_process(cls, transport, device) -> "LocalWeightSource":
+    def for_process(cls, transport, device) -> LocalWeightSource:
         """The source of the process holding the weights (a learner's rank 0): its sender's buckets on ``device``,
         that process's own (``engine.device``), which is where nccl needs them; gloo sends from the CPU."""
         sender = WeightSender(transport.host, transport.timeout_s, transport.backend, device=device)
@@ -164,7 +164,7 @@ class WeightSync:
                     self.slots[k].version, outcomes[k] = version, "ok"
             except (RayActorError, GetTimeoutError) as e:
                 outcomes[k] = self._sync_lost(k, e)
-            except Exception as e:  # the worker could not load them: it must not serve a half-loaded model
+            except Exception as e:  # noqa: BLE001 - the worker could not load them: it must not serve a half-loaded model
                 outcomes[k] = f"send: {failed[k]}" if k in failed else \
                     f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         for k, why in outcomes.items():

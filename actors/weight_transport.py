@@ -21,7 +21,7 @@ import hashlib
 import secrets
 import socket
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -111,7 +111,7 @@ class WeightPlan:
         ]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WeightPlan":
+    def from_dict(cls, d: dict) -> WeightPlan:
         return cls(d["version"], [
             Bucket(b["dtype"], b["numel"], [Entry(n, tuple(shape), off, num) for n, shape, off, num in b["entries"]])
             for b in d["buckets"]

@@ -99,7 +99,7 @@ def _score(learner, item, res):
     import ray
 
     responses = [r.token_ids for r in res.responses]
-    return ray.get(learner.ranks[0].run.remote(lambda l: l.logprobs([item] * len(responses), responses)))
+    return ray.get(learner.ranks[0].run.remote(lambda rank: rank.logprobs([item] * len(responses), responses)))
 
 
 def _plan_row(plan, bucket_mb: float) -> dict:

@@ -123,7 +123,7 @@ def _run(scheme: str, receivers: int, mb: float, rounds: int,
             except queue.Empty:
                 failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if failed or not procs[-1].is_alive():
-                    raise RuntimeError(f"{scheme} sync to {receivers} receiver(s): a process exited ({failed})")
+                    raise RuntimeError(f"{scheme} sync to {receivers} receiver(s): a process exited ({failed})") from None
     finally:
         for p in procs:
             p.join(timeout=60)

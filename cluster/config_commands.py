@@ -23,11 +23,11 @@ class EvalSection(Section):
     out_dir: str = "runs/eval"  # per-sample Parquet, summary.json and results.md (resumes when rerun)
     prompt: Literal["process", "video-r1"] = "process"  # video-r1: their think/answer prompt, to compare numbers
     max_rows: int | None = Field(None, ge=1)  # per benchmark (the first rows); None: all
-    temperature: float = Field(0.01, ge=0)
-    top_p: float = Field(0.001, gt=0, le=1)
-    max_tokens: int = Field(1024, ge=1)
-    nframes: int = Field(32, ge=2)
-    max_pixels: int = Field(256 * 28 * 28, ge=28 * 28)
+    temperature: float = Field(0.01, ge=0)  # sampling temperature (paper: 0.01)
+    top_p: float = Field(0.001, gt=0, le=1)  # nucleus sampling (paper: 0.001)
+    max_tokens: int = Field(1024, ge=1)  # most response tokens
+    nframes: int = Field(32, ge=2)  # frames per video (paper: 32)
+    max_pixels: int = Field(256 * 28 * 28, ge=28 * 28)  # most pixels per frame (paper: 256x28x28)
     batch_rows: int = Field(64, ge=1)  # rows generated and saved together: a killed run loses at most these
     judge: bool = False  # also judge each observation (the perception sufficiency rate) with the judge section
 
@@ -46,8 +46,8 @@ class CotSection(Section):
     max_rows: int | None = Field(None, ge=1)  # the first rows only; None: all
     samples: int = Field(1, ge=1)  # teacher outputs per question; the most accurate one that passes is kept
     temperature: float = Field(0.0, ge=0)  # paper: 0 (one sample); more samples need a temperature > 0
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(1024, ge=1)
+    top_p: float = Field(1.0, gt=0, le=1)  # the teacher's nucleus sampling
+    max_tokens: int = Field(1024, ge=1)  # most tokens of a teacher output
     min_accuracy: float = Field(0.6, ge=0, le=1)  # step 2: the paper drops answers scoring under 0.6
     batch_rows: int = Field(64, ge=1)  # rows generated, judged and saved together
 
@@ -55,16 +55,17 @@ class CotSection(Section):
 class DemoSection(Section):
     """The demo's synthetic task (see toy/synthetic.py) and whether to run the controls (GRPO; more SFT)."""
 
+    # demo: one large moving shape, fixed option order (learnable by the tiny model); varied: harder
     style: Literal["varied", "demo"] = "demo"
     mix: dict[str, float] | None = None  # training-row weights per problem type; None: equal
     eval_rows: int = Field(200, ge=5)  # held-out questions, all five types equally
-    # SFT stops once greedy accuracy on validation rows (the training mix, their own seed; never the held-out
-    # rows) reaches this, checked every sft_check_every steps: RL starts where the skill has appeared but is far
-    # from done (sft.steps is the upper bound). 0 disables the check.
+    # validation rows (the training mix, their own seed; never the held-out rows): SFT stops once greedy accuracy
+    # on them reaches sft_stop_accuracy, checked every sft_check_every steps, so RL starts where the skill has
+    # appeared but is far from done (sft.steps is the upper bound). 0 disables the check.
     val_rows: int = Field(48, ge=0)
-    sft_stop_accuracy: float = Field(0.5, ge=0, le=1)
-    sft_check_every: int = Field(20, ge=1)
-    controls: bool = False
+    sft_stop_accuracy: float = Field(0.5, ge=0, le=1)  # SFT stops at this validation accuracy (see val_rows)
+    sft_check_every: int = Field(20, ge=1)  # SFT steps between validation checks
+    controls: bool = False  # also run GRPO from the same SFT checkpoint and SFT continued for the RL stage's time
 
 
 class TinyModelSection(Section):
@@ -73,14 +74,14 @@ class TinyModelSection(Section):
 
     family: Literal["qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"  # videoqa.families: Qwen2.5-VL or Qwen3-VL
 
-    hidden_size: int = Field(128, ge=64)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(2, ge=1)
-    num_kv_heads: int = Field(1, ge=1)
-    intermediate_size: int = Field(256, ge=1)
-    vision_depth: int = Field(2, ge=1)
-    vision_hidden_size: int = Field(32, ge=8)
-    vision_heads: int = Field(1, ge=1)
+    hidden_size: int = Field(128, ge=64)  # the language model's width
+    num_layers: int = Field(2, ge=1)  # decoder layers
+    num_heads: int = Field(2, ge=1)  # attention heads
+    num_kv_heads: int = Field(1, ge=1)  # key/value heads
+    intermediate_size: int = Field(256, ge=1)  # MLP width
+    vision_depth: int = Field(2, ge=1)  # vision blocks
+    vision_hidden_size: int = Field(32, ge=8)  # the vision tower's width
+    vision_heads: int = Field(1, ge=1)  # the vision tower's heads
     vocab_size: int = Field(1024, ge=300)  # the tokenizer's BPE vocabulary, before special tokens
 
     @model_validator(mode="after")

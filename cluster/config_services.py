@@ -18,7 +18,7 @@ class TransportSection(Section):
     # alone). group: one group of every worker, the model sent once (a relay on gloo, nccl's ring broadcast);
     # a failed group sync falls back to channels for that sync
     scheme: Literal["channels", "group"] = "channels"
-    bucket_mb: float = Field(64, gt=0)
+    bucket_mb: float = Field(64, gt=0)  # tensors are sent in buckets of about this many MiB
     timeout_s: float = Field(60, gt=0)  # channel set-up and each transfer; a missing peer fails after this
     # the sender's address as workers see it, and the only interface its channels listen on; default: this node's IP
     host: str | None = None
@@ -49,12 +49,12 @@ class MetricsSection(Section):
 class CacheSection(Section):
     """The Redis verdict cache shared by all reward workers. Works without Redis (one warning, a metric)."""
 
-    enabled: bool = True
-    url: str = "redis://127.0.0.1:6379/0"
+    enabled: bool = True  # use the verdict cache
+    url: str = "redis://127.0.0.1:6379/0"  # redis:// or rediss:// (TLS); a password in it is redacted in saved configs
     url_env: str = "VIDEOP2R_REDIS_URL"  # when set, overrides url
-    password_env: str = "REDIS_PASSWORD"
-    ttl_s: int = Field(7 * 24 * 3600, ge=1)
-    socket_timeout_s: float = Field(0.5, gt=0)
+    password_env: str = "REDIS_PASSWORD"  # the variable holding the Redis password (read by the driver)
+    ttl_s: int = Field(7 * 24 * 3600, ge=1)  # how long a verdict stays cached
+    socket_timeout_s: float = Field(0.5, gt=0)  # one Redis call; a slower Redis counts as an outage
     retry_after_s: float = Field(10, ge=0)  # after a failure, judge without the cache this long before retrying
     # start a redis-server for this run on the driver's host and use it (on loopback in a private local cluster,
     # on the node's address, behind a random password, in a cluster of several hosts)

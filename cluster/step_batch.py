@@ -61,7 +61,7 @@ class StepBatch:
         q = np.array([r.reasoning for r in self.rewards]).reshape(-1, G)
         return list(np.ptp(p, 1) < 1e-6), list(np.ptp(q, 1) < 1e-6)
 
-    def replace_groups(self, positions: list[int], other: "StepBatch") -> None:
+    def replace_groups(self, positions: list[int], other: StepBatch) -> None:
         """Puts ``other``'s groups at ``positions`` (dynamic sampling and staleness refresh)."""
         G = self.group_size
         for j, pos in enumerate(positions):

@@ -262,8 +262,8 @@ class Learner(LearnerWeights):
                     lp = pad_to(response_logprobs(self.engine, batch, vision=vision), R)
                     idx = torch.tensor(chunk)
 
-                    def here(t):  # this micro-batch's rows of a batch tensor, on the model's device
-                        return None if t is None else t[idx].to(lp.device)
+                    def here(t, idx=idx, device=lp.device):  # this micro-batch's rows of a batch tensor, on its device
+                        return None if t is None else t[idx].to(device)
 
                     loss, st = policy_loss(lp, here(old_lp), here(ref_lp), here(adv), here(tokens), cfg.clip_eps,
                                            cfg.beta, cfg.aggregation, is_weight=here(is_weight))

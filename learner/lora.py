@@ -12,7 +12,8 @@ plain Linear), computed beside the model, never written into it: the learner kee
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 if TYPE_CHECKING:  # torch itself is imported by whoever passes the tensors
     import torch
@@ -50,14 +51,14 @@ def base_model(model):
     return model.get_base_model() if is_lora(model) else model
 
 
-def adapted_layers(model) -> Iterator[tuple[str, "torch.nn.Module"]]:
+def adapted_layers(model) -> Iterator[tuple[str, torch.nn.Module]]:
     """(transformers name of the layer's weight, the peft layer) for every adapted Linear."""
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
             yield name.removeprefix(PEFT_PREFIX) + ".weight", module
 
 
-def merged_weight(layer) -> "torch.Tensor":
+def merged_weight(layer) -> torch.Tensor:
     """W + s * B @ A of one adapted Linear (float32 while computing, then the weight's dtype)."""
     w = layer.base_layer.weight
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
@@ -65,7 +66,7 @@ def merged_weight(layer) -> "torch.Tensor":
     return (w.float() + delta).to(w.dtype)
 
 
-def lora_parameters(model) -> list[tuple[str, "torch.nn.Parameter"]]:
+def lora_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     """The adapters' own parameters (what a LoRA run trains and an adapter-only sync sends), peft names."""
     return [(n, p) for n, p in model.named_parameters() if ".lora_" in n]
 

@@ -12,7 +12,7 @@ so that its log-probs are those of the tokens vLLM sampled, under the same posit
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -72,5 +72,5 @@ class SharedVisionFeatures:
                 else:  # layer-major, as the tower returns them: [layer][medium]
                     layers = len(per_media[0][1])
                     out[modality] = kind(pooler_output=merged,
-                                         deepstack_features=[tuple(d[l] for _, d in per_media) for l in range(layers)])
+                                         deepstack_features=[tuple(d[k] for _, d in per_media) for k in range(layers)])
         return out

@@ -13,7 +13,7 @@ import contextlib
 import pickle
 import random
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -109,7 +109,7 @@ def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_g
         learner = Learner(learner_cfg("learner.zero_stage=0", *cut), str(tiny_model_dir))
         rows = seen.setdefault(mbs, [])
         learner.engine.module.model.register_forward_pre_hook(  # the decoder: every scoring and update forward
-            lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+            lambda module, args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
         captured = grads.setdefault(mbs, [])
         step = learner._optimizer_step
 
@@ -258,8 +258,8 @@ def test_vision_features_once_per_prompt_per_update(stage, tiny_model_dir, cot_i
         assert learner.reference is not None
         calls, grads, order = [], [], []
         for model in (learner.engine.module, learner.reference):
-            model.model.visual.register_forward_pre_hook(lambda *a: calls.append(1) or order.append("tower"))
-        learner.engine.module.model.language_model.register_forward_pre_hook(lambda *a: order.append("decoder"))
+            model.model.visual.register_forward_pre_hook(lambda *a, calls=calls, order=order: calls.append(1) or order.append("tower"))
+        learner.engine.module.model.language_model.register_forward_pre_hook(lambda *a, order=order: order.append("decoder"))
         step = learner._optimizer_step
 
         def capture(step=step, learner=learner, grads=grads):

@@ -1,8 +1,6 @@
 """Rollout workers in Ray actors with real vLLM engines, the gloo weight transport into them, load sharing,
 membership changes, and a worker killed mid-batch."""
 
-import os
-import signal
 import time
 import threading
 
@@ -351,7 +349,6 @@ def test_group_scheme_sends_once_to_every_worker_and_falls_back_to_channels(grou
     """transport.scheme=group: one relay group of every worker gets each version (the same greedy tokens from
     every worker as over channels); a worker killed before a sync fails the group, and the others still get the
     version over their channels in that same sync; the group is formed again without it."""
-    import ray
 
     greedy = {"temperature": 0.0, "n": 1, "max_tokens": 8}
     reqs = requests_for(items[:4], processor, "g-")

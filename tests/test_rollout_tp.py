@@ -11,7 +11,7 @@ from tests.test_rollout_group import _perturbed, processor  # noqa: F401 - proce
 pytestmark = pytest.mark.vllm
 
 
-def test_tensor_parallel_worker_receives_through_the_group(ray_cluster, processor, tmp_path, test_config):
+def test_tensor_parallel_worker_receives_through_the_group(ray_cluster, processor, tmp_path, test_config):  # noqa: F811
     """A rollout worker with tensor_parallel_size=2 on vLLM's CPU backend: both TP ranks join the weight group as
     members of their own and load their shards of the full tensors; greedy generation then equals the perturbed
     model's in transformers. Its channel refuses it (one receiver per channel) with an error saying so."""

@@ -136,8 +136,9 @@ def test_grpo_on_two_learner_ranks_from_the_same_start(reference_run, sft_model,
     rows = RunDir(out).metrics()
     assert [r["step"] for r in rows] == [1, 2] and "flat_groups" in rows[0] and rows[1]["mismatch_kl"] < 1e-6
     assert all(0 <= r["padding_fraction"] < 1 for r in rows)
-    groups = lambda xs: {p: [(x["response"], x["r_perception"], x["r_reasoning"]) for x in xs if x["prompt_id"] == p]
-                         for p in dict.fromkeys(x["prompt_id"] for x in xs)}
+    def groups(xs):
+        return {p: [(x["response"], x["r_perception"], x["r_reasoning"]) for x in xs if x["prompt_id"] == p]
+                for p in dict.fromkeys(x["prompt_id"] for x in xs)}
     mine1, ref1 = groups([x for x in mine if x["step"] == 1]), groups([x for x in ref if x["step"] == 1])
     assert len(mine1) == B and all(len(g) == G for g in mine1.values())
     for p in set(ref1) & set(mine1):

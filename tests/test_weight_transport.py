@@ -78,7 +78,7 @@ def _receive_or_fail(host, port, secret, plan_dict, timeout_s, queue):
     got, error = [], None
     try:
         pg = join_channel(host, port, timeout_s, secret=secret)
-        for name, t in receive_tensors(pg, WeightPlan.from_dict(plan_dict)):
+        for name, _ in receive_tensors(pg, WeightPlan.from_dict(plan_dict)):
             got.append(name)
     except WeightTransportError as e:
         error = str(e)

@@ -36,7 +36,7 @@ def probe_media(path: Path, data_type: str) -> str | None:
             with Image.open(path) as im:
                 im.verify()
                 width, height = im.size
-    except Exception as e:  # decord raises its own error types; any failure here means the file is unusable
+    except Exception as e:  # noqa: BLE001 - decord raises its own error types; any failure here means the file is unusable
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"corrupt {data_type} {path}: {msg[:160]}"
     if min(height, width) <= 0 or max(height, width) / min(height, width) > MAX_RATIO:  # the loader refuses it

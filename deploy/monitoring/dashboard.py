@@ -12,67 +12,67 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "grafana" / "videop2r.json"
-I = 'instance=~"$instance"'  # every videop2r query is narrowed to the chosen run's exporter
+RUN = 'instance=~"$instance"'  # every videop2r query is narrowed to the chosen run's exporter
 RATE = "$__rate_interval"
 
 # (row title, [(panel title, unit, stacked, [(expr, legend)])])
 ROWS = [
     ("Rewards", [
         ("Perception vs reasoning reward", "none", False, [
-            (f'videop2r_reward{{{I},part="total"}}', "{{process}}")]),
+            (f'videop2r_reward{{{RUN},part="total"}}', "{{process}}")]),
         ("Reward parts", "none", False, [
-            (f'videop2r_reward{{{I},part!="total"}}', "{{process}} {{part}}")]),
+            (f'videop2r_reward{{{RUN},part!="total"}}', "{{process}} {{part}}")]),
         ("Accuracy by problem type", "percentunit", False, [
-            (f"videop2r_accuracy_by_type{{{I}}}", "{{problem_type}}")]),
+            (f"videop2r_accuracy_by_type{{{RUN}}}", "{{problem_type}}")]),
         ("Flat groups (no advantage)", "percentunit", False, [
-            (f"videop2r_flat_groups_ratio{{{I}}}", "{{process}}")]),
+            (f"videop2r_flat_groups_ratio{{{RUN}}}", "{{process}}")]),
         ("Segment lengths", "none", False, [
-            (f"videop2r_segment_tokens{{{I}}}", "{{segment}} tokens")]),
+            (f"videop2r_segment_tokens{{{RUN}}}", "{{segment}} tokens")]),
     ]),
     ("Judge", [
         ("Perception Yes-rate", "percentunit", False, [
-            (f"videop2r_judge_yes_ratio{{{I}}}", "last step"),
-            (f'sum(rate(videop2r_judge_verdicts_total{{{I},outcome="yes"}}[{RATE}])) / '
-             f'sum(rate(videop2r_judge_verdicts_total{{{I},outcome=~"yes|no"}}[{RATE}]))', "rate window")]),
+            (f"videop2r_judge_yes_ratio{{{RUN}}}", "last step"),
+            (f'sum(rate(videop2r_judge_verdicts_total{{{RUN},outcome="yes"}}[{RATE}])) / '
+             f'sum(rate(videop2r_judge_verdicts_total{{{RUN},outcome=~"yes|no"}}[{RATE}]))', "rate window")]),
         ("Verdicts by outcome", "ops", True, [
-            (f"sum by (outcome) (rate(videop2r_judge_verdicts_total{{{I}}}[{RATE}]))", "{{outcome}}")]),
+            (f"sum by (outcome) (rate(videop2r_judge_verdicts_total{{{RUN}}}[{RATE}]))", "{{outcome}}")]),
         ("Judge call latency", "s", False, [
-            (f"histogram_quantile(0.5, sum by (le) (rate(videop2r_judge_call_duration_seconds_bucket{{{I}}}[{RATE}])))",
+            (f"histogram_quantile(0.5, sum by (le) (rate(videop2r_judge_call_duration_seconds_bucket{{{RUN}}}[{RATE}])))",
              "p50"),
-            (f"histogram_quantile(0.95, sum by (le) (rate(videop2r_judge_call_duration_seconds_bucket{{{I}}}[{RATE}])))",
+            (f"histogram_quantile(0.95, sum by (le) (rate(videop2r_judge_call_duration_seconds_bucket{{{RUN}}}[{RATE}])))",
              "p95")]),
         ("Verdict cache", "percentunit", False, [
-            (f'sum(rate(videop2r_verdict_cache_total{{{I},result="hits"}}[{RATE}])) / '
-             f'sum(rate(videop2r_verdict_cache_total{{{I},result=~"hits|misses"}}[{RATE}]))', "hit ratio"),
-            (f"rate(videop2r_cache_down_seconds_total{{{I}}}[{RATE}])", "share of time down")]),
+            (f'sum(rate(videop2r_verdict_cache_total{{{RUN},result="hits"}}[{RATE}])) / '
+             f'sum(rate(videop2r_verdict_cache_total{{{RUN},result=~"hits|misses"}}[{RATE}]))', "hit ratio"),
+            (f"rate(videop2r_cache_down_seconds_total{{{RUN}}}[{RATE}])", "share of time down")]),
     ]),
     ("Learner", [
-        ("Loss", "none", False, [(f"videop2r_loss{{{I}}}", "loss")]),
-        ("KL", "none", False, [(f"videop2r_kl{{{I}}}", "KL to reference"),
-                               (f"videop2r_mismatch_kl{{{I}}}", "vLLM vs learner")]),
-        ("Gradient norm", "none", False, [(f"videop2r_grad_norm{{{I}}}", "grad norm")]),
-        ("Clip ratio and entropy", "none", False, [(f"videop2r_clip_ratio{{{I}}}", "clip ratio"),
-                                                   (f"videop2r_entropy_nats{{{I}}}", "entropy (nats)")]),
-        ("Learning rate", "none", False, [(f"videop2r_learning_rate{{{I}}}", "lr")]),
+        ("Loss", "none", False, [(f"videop2r_loss{{{RUN}}}", "loss")]),
+        ("KL", "none", False, [(f"videop2r_kl{{{RUN}}}", "KL to reference"),
+                               (f"videop2r_mismatch_kl{{{RUN}}}", "vLLM vs learner")]),
+        ("Gradient norm", "none", False, [(f"videop2r_grad_norm{{{RUN}}}", "grad norm")]),
+        ("Clip ratio and entropy", "none", False, [(f"videop2r_clip_ratio{{{RUN}}}", "clip ratio"),
+                                                   (f"videop2r_entropy_nats{{{RUN}}}", "entropy (nats)")]),
+        ("Learning rate", "none", False, [(f"videop2r_learning_rate{{{RUN}}}", "lr")]),
     ]),
     ("System", [
-        ("Step time split", "s", True, [(f"videop2r_step_phase_seconds{{{I}}}", "{{phase}}")]),
+        ("Step time split", "s", True, [(f"videop2r_step_phase_seconds{{{RUN}}}", "{{phase}}")]),
         ("Throughput", "none", False, [
-            (f"videop2r_generated_tokens_per_second{{{I}}}", "generated tokens/s"),
-            (f"videop2r_trained_tokens_per_second{{{I}}}", "trained tokens/s")]),
-        ("Weight sync", "s", False, [(f"videop2r_sync_seconds{{{I}}}", "sync")]),
+            (f"videop2r_generated_tokens_per_second{{{RUN}}}", "generated tokens/s"),
+            (f"videop2r_trained_tokens_per_second{{{RUN}}}", "trained tokens/s")]),
+        ("Weight sync", "s", False, [(f"videop2r_sync_seconds{{{RUN}}}", "sync")]),
         ("Staleness (weight versions)", "none", False, [
-            (f"videop2r_staleness_mean{{{I}}}", "mean"), (f"videop2r_staleness_max{{{I}}}", "max")]),
+            (f"videop2r_staleness_mean{{{RUN}}}", "mean"), (f"videop2r_staleness_max{{{RUN}}}", "max")]),
         ("Workers", "none", False, [
-            (f"videop2r_rollout_workers_desired{{{I}}}", "rollout desired"),
-            (f"videop2r_rollout_workers_ready{{{I}}}", "rollout ready"),
-            (f"videop2r_reward_workers{{{I}}}", "reward workers"),
-            (f"increase(videop2r_rollout_worker_restarts_total{{{I}}}[1h])", "rollout restarts (1h)"),
-            (f"increase(videop2r_reward_chunks_rescored_total{{{I}}}[1h])", "reward chunks rescored (1h)")]),
+            (f"videop2r_rollout_workers_desired{{{RUN}}}", "rollout desired"),
+            (f"videop2r_rollout_workers_ready{{{RUN}}}", "rollout ready"),
+            (f"videop2r_reward_workers{{{RUN}}}", "reward workers"),
+            (f"increase(videop2r_rollout_worker_restarts_total{{{RUN}}}[1h])", "rollout restarts (1h)"),
+            (f"increase(videop2r_reward_chunks_rescored_total{{{RUN}}}[1h])", "reward chunks rescored (1h)")]),
         ("Skipped inputs and steps", "none", False, [
-            (f"increase(videop2r_inputs_skipped_total{{{I}}}[1h])", "skipped rows: {{reason}}"),
-            (f"increase(videop2r_perception_zeroed_steps_total{{{I}}}[1h])", "steps without perception"),
-            (f"increase(videop2r_nonfinite_steps_total{{{I}}}[1h])", "non-finite steps")]),
+            (f"increase(videop2r_inputs_skipped_total{{{RUN}}}[1h])", "skipped rows: {{reason}}"),
+            (f"increase(videop2r_perception_zeroed_steps_total{{{RUN}}}[1h])", "steps without perception"),
+            (f"increase(videop2r_nonfinite_steps_total{{{RUN}}}[1h])", "non-finite steps")]),
         ("vLLM engines (cluster)", "none", False, [
             (f"sum by (worker) (rate(ray_vllm_generation_tokens_total[{RATE}]))", "tokens/s {{worker}}"),
             (f"sum by (worker) (rate(ray_vllm_time_to_first_token_seconds_sum[{RATE}])) / "
