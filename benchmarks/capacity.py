@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 MFU_TRAIN = 0.35  # bf16 training MFU at this scale with ZeRO-3 (typical published 30-45%)
 MFU_PREFILL = 0.5  # vLLM prefill
 DECODE_BW_EFF = 0.6  # fraction of HBM bandwidth a decode step achieves reading the weights
-SYNC_LOAD_RATIO = 1.40  # measured: weight sync into a vLLM worker / raw gloo broadcast of the same bytes (README)
+SYNC_LOAD_RATIO = 1.40  # measured: weight sync into a vLLM worker / raw gloo broadcast of the same bytes (docs/benchmarks.md)
 DRIVER_OVERHEAD = 1.001  # measured: step wall time / sum of the parts (python -m benchmarks train)
 LOGPROB_CHUNK = 128  # learner.batch.LOGPROB_CHUNK
 

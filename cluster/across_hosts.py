@@ -1,4 +1,4 @@
-"""Start-up checks for a run whose roles sit on several hosts (README "Running on several hosts"):
+"""Start-up checks for a run whose roles sit on several hosts (docs/multihost.md):
 
 - services that other hosts connect to (the verdict cache, an HTTP judge, the weight transport's sender) must not
   be named by a loopback or wildcard address, which means a different machine on every host;
@@ -106,7 +106,7 @@ def check_storage(out_dir: str, model_path: str, timeout_s: float = 300) -> None
     bad = [f"{r['host']} ({ip}) does not see {' and '.join(r['missing'])}" for ip, r in done.items() if r["missing"]]
     if bad:
         raise ConfigError("; ".join(bad) + ": run.out_dir and model.path must be storage every node mounts at the same "
-                          "path (README \"Running on several hosts\")")
+                          "path (docs/multihost.md)")
 
 
 def alive_nodes() -> int:

@@ -13,7 +13,7 @@
 # Secrets travel only as runtime_env environment variables (in a private temporary file, never in the command
 # line that `ray job list` and the dashboard show); a secret-looking `key=value` in the command is refused.
 # The working directory excludes .venv, runs, models, .git and weight files. Follow a job with
-# `ray job logs --follow JOB_ID`, stop it with `ray job stop JOB_ID` (it checkpoints first); README "Deployment".
+# `ray job logs --follow JOB_ID`, stop it with `ray job stop JOB_ID` (it checkpoints first); docs/training.md ("Launching with ray job submit").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RAY_ADDRESS:=http://127.0.0.1:8265}"

@@ -64,8 +64,7 @@ class Learner(LearnerWeights):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             # transformers then hooks every input embedding to require grad, the vision tower's patch embedding
             # included: the frozen tower joined the autograd graph (its activations kept, its 32 blocks run
-            # backward and, checkpointed, recomputed: +6.3 s of an 11 s 3B step on an H200, README "The GPU
-            # check"). Non-reentrant checkpointing needs no input that requires grad, so the hooks go.
+            # backward and, checkpointed, recomputed: +6.3 s of an 11 s 3B step on an H200, docs/gpu-check.md). Non-reentrant checkpointing needs no input that requires grad, so the hooks go.
             model.disable_input_require_grads()
             model.config.use_cache = False
             model.train()  # transformers checkpoints only in training mode (Qwen2.5-VL has no dropout to change)

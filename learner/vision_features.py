@@ -4,7 +4,7 @@ A prompt's G rollouts share one video, and one RL update scores each rollout sev
 KL reference, every minibatch and epoch). With the tower frozen (``learner.freeze``, the default) its output for
 that video is the same every time, so an update computes it once per prompt and hands it to transformers as
 ``mm_encoder_outputs`` (the model then skips its tower and scatters these features into the placeholder tokens, as
-it does with its own). Measured on an H200 (README, "The GPU check"): most of a 3B RL step was this fixed cost.
+it does with its own). Measured on an H200 (docs/gpu-check.md): most of a 3B RL step was this fixed cost.
 
 Valid only while the tower's weights do not change within the update and the reference model's tower equals the
 policy's: both hold when the tower is frozen from the start (the reference is the policy's copy). When the tower

@@ -4,7 +4,7 @@
 #   scripts/multihost.sh run --host head -- deploy/submit.sh --out-root /var/tmp/videop2r-hosts/shared/runs -- train ...
 #   scripts/multihost.sh status | down      (down ends only what `up` started, also after a killed run)
 # Options: --state DIR (default /var/tmp/videop2r-hosts; its shared/ is the cluster's shared volume), --subnet.
-# README "Running on several hosts".
+# docs/multihost.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec .venv/bin/python -m toy.hosts "$@"

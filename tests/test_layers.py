@@ -1,4 +1,4 @@
-"""The packages' layers point down (README "Layout"): rewards/ and the math at the bottom, videoqa/, then actors/ and
+"""The packages' layers point down (docs/development.md, "Layout"): rewards/ and the math at the bottom, videoqa/, then actors/ and
 learner/, then cluster/ (the runtime of a run), then commands/ on top. benchmarks/ and the fixtures (toy/) stay out
 of the library layers. Read from the source's import statements (also those inside functions), so a lazy import
 that points up fails here too.

@@ -7,7 +7,7 @@
 #          --data DIR          its config and database; an existing non-empty DIR needs --force (default: a new
 #                              folder under /tmp)
 #          --interval D        scrape and rule-evaluation interval      (default 15s)
-# Runs in the foreground (Ctrl-C stops it). Grafana: README.md "Monitoring".
+# Runs in the foreground (Ctrl-C stops it). Grafana: docs/monitoring.md.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 driver=127.0.0.1:9400 ray_dir=/tmp/ray port=9090 data="" interval=15s force=0
