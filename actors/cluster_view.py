@@ -59,6 +59,11 @@ def live_nodes() -> list[NodeRoom]:
         if not n.get("Alive"):
             continue
         ip, name = n.get("NodeManagerAddress", "?"), n.get("NodeName", "")
-        out.append(NodeRoom(ip if name in ("", ip) else f"{ip} ({name})", dict(n.get("Resources") or {}),
-                            dict(free.get(n["NodeID"], {}))))
+        out.append(
+            NodeRoom(
+                ip if name in ("", ip) else f"{ip} ({name})",
+                dict(n.get("Resources") or {}),
+                dict(free.get(n["NodeID"], {})),
+            )
+        )
     return out

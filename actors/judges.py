@@ -66,8 +66,10 @@ def judge_api_key(cfg) -> str:
         return key
     if is_local_url(cfg.base_url):
         return "EMPTY"
-    raise JudgeAuthError(f"the judge's API key is not set: export it as {cfg.api_key_env} (judge.api_key_env) "
-                         f"for {redact_url(cfg.base_url)}")
+    raise JudgeAuthError(
+        f"the judge's API key is not set: export it as {cfg.api_key_env} (judge.api_key_env) "
+        f"for {redact_url(cfg.base_url)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,13 +159,19 @@ class HTTPJudge:
                     max_tokens=self.cfg.max_tokens,
                     temperature=self.cfg.temperature,
                 )
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError,
-                    openai.RateLimitError) as e:
+            except (
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+                openai.InternalServerError,
+                openai.RateLimitError,
+            ) as e:
                 raise JudgeError(type(e).__name__) from e
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise JudgeAuthError(f"the judge at {redact_url(self.cfg.base_url)} refused the API key from "
-                                     f"{self.cfg.api_key_env} ({e.status_code}): check the key and the model "
-                                     "name's access") from None
+                raise JudgeAuthError(
+                    f"the judge at {redact_url(self.cfg.base_url)} refused the API key from "
+                    f"{self.cfg.api_key_env} ({e.status_code}): check the key and the model "
+                    "name's access"
+                ) from None
             return resp.choices[0].message.content if resp.choices else None
 
         try:
@@ -197,13 +205,16 @@ class JudgeEngine:
     def __init__(self, model: str, engine_cfg, seed: int = 0):
         from actors.engine import start_engine
 
-        self._llm = start_engine(engine_cfg, model, dtype="auto" if engine_cfg.device == "cuda" else "float32", seed=seed)
+        self._llm = start_engine(
+            engine_cfg, model, dtype="auto" if engine_cfg.device == "cuda" else "float32", seed=seed
+        )
         self._calls = 0
         # where the model loads: the files this engine serves, whichever host's copy they are
         self.fingerprint = model_fingerprint(model)
 
-    def generate(self, prompts: list[str], max_tokens: int, temperature: float,
-                 time_limit_s: float = float("inf")) -> list[tuple[str | None, str]]:
+    def generate(
+        self, prompts: list[str], max_tokens: int, temperature: float, time_limit_s: float = float("inf")
+    ) -> list[tuple[str | None, str]]:
         """(text, "ok") per prompt, or (None, "failed") for a prompt the engine refused, or (None, "timeout") for
         one unfinished at the time limit (aborted)."""
         from vllm import SamplingParams
@@ -216,8 +227,9 @@ class JudgeEngine:
         results: dict[str, tuple[str | None, str]] = {}
         for rid, p in zip(ids, prompts):
             try:
-                text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True)
+                text = tok.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
                 engine.add_request(rid, text, params)
             except Exception as e:  # noqa: BLE001 - vLLM's validation (too long, bad input): this prompt only
                 log.warning("judge engine refused a prompt (%s): %s", type(e).__name__, str(e).splitlines()[0][:200])
@@ -292,7 +304,9 @@ class VLLMJudge:
         n = min(len(self.engines), len(prompts))
         bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
         with ThreadPoolExecutor(max_workers=n) as pool:
-            parts = list(pool.map(lambda i: self._chunk(self.engines[i], prompts[bounds[i]:bounds[i + 1]], deadline), range(n)))
+            parts = list(
+                pool.map(lambda i: self._chunk(self.engines[i], prompts[bounds[i] : bounds[i + 1]], deadline), range(n))
+            )
         return [o for part in parts for o in part]
 
 

@@ -11,8 +11,7 @@ import re
 
 # scheme://[user]:password@ up to the authority's last "@" (the authority ends at the first "/", "?" or "#" after it)
 _USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^\s/?#]*@(?=[^@\s/?#]*(?:[/?#\s]|$))", re.IGNORECASE)
-_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|secret|token|api_key|apikey|key|auth)=)[^&#\s]*",
-                    re.IGNORECASE)
+_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd|secret|token|api_key|apikey|key|auth)=)[^&#\s]*", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:

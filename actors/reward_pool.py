@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class RewardPool:
-    def __init__(self, cfg, tokenizer_path: str | None = None, num_workers: int | None = None,
-                 start_timeout_s: float = 300):
+    def __init__(
+        self, cfg, tokenizer_path: str | None = None, num_workers: int | None = None, start_timeout_s: float = 300
+    ):
         """``cfg`` is the run ``Config``; ``tokenizer_path`` defaults to ``reward.tokenizer`` then ``model.path``."""
         import ray
 
@@ -32,25 +33,37 @@ class RewardPool:
         if cfg.judge.backend == "vllm":
             eng = cfg.judge.engine
             actor = ray.remote(JudgeEngine).options(
-                num_cpus=eng.num_cpus, num_gpus=eng.num_gpus, resources=dict(eng.resources), max_restarts=-1,
-                max_task_retries=0
+                num_cpus=eng.num_cpus,
+                num_gpus=eng.num_gpus,
+                resources=dict(eng.resources),
+                max_restarts=-1,
+                max_task_retries=0,
             )
             self.engines = [actor.remote(cfg.judge.model, eng, seed=i) for i in range(cfg.judge.num_engines)]
-            self._wait_started([e.ready.remote() for e in self.engines], start_timeout_s, "judge engine(s)",
-                               {"CPU": eng.num_cpus, "GPU": eng.num_gpus, **eng.resources},
-                               "lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes")
+            self._wait_started(
+                [e.ready.remote() for e in self.engines],
+                start_timeout_s,
+                "judge engine(s)",
+                {"CPU": eng.num_cpus, "GPU": eng.num_gpus, **eng.resources},
+                "lower judge.num_engines or judge.engine.num_cpus/num_gpus, or add nodes",
+            )
         tok = tokenizer_path or cfg.reward.tokenizer or cfg.model.path
-        worker = ray.remote(RewardScorer).options(num_cpus=cfg.reward.num_cpus, resources=dict(cfg.reward.resources),
-                                                  max_restarts=-1, max_task_retries=0)
+        worker = ray.remote(RewardScorer).options(
+            num_cpus=cfg.reward.num_cpus, resources=dict(cfg.reward.resources), max_restarts=-1, max_task_retries=0
+        )
         n = num_workers or cfg.reward.num_workers
         secrets = driver_secrets(cfg)  # an argument, set again by each restart of the actor
         self.workers = [worker.remote(cfg.reward, cfg.judge, cfg.cache, tok, self.engines, secrets) for _ in range(n)]
         # lost worker -> (its readiness call, which answers once it is back, or None; when to ask again)
         self.returning: dict[int, tuple] = {}
         self.dead: set[int] = set()  # workers Ray will not restart
-        self._wait_started([w.__ray_ready__.remote() for w in self.workers], start_timeout_s, "reward worker(s)",
-                           {"CPU": cfg.reward.num_cpus, **cfg.reward.resources},
-                           "lower reward.num_workers or reward.num_cpus, or add nodes")
+        self._wait_started(
+            [w.__ray_ready__.remote() for w in self.workers],
+            start_timeout_s,
+            "reward worker(s)",
+            {"CPU": cfg.reward.num_cpus, **cfg.reward.resources},
+            "lower reward.num_workers or reward.num_cpus, or add nodes",
+        )
 
     def _wait_started(self, refs: list, timeout_s: float, what: str, need: dict, fix: str) -> None:
         """Bounded (the clock stops while the autoscaler brings nodes up): actors the cluster has no room for (or
@@ -63,8 +76,10 @@ class RewardPool:
         while waiting:
             if clock.expired():
                 self.shutdown()
-                raise RuntimeError(f"{len(waiting)} of {len(refs)} {what} did not start within {timeout_s:.0f} s: "
-                                   f"{lacking(need, len(waiting))} ({fix})")
+                raise RuntimeError(
+                    f"{len(waiting)} of {len(refs)} {what} did not start within {timeout_s:.0f} s: "
+                    f"{lacking(need, len(waiting))} ({fix})"
+                )
             _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=clock.step())
         ray.get(refs)  # an actor that failed in its constructor raises here, as it did before
 
@@ -79,7 +94,7 @@ class RewardPool:
         live = self._live()
         n = max(1, min(len(live) or 1, len(items)))
         bounds = [round(i * len(items) / n) for i in range(n + 1)]
-        chunks = [items[bounds[i]:bounds[i + 1]] for i in range(n)]
+        chunks = [items[bounds[i] : bounds[i + 1]] for i in range(n)]
         queue, parts, inflight = deque(range(n)), [None] * n, {}  # inflight: ref -> (chunk, worker)
         rescored = 0
         while queue or inflight:
@@ -92,8 +107,10 @@ class RewardPool:
                 raise RuntimeError("every reward worker is gone; the batch cannot be scored")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"reward batch not scored within {self.cfg.judge.batch_deadline_s * 3 + 120:.0f} s "
-                                   "(3 x judge.batch_deadline_s + 120)")
+                raise TimeoutError(
+                    f"reward batch not scored within {self.cfg.judge.batch_deadline_s * 3 + 120:.0f} s "
+                    "(3 x judge.batch_deadline_s + 120)"
+                )
             waiting = list(inflight) + [ref for ref, _ in self.returning.values() if ref is not None]
             if not waiting:  # only workers to ask again later
                 time.sleep(0.5)
@@ -109,8 +126,12 @@ class RewardPool:
                     queue.append(ci)
                     rescored += 1
                     self.returning[w] = (self.workers[w].__ray_ready__.remote(), 0.0)
-                    log.warning("reward worker %d lost (%s); its chunk of %d rollouts is scored again by another",
-                                w, type(e).__name__, len(chunks[ci]))
+                    log.warning(
+                        "reward worker %d lost (%s); its chunk of %d rollouts is scored again by another",
+                        w,
+                        type(e).__name__,
+                        len(chunks[ci]),
+                    )
         out = ScoredBatch([], Counter({ScoreCount.RESCORED_CHUNKS: rescored} if rescored else {}))
         for p in parts:
             out = out.merge(p)

@@ -37,8 +37,15 @@ class ScoreItem:
             letters = option_letters(sample.options)
             if answer in letters:
                 answer = sample.options[letters.index(answer)]
-        return cls(question_text(sample), answer, sample.solution, sample.problem_type, sample.data_type, response,
-                   sample.extra.get("facts"))
+        return cls(
+            question_text(sample),
+            answer,
+            sample.solution,
+            sample.problem_type,
+            sample.data_type,
+            response,
+            sample.extra.get("facts"),
+        )
 
 
 @dataclass
@@ -48,13 +55,21 @@ class ScoredBatch:
     judge_seconds: list[float] = field(default_factory=list)  # the wall time of each judge call
 
     def merge(self, other: ScoredBatch) -> ScoredBatch:
-        return ScoredBatch(self.rewards + other.rewards, self.stats + other.stats,
-                           self.judge_seconds + other.judge_seconds)
+        return ScoredBatch(
+            self.rewards + other.rewards, self.stats + other.stats, self.judge_seconds + other.judge_seconds
+        )
 
 
 class RewardScorer:
-    def __init__(self, reward_cfg, judge_cfg, cache_cfg, tokenizer_path: str | None, judge_engines: list | None = None,
-                 secrets: dict | None = None):
+    def __init__(
+        self,
+        reward_cfg,
+        judge_cfg,
+        cache_cfg,
+        tokenizer_path: str | None,
+        judge_engines: list | None = None,
+        secrets: dict | None = None,
+    ):
         """``secrets``: environment variables to set in this process first (the driver's judge key and Redis
         password, ``actors.reward_pool.driver_secrets``), which the judge and the cache read."""
         import os
@@ -141,11 +156,18 @@ class RewardScorer:
                     stats[ScoreCount.VERDICT_YES if outcome.verdict else ScoreCount.VERDICT_NO] += 1
             else:
                 stats[judge_key(JudgeStatus.NOT_NEEDED)] += 1
-            rewards.append(process_rewards(
-                p, it.solution, it.problem_type, outcome.verdict if outcome else None,
-                self._tokens(p.observation), self._tokens(p.think) + self._tokens(p.answer),
-                self.rule, self.reward_cfg.missing_verdict,
-            ))
+            rewards.append(
+                process_rewards(
+                    p,
+                    it.solution,
+                    it.problem_type,
+                    outcome.verdict if outcome else None,
+                    self._tokens(p.observation),
+                    self._tokens(p.think) + self._tokens(p.answer),
+                    self.rule,
+                    self.reward_cfg.missing_verdict,
+                )
+            )
         stats[ScoreCount.ROLLOUTS] += len(items)
         stats[ScoreCount.PERCEPTION_EXCLUDED] += sum(not r.perception_valid for r in rewards)
         return ScoredBatch(rewards, stats, seconds)

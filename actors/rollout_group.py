@@ -43,8 +43,16 @@ class Slot:
 
 
 class RolloutGroup(WeightSync):
-    def __init__(self, rollout_cfg, transport_cfg, model_path: str, dtype: str = "float32",
-                 source: LocalWeightSource | None = None, num_workers: int | None = None, lora_rank: int = 0):
+    def __init__(
+        self,
+        rollout_cfg,
+        transport_cfg,
+        model_path: str,
+        dtype: str = "float32",
+        source: LocalWeightSource | None = None,
+        num_workers: int | None = None,
+        lora_rank: int = 0,
+    ):
         """``lora_rank`` > 0: the source sends LoRA adapters of that rank (``learner.lora.served_rank``)."""
         self.cfg, self.transport, self.lora_rank = rollout_cfg, transport_cfg, lora_rank
         self.model_path, self.dtype, self.source = model_path, dtype, source
@@ -64,12 +72,19 @@ class RolloutGroup(WeightSync):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         pg = ray.util.placement_group([self._bundle()], name=f"videop2r-{name}-{id(self):x}")
-        actor = ray.remote(RolloutWorker).options(
-            num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, resources=dict(self.cfg.resources),
-            max_restarts=self.cfg.max_restarts,
-            max_task_retries=0, max_concurrency=1,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
-        ).remote(self.cfg, self.model_path, self.dtype, name, self.lora_rank)
+        actor = (
+            ray.remote(RolloutWorker)
+            .options(
+                num_cpus=self.cfg.num_cpus,
+                num_gpus=self.cfg.num_gpus,
+                resources=dict(self.cfg.resources),
+                max_restarts=self.cfg.max_restarts,
+                max_task_retries=0,
+                max_concurrency=1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
+            )
+            .remote(self.cfg, self.model_path, self.dtype, name, self.lora_rank)
+        )
         return actor, pg
 
     def add_workers(self, n: int, wait: bool = True) -> list[str]:
@@ -111,8 +126,10 @@ class RolloutGroup(WeightSync):
     def _missing_resources(self, names: list[str]) -> str:
         from actors.cluster_view import lacking
 
-        return (f"rollout worker(s) {', '.join(names)} could not be placed: {lacking(self._bundle(), len(names))}: "
-                "lower rollout.num_workers or rollout.num_cpus/num_gpus, or add nodes")
+        return (
+            f"rollout worker(s) {', '.join(names)} could not be placed: {lacking(self._bundle(), len(names))}: "
+            "lower rollout.num_workers or rollout.num_cpus/num_gpus, or add nodes"
+        )
 
     def _drop(self, names: list[str], why: str) -> None:
         import ray
@@ -210,9 +227,11 @@ class RolloutGroup(WeightSync):
         slot = self.slots.get(name)
         if slot is None:
             return
-        log.warning("rollout worker %s %s: restarting it; its prompts go to the others", name,
-                    f"did not answer within rollout.chunk_timeout_s={self.cfg.chunk_timeout_s:.0f} s"
-                    if why == "hung" else why)
+        log.warning(
+            "rollout worker %s %s: restarting it; its prompts go to the others",
+            name,
+            f"did not answer within rollout.chunk_timeout_s={self.cfg.chunk_timeout_s:.0f} s" if why == "hung" else why,
+        )
         ray.kill(slot.actor, no_restart=False)
         self._lost(name, why)
 
@@ -261,10 +280,13 @@ class RolloutGroup(WeightSync):
                 unplaced = self._unplaced(waiting)
                 if unplaced:
                     raise TimeoutError(self._missing_resources(unplaced))
-                raise TimeoutError(f"rollout worker(s) {', '.join(waiting)} did not come up within {timeout_s:.0f} s "
-                                   "(their engines are still loading or keep failing: see the Ray logs)")
-            ready, _ = ray.wait([self.slots[k].state_ref for k in waiting if k in self.slots], num_returns=1,
-                                timeout=clock.step())
+                raise TimeoutError(
+                    f"rollout worker(s) {', '.join(waiting)} did not come up within {timeout_s:.0f} s "
+                    "(their engines are still loading or keep failing: see the Ray logs)"
+                )
+            ready, _ = ray.wait(
+                [self.slots[k].state_ref for k in waiting if k in self.slots], num_returns=1, timeout=clock.step()
+            )
             for k in waiting:
                 slot = self.slots.get(k)
                 if slot is not None and slot.state_ref is not None and slot.state_ref in ready:
@@ -278,8 +300,11 @@ class RolloutGroup(WeightSync):
         from actors.room import MAX_PENDING_S
 
         now = time.monotonic()
-        late = [k for k, s in list(self.slots.items())
-                if s.state_ref is not None and not s.incarnation and now - s.started > self.cfg.start_timeout_s]
+        late = [
+            k
+            for k, s in list(self.slots.items())
+            if s.state_ref is not None and not s.incarnation and now - s.started > self.cfg.start_timeout_s
+        ]
         unplaced = self._unplaced(late) if late else []
         if unplaced and autoscaler_pending():
             unplaced = [k for k in unplaced if now - self.slots[k].started > self.cfg.start_timeout_s + MAX_PENDING_S]
@@ -288,8 +313,9 @@ class RolloutGroup(WeightSync):
             self._drop(unplaced, "no resources")
 
     # -- generation ----------------------------------------------------------------------------------------------
-    def generate(self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False,
-                 overrides: dict | None = None) -> list[RolloutResult]:
+    def generate(
+        self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False, overrides: dict | None = None
+    ) -> list[RolloutResult]:
         """G responses for every request, in request order, whatever happens to individual workers."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
@@ -306,7 +332,7 @@ class RolloutGroup(WeightSync):
         ready = [k for k, s in list(self.slots.items()) if s.ready]
         n_chunks = 1 if len(ready) <= 1 else len(ready) * self.cfg.chunks_per_worker
         size = math.ceil(len(requests) / max(1, n_chunks))
-        chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
+        chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
         queue, results = deque(range(len(chunks))), [None] * len(chunks)
         inflight: dict = {}  # ref -> (worker, chunk index, when it must have answered)
         deadline = time.monotonic() + self.cfg.batch_timeout_s
@@ -334,8 +360,9 @@ class RolloutGroup(WeightSync):
             next_due = min((due for _, _, due in inflight.values()), default=deadline)
             if restarting:  # back in time to look at their nodes
                 next_due = min(next_due, now + NODE_CHECK_S)
-            done, _ = ray.wait(list(inflight) + list(restarting), num_returns=1,
-                               timeout=max(0.0, min(deadline, next_due) - now))
+            done, _ = ray.wait(
+                list(inflight) + list(restarting), num_returns=1, timeout=max(0.0, min(deadline, next_due) - now)
+            )
             for ref in done:
                 if ref in restarting:
                     self._rejoin(restarting[ref])

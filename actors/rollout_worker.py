@@ -59,8 +59,15 @@ class RolloutWorker:
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
         t0 = time.perf_counter()
         # disable_log_stats=False: vLLM keeps its metrics, which engine_metrics publishes through Ray
-        self.llm = start_engine(rollout_cfg, model_path, dtype, seed=rollout_cfg.seed, worker_extension_cls=RECEIVER,
-                                disable_log_stats=False, **lora_engine_kwargs(lora_rank))
+        self.llm = start_engine(
+            rollout_cfg,
+            model_path,
+            dtype,
+            seed=rollout_cfg.seed,
+            worker_extension_cls=RECEIVER,
+            disable_log_stats=False,
+            **lora_engine_kwargs(lora_rank),
+        )
         self.start_s = time.perf_counter() - t0
         self.metrics = EngineMetrics(name)
         self.version = 0
@@ -71,8 +78,13 @@ class RolloutWorker:
         self.banned = {int(tok.convert_tokens_to_ids(t)): -100.0 for t in media if t in tok.get_vocab()}
 
     def state(self) -> dict:
-        return {"name": self.name, "incarnation": self.incarnation, "version": self.version, "pid": os.getpid(),
-                "start_s": self.start_s}
+        return {
+            "name": self.name,
+            "incarnation": self.incarnation,
+            "version": self.version,
+            "pid": os.getpid(),
+            "start_s": self.start_s,
+        }
 
     # -- weights ---------------------------------------------------------------------------------------------
     def accepted_names(self) -> list[str]:
@@ -81,10 +93,14 @@ class RolloutWorker:
     def join_weight_channel(self, host: str, port: int, timeout_s: float, backend: str, secret: str) -> bool:
         return all(self.llm.collective_rpc("videop2r_join", args=(host, port, timeout_s, backend, secret)))
 
-    def join_weight_group(self, host: str, port: int, first_rank: int, world: int, timeout_s: float,
-                          backend: str, secret: str) -> bool:
-        return all(self.llm.collective_rpc("videop2r_join_group",
-                                           args=(host, port, first_rank, world, timeout_s, backend, secret)))
+    def join_weight_group(
+        self, host: str, port: int, first_rank: int, world: int, timeout_s: float, backend: str, secret: str
+    ) -> bool:
+        return all(
+            self.llm.collective_rpc(
+                "videop2r_join_group", args=(host, port, first_rank, world, timeout_s, backend, secret)
+            )
+        )
 
     def receive_weights(self, plan: WeightPlan, group_algorithm: str | None = None) -> int:
         """From this worker's channel, or (``group_algorithm``: relay or collective) from the group of every
@@ -122,13 +138,20 @@ class RolloutWorker:
         self.lora_request = request
 
     # -- generation ------------------------------------------------------------------------------------------
-    def generate(self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False,
-                 overrides: dict | None = None) -> list[RolloutResult]:
+    def generate(
+        self, requests: list[RolloutRequest], step: int = 0, logprobs: bool = False, overrides: dict | None = None
+    ) -> list[RolloutResult]:
         from vllm import SamplingParams
 
         c = self.cfg
-        base = dict(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-                    logprobs=0 if logprobs else None, logit_bias=dict(self.banned) or None)
+        base = dict(
+            n=c.group_size,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_tokens=c.max_tokens,
+            logprobs=0 if logprobs else None,
+            logit_bias=dict(self.banned) or None,
+        )
         base.update(overrides or {})
         params = [SamplingParams(**base, seed=request_seed(c.seed, step, r.request_id)) for r in requests]
         t0 = time.perf_counter()
@@ -142,7 +165,15 @@ class RolloutWorker:
                 if logprobs and o.logprobs is not None:
                     lp = [step_lp[tok].logprob for tok, step_lp in zip(o.token_ids, o.logprobs)]
                 responses.append(Response(list(o.token_ids), o.text, o.finish_reason, lp))
-            results.append(RolloutResult(r.request_id, list(out.prompt_token_ids), responses, self.version, self.name,
-                                         {"generate_s": elapsed, "batch_size": len(requests)}))
+            results.append(
+                RolloutResult(
+                    r.request_id,
+                    list(out.prompt_token_ids),
+                    responses,
+                    self.version,
+                    self.name,
+                    {"generate_s": elapsed, "batch_size": len(requests)},
+                )
+            )
         self.metrics.publish(self.llm)
         return results

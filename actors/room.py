@@ -24,10 +24,22 @@ class StartClock:
     """``timeout_s`` of waiting, not counting time during which the autoscaler has nodes pending (launching or
     starting), up to ``max_pending_s`` of such time. ``pending`` returns how many nodes are pending."""
 
-    def __init__(self, timeout_s: float, pending: Callable[[], int], what: str = "",
-                 max_pending_s: float = MAX_PENDING_S, poll_s: float = POLL_S,
-                 now: Callable[[], float] = time.monotonic):
-        self.timeout_s, self.what, self.max_pending_s, self.poll_s, self.now = timeout_s, what, max_pending_s, poll_s, now
+    def __init__(
+        self,
+        timeout_s: float,
+        pending: Callable[[], int],
+        what: str = "",
+        max_pending_s: float = MAX_PENDING_S,
+        poll_s: float = POLL_S,
+        now: Callable[[], float] = time.monotonic,
+    ):
+        self.timeout_s, self.what, self.max_pending_s, self.poll_s, self.now = (
+            timeout_s,
+            what,
+            max_pending_s,
+            poll_s,
+            now,
+        )
         self.pending = pending
         self.start = self.last = now()
         self.paused = 0.0  # seconds not counted (the autoscaler had nodes pending)
@@ -42,8 +54,12 @@ class StartClock:
             self._polled, self.nodes_pending = t, self.pending()
             if self.nodes_pending and not self._said and self.paused < self.max_pending_s:
                 self._said = True
-                log.warning("%swaiting for %d node(s) the autoscaler is starting (at most %.0f s more)",
-                            f"{self.what}: " if self.what else "", self.nodes_pending, self.max_pending_s)
+                log.warning(
+                    "%swaiting for %d node(s) the autoscaler is starting (at most %.0f s more)",
+                    f"{self.what}: " if self.what else "",
+                    self.nodes_pending,
+                    self.max_pending_s,
+                )
         return t
 
     def remaining(self) -> float:

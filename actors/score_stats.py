@@ -10,6 +10,7 @@ from enum import StrEnum
 
 class JudgeStatus(StrEnum):
     """How a rollout's perception verdict was obtained (``judges.Outcome.status``, plus cached / not needed)."""
+
     OK = "ok"
     CACHED = "cached"
     UNPARSEABLE = "unparseable"  # the judge answered, but neither yes nor no
@@ -25,6 +26,7 @@ NO_VERDICT = (JudgeStatus.UNPARSEABLE, JudgeStatus.FAILED, JudgeStatus.TIMEOUT, 
 
 class CacheResult(StrEnum):
     """Verdict-cache operations (``VerdictCache.stats``)."""
+
     HITS = "hits"
     MISSES = "misses"
     WRITES = "writes"
@@ -36,6 +38,7 @@ class CacheResult(StrEnum):
 
 class ScoreCount(StrEnum):
     """The batch counters that are not per judge status or cache result."""
+
     ROLLOUTS = "rollouts"
     JUDGE_CALLS = "judge_calls"  # requests sent to the judge (after de-duplication and the cache)
     VERDICT_YES = "verdict_yes"  # rollouts whose observation the judge found sufficient (fresh or cached)

@@ -84,8 +84,11 @@ class VerdictCache:
         if self._down_since is None:
             self._down_since = time.monotonic()
         if not self._warned:  # once per outage; the counter keeps the total
-            log.warning("Redis verdict cache at %s unavailable (%s); judging without it", redact_url(self.url),
-                        type(err).__name__)
+            log.warning(
+                "Redis verdict cache at %s unavailable (%s); judging without it",
+                redact_url(self.url),
+                type(err).__name__,
+            )
             self._warned = True
 
     def get_many(self, keys: list[str]) -> list[dict | None]:

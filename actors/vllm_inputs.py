@@ -85,8 +85,7 @@ def engine_env(rollout, in_process: bool = False) -> dict[str, str]:
 
 def render_prompt(tokenizer, item: LoadedSample, style: str = "process") -> str:
     """The chat-formatted prompt text, with one video/image placeholder that vLLM expands."""
-    return tokenizer.apply_chat_template(chat_messages(item.sample, style), tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(chat_messages(item.sample, style), tokenize=False, add_generation_prompt=True)
 
 
 def vllm_prompt(tokenizer, item: LoadedSample, style: str = "process") -> dict:

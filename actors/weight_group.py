@@ -8,8 +8,19 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-from actors.weight_transport import (Collective, WeightPlan, WeightTransportError, _group, _listening_store,
-                                     check_bucket, error_reason, flatten, new_secret, node_address, transport_device)
+from actors.weight_transport import (
+    Collective,
+    WeightPlan,
+    WeightTransportError,
+    _group,
+    _listening_store,
+    check_bucket,
+    error_reason,
+    flatten,
+    new_secret,
+    node_address,
+    transport_device,
+)
 
 
 def _send_pipelined(pg: Collective, plan: WeightPlan, named: dict[str, torch.Tensor], device) -> None:
@@ -30,7 +41,7 @@ CHAIN_CHUNK_MB = 4  # the relay's unit: receiver i forwards a chunk to i+1 as so
 
 def _pieces(buf: torch.Tensor, chunk_mb: float) -> list[torch.Tensor]:
     n = max(1, int(chunk_mb * 2**20 / buf.element_size()))
-    return [buf[i:i + n] for i in range(0, buf.numel(), n)]
+    return [buf[i : i + n] for i in range(0, buf.numel(), n)]
 
 
 def _send_chain(pg: Collective, plan: WeightPlan, named: dict[str, torch.Tensor], device, chunk_mb: float) -> None:
@@ -47,8 +58,9 @@ def _send_chain(pg: Collective, plan: WeightPlan, named: dict[str, torch.Tensor]
         previous = current
 
 
-def receive_relayed(pg: Collective, plan: WeightPlan, rank: int, world: int, device="cpu",
-                    chunk_mb: float = CHAIN_CHUNK_MB) -> Iterator[tuple[str, torch.Tensor]]:
+def receive_relayed(
+    pg: Collective, plan: WeightPlan, rank: int, world: int, device="cpu", chunk_mb: float = CHAIN_CHUNK_MB
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Receiver ``rank`` of a relay: each chunk comes from ``rank - 1`` and is passed on to ``rank + 1`` at once
     (a pipelined chain, as NCCL's ring broadcast), then the bucket's tensors are yielded."""
     sends: list = []
@@ -75,8 +87,15 @@ class BroadcastGroup:
     after it until the timeout -- the per-worker ``WeightSender`` channels are the ones that isolate a dead worker,
     at N times the sender's bytes."""
 
-    def __init__(self, host: str | None = None, timeout_s: float = 60.0, backend: str = "gloo", device="cpu",
-                 algorithm: str | None = None, chunk_mb: float = CHAIN_CHUNK_MB):
+    def __init__(
+        self,
+        host: str | None = None,
+        timeout_s: float = 60.0,
+        backend: str = "gloo",
+        device="cpu",
+        algorithm: str | None = None,
+        chunk_mb: float = CHAIN_CHUNK_MB,
+    ):
         self.host = host or node_address()
         self.timeout_s, self.backend, self.chunk_mb = timeout_s, backend, chunk_mb
         self.device = transport_device(backend, device)
@@ -98,8 +117,7 @@ class BroadcastGroup:
 
     def accept(self) -> None:
         try:
-            self._pg = _group(self._store, 0, self.timeout_s, self.backend, self.host, self.receivers + 1,
-                              self._secret)
+            self._pg = _group(self._store, 0, self.timeout_s, self.backend, self.host, self.receivers + 1, self._secret)
         except (RuntimeError, dist.DistStoreError) as e:
             self.close()
             raise WeightTransportError(
@@ -117,8 +135,10 @@ class BroadcastGroup:
                 _send_pipelined(self._pg, plan, named, self.device)
         except Exception as e:  # noqa: BLE001 - any failure (a transfer, the sender's own buffers) closes the group
             self.close()
-            raise WeightTransportError(f"weight broadcast failed ({error_reason(e)}); the group is "
-                                       "closed: open a new one without the failed receiver") from None
+            raise WeightTransportError(
+                f"weight broadcast failed ({error_reason(e)}); the group is "
+                "closed: open a new one without the failed receiver"
+            ) from None
 
     def close(self) -> None:
         self._pg = self._store = None

@@ -58,7 +58,9 @@ def check_plan_names(plan, accepted: set[str]) -> None:
     if plan.adapter is not None:
         bad = [n for n in names if not _ADAPTER_TENSOR.match(n)]
         if bad:
-            raise ValueError(f"{bad[0]!r} is not a LoRA adapter tensor (base_model.model.<module>.lora_A.weight or "
-                             "lora_B.weight, as peft saves them)")
+            raise ValueError(
+                f"{bad[0]!r} is not a LoRA adapter tensor (base_model.model.<module>.lora_A.weight or "
+                "lora_B.weight, as peft saves them)"
+            )
         names = [_ADAPTER_TENSOR.match(n)["module"] + ".weight" for n in names]
     check_names(names, accepted)

@@ -62,15 +62,26 @@ class WeightReceiver:
             raise RuntimeError("no weight channel: call videop2r_join first")
         return self._videop2r_load(plan, receive_tensors(pg, plan, self._videop2r_buffers()))
 
-    def videop2r_join_group(self, host: str, port: int, first_rank: int, world: int, timeout_s: float,
-                            backend: str = "gloo", secret: str = "") -> bool:
+    def videop2r_join_group(
+        self,
+        host: str,
+        port: int,
+        first_rank: int,
+        world: int,
+        timeout_s: float,
+        backend: str = "gloo",
+        secret: str = "",
+    ) -> bool:
         """Joins the weight group of every worker: this worker's tensor-parallel rank r is group rank
         ``first_rank + r``, so every TP rank receives (each loads its own shard of the full tensors)."""
         rank = first_rank + int(getattr(self, "rank", 0) or 0)
         self._videop2r_backend = backend
         self._videop2r_buffers()
-        self._videop2r_group = (join_channel(host, port, timeout_s, backend, rank=rank, world=world, secret=secret),
-                                rank, world)
+        self._videop2r_group = (
+            join_channel(host, port, timeout_s, backend, rank=rank, world=world, secret=secret),
+            rank,
+            world,
+        )
         return True
 
     def videop2r_receive_group(self, plan: dict, algorithm: str) -> int:
@@ -80,8 +91,11 @@ class WeightReceiver:
             raise RuntimeError("no weight group: call videop2r_join_group first")
         pg, rank, world = group
         device = self._videop2r_buffers()
-        tensors = receive_relayed(pg, plan, rank, world, device) if algorithm == "relay" else \
-            receive_tensors(pg, plan, device)
+        tensors = (
+            receive_relayed(pg, plan, rank, world, device)
+            if algorithm == "relay"
+            else receive_tensors(pg, plan, device)
+        )
         return self._videop2r_load(plan, tensors)
 
     def videop2r_version(self) -> int:

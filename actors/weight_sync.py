@@ -14,8 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from actors.weight_names import check_plan_names
-from actors.weight_transport import (WeightPlan, WeightSender, WeightTransportError, error_reason, plan_buckets,
-                                     with_digests)
+from actors.weight_transport import (
+    WeightPlan,
+    WeightSender,
+    WeightTransportError,
+    error_reason,
+    plan_buckets,
+    with_digests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +117,14 @@ class WeightSync:
 
         slot = self.slots[name]
         if self.cfg.tensor_parallel_size > 1:  # every TP rank would join one two-member channel as its rank 1
-            raise WeightTransportError(f"{name} is tensor-parallel ({self.cfg.tensor_parallel_size} ranks): it gets "
-                                       "its weights only through the group (transport.scheme=group)")
+            raise WeightTransportError(
+                f"{name} is tensor-parallel ({self.cfg.tensor_parallel_size} ranks): it gets "
+                "its weights only through the group (transport.scheme=group)"
+            )
         host, port, secret = self.source.listen(name)  # the secret travels over Ray's RPC only
-        ref = slot.actor.join_weight_channel.remote(host, port, self.transport.timeout_s, self.transport.backend,
-                                                    secret)
+        ref = slot.actor.join_weight_channel.remote(
+            host, port, self.transport.timeout_s, self.transport.backend, secret
+        )
         self.source.accept(name)
         ray.get(ref, timeout=self.transport.timeout_s + 30)
 
@@ -165,8 +174,11 @@ class WeightSync:
             except (RayActorError, GetTimeoutError) as e:
                 outcomes[k] = self._sync_lost(k, e)
             except Exception as e:  # noqa: BLE001 - the worker could not load them: it must not serve a half-loaded model
-                outcomes[k] = f"send: {failed[k]}" if k in failed else \
-                    f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                outcomes[k] = (
+                    f"send: {failed[k]}"
+                    if k in failed
+                    else f"load: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                )
         for k, why in outcomes.items():
             slot = self.slots.get(k)
             if slot is None or slot.state_ref is not None:
@@ -175,8 +187,12 @@ class WeightSync:
             if why != "ok":
                 self.source.close(k)
                 self.events.append(f"{k} sync failed ({why})")
-                log.warning("rollout worker %s did not get weight version %d (%s); it waits for the next sync",
-                            k, plan.version, why)
+                log.warning(
+                    "rollout worker %s did not get weight version %d (%s); it waits for the next sync",
+                    k,
+                    plan.version,
+                    why,
+                )
         return SyncReport(time.perf_counter() - t0, outcomes)
 
     def _sync_lost(self, name: str, e: Exception) -> str:
@@ -185,7 +201,9 @@ class WeightSync:
         from ray.exceptions import GetTimeoutError
 
         if isinstance(e, GetTimeoutError):
-            self._restart(name, f"did not finish its weight sync within {self.transport.timeout_s + LOAD_GRACE_S:.0f} s")
+            self._restart(
+                name, f"did not finish its weight sync within {self.transport.timeout_s + LOAD_GRACE_S:.0f} s"
+            )
         else:
             self._lost(name, f"weight sync: {type(e).__name__}")
         return f"lost: {type(e).__name__}"
@@ -219,8 +237,11 @@ class WeightSync:
                 self._open_group(members, tp)
             except Exception as e:  # noqa: BLE001 - a worker that cannot join: everyone uses its channel
                 self._group_members = None
-                log.warning("weight group of %d workers not formed (%s); syncing over channels", len(members),
-                            str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                log.warning(
+                    "weight group of %d workers not formed (%s); syncing over channels",
+                    len(members),
+                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
+                )
                 return {k: f"group: {type(e).__name__}" for k in members}
         refs = {k: self.slots[k].actor.receive_weights.remote(plan, self._group_algorithm) for k in members}
         try:
@@ -248,9 +269,12 @@ class WeightSync:
         import ray
 
         host, port, secret = self.source.open_group(len(members) * tp)
-        refs = [self.slots[k].actor.join_weight_group.remote(host, port, 1 + i * tp, 1 + len(members) * tp,
-                                                             self.transport.timeout_s, self.transport.backend, secret)
-                for i, k in enumerate(members)]
+        refs = [
+            self.slots[k].actor.join_weight_group.remote(
+                host, port, 1 + i * tp, 1 + len(members) * tp, self.transport.timeout_s, self.transport.backend, secret
+            )
+            for i, k in enumerate(members)
+        ]
         self._group_algorithm = self.source.accept_group()
         ray.get(refs, timeout=self.transport.timeout_s + 30)
         self._group_members = members

@@ -40,8 +40,10 @@ def transport_device(backend: str, local) -> torch.device:
         return torch.device("cpu")
     if backend == "nccl":
         if local.type != "cuda":
-            raise WeightTransportError(f"transport.backend=nccl needs a CUDA device in every process it joins; this "
-                                       f"one runs on {local}: use transport.backend=gloo on the CPU")
+            raise WeightTransportError(
+                f"transport.backend=nccl needs a CUDA device in every process it joins; this "
+                f"one runs on {local}: use transport.backend=gloo on the CPU"
+            )
         return local
     raise ValueError(f"unknown weight transport backend {backend!r} (gloo or nccl)")
 
@@ -57,8 +59,9 @@ class Collective:
     def _check(self, t: torch.Tensor) -> None:
         want = "cpu" if self.backend == "gloo" else "cuda"
         if t.device.type != want:
-            raise WeightTransportError(f"a {t.device} tensor reached the {self.backend} weight transport, which moves "
-                                       f"{want} tensors only")
+            raise WeightTransportError(
+                f"a {t.device} tensor reached the {self.backend} weight transport, which moves {want} tensors only"
+            )
 
     def broadcast(self, buf: torch.Tensor):
         self._check(buf)
@@ -105,25 +108,42 @@ class WeightPlan:
 
     def to_dict(self) -> dict:
         """Plain types only: vLLM's RPC re-encodes arguments (msgpack), which turns dataclasses into dicts."""
-        return {"version": self.version, "adapter": self.adapter, "digests": self.digests, "buckets": [
-            {"dtype": b.dtype, "numel": b.numel, "entries": [[e.name, list(e.shape), e.offset, e.numel] for e in b.entries]}
-            for b in self.buckets
-        ]}
+        return {
+            "version": self.version,
+            "adapter": self.adapter,
+            "digests": self.digests,
+            "buckets": [
+                {
+                    "dtype": b.dtype,
+                    "numel": b.numel,
+                    "entries": [[e.name, list(e.shape), e.offset, e.numel] for e in b.entries],
+                }
+                for b in self.buckets
+            ],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> WeightPlan:
-        return cls(d["version"], [
-            Bucket(b["dtype"], b["numel"], [Entry(n, tuple(shape), off, num) for n, shape, off, num in b["entries"]])
-            for b in d["buckets"]
-        ], d.get("adapter"), d.get("digests"))
+        return cls(
+            d["version"],
+            [
+                Bucket(
+                    b["dtype"], b["numel"], [Entry(n, tuple(shape), off, num) for n, shape, off, num in b["entries"]]
+                )
+                for b in d["buckets"]
+            ],
+            d.get("adapter"),
+            d.get("digests"),
+        )
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel * torch.empty((), dtype=getattr(torch, b.dtype)).element_size() for b in self.buckets)
 
 
-def plan_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_mb: float = 64,
-                 adapter: dict | None = None) -> WeightPlan:
+def plan_buckets(
+    named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_mb: float = 64, adapter: dict | None = None
+) -> WeightPlan:
     """Groups tensors into flat buckets of one dtype each, up to ``bucket_mb`` (a larger tensor gets its own).
     ``adapter``: the tensors are a LoRA adapter with this peft config (see ``WeightPlan.adapter``)."""
     limit = int(bucket_mb * 2**20)
@@ -156,9 +176,11 @@ def with_digests(plan: WeightPlan, named: dict[str, torch.Tensor]) -> WeightPlan
 def check_bucket(plan: WeightPlan, i: int, buf: torch.Tensor) -> None:
     """Refuses bucket ``i`` when it is not what the sender's digest says (altered or corrupted on the way)."""
     if plan.digests is not None and bucket_digest(buf) != plan.digests[i]:
-        raise WeightTransportError(f"weight bucket {i + 1} of {len(plan.buckets)} (version {plan.version}) arrived "
-                                   "altered: its sha256 is not the sender's; it is not loaded, and this worker waits "
-                                   "for the next sync")
+        raise WeightTransportError(
+            f"weight bucket {i + 1} of {len(plan.buckets)} (version {plan.version}) arrived "
+            "altered: its sha256 is not the sender's; it is not loaded, and this worker waits "
+            "for the next sync"
+        )
 
 
 def new_secret() -> str:
@@ -193,8 +215,16 @@ def _listening_store(host: str, timeout_s: float, world: int = 2) -> dist.TCPSto
         sock.bind((host, 0))
         sock.listen()
         port = sock.getsockname()[1]
-        store = dist.TCPStore(host, port, world, True, datetime.timedelta(seconds=timeout_s), wait_for_workers=False,
-                              master_listen_fd=sock.fileno(), use_libuv=True)
+        store = dist.TCPStore(
+            host,
+            port,
+            world,
+            True,
+            datetime.timedelta(seconds=timeout_s),
+            wait_for_workers=False,
+            master_listen_fd=sock.fileno(),
+            use_libuv=True,
+        )
     except BaseException:
         sock.close()
         raise
@@ -219,8 +249,9 @@ def _group(store, rank: int, timeout_s: float, backend: str, address: str, size:
     raise ValueError(f"unknown weight transport backend {backend!r} (gloo or nccl)")
 
 
-def join_channel(host: str, port: int, timeout_s: float, backend: str = "gloo", rank: int = 1, world: int = 2,
-                 secret: str = ""):
+def join_channel(
+    host: str, port: int, timeout_s: float, backend: str = "gloo", rank: int = 1, world: int = 2, secret: str = ""
+):
     """Receiver side: connect to the sender's channel (rank 1 of 2) or broadcast group (``rank`` of ``world``),
     with the ``secret`` the sender's ``listen`` / ``open`` returned."""
     try:

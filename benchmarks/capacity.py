@@ -37,7 +37,9 @@ from dataclasses import dataclass, replace
 MFU_TRAIN = 0.35  # bf16 training MFU at this scale with ZeRO-3 (typical published 30-45%)
 MFU_PREFILL = 0.5  # vLLM prefill
 DECODE_BW_EFF = 0.6  # fraction of HBM bandwidth a decode step achieves reading the weights
-SYNC_LOAD_RATIO = 1.40  # measured: weight sync into a vLLM worker / raw gloo broadcast of the same bytes (docs/benchmarks.md)
+SYNC_LOAD_RATIO = (
+    1.40  # measured: weight sync into a vLLM worker / raw gloo broadcast of the same bytes (docs/benchmarks.md)
+)
 DRIVER_OVERHEAD = 1.001  # measured: step wall time / sum of the parts (python -m benchmarks train)
 LOGPROB_CHUNK = 128  # learner.batch.LOGPROB_CHUNK
 
@@ -153,19 +155,26 @@ def decode_seconds(m: Model, gpu: GPU, gpus: int, steps: int) -> float:
     return steps * (2 * m.params / gpus) / (gpu.hbm_tbs * 1e12 * DECODE_BW_EFF)
 
 
-def step_times(m: Model, gpu: GPU, lay: Layout, w: Workload, judge: Model = JUDGE_72B,
-               broadcast: bool = False) -> dict[str, float]:
+def step_times(
+    m: Model, gpu: GPU, lay: Layout, w: Workload, judge: Model = JUDGE_72B, broadcast: bool = False
+) -> dict[str, float]:
     rollouts = w.prompts * w.group
     per_worker = math.ceil(rollouts / lay.rollout_workers)
     # generation: prefill (the G samples of a prompt share it: prefix caching) then the longest sequence's decode
-    prefill = 2 * m.params * math.ceil(w.prompts / lay.rollout_workers) * w.prompt_tokens / (
-        lay.rollout_tp * gpu.bf16_tflops * 1e12 * MFU_PREFILL)
+    prefill = (
+        2
+        * m.params
+        * math.ceil(w.prompts / lay.rollout_workers)
+        * w.prompt_tokens
+        / (lay.rollout_tp * gpu.bf16_tflops * 1e12 * MFU_PREFILL)
+    )
     generate = prefill + decode_seconds(m, gpu, lay.rollout_tp, w.max_response_tokens) * (1 + per_worker / 256)
     # scoring: one judge call per rollout (the cache only helps repeats), spread over judge engines of up to 4 GPUs
     judge_tp = min(4, lay.judge_gpus)
     engines = max(1, lay.judge_gpus // judge_tp)
-    judge_prefill = 2 * judge.params * rollouts * w.judge_prompt_tokens / (
-        lay.judge_gpus * gpu.bf16_tflops * 1e12 * MFU_PREFILL)
+    judge_prefill = (
+        2 * judge.params * rollouts * w.judge_prompt_tokens / (lay.judge_gpus * gpu.bf16_tflops * 1e12 * MFU_PREFILL)
+    )
     score = judge_prefill + decode_seconds(judge, gpu, judge_tp, w.judge_tokens) * (1 + rollouts / engines / 256)
     tokens = rollouts * (w.prompt_tokens + w.response_tokens)
     train = 4 if w.lora_rank else 6  # forward 2P + backward 4P (2P without the frozen weights' gradients)
@@ -173,8 +182,13 @@ def step_times(m: Model, gpu: GPU, lay: Layout, w: Workload, judge: Model = JUDG
     update = flops / (lay.learner_gpus * gpu.bf16_tflops * 1e12 * MFU_TRAIN)
     sent = m.params if not w.lora_rank else m.adapter(w.lora_rank) if w.lora_sync == "adapter" else m.projections
     sync = sync_seconds(m, gpu, lay.rollout_workers, broadcast, sent)
-    return {"generate": generate, "score": score, "update": update, "sync": sync,
-            "step": (generate + score + update + sync) * DRIVER_OVERHEAD}
+    return {
+        "generate": generate,
+        "score": score,
+        "update": update,
+        "sync": sync,
+        "step": (generate + score + update + sync) * DRIVER_OVERHEAD,
+    }
 
 
 def sync_seconds(m: Model, gpu: GPU, workers: int, broadcast: bool, sent: float | None = None) -> float:
@@ -191,43 +205,66 @@ def paper_layout() -> tuple[Layout, Workload]:
     return Layout(learner_gpus=4, rollout_gpus=2, judge_gpus=2), Workload()
 
 
-def run_bench_capacity(model: str = "7b", gpu: str = "a100", learner_gpus: int = 4, rollout_gpus: int = 4,
-                       judge_gpus: int = 4, steps: int = 1000) -> int:
+def run_bench_capacity(
+    model: str = "7b",
+    gpu: str = "a100",
+    learner_gpus: int = 4,
+    rollout_gpus: int = 4,
+    judge_gpus: int = 4,
+    steps: int = 1000,
+) -> int:
     m, g = MODELS[model], GPUS[gpu]
     lay = Layout(learner_gpus, rollout_gpus, judge_gpus)
     w = Workload()
-    print(f"\nCapacity model: {m.name} on {g.name}; {lay.learner_gpus} learner + {lay.rollout_gpus} rollout + "
-          f"{lay.judge_gpus} judge GPUs; B={w.prompts} x G={w.group}, {w.prompt_tokens} prompt + {w.response_tokens} "
-          f"response tokens (max {w.max_response_tokens}); micro-batch {w.micro_batch}")
+    print(
+        f"\nCapacity model: {m.name} on {g.name}; {lay.learner_gpus} learner + {lay.rollout_gpus} rollout + "
+        f"{lay.judge_gpus} judge GPUs; B={w.prompts} x G={w.group}, {w.prompt_tokens} prompt + {w.response_tokens} "
+        f"response tokens (max {w.max_response_tokens}); micro-batch {w.micro_batch}"
+    )
     print("\nmemory per GPU (GiB)")
     for label, ckpt in (("learner, checkpointing", True), ("learner, no checkpointing", False)):
         mem = learner_memory(m, g, lay, replace(w, checkpointing=ckpt))
         parts = ", ".join(f"{k} {v:.1f}" for k, v in mem.items())
         total = sum(mem.values())
-        print(f"  {label:26s} {total:6.1f} of {g.memory_gib:.0f}{'' if total < g.memory_gib else '  DOES NOT FIT'}: {parts}")
+        print(
+            f"  {label:26s} {total:6.1f} of {g.memory_gib:.0f}{'' if total < g.memory_gib else '  DOES NOT FIT'}: {parts}"
+        )
     lora = replace(w, lora_rank=64)
     mem = learner_memory(m, g, lay, lora)
     total = sum(mem.values())
-    print(f"  {'learner, LoRA rank 64':26s} {total:6.1f} of {g.memory_gib:.0f}"
-          f"{'' if total < g.memory_gib else '  DOES NOT FIT'}: " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
+    print(
+        f"  {'learner, LoRA rank 64':26s} {total:6.1f} of {g.memory_gib:.0f}"
+        f"{'' if total < g.memory_gib else '  DOES NOT FIT'}: " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items())
+    )
     one = learner_memory(m, g, replace(lay, learner_gpus=1), lora)
-    print(f"  {'  the same on 1 GPU':26s} {sum(one.values()):6.1f} of {g.memory_gib:.0f}"
-          f"{'' if sum(one.values()) < g.memory_gib else '  DOES NOT FIT'}")
+    print(
+        f"  {'  the same on 1 GPU':26s} {sum(one.values()):6.1f} of {g.memory_gib:.0f}"
+        f"{'' if sum(one.values()) < g.memory_gib else '  DOES NOT FIT'}"
+    )
     mem = rollout_memory(m, g, lay, w)
-    print(f"  {'rollout worker':26s} {sum(mem.values()):6.1f} of {g.memory_gib:.0f}: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
+    print(
+        f"  {'rollout worker':26s} {sum(mem.values()):6.1f} of {g.memory_gib:.0f}: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in mem.items())
+    )
     t = step_times(m, g, lay, w)
     print("\nstep time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    for sync, sent in (("merged", f"the {m.projections / 1e9:.2f}B merged"),
-                       ("adapter", f"the {m.adapter(64) / 1e6:.0f}M adapter parameters")):
+    for sync, sent in (
+        ("merged", f"the {m.projections / 1e9:.2f}B merged"),
+        ("adapter", f"the {m.adapter(64) / 1e6:.0f}M adapter parameters"),
+    ):
         tl = step_times(m, g, lay, replace(lora, lora_sync=sync))
-        print(f"  with LoRA rank 64, sync={sync}: " + ", ".join(f"{k} {v:.1f}" for k, v in tl.items())
-              + f" (a sync carries {sent})")
+        print(
+            f"  with LoRA rank 64, sync={sync}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in tl.items())
+            + f" (a sync carries {sent})"
+        )
     print(f"  {steps} steps: {t['step'] * steps / 3600:.1f} h")
     pl, pw = paper_layout()
     paper = step_times(MODELS["7b"], GPUS["a100"], pl, pw)["step"] * 1000 / 3600
-    print(f"\nthe paper's run (7B, 1K steps, 8xA100 as {pl.learner_gpus} learner + {pl.rollout_gpus} rollout + "
-          f"{pl.judge_gpus} judge GPUs): {paper:.1f} h modelled vs 18 h reported")
+    print(
+        f"\nthe paper's run (7B, 1K steps, 8xA100 as {pl.learner_gpus} learner + {pl.rollout_gpus} rollout + "
+        f"{pl.judge_gpus} judge GPUs): {paper:.1f} h modelled vs 18 h reported"
+    )
     print("\nweight sync vs rollout workers (s; per-worker channels = today's transport, broadcast = one send)")
     print(f"  {'workers':>8s} {'per-worker':>11s} {'broadcast':>10s}")
     for n in (1, 2, 4, 8, 16, 64, 256):
@@ -241,8 +278,10 @@ def run_bench_capacity(model: str = "7b", gpu: str = "a100", learner_gpus: int =
         for broadcast in (False, True):
             tn = step_times(m, g, lay_n, w_n, broadcast=broadcast)
             bound = max(("generate", "score", "update", "sync"), key=lambda k: tn[k])
-            print(f"  {total:4d} GPUs ({lay_n.learner_gpus}/{lay_n.rollout_gpus}/{lay_n.judge_gpus}), B={w_n.prompts}, "
-                  f"{'broadcast ' if broadcast else 'per-worker'}: "
-                  + ", ".join(f"{k} {tn[k]:.1f}" for k in ("generate", "score", "update", "sync"))
-                  + f" -> bound by {bound}")
+            print(
+                f"  {total:4d} GPUs ({lay_n.learner_gpus}/{lay_n.rollout_gpus}/{lay_n.judge_gpus}), B={w_n.prompts}, "
+                f"{'broadcast ' if broadcast else 'per-worker'}: "
+                + ", ".join(f"{k} {tn[k]:.1f}" for k in ("generate", "score", "update", "sync"))
+                + f" -> bound by {bound}"
+            )
     return 0

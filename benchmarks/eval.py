@@ -31,21 +31,28 @@ def _eval_rows_per_s(cfg, stack, items, workers: int, batch_rows: int, **rollout
     from actors.rollout_group import RolloutGroup
     from cluster.evaluate import score_items
 
-    group = RolloutGroup(cfg.rollout.model_copy(update=rollout), cfg.transport, cfg.model.path, cfg.model.dtype,
-                         num_workers=workers)
+    group = RolloutGroup(
+        cfg.rollout.model_copy(update=rollout), cfg.transport, cfg.model.path, cfg.model.dtype, num_workers=workers
+    )
     try:
         group.wait_until_ready()
         score_items(group, None, stack.tokenizer, items[:4], cfg.eval)  # warm-up
         t0 = time.perf_counter()
         for start in range(0, len(items), batch_rows):
-            score_items(group, None, stack.tokenizer, items[start:start + batch_rows], cfg.eval)
+            score_items(group, None, stack.tokenizer, items[start : start + batch_rows], cfg.eval)
         return len(items) / (time.perf_counter() - t0)
     finally:
         group.shutdown()
 
 
-def run_bench_eval(root: str | Path = "runs/bench", rows: int = 48, max_tokens: int = 64, num_cpus: float = 1,
-                   teacher: str | None = None, data: str | None = None) -> int:
+def run_bench_eval(
+    root: str | Path = "runs/bench",
+    rows: int = 48,
+    max_tokens: int = 64,
+    num_cpus: float = 1,
+    teacher: str | None = None,
+    data: str | None = None,
+) -> int:
     """``teacher``/``data``: a trained model and its data (e.g. the demo's ``runs/demo/sft/hf`` and
     ``runs/demo/data``), so that make-cot's later steps (answer check, judge) see real work; default: the random
     tiny model, whose outputs all fail the template."""
@@ -59,11 +66,22 @@ def run_bench_eval(root: str | Path = "runs/bench", rows: int = 48, max_tokens: 
     if not (teacher and data):
         _ensure(data_dir, model)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(Config, "configs/demo.yaml", [  # the demo's frames (8 at 56x56) and its oracle judge
-            f"model.path={model}", f"data.dir={data_dir}", f"eval.max_tokens={max_tokens}",
-            f"rollout.num_cpus={num_cpus}", f"cot.input={data_dir / 'train.json'}", f"cot.out_dir={tmp}/cot",
-            f"cot.max_rows={rows}", f"cot.max_tokens={max_tokens}", "cot.batch_rows=16", "eval.batch_rows=16",
-        ])
+        cfg = load_config(
+            Config,
+            "configs/demo.yaml",
+            [  # the demo's frames (8 at 56x56) and its oracle judge
+                f"model.path={model}",
+                f"data.dir={data_dir}",
+                f"eval.max_tokens={max_tokens}",
+                f"rollout.num_cpus={num_cpus}",
+                f"cot.input={data_dir / 'train.json'}",
+                f"cot.out_dir={tmp}/cot",
+                f"cot.max_rows={rows}",
+                f"cot.max_tokens={max_tokens}",
+                "cot.batch_rows=16",
+                "eval.batch_rows=16",
+            ],
+        )
         with Stack(cfg, verbose()) as stack:
             ds = Dataset(cfg, "train.json", sampling=cfg.eval.sampling(cfg.video))
             items = [it for _, it in ds.load(list(range(min(rows, len(ds)))))]

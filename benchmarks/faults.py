@@ -63,12 +63,30 @@ def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150, chun
     judge = JudgeServer()
     out = root / "faults"
     shutil.rmtree(out, ignore_errors=True)
-    base = [f"data.dir={data}", f"trainer.prompts_per_step={B}", f"rollout.group_size={G}", "rollout.max_tokens=48",
-            f"trainer.steps={STEPS}", "trainer.max_staleness=0", "trainer.checkpoint_every=0", f"sft.steps={sft_steps}",
-            "sft.checkpoint_every=0", "rollout.num_workers=2", "rollout.num_cpus=1", "rollout.chunks_per_worker=1",
-            f"rollout.chunk_timeout_s={chunk_timeout_s}", "reward.num_workers=2", "judge.backend=http", "judge.model=test",
-            f"judge.base_url={judge.base_url}", "judge.retries=0", "judge.timeout_s=2", "learner.micro_batch_size=12",
-            "cache.start_local=true", "cache.retry_after_s=0.5"]
+    base = [
+        f"data.dir={data}",
+        f"trainer.prompts_per_step={B}",
+        f"rollout.group_size={G}",
+        "rollout.max_tokens=48",
+        f"trainer.steps={STEPS}",
+        "trainer.max_staleness=0",
+        "trainer.checkpoint_every=0",
+        f"sft.steps={sft_steps}",
+        "sft.checkpoint_every=0",
+        "rollout.num_workers=2",
+        "rollout.num_cpus=1",
+        "rollout.chunks_per_worker=1",
+        f"rollout.chunk_timeout_s={chunk_timeout_s}",
+        "reward.num_workers=2",
+        "judge.backend=http",
+        "judge.model=test",
+        f"judge.base_url={judge.base_url}",
+        "judge.retries=0",
+        "judge.timeout_s=2",
+        "learner.micro_batch_size=12",
+        "cache.start_local=true",
+        "cache.retry_after_s=0.5",
+    ]
     plan = {  # injected after step s-1 ends, so that it hits step s
         2: "rollout worker SIGKILLed mid-generation",
         3: "reward worker SIGKILLed",
@@ -84,7 +102,7 @@ def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150, chun
 
     def inject(trainer, step):
         events = trainer.rollout.events
-        events_at[step] = events[seen["events"]:]
+        events_at[step] = events[seen["events"] :]
         seen["events"] = len(events)
         nxt = step + 1
         if nxt == 2:
@@ -123,8 +141,10 @@ def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150, chun
     run = RunDir(out)
     rows = {r["step"]: r for r in run.metrics()}
     rollouts = run.read_rollouts()
-    print(f"\nFault benchmark: {STEPS} synchronous steps, B={B} prompts x G={G}, 2 rollout workers, 2 reward workers, "
-          "HTTP judge (local fault server), private redis-server")
+    print(
+        f"\nFault benchmark: {STEPS} synchronous steps, B={B} prompts x G={G}, 2 rollout workers, 2 reward workers, "
+        "HTTP judge (local fault server), private redis-server"
+    )
     print(f"{'step':>4s}  {'fault':44s} {'rollouts':>9s} {'lost':>5s} {'dup':>4s}  counted")
     total_lost = total_dup = 0
     for step in range(1, STEPS + 1):
@@ -136,12 +156,17 @@ def run_bench_faults(root: str | Path = "runs/bench", sft_steps: int = 150, chun
         want = row["prompt_ids"]
         lost = sum(max(0, G - counts.get(p, 0)) for p in want)
         dup = sum(max(0, n - G) for p, n in counts.items() if p in want) + sum(
-            n for p, n in counts.items() if p not in want)
+            n for p, n in counts.items() if p not in want
+        )
         total_lost, total_dup = total_lost + lost, total_dup + dup
         counted = _counted(row, events_at.get(step, []))
         text = ", ".join(f"{k} {v:g}" for k, v in counted.items()) or "-"
-        print(f"{step:4d}  {plan.get(step, 'none (baseline)'):44s} {sum(counts.values()):4d}/{B * G:<4d} {lost:5d} "
-              f"{dup:4d}  {text}")
-    print(f"\nsteps completed {len(rows)}/{STEPS}; rollouts lost {total_lost}, duplicated {total_dup}; "
-          f"rollout events: {len(summary.get('rollout_events', []))}")
+        print(
+            f"{step:4d}  {plan.get(step, 'none (baseline)'):44s} {sum(counts.values()):4d}/{B * G:<4d} {lost:5d} "
+            f"{dup:4d}  {text}"
+        )
+    print(
+        f"\nsteps completed {len(rows)}/{STEPS}; rollouts lost {total_lost}, duplicated {total_dup}; "
+        f"rollout events: {len(summary.get('rollout_events', []))}"
+    )
     return 0 if len(rows) == STEPS and total_lost == total_dup == 0 else 1

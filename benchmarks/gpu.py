@@ -23,13 +23,40 @@ from pathlib import Path
 
 ROWS = ("3b", "7b", "precision", "lmhead")
 # Dense bf16 peak (no sparsity), TFLOP/s, by what torch.cuda.get_device_name contains; the first match wins.
-PEAK_TFLOPS = (("H200 NVL", 835.0, "H200 NVL"), ("H200", 989.0, "H200 SXM"), ("H100 PCIe", 756.0, "H100 PCIe"),
-               ("H100 NVL", 835.0, "H100 NVL"), ("H100", 989.0, "H100 SXM"))
+PEAK_TFLOPS = (
+    ("H200 NVL", 835.0, "H200 NVL"),
+    ("H200", 989.0, "H200 SXM"),
+    ("H100 PCIe", 756.0, "H100 PCIe"),
+    ("H100 NVL", 835.0, "H100 NVL"),
+    ("H100", 989.0, "H100 SXM"),
+)
 PROFILES = {  # the paper's shapes on a GPU; a CPU run that finishes in a minute or two on 2 cores
-    "cuda": dict(frames=16, pixels=128, group=8, resp_min=600, resp_max=1024, micro_batch=4, steps=2, budget_s=420,
-                 layers=None, depths=(2, 4), freeze_embeddings=False),
-    "cpu": dict(frames=2, pixels=4, group=2, resp_min=24, resp_max=48, micro_batch=2, steps=1, budget_s=0,
-                layers=1, depths=(1, 2), freeze_embeddings=True),
+    "cuda": dict(
+        frames=16,
+        pixels=128,
+        group=8,
+        resp_min=600,
+        resp_max=1024,
+        micro_batch=4,
+        steps=2,
+        budget_s=420,
+        layers=None,
+        depths=(2, 4),
+        freeze_embeddings=False,
+    ),
+    "cpu": dict(
+        frames=2,
+        pixels=4,
+        group=2,
+        resp_min=24,
+        resp_max=48,
+        micro_batch=2,
+        steps=1,
+        budget_s=0,
+        layers=1,
+        depths=(1, 2),
+        freeze_embeddings=True,
+    ),
 }
 GIB = 2**30
 
@@ -66,8 +93,7 @@ class Check:
         keys = ("frames", "pixels", "group", "resp_min", "resp_max", "micro_batch", "steps", "freeze_embeddings")
         spec = {**spec, "device": self.device, "verbose": self.verbose, **{k: self.s[k] for k in keys}}
         if self.left_s() < 30:
-            return {"error": f"skipped: the check's time budget ({self.s['budget_s']:.0f} s) is spent",
-                    "skipped": True}
+            return {"error": f"skipped: the check's time budget ({self.s['budget_s']:.0f} s) is spent", "skipped": True}
         spec_path, result = self.work / f"{name}.spec.json", self.work / f"{name}.result.json"
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
@@ -80,8 +106,14 @@ class Check:
         with open(log, "w") as f:
             try:
                 cmd = [sys.executable, "-m", "benchmarks.gpu_step", str(spec_path), str(result)]
-                rc = subprocess.run(cmd, cwd=root, env=env, stdout=None if self.verbose else f,
-                                    stderr=subprocess.STDOUT, timeout=timeout).returncode
+                rc = subprocess.run(
+                    cmd,
+                    cwd=root,
+                    env=env,
+                    stdout=None if self.verbose else f,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                ).returncode
             except subprocess.TimeoutExpired:
                 rc = None
         took = time.monotonic() - t0
@@ -96,8 +128,7 @@ class Check:
         for k in ("device_name", "device_memory", "torch", "cuda"):
             if r.get(k) is not None:
                 self.info.setdefault(k, r[k])
-        print(f"[gpu] {name}: {took:.0f} s" + (f", {r['error']}" if "error" in r else ""), file=sys.stderr,
-              flush=True)
+        print(f"[gpu] {name}: {took:.0f} s" + (f", {r['error']}" if "error" in r else ""), file=sys.stderr, flush=True)
         return r
 
     def model(self, shape: str, text_layers=None, vision_blocks=None) -> dict:
@@ -113,8 +144,9 @@ class Check:
     def learner(self, name: str, model: tuple, checkpointing: bool) -> dict:
         key = (model, checkpointing)
         if key not in self.cache:
-            self.cache[key] = self.measure(name, {**self.model(*model), "kind": "learner",
-                                                  "checkpointing": checkpointing})
+            self.cache[key] = self.measure(
+                name, {**self.model(*model), "kind": "learner", "checkpointing": checkpointing}
+            )
         return self.cache[key]
 
     def drop_models(self) -> None:
@@ -133,10 +165,18 @@ class Check:
             note = r["error"] + (f" (peak {_fmt_bytes(r['peak_bytes'])} allocated)" if r.get("peak_bytes") else "")
             return {**row, "note": note, "failed": not (r.get("oom") or r.get("skipped"))}
         flops = (6 + 2 * r["extra_forwards"]) * r["trainable_params"] * r["tokens"]
-        note = note or (f"{r['response_tokens'] / r['step_s']:,.0f} response tok/s; load {r['load_s']:.0f} s, "
-                        f"warm-up step {r['warmup_s']:.1f} s")
-        row.update(step_s=r["step_s"], tokens_per_s=r["tokens"] / r["step_s"], peak_bytes=r["peak_bytes"],
-                   peak_kind=r["peak_kind"], flops=flops, note=note)
+        note = note or (
+            f"{r['response_tokens'] / r['step_s']:,.0f} response tok/s; load {r['load_s']:.0f} s, "
+            f"warm-up step {r['warmup_s']:.1f} s"
+        )
+        row.update(
+            step_s=r["step_s"],
+            tokens_per_s=r["tokens"] / r["step_s"],
+            peak_bytes=r["peak_bytes"],
+            peak_kind=r["peak_kind"],
+            flops=flops,
+            note=note,
+        )
         peak = peak_tflops(self.info.get("device_name", "")) if self.device == "cuda" else None
         row["mfu"] = flops / r["step_s"] / (peak[0] * 1e12) if peak else None
         return row
@@ -144,9 +184,20 @@ class Check:
     def write(self) -> None:
         md = self.out / "gpu-check.md"
         md.write_text(render(self))
-        (self.out / "gpu-check.json").write_text(json.dumps(
-            {"device": self.device, "info": self.info, "settings": self.s, "complete": self.done, "rows": self.rows,
-             "elapsed_s": time.monotonic() - self.t0}, indent=1, default=str))
+        (self.out / "gpu-check.json").write_text(
+            json.dumps(
+                {
+                    "device": self.device,
+                    "info": self.info,
+                    "settings": self.s,
+                    "complete": self.done,
+                    "rows": self.rows,
+                    "elapsed_s": time.monotonic() - self.t0,
+                },
+                indent=1,
+                default=str,
+            )
+        )
 
 
 def render(c: Check) -> str:
@@ -156,38 +207,53 @@ def render(c: Check) -> str:
     h, w = frame_size(s["pixels"])
     lines = ["# GPU check (`python -m benchmarks gpu`)", ""]
     if cpu:
-        lines += ["**CPU run (`--device cpu`): these are NOT GPU figures.** The check's code on 3B-width slices "
-                  f"({s['layers']} decoder layer(s), 1 vision block) at small sizes; float32, gloo; the embeddings "
-                  "(tied to the LM head) frozen as well as the vision tower, to fit the box; memory is the process's "
-                  "peak RSS (getrusage; reset per measurement through /proc/self/clear_refs); no MFU.", ""]
+        lines += [
+            "**CPU run (`--device cpu`): these are NOT GPU figures.** The check's code on 3B-width slices "
+            f"({s['layers']} decoder layer(s), 1 vision block) at small sizes; float32, gloo; the embeddings "
+            "(tied to the LM head) frozen as well as the vision tower, to fit the box; memory is the process's "
+            "peak RSS (getrusage; reset per measurement through /proc/self/clear_refs); no MFU.",
+            "",
+        ]
     else:
         name = c.info.get("device_name", "?")
         peak = peak_tflops(name)
         mem = c.info.get("device_memory")
-        lines += [f"Device: {name} ({_fmt_bytes(mem)}), torch {c.info.get('torch', '?')}, "
-                  f"CUDA {c.info.get('cuda', '?')}; bf16, DeepSpeed ZeRO-2, nccl world of one. MFU against "
-                  + (f"{peak[0]:.0f} TFLOP/s (dense bf16 peak of the {peak[1]})" if peak else "no known peak (MFU -)")
-                  + "; memory is torch.cuda.max_memory_allocated over the timed steps.", ""]
-    lines += [f"Batch: G={s['group']} rollouts of one prompt, {s['frames']} frames of {h}x{w} "
-              f"({s['pixels']}x28x28 px), responses of {s['resp_min']}-{s['resp_max']} random text tokens; "
-              f"micro-batch {s['micro_batch']}; "
-              f"PA-GRPO, beta 0.04 (old log-probs and the KL reference: 2 no-grad forwards); vision tower frozen "
-              f"(`learner.freeze`); median of {s['steps']} step(s) after a warm-up step.", "",
-              "| measurement | step s | tokens/s | peak memory | MFU | note |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"Device: {name} ({_fmt_bytes(mem)}), torch {c.info.get('torch', '?')}, "
+            f"CUDA {c.info.get('cuda', '?')}; bf16, DeepSpeed ZeRO-2, nccl world of one. MFU against "
+            + (f"{peak[0]:.0f} TFLOP/s (dense bf16 peak of the {peak[1]})" if peak else "no known peak (MFU -)")
+            + "; memory is torch.cuda.max_memory_allocated over the timed steps.",
+            "",
+        ]
+    lines += [
+        f"Batch: G={s['group']} rollouts of one prompt, {s['frames']} frames of {h}x{w} "
+        f"({s['pixels']}x28x28 px), responses of {s['resp_min']}-{s['resp_max']} random text tokens; "
+        f"micro-batch {s['micro_batch']}; "
+        f"PA-GRPO, beta 0.04 (old log-probs and the KL reference: 2 no-grad forwards); vision tower frozen "
+        f"(`learner.freeze`); median of {s['steps']} step(s) after a warm-up step.",
+        "",
+        "| measurement | step s | tokens/s | peak memory | MFU | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in c.rows:
         if row["kind"] == "rl_step":
             if "step_s" not in row:
                 lines.append(f"| {row['label']} | - | - | - | - | {row['note']} |")
                 continue
             mfu = "-" if row.get("mfu") is None else f"{row['mfu']:.2f}"
-            lines.append(f"| {row['label']} | {row['step_s']:.2f} | {row['tokens_per_s']:,.0f} | "
-                         f"{_fmt_bytes(row['peak_bytes'])} | {mfu} | {row['note']} |")
+            lines.append(
+                f"| {row['label']} | {row['step_s']:.2f} | {row['tokens_per_s']:,.0f} | "
+                f"{_fmt_bytes(row['peak_bytes'])} | {mfu} | {row['note']} |"
+            )
         else:
             lines.append(f"| {row['label']} | - | - | {row.get('memory', '-')} | - | {row['note']} |")
-    lines += ["", "tokens/s: prompt + response tokens of the G rows per step. MFU: model FLOPs (6 x trainable params x "
-              "tokens for the policy's forward and backward, 2 x trainable params x tokens for each no-grad forward; "
-              "the frozen vision tower, attention's quadratic term and checkpointing's recompute are not counted) "
-              "per second over the card's peak."]
+    lines += [
+        "",
+        "tokens/s: prompt + response tokens of the G rows per step. MFU: model FLOPs (6 x trainable params x "
+        "tokens for the policy's forward and backward, 2 x trainable params x tokens for each no-grad forward; "
+        "the frozen vision tower, attention's quadratic term and checkpointing's recompute are not counted) "
+        "per second over the card's peak.",
+    ]
     if not c.done:
         lines += ["", "**Incomplete**: the check stopped (or is still running) before its last row."]
     return "\n".join(lines) + "\n"
@@ -195,11 +261,16 @@ def render(c: Check) -> str:
 
 def _extrapolate(a: dict, b: dict, la: int, lb: int, target: int) -> dict:
     """Linear in decoder layers through the two measurements: time, memory and trainable parameters."""
+
     def at(x, y):
         return x + (y - x) / (lb - la) * (target - la)
 
-    return {**b, "step_s": at(a["step_s"], b["step_s"]), "peak_bytes": int(at(a["peak_bytes"], b["peak_bytes"])),
-            "trainable_params": int(at(a["trainable_params"], b["trainable_params"]))}
+    return {
+        **b,
+        "step_s": at(a["step_s"], b["step_s"]),
+        "peak_bytes": int(at(a["peak_bytes"], b["peak_bytes"])),
+        "trainable_params": int(at(a["trainable_params"], b["trainable_params"])),
+    }
 
 
 def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
@@ -209,29 +280,48 @@ def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
     if "3b" in rows:
         for gc in checkpointing:
             r = c.learner(f"3b-{'gc' if gc else 'nogc'}", m3, gc)
-            depth = f"{r.get('text_layers', c.s['layers'])} of 36 layers (3b-slice)" if cpu else \
-                "full depth (36 layers)"
+            depth = (
+                f"{r.get('text_layers', c.s['layers'])} of 36 layers (3b-slice)" if cpu else "full depth (36 layers)"
+            )
             c.add(c.rl_row(f"RL step, 3B width, {depth}, {gc_name[gc]}", r))
     if "precision" in rows or "lmhead" in rows:
         r = c.measure("numerics", {**c.model(*m3), "kind": "numerics"})
         if "error" in r:
             for kind in [x for x in ("precision", "lmhead") if x in rows]:
-                c.add({"kind": kind, "label": f"{kind}: not measured", "note": r["error"], "result": r,
-                       "failed": not (r.get("oom") or r.get("skipped"))})
+                c.add(
+                    {
+                        "kind": kind,
+                        "label": f"{kind}: not measured",
+                        "note": r["error"],
+                        "result": r,
+                        "failed": not (r.get("oom") or r.get("skipped")),
+                    }
+                )
         else:
             toks = f"{r['response_tokens']:,} response tokens, B={r['rows']}, L={r['seq_len']}"
             if "precision" in rows:
-                c.add({"kind": "precision", "label": "bf16 vs float32 log-probs (same weights, 3B width)",
-                       "note": f"max abs diff {r['max_abs_diff']:.3g}, mean abs diff {r['mean_abs_diff']:.3g}, "
-                               f"mean k3 KL {r['k3']:.3g} over {toks}", "result": r})
+                c.add(
+                    {
+                        "kind": "precision",
+                        "label": "bf16 vs float32 log-probs (same weights, 3B width)",
+                        "note": f"max abs diff {r['max_abs_diff']:.3g}, mean abs diff {r['mean_abs_diff']:.3g}, "
+                        f"mean k3 KL {r['k3']:.3g} over {toks}",
+                        "result": r,
+                    }
+                )
             if "lmhead" in rows:
                 ch, fu = r["chunked"]["above_start_bytes"], r["full"]["above_start_bytes"]
-                c.add({"kind": "lmhead", "label": "LM head: chunked (response_logprobs) vs full logits, no-grad",
-                       "memory": f"{_fmt_bytes(ch)} vs {_fmt_bytes(fu)}",
-                       "note": f"above the weights and inputs; chunked/full {ch / max(fu, 1):.2f}; peak "
-                               f"{_fmt_bytes(r['chunked']['peak_bytes'])} vs {_fmt_bytes(r['full']['peak_bytes'])}; "
-                               f"V={r['vocab']:,}, {toks}; max diff {r['chunked_vs_full_max_diff']:.2g}",
-                       "result": r})
+                c.add(
+                    {
+                        "kind": "lmhead",
+                        "label": "LM head: chunked (response_logprobs) vs full logits, no-grad",
+                        "memory": f"{_fmt_bytes(ch)} vs {_fmt_bytes(fu)}",
+                        "note": f"above the weights and inputs; chunked/full {ch / max(fu, 1):.2f}; peak "
+                        f"{_fmt_bytes(r['chunked']['peak_bytes'])} vs {_fmt_bytes(r['full']['peak_bytes'])}; "
+                        f"V={r['vocab']:,}, {toks}; max diff {r['chunked_vs_full_max_diff']:.2g}",
+                        "result": r,
+                    }
+                )
     if "7b" in rows:
         la, lb = c.s["depths"]
         shape, target, blocks = ("3b-slice", 36, 1) if cpu else ("7b-slice", 28, 32)
@@ -248,12 +338,20 @@ def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
             if bad:
                 c.add(c.rl_row(label, {"error": "; ".join(bad), "oom": any(res[d].get("oom") for d in (la, lb))}))
                 continue
-            note = (f"measured {res[la]['step_s']:.2f} / {res[lb]['step_s']:.2f} s, "
-                    f"{_fmt_bytes(res[la]['peak_bytes'])} / {_fmt_bytes(res[lb]['peak_bytes'])} at {la} / {lb} layers")
+            note = (
+                f"measured {res[la]['step_s']:.2f} / {res[lb]['step_s']:.2f} s, "
+                f"{_fmt_bytes(res[la]['peak_bytes'])} / {_fmt_bytes(res[lb]['peak_bytes'])} at {la} / {lb} layers"
+            )
             if res[lb]["step_s"] <= res[la]["step_s"]:  # the layers' cost is below the steps' noise: a line through
-                c.add({"kind": "rl_step", "label": label, "result": res,  # the two would fall with depth
-                       "note": note + "; not extrapolated: the deeper slice was not slower (noise above the "
-                                      "layers' cost; more --steps)"})
+                c.add(
+                    {
+                        "kind": "rl_step",
+                        "label": label,
+                        "result": res,  # the two would fall with depth
+                        "note": note + "; not extrapolated: the deeper slice was not slower (noise above the "
+                        "layers' cost; more --steps)",
+                    }
+                )
                 continue
             e = _extrapolate(res[la], res[lb], la, lb, target)
             mem = c.info.get("device_memory")
@@ -263,8 +361,15 @@ def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
     c.drop_models()
 
 
-def run_bench_gpu(out: str | Path, device: str = "cuda", force: bool = False, rows: str = ",".join(ROWS),
-                  checkpointing: str = "both", verbose: bool = False, **overrides) -> int:
+def run_bench_gpu(
+    out: str | Path,
+    device: str = "cuda",
+    force: bool = False,
+    rows: str = ",".join(ROWS),
+    checkpointing: str = "both",
+    verbose: bool = False,
+    **overrides,
+) -> int:
     out = Path(out)
     md = out / "gpu-check.md"
     if md.is_file() and md.stat().st_size > 0 and not force:

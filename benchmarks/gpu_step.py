@@ -17,9 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR", "TORCH_LOGS": "-all",
-             "NCCL_DEBUG": "WARN"}
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
+    "TORCH_LOGS": "-all",
+    "NCCL_DEBUG": "WARN",
+}
 
 
 def frame_size(pixels: int) -> tuple[int, int]:
@@ -43,24 +49,35 @@ def make_rollouts(tokenizer, frames: int, pixels: int, group: int, resp_min: int
 
     rng = np.random.default_rng(seed)
     h, w = frame_size(pixels)
-    clip = VideoClip(frames=rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8), indices=list(range(frames)),
-                     native_fps=2.0, total_frames=frames)
-    sample = Sample(problem_id="gpu-check", problem="Which direction does the red square move?", data_type="video",
-                    problem_type="multiple choice", solution="<answer>A</answer>", path="none.mp4",
-                    options=["A. left", "B. right", "C. up", "D. down"])
+    clip = VideoClip(
+        frames=rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8),
+        indices=list(range(frames)),
+        native_fps=2.0,
+        total_frames=frames,
+    )
+    sample = Sample(
+        problem_id="gpu-check",
+        problem="Which direction does the red square move?",
+        data_type="video",
+        problem_type="multiple choice",
+        solution="<answer>A</answer>",
+        path="none.mp4",
+        options=["A. left", "B. right", "C. up", "D. down"],
+    )
     item = LoadedSample(sample, video=clip)
     special = set(tokenizer.all_special_ids)
     pool = np.array([i for i in text_token_ids(tokenizer) if i not in special])
     head = tokenizer.encode("<observation>", add_special_tokens=False)
     mid = tokenizer.encode("</observation><think>", add_special_tokens=False)
     tail = tokenizer.encode("</think><answer>A</answer>", add_special_tokens=False) + [
-        tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ]
     lengths = np.linspace(resp_min, resp_max, group).round().astype(int)
     rollouts = []
     for j, n in enumerate(lengths):
         free = max(2, int(n) - len(head) - len(mid) - len(tail))
         body = rng.choice(pool, free).tolist()
-        ids = head + body[: free // 3] + mid + body[free // 3:] + tail
+        ids = head + body[: free // 3] + mid + body[free // 3 :] + tail
         rollouts.append(Rollout(item, ids, r_perception=float(j % 2), r_reasoning=float(j < group // 2)))
     return rollouts
 
@@ -113,8 +130,12 @@ def _device_info(device: str) -> dict:
     if device != "cuda":
         return {"device_name": "cpu", "device_memory": None}
     props = torch.cuda.get_device_properties(0)
-    return {"device_name": torch.cuda.get_device_name(0), "device_memory": int(props.total_memory),
-            "torch": torch.__version__, "cuda": torch.version.cuda}
+    return {
+        "device_name": torch.cuda.get_device_name(0),
+        "device_memory": int(props.total_memory),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
 
 
 def build_model(spec: dict) -> float:
@@ -125,9 +146,14 @@ def build_model(spec: dict) -> float:
     if not b or (Path(spec["model"]) / "config.json").is_file():
         return 0.0
     t0 = time.perf_counter()
-    build_shaped_model(spec["model"], b["shape"], text_layers=b.get("text_layers"),
-                       vision_blocks=b.get("vision_blocks"),
-                       dtype="bfloat16" if spec["device"] == "cuda" else "float32", device=spec["device"])
+    build_shaped_model(
+        spec["model"],
+        b["shape"],
+        text_layers=b.get("text_layers"),
+        vision_blocks=b.get("vision_blocks"),
+        dtype="bfloat16" if spec["device"] == "cuda" else "float32",
+        device=spec["device"],
+    )
     import gc
 
     import torch
@@ -149,22 +175,41 @@ def run_learner(spec: dict) -> dict:
     freeze = list(LearnerSection().freeze)  # the default: the vision tower
     if spec.get("freeze_embeddings"):  # the CPU run: with the (tied) 152K-row embeddings trainable it needs 14 GB
         freeze.append("model.language_model.embed_tokens")
-    cfg = LearnerSection(num_gpus=1 if device == "cuda" else 0, zero_stage=2, lr=1e-6, freeze=freeze,
-                         gradient_checkpointing=spec["checkpointing"], micro_batch_size=spec["micro_batch"])
+    cfg = LearnerSection(
+        num_gpus=1 if device == "cuda" else 0,
+        zero_stage=2,
+        lr=1e-6,
+        freeze=freeze,
+        gradient_checkpointing=spec["checkpointing"],
+        micro_batch_size=spec["micro_batch"],
+    )
     t0 = time.perf_counter()
     learner = Learner(cfg, spec["model"])
     logging.getLogger("DeepSpeed").setLevel(logging.DEBUG if spec.get("verbose") else logging.WARNING)
     out["load_s"] = time.perf_counter() - t0
-    rollouts = make_rollouts(learner.processor.tokenizer, spec["frames"], spec["pixels"], spec["group"],
-                             spec["resp_min"], spec["resp_max"], spec.get("seed", 0))
+    rollouts = make_rollouts(
+        learner.processor.tokenizer,
+        spec["frames"],
+        spec["pixels"],
+        spec["group"],
+        spec["resp_min"],
+        spec["resp_max"],
+        spec.get("seed", 0),
+    )
     prompt = int(prompt_inputs(learner.processor, rollouts[0].item)["input_ids"].shape[1])
     module = learner.engine.module
-    out.update(prompt_tokens=prompt, response_tokens=sum(len(r.response_ids) for r in rollouts),
-               trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
-               params=sum(p.numel() for p in module.parameters()),
-               text_layers=module.config.text_config.num_hidden_layers, vision_blocks=module.config.vision_config.depth,
-               extra_forwards=1 + (learner.reference is not None), dtype=cfg.dtype, backend=cfg.backend,
-               freeze=freeze)
+    out.update(
+        prompt_tokens=prompt,
+        response_tokens=sum(len(r.response_ids) for r in rollouts),
+        trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
+        params=sum(p.numel() for p in module.parameters()),
+        text_layers=module.config.text_config.num_hidden_layers,
+        vision_blocks=module.config.vision_config.depth,
+        extra_forwards=1 + (learner.reference is not None),
+        dtype=cfg.dtype,
+        backend=cfg.backend,
+        freeze=freeze,
+    )
     out["tokens"] = out["prompt_tokens"] * len(rollouts) + out["response_tokens"]
     media = {module.config.image_token_id, module.config.video_token_id}
     out["media_ids_in_responses"] = sum(t in media for r in rollouts for t in r.response_ids)
@@ -213,14 +258,30 @@ def run_numerics(spec: dict) -> dict:
     out = {"build_s": build_model(spec)}
     processor = AutoProcessor.from_pretrained(spec["model"])
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec["model"], dtype=torch.bfloat16).to(device).eval()
-    rollouts = make_rollouts(processor.tokenizer, spec["frames"], spec["pixels"], spec["group"], spec["resp_min"],
-                             spec["resp_max"], spec.get("seed", 0))
+    rollouts = make_rollouts(
+        processor.tokenizer,
+        spec["frames"],
+        spec["pixels"],
+        spec["group"],
+        spec["resp_min"],
+        spec["resp_max"],
+        spec.get("seed", 0),
+    )
     prompt = prompt_inputs(processor, rollouts[0].item)
-    batch = build_inputs(processor, model.config, [r.item for r in rollouts], [r.response_ids for r in rollouts],
-                         [prompt] * len(rollouts))
+    batch = build_inputs(
+        processor,
+        model.config,
+        [r.item for r in rollouts],
+        [r.response_ids for r in rollouts],
+        [prompt] * len(rollouts),
+    )
     mask = batch.response_mask.double()
-    out.update(rows=len(rollouts), response_tokens=int(mask.sum()),
-               seq_len=int(batch.model_kwargs["input_ids"].shape[1]), vocab=int(model.config.text_config.vocab_size))
+    out.update(
+        rows=len(rollouts),
+        response_tokens=int(mask.sum()),
+        seq_len=int(batch.model_kwargs["input_ids"].shape[1]),
+        vocab=int(model.config.text_config.vocab_size),
+    )
     with torch.no_grad():
         response_logprobs(model, batch)  # warm-up (kernels, allocator)
         for name, fn in (("chunked", response_logprobs), ("full", _full_logprobs)):

@@ -29,8 +29,13 @@ def alternate(learner, rollouts, group_size: int, settings: dict, rounds: int) -
 
 def vision_rows(learner, rollouts, group_size: int, rounds: int, label: str) -> None:
     """The step with the tower's features once per prompt group against every pass running the tower."""
-    t = alternate(learner, rollouts, group_size, {"once": ("share_vision_features", True),
-                                                  "every": ("share_vision_features", False)}, rounds)
+    t = alternate(
+        learner,
+        rollouts,
+        group_size,
+        {"once": ("share_vision_features", True), "every": ("share_vision_features", False)},
+        rounds,
+    )
     prompts = len(rollouts) // group_size
     print(f"{label + ', features once per group':64s} {t['once'] * 1e3:9.0f} ms")
     print(f"{label + ', tower in every pass':64s} {t['every'] * 1e3:9.0f} ms")
@@ -50,21 +55,33 @@ def token_budget_rows(learner, items, group_size: int, rounds: int) -> None:
         for j in range(group_size):
             n = round(32 * (1 + 7 * j / max(1, group_size - 1)))  # 32 .. 256 tokens
             rollouts.append(Rollout(it, text[:n], r_perception=float(j % 2), r_reasoning=float((j + g) % 2)))
-    longest = max(int(prompt_inputs(learner.processor, r.item)["input_ids"].shape[1]) + len(r.response_ids)
-                  for r in rollouts)
+    longest = max(
+        int(prompt_inputs(learner.processor, r.item)["input_ids"].shape[1]) + len(r.response_ids) for r in rollouts
+    )
     budget = learner.cfg.micro_batch_size * longest
-    t = alternate(learner, rollouts, group_size, {"tokens": ("micro_batch_tokens", budget),
-                                                  "rows": ("micro_batch_tokens", None)}, rounds)
+    t = alternate(
+        learner,
+        rollouts,
+        group_size,
+        {"tokens": ("micro_batch_tokens", budget), "rows": ("micro_batch_tokens", None)},
+        rounds,
+    )
     padding = {}
     for name, value in (("tokens", budget), ("rows", None)):
         learner.cfg.micro_batch_tokens = value
         padding[name] = learner.rl_step(rollouts, group_size)["padding_fraction"]
     learner.cfg.micro_batch_tokens = None
-    print(f"\nmicro-batches: responses of 32-256 tokens (1-8x), {len(rollouts)} rows, median of {rounds} alternating rounds")
-    print(f"{'by rows (micro_batch_size=' + str(learner.cfg.micro_batch_size) + ')':40s} {t['rows'] * 1e3:9.0f} ms   "
-          f"padding {padding['rows']:.2f}")
-    print(f"{'by tokens (micro_batch_tokens=' + str(budget) + ')':40s} {t['tokens'] * 1e3:9.0f} ms   "
-          f"padding {padding['tokens']:.2f}")
+    print(
+        f"\nmicro-batches: responses of 32-256 tokens (1-8x), {len(rollouts)} rows, median of {rounds} alternating rounds"
+    )
+    print(
+        f"{'by rows (micro_batch_size=' + str(learner.cfg.micro_batch_size) + ')':40s} {t['rows'] * 1e3:9.0f} ms   "
+        f"padding {padding['rows']:.2f}"
+    )
+    print(
+        f"{'by tokens (micro_batch_tokens=' + str(budget) + ')':40s} {t['tokens'] * 1e3:9.0f} ms   "
+        f"padding {padding['tokens']:.2f}"
+    )
     print(f"{'tokens / rows step time':40s} {t['tokens'] / t['rows']:9.2f}")
 
 
@@ -84,6 +101,7 @@ def lora_rows(cfg, model: str, full, rollouts, group_size: int, rounds: int, ran
     """What a weight sync carries with full fine-tuning and with LoRA (``learner.lora.rank``), and the RL step of
     each on the same batch: the payload's size and the time to gather (and merge) it on the learner."""
     from learner.engine import Learner
+
     lora_cfg = cfg.model_copy(deep=True)
     lora_cfg.learner.lora.rank, lora_cfg.learner.lora.alpha = rank, 2.0 * rank
     lora = Learner(lora_cfg, model)
@@ -95,10 +113,12 @@ def lora_rows(cfg, model: str, full, rollouts, group_size: int, rounds: int, ran
             learner.rl_step(rollouts, group_size)
         step[name] = (time.perf_counter() - t0) / rounds * 1e3
     print(f"\nweight sync payload (learner side: gather, merge, copy), median of {rounds}; LoRA rank {rank}")
-    rows = [("every weight (hf/, a worker's first load)", *_payload(full, rounds)),
-            ("full fine-tuning: the trainable weights", *_payload(full, rounds, trainable_only=True)),
-            ("LoRA: the adapted layers, merged (sync=merged)", *_payload(lora, rounds, trainable_only=True)),
-            ("LoRA: the adapters alone (sync=adapter)", *_payload(lora, rounds, adapters=True))]
+    rows = [
+        ("every weight (hf/, a worker's first load)", *_payload(full, rounds)),
+        ("full fine-tuning: the trainable weights", *_payload(full, rounds, trainable_only=True)),
+        ("LoRA: the adapted layers, merged (sync=merged)", *_payload(lora, rounds, trainable_only=True)),
+        ("LoRA: the adapters alone (sync=adapter)", *_payload(lora, rounds, adapters=True)),
+    ]
     for label, mib, ms in rows:
         print(f"{label:48s} {mib:9.2f} MiB {ms:9.1f} ms")
     print(f"{'RL step, full fine-tuning / LoRA':48s} {step['full']:9.0f} ms {step['lora']:9.0f} ms")
@@ -115,15 +135,25 @@ def wide_learner(root: Path, blocks: int, frames: int, pixels: int, group: int, 
     path = root / f"3b-slice-1l-{blocks}v"
     if not (path / "config.json").is_file():
         build_shaped_model(path, "3b-slice", text_layers=1, vision_blocks=blocks)
-    cfg = LearnerSection(zero_stage=zero_stage, lr=1e-6, micro_batch_size=4,
-                         freeze=["model.visual", "model.language_model.embed_tokens"])
+    cfg = LearnerSection(
+        zero_stage=zero_stage, lr=1e-6, micro_batch_size=4, freeze=["model.visual", "model.language_model.embed_tokens"]
+    )
     learner = Learner(cfg, str(path))
     return learner, make_rollouts(learner.processor.tokenizer, frames, pixels, group, 24, 48)
 
 
-def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_size: int = 4, rounds: int = 5,
-                      model: str | None = None, zero_stage: int = 2, wide_blocks: int = 8, wide_frames: int = 4,
-                      wide_pixels: int = 16, wide_group: int = 8) -> int:
+def run_bench_learner(
+    root: str | Path = "runs/bench",
+    groups: int = 4,
+    group_size: int = 4,
+    rounds: int = 5,
+    model: str | None = None,
+    zero_stage: int = 2,
+    wide_blocks: int = 8,
+    wide_frames: int = 4,
+    wide_pixels: int = 16,
+    wide_group: int = 8,
+) -> int:
     from cluster.config import Config
     from cluster.config_loader import load_config
     from learner.engine import Learner, Rollout
@@ -140,8 +170,11 @@ def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_si
     model = model or str(root / "tiny-model")
     if not (Path(model) / "config.json").is_file():
         build_tiny_model(model)
-    cfg = load_config(Config, "configs/demo.yaml", [f"learner.zero_stage={zero_stage}", "learner.lr=1e-5",
-                                                    f"learner.micro_batch_size={group_size}"])
+    cfg = load_config(
+        Config,
+        "configs/demo.yaml",
+        [f"learner.zero_stage={zero_stage}", "learner.lr=1e-5", f"learner.micro_batch_size={group_size}"],
+    )
     learner = Learner(cfg, model)
     items = list(MediaLoader(data, cfg.video.sampling())(load_samples(data / "cot.json")[:groups]))
     tok = learner.processor.tokenizer
@@ -171,8 +204,10 @@ def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_si
         learner.logprobs(ritems, responses)
         lp_times.append(time.perf_counter() - t0)
     pa, gr = statistics.median(times["pa_grpo"]), statistics.median(times["grpo"])
-    print(f"learner benchmark: {len(rollouts)} rollouts ({groups} groups x G={group_size}), {n_tokens} generated tokens, "
-          f"ZeRO-{zero_stage}, {cfg.learner.dtype}, median of {rounds}")
+    print(
+        f"learner benchmark: {len(rollouts)} rollouts ({groups} groups x G={group_size}), {n_tokens} generated tokens, "
+        f"ZeRO-{zero_stage}, {cfg.learner.dtype}, median of {rounds}"
+    )
     print(f"{'PA-GRPO step':32s} {pa * 1e3:9.0f} ms")
     print(f"{'GRPO step':32s} {gr * 1e3:9.0f} ms")
     print(f"{'PA-GRPO / GRPO':32s} {pa / gr:9.2f}   (target <= 1.05)")
@@ -190,6 +225,11 @@ def run_bench_learner(root: str | Path = "runs/bench", groups: int = 4, group_si
         del learner
         wide, wide_rollouts = wide_learner(root, wide_blocks, wide_frames, wide_pixels, wide_group, zero_stage)
         h, w = frame_size(wide_pixels)
-        vision_rows(wide, wide_rollouts, wide_group, rounds,
-                    f"3B width, {wide_blocks} vision blocks, {wide_frames} frames {h}x{w}")
+        vision_rows(
+            wide,
+            wide_rollouts,
+            wide_group,
+            rounds,
+            f"3B width, {wide_blocks} vision blocks, {wide_frames} frames {h}x{w}",
+        )
     return 0

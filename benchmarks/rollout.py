@@ -35,8 +35,7 @@ def raw_gloo_seconds(named: dict, plan, rounds: int = 3) -> float:
 
     sender = WeightSender("127.0.0.1", timeout_s=120)
     host, port, secret = sender.listen("raw")
-    proc = mp.get_context("spawn").Process(target=_raw_receiver, args=(host, port, secret, plan.to_dict(), rounds,
-                                                                       120))
+    proc = mp.get_context("spawn").Process(target=_raw_receiver, args=(host, port, secret, plan.to_dict(), rounds, 120))
     proc.start()
     sender.accept("raw")
     best = float("inf")
@@ -58,7 +57,10 @@ def _prompts(cfg, data: Path, model: str, n: int):
 
     tok = AutoTokenizer.from_pretrained(model)
     samples = [s for s in load_samples(data / "train.json") if s.data_type == "video"][:n]
-    return [RolloutRequest(it.sample.problem_id, vllm_prompt(tok, it)) for it in MediaLoader(data, cfg.video.sampling())(samples)]
+    return [
+        RolloutRequest(it.sample.problem_id, vllm_prompt(tok, it))
+        for it in MediaLoader(data, cfg.video.sampling())(samples)
+    ]
 
 
 def _ensure(data: Path, model: Path, big: Path | None):
@@ -70,12 +72,14 @@ def _ensure(data: Path, model: Path, big: Path | None):
     if not (model / "config.json").is_file():
         build_tiny_model(model)
     if big and not (big / "config.json").is_file():  # ~100M parameters, still head_dim 64
-        build_tiny_model(big, TinySize(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12,
-                                       intermediate_size=3072))
+        build_tiny_model(
+            big, TinySize(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12, intermediate_size=3072)
+        )
 
 
-def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_tokens: int = 256, rounds: int = 3,
-                      with_100m: bool = True) -> int:
+def run_bench_rollout(
+    root: str | Path = "runs/bench", prompts: int = 48, max_tokens: int = 256, rounds: int = 3, with_100m: bool = True
+) -> int:
     import ray
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -104,9 +108,17 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
         # both engines stay up and the rounds alternate, so drift in the machine's speed hits both alike
         llm = start_engine(cfg.rollout, str(tiny))
         group = RolloutGroup(cfg.rollout, cfg.transport, str(tiny), num_workers=1)
-        params = [SamplingParams(n=g, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 max_tokens=max_tokens, seed=request_seed(cfg.rollout.seed, 0, r.request_id), **fixed)
-                  for r in reqs]
+        params = [
+            SamplingParams(
+                n=g,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                max_tokens=max_tokens,
+                seed=request_seed(cfg.rollout.seed, 0, r.request_id),
+                **fixed,
+            )
+            for r in reqs
+        ]
         llm.generate([r.prompt for r in reqs[:4]], params[:4], use_tqdm=False)  # warm-up
         group.generate(reqs[:4], overrides=fixed)
         raw_times, group_times = [], []
@@ -125,12 +137,17 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
         del llm
         gc.collect()
         rows.append(("raw vllm.LLM.generate", f"{tokens / raw_best:,.0f} tok/s", ""))
-        rows.append(("worker group (1 Ray worker)", f"{tokens / best:,.0f} tok/s",
-                     f"{raw_best / best:.2f} of raw (best vs best); median of paired rounds {paired:.2f}"))
+        rows.append(
+            (
+                "worker group (1 Ray worker)",
+                f"{tokens / best:,.0f} tok/s",
+                f"{raw_best / best:.2f} of raw (best vs best); median of paired rounds {paired:.2f}",
+            )
+        )
         for slot in group.slots.values():
             ray.kill(slot.actor, no_restart=True)
 
-        for label, path in (("tiny model", tiny), ("~100M model", big))[:2 if with_100m else 1]:
+        for label, path in (("tiny model", tiny), ("~100M model", big))[: 2 if with_100m else 1]:
             hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
             named = dict(hf.state_dict())
             n_params = sum(t.numel() for t in named.values())
@@ -146,8 +163,13 @@ def run_bench_rollout(root: str | Path = "runs/bench", prompts: int = 48, max_to
                 sync.append(report.seconds)
             raw = raw_gloo_seconds(named, plan, rounds)
             mb = plan.nbytes / 2**20
-            rows.append((f"weight sync, {label} ({n_params / 1e6:.1f}M params, {mb:.0f} MiB)",
-                         f"{min(sync) * 1e3:,.0f} ms", f"{min(sync) / raw:.2f}x raw gloo ({raw * 1e3:,.0f} ms)"))
+            rows.append(
+                (
+                    f"weight sync, {label} ({n_params / 1e6:.1f}M params, {mb:.0f} MiB)",
+                    f"{min(sync) * 1e3:,.0f} ms",
+                    f"{min(sync) / raw:.2f}x raw gloo ({raw * 1e3:,.0f} ms)",
+                )
+            )
             for slot in group.slots.values():
                 ray.kill(slot.actor, no_restart=True)
             del hf, named

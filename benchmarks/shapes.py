@@ -90,8 +90,8 @@ def _vllm_logprobs(res, like):
 
     theirs, mask = torch.zeros_like(like), torch.zeros_like(like)
     for i, r in enumerate(res.responses):
-        theirs[i, :len(r.logprobs)] = torch.tensor(r.logprobs)
-        mask[i, :len(r.logprobs)] = 1
+        theirs[i, : len(r.logprobs)] = torch.tensor(r.logprobs)
+        mask[i, : len(r.logprobs)] = 1
     return theirs, mask
 
 
@@ -105,13 +105,15 @@ def _score(learner, item, res):
 def _plan_row(plan, bucket_mb: float) -> dict:
     import torch
 
-    sizes = [e.numel * torch.empty((), dtype=getattr(torch, b.dtype)).element_size()
-             for b in plan.buckets for e in b.entries]
+    sizes = [
+        e.numel * torch.empty((), dtype=getattr(torch, b.dtype)).element_size() for b in plan.buckets for e in b.entries
+    ]
     return dict(tensors=len(sizes), over_bucket=sum(s > bucket_mb * 2**20 for s in sizes), sync_mb=plan.nbytes / 2**20)
 
 
-def measure(cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: int, version0: int,
-            together: bool = True) -> dict:
+def measure(
+    cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: int, version0: int, together: bool = True
+) -> dict:
     """One row (module docstring) with fresh actors; they are shut down before returning. ``together=False``
     (a shape whose two roles do not fit the machine at once): the worker samples and goes, then the learner scores
     those samples and steps; no sync, no after-update comparison."""
@@ -131,8 +133,9 @@ def measure(cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: i
     learner = rollout = None
 
     def start_rollout(source):
-        return RolloutGroup(cfg.rollout, cfg.transport, str(model), source=source, num_workers=1,
-                            lora_rank=cfg.learner.lora.served_rank)
+        return RolloutGroup(
+            cfg.rollout, cfg.transport, str(model), source=source, num_workers=1, lora_rank=cfg.learner.lora.served_rank
+        )
 
     def stop_rollout(group):
         worker = next(iter(group.slots.values())).actor
@@ -157,9 +160,18 @@ def measure(cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: i
         row["response_tokens"] = sum(len(r.token_ids) for r in res.responses)
         # rewards with variance in both processes that do not cancel: a random model's responses have no
         # observation span, so each token takes the mean of A_P and A_R (learner/masks.py)
-        rollouts = [dict(prompt_index=0, response_ids=r.token_ids, r_perception=float(j % 2),
-                         r_reasoning=float(j >= G / 2), perception_valid=True,
-                         behaviour_logprobs=r.logprobs, stale=False) for j, r in enumerate(res.responses)]
+        rollouts = [
+            dict(
+                prompt_index=0,
+                response_ids=r.token_ids,
+                r_perception=float(j % 2),
+                r_reasoning=float(j >= G / 2),
+                perception_valid=True,
+                behaviour_logprobs=r.logprobs,
+                stale=False,
+            )
+            for j, r in enumerate(res.responses)
+        ]
         t1 = time.perf_counter()
         stats = learner.finish_rl_step(learner.rl_step_async(ray.put([item]), rollouts, G, False))
         row.update(step_s=time.perf_counter() - t1, kl_before=stats["mismatch_kl"], loss=stats.get("loss"))
@@ -188,11 +200,26 @@ def measure(cfg, model: Path, item, tokenizer, allowed: list[int], zero_stage: i
     return row
 
 
-def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",), zero_stages=(2, 3),
-                     frames: int = 16, size: int = 308, max_pixels: int = 128 * 28 * 28, group_size: int = 4,
-                     max_tokens: int = 64, bucket_mb: float = 64, overrides: list[str] = (), verbose: bool = False,
-                     out: str | None = None, text_layers: int = 2, train_embeddings: bool = False,
-                     apart: bool = False, force: bool = False, weights=("full",), lora_rank: int = 64) -> int:
+def run_bench_shapes(
+    root: str | Path = "runs/bench/shapes",
+    shapes=("3b-slice",),
+    zero_stages=(2, 3),
+    frames: int = 16,
+    size: int = 308,
+    max_pixels: int = 128 * 28 * 28,
+    group_size: int = 4,
+    max_tokens: int = 64,
+    bucket_mb: float = 64,
+    overrides: list[str] = (),
+    verbose: bool = False,
+    out: str | None = None,
+    text_layers: int = 2,
+    train_embeddings: bool = False,
+    apart: bool = False,
+    force: bool = False,
+    weights=("full",),
+    lora_rank: int = 64,
+) -> int:
     from cluster.config import Config
     from cluster.config_loader import load_config
     from transformers import AutoTokenizer
@@ -215,10 +242,21 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
         hf_logging.disable_progress_bar()  # "Writing model shards" while a slice is built
     root = Path(root)
     data = _data(root, frames, size)
-    base = [f"data.dir={data}", f"video.nframes={frames}", f"video.max_pixels={max_pixels}", "rollout.num_cpus=1",
-            f"rollout.group_size={group_size}", f"rollout.max_tokens={max_tokens}", "rollout.max_model_len=4096",
-            "learner.num_cpus=1", "learner.lr=1e-3", f"learner.micro_batch_size={group_size}",
-            f"transport.bucket_mb={bucket_mb}", "transport.timeout_s=300", "rollout.kv_cache_gib=0.5"]
+    base = [
+        f"data.dir={data}",
+        f"video.nframes={frames}",
+        f"video.max_pixels={max_pixels}",
+        "rollout.num_cpus=1",
+        f"rollout.group_size={group_size}",
+        f"rollout.max_tokens={max_tokens}",
+        "rollout.max_model_len=4096",
+        "learner.num_cpus=1",
+        "learner.lr=1e-3",
+        f"learner.micro_batch_size={group_size}",
+        f"transport.bucket_mb={bucket_mb}",
+        "transport.timeout_s=300",
+        "rollout.kv_cache_gib=0.5",
+    ]
     if not train_embeddings:  # their gradients and AdamW moments alone are 3.7 GB (3B) / 13 GB (7B) in float32
         base.append("learner.freeze=[model.visual,model.language_model.embed_tokens,lm_head]")
     base += list(overrides)
@@ -232,15 +270,33 @@ def run_bench_shapes(root: str | Path = "runs/bench/shapes", shapes=("3b-slice",
         tokenizer = AutoTokenizer.from_pretrained(model)
         allowed = text_token_ids(tokenizer)
         for mode in weights:
-            mode_cfg = cfg if mode == "full" else load_config(Config, "configs/demo.yaml", [
-                f"model.path={model}", *base, f"learner.lora.rank={lora_rank}", f"learner.lora.alpha={2 * lora_rank}",
-                f"learner.lora.sync={mode.removeprefix('lora-')}"])
+            mode_cfg = (
+                cfg
+                if mode == "full"
+                else load_config(
+                    Config,
+                    "configs/demo.yaml",
+                    [
+                        f"model.path={model}",
+                        *base,
+                        f"learner.lora.rank={lora_rank}",
+                        f"learner.lora.alpha={2 * lora_rank}",
+                        f"learner.lora.sync={mode.removeprefix('lora-')}",
+                    ],
+                )
+            )
             for z in zero_stages:
                 print(f"[shapes] {shape}, {mode}, ZeRO-{z} ...", flush=True)
                 head = {"shape": shape, "weights": mode, "zero_stage": z}
                 try:
-                    rows.append({**head, **measure(mode_cfg, model, item, tokenizer, allowed, z, version0=10 * z + 1,
-                                                   together=not apart)})
+                    rows.append(
+                        {
+                            **head,
+                            **measure(
+                                mode_cfg, model, item, tokenizer, allowed, z, version0=10 * z + 1, together=not apart
+                            ),
+                        }
+                    )
                 except Exception as e:  # noqa: BLE001 - e.g. Ray's OOM killer: a row of the table, the others run
                     why = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     rows.append({**head, "ok": False, "error": f"{type(e).__name__}: {why[:160]}"})
@@ -254,38 +310,58 @@ def _num(v, width: int, fmt: str) -> str:
     return f"{'-':>{width}s}" if v is None else f"{v:>{width}{fmt}}"
 
 
-def table(rows: list[dict], frames: int, max_pixels: int, group_size: int, bucket_mb: float, text_layers: int,
-          train_embeddings: bool, lora_rank: int = 64) -> str:
-    lines = [f"shapes benchmark (CPU, float32): released widths, {text_layers} decoder layer(s) and 4 vision blocks; "
-             f"{frames} frames of at most {max_pixels} px, G={group_size}, {bucket_mb:g} MiB buckets; "
-             f"trained: decoder layers{' and embeddings' if train_embeddings else ' (embeddings and vision frozen)'}; "
-             f"mismatch KL bound {KL_BOUND:g}",
-             f"{'shape':17s} {'weights':12s} {'ZeRO':>4s} {'prompt':>6s} {'resp':>5s} {'tensors':>7s} {'>bucket':>7s} {'sync MiB':>8s} "
-             f"{'sync s':>6s} {'gen s':>6s} {'step s':>6s} {'KL before':>9s} {'moved':>7s} {'KL after':>9s} "
-             f"{'learner GiB':>11s} "
-             f"{'rollout GiB':>11s} {'ok':>3s}"]
+def table(
+    rows: list[dict],
+    frames: int,
+    max_pixels: int,
+    group_size: int,
+    bucket_mb: float,
+    text_layers: int,
+    train_embeddings: bool,
+    lora_rank: int = 64,
+) -> str:
+    lines = [
+        f"shapes benchmark (CPU, float32): released widths, {text_layers} decoder layer(s) and 4 vision blocks; "
+        f"{frames} frames of at most {max_pixels} px, G={group_size}, {bucket_mb:g} MiB buckets; "
+        f"trained: decoder layers{' and embeddings' if train_embeddings else ' (embeddings and vision frozen)'}; "
+        f"mismatch KL bound {KL_BOUND:g}",
+        f"{'shape':17s} {'weights':12s} {'ZeRO':>4s} {'prompt':>6s} {'resp':>5s} {'tensors':>7s} {'>bucket':>7s} {'sync MiB':>8s} "
+        f"{'sync s':>6s} {'gen s':>6s} {'step s':>6s} {'KL before':>9s} {'moved':>7s} {'KL after':>9s} "
+        f"{'learner GiB':>11s} "
+        f"{'rollout GiB':>11s} {'ok':>3s}",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['shape']:17s} {r['weights']:12s} {r['zero_stage']:>4d} failed: {r['error']}")
             continue
-        lines.append(f"{r['shape']:17s} {r['weights']:12s} {r['zero_stage']:>4d} {r['prompt_tokens']:>6d} "
-                     f"{r['response_tokens']:>5d} {r['tensors']:>7d} {r['over_bucket']:>7d} "
-                     f"{_num(r['sync_mb'], 8, '.0f' if r['sync_mb'] >= 10 else '.2f')} {_num(r['sync_s'], 6, '.2f')} "
-                     f"{_num(r.get('generate_s'), 6, '.2f')} "
-                     f"{r['step_s']:>6.1f} {r['kl_before']:>9.1e} {r['update_shift']:>7.0e} "
-                     f"{_num(r['kl_after'], 9, '.1e')} "
-                     f"{r['learner_gib']:>11.1f} "
-                     f"{r['rollout_gib']:>11.1f} {'yes' if r['ok'] else 'NO':>3s}")
-    lines.append("KL before / after: k3 KL between vLLM's and the learner's log-probs of vLLM's samples, with the "
-                 "same weights, before the update and after it is synced; moved: the update's largest change of a "
-                 "sampled token's log-prob (the update did move the weights)")
+        lines.append(
+            f"{r['shape']:17s} {r['weights']:12s} {r['zero_stage']:>4d} {r['prompt_tokens']:>6d} "
+            f"{r['response_tokens']:>5d} {r['tensors']:>7d} {r['over_bucket']:>7d} "
+            f"{_num(r['sync_mb'], 8, '.0f' if r['sync_mb'] >= 10 else '.2f')} {_num(r['sync_s'], 6, '.2f')} "
+            f"{_num(r.get('generate_s'), 6, '.2f')} "
+            f"{r['step_s']:>6.1f} {r['kl_before']:>9.1e} {r['update_shift']:>7.0e} "
+            f"{_num(r['kl_after'], 9, '.1e')} "
+            f"{r['learner_gib']:>11.1f} "
+            f"{r['rollout_gib']:>11.1f} {'yes' if r['ok'] else 'NO':>3s}"
+        )
+    lines.append(
+        "KL before / after: k3 KL between vLLM's and the learner's log-probs of vLLM's samples, with the "
+        "same weights, before the update and after it is synced; moved: the update's largest change of a "
+        "sampled token's log-prob (the update did move the weights)"
+    )
     if any(r.get("weights", "full") != "full" for r in rows):
-        lines.append(f"weights: full = the trainable weights; lora-merged = LoRA rank {lora_rank}, the adapted layers "
-                     "merged (learner.lora.sync=merged); lora-adapter = the adapters alone, served by vLLM's LoRA "
-                     "support (=adapter); sync s: the learner's gather and snapshot, the transfer and the worker's load")
-    lines.append("peak memory: each role's processes' peak resident sets (VmHWM), summed; the rollout worker's "
-                 "include its vLLM engine processes")
+        lines.append(
+            f"weights: full = the trainable weights; lora-merged = LoRA rank {lora_rank}, the adapted layers "
+            "merged (learner.lora.sync=merged); lora-adapter = the adapters alone, served by vLLM's LoRA "
+            "support (=adapter); sync s: the learner's gather and snapshot, the transfer and the worker's load"
+        )
+    lines.append(
+        "peak memory: each role's processes' peak resident sets (VmHWM), summed; the rollout worker's "
+        "include its vLLM engine processes"
+    )
     if any(not r.get("together", True) for r in rows):
-        lines.append("sync and KL after '-': the roles ran one after the other (--apart), as both do not fit this "
-                     "machine at once; KL before compares the worker's samples with the learner that scored them")
+        lines.append(
+            "sync and KL after '-': the roles ran one after the other (--apart), as both do not fit this "
+            "machine at once; KL before compares the worker's samples with the learner that scored them"
+        )
     return "\n".join(lines)

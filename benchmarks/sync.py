@@ -95,8 +95,9 @@ def _model(mb: float, fill: bool = True) -> tuple[dict, WeightPlan]:
     return named, plan_buckets(named.items(), 1, bucket_mb=64)
 
 
-def _run(scheme: str, receivers: int, mb: float, rounds: int,
-         where: Placement | None = None) -> tuple[float, float, int]:
+def _run(
+    scheme: str, receivers: int, mb: float, rounds: int, where: Placement | None = None
+) -> tuple[float, float, int]:
     """The median seconds and sender bytes per sync of ``mb`` MiB to ``receivers`` processes, each process where
     ``where`` puts it (default: all on this machine's loopback), and how many hosts (network namespaces) they were
     on: the proof that the placement took effect."""
@@ -107,8 +108,12 @@ def _run(scheme: str, receivers: int, mb: float, rounds: int,
     grouped = scheme != "channels"
     world = receivers + 1 if grouped else 2
     plan = _model(mb, fill=False)[1]
-    procs = [ctx.Process(target=_receiver, args=(queues[i], scheme, i + 1 if grouped else 1, world, plan.to_dict(),
-                                                  rounds, done)) for i in range(receivers)]
+    procs = [
+        ctx.Process(
+            target=_receiver, args=(queues[i], scheme, i + 1 if grouped else 1, world, plan.to_dict(), rounds, done)
+        )
+        for i in range(receivers)
+    ]
     procs.append(ctx.Process(target=_sender, args=(where.sender_ip, scheme, queues, done, mb, rounds, results)))
     pythons = [where.of_receiver(i) for i in range(receivers)] + [where.sender_python]
     for p, python in zip(procs, pythons):
@@ -123,7 +128,9 @@ def _run(scheme: str, receivers: int, mb: float, rounds: int,
             except queue.Empty:
                 failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if failed or not procs[-1].is_alive():
-                    raise RuntimeError(f"{scheme} sync to {receivers} receiver(s): a process exited ({failed})") from None
+                    raise RuntimeError(
+                        f"{scheme} sync to {receivers} receiver(s): a process exited ({failed})"
+                    ) from None
     finally:
         for p in procs:
             p.join(timeout=60)
@@ -134,8 +141,10 @@ def _run(scheme: str, receivers: int, mb: float, rounds: int,
 
 def run_bench_sync(mb: float = 256, rounds: int = 3, receivers: tuple[int, ...] = (1, 2, 4)) -> int:
     nbytes = _model(mb, fill=False)[1].nbytes
-    print(f"\nWeight sync of {nbytes / 2**20:.0f} MiB (float32, 64 MiB buckets), gloo on loopback, receivers that only "
-          f"receive; median of {rounds} rounds")
+    print(
+        f"\nWeight sync of {nbytes / 2**20:.0f} MiB (float32, 64 MiB buckets), gloo on loopback, receivers that only "
+        f"receive; median of {rounds} rounds"
+    )
     print(f"{'receivers':>9s} {'scheme':>22s} {'seconds':>8s} {'sender bytes / model':>21s} {'vs 1 receiver':>14s}")
     schemes = {"per-worker channels": "channels", "group, gloo broadcast": "collective", "group, relay": "relay"}
     for scheme, key in schemes.items():

@@ -44,30 +44,49 @@ def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: i
 
     root = Path(root)
     data, model = _setup(root)
-    base = [f"model.path={model}", f"data.dir={data}", f"trainer.prompts_per_step={prompts}", "trainer.checkpoint_every=0",
-            f"trainer.steps={steps + 1}", "trainer.log_rollouts=false", f"sft.steps={sft_steps}", "sft.checkpoint_every=0"]
+    base = [
+        f"model.path={model}",
+        f"data.dir={data}",
+        f"trainer.prompts_per_step={prompts}",
+        "trainer.checkpoint_every=0",
+        f"trainer.steps={steps + 1}",
+        "trainer.log_rollouts=false",
+        f"sft.steps={sft_steps}",
+        "sft.checkpoint_every=0",
+    ]
     sft_out = sft_dir(root, sft_steps)
     cfg = load_config(Config, "configs/demo.yaml", base + [f"run.out_dir={sft_out}"])
-    runs = {"pa_grpo, synchronous": ["trainer.max_staleness=0"], "pa_grpo, overlapped": ["trainer.max_staleness=1"],
-            "grpo, synchronous": ["trainer.max_staleness=0", "learner.algorithm=grpo"]}
+    runs = {
+        "pa_grpo, synchronous": ["trainer.max_staleness=0"],
+        "pa_grpo, overlapped": ["trainer.max_staleness=1"],
+        "grpo, synchronous": ["trainer.max_staleness=0", "learner.algorithm=grpo"],
+    }
     results = {}
     with Stack(cfg, verbose()) as stack:
-        sft = run_sft(cfg, stack=stack) if not (sft_out / "hf" / "config.json").is_file() else {
-            "hf": str(sft_out / "hf")}
+        sft = (
+            run_sft(cfg, stack=stack) if not (sft_out / "hf" / "config.json").is_file() else {"hf": str(sft_out / "hf")}
+        )
         for name, extra in runs.items():
             out = root / ("train-" + name.replace(", ", "-"))
             shutil.rmtree(out, ignore_errors=True)
-            c = load_config(Config, "configs/demo.yaml", base + extra + [f"run.out_dir={out}", f"model.path={sft['hf']}"])
+            c = load_config(
+                Config, "configs/demo.yaml", base + extra + [f"run.out_dir={out}", f"model.path={sft['hf']}"]
+            )
             c.cache.url, c.cache.start_local = cfg.cache.url, False
             run_train(c, stack=stack)
             rows = RunDir(out).metrics()
             for prev, row in zip(rows, rows[1:]):  # wall time between step ends: logging and bookkeeping included
                 row["wall"] = row["time"] - prev["time"]
             results[name] = rows[1:]  # the first step warms up
-    print(f"\nRL step benchmark: {steps} steps after a warm-up, B={prompts} prompts x G={cfg.rollout.group_size}, "
-          f"tiny model after {sft_steps} SFT steps, 1 rollout worker, 1 learner rank (median seconds per step)")
-    print(f"{'run':22s} {'step':>6s} " + " ".join(f"{p[5:]:>8s}" for p in PARTS)
-          + f" {'overhead':>9s} {'gen tokens':>10s}")
+    print(
+        f"\nRL step benchmark: {steps} steps after a warm-up, B={prompts} prompts x G={cfg.rollout.group_size}, "
+        f"tiny model after {sft_steps} SFT steps, 1 rollout worker, 1 learner rank (median seconds per step)"
+    )
+    print(
+        f"{'run':22s} {'step':>6s} "
+        + " ".join(f"{p[5:]:>8s}" for p in PARTS)
+        + f" {'overhead':>9s} {'gen tokens':>10s}"
+    )
     med, upd = {}, {}
     for name, rows in results.items():
         med[name] = statistics.median(r["wall"] for r in rows)
@@ -76,10 +95,14 @@ def run_bench_train(root: str | Path = "runs/bench", steps: int = 10, prompts: i
         # step wall (end to end) / the parts; in overlapped mode the parts run at the same time, so it is < 1
         overhead = statistics.median(r["wall"] / sum(r[p] for p in PARTS) for r in rows)
         tokens = statistics.median(r["generated_tokens"] for r in rows)
-        print(f"{name:22s} {med[name]:6.2f} " + " ".join(f"{p:8.2f}" for p in parts) + f" {overhead:9.3f} {tokens:10.0f}")
+        print(
+            f"{name:22s} {med[name]:6.2f} " + " ".join(f"{p:8.2f}" for p in parts) + f" {overhead:9.3f} {tokens:10.0f}"
+        )
     sync, over, grpo = med["pa_grpo, synchronous"], med["pa_grpo, overlapped"], med["grpo, synchronous"]
     print(f"\noverlapped / synchronous step time: {over / sync:.2f}  (2 cores shared by generation and update)")
-    print(f"PA-GRPO / GRPO step time: {sync / grpo:.3f} end to end (target <= 1.03); update alone "
-          f"{upd['pa_grpo, synchronous'] / upd['grpo, synchronous']:.3f}. The two policies drift apart from step 1, so "
-          "their responses (and generation times) differ in length: compare the gen tokens column.")
+    print(
+        f"PA-GRPO / GRPO step time: {sync / grpo:.3f} end to end (target <= 1.03); update alone "
+        f"{upd['pa_grpo, synchronous'] / upd['grpo, synchronous']:.3f}. The two policies drift apart from step 1, so "
+        "their responses (and generation times) differ in length: compare the gen tokens column."
+    )
     return 0

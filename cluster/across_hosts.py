@@ -94,19 +94,27 @@ def check_storage(out_dir: str, model_path: str, timeout_s: float = 300) -> None
     token = write_marker(out_dir)
     expect = {"out_dir": out_dir, "token": token, "model_path": model_path, "model_digest": config_digest(model_path)}
     task = ray.remote(num_cpus=0, max_retries=0)(probe)
-    refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(expect) for n in nodes}
+    refs = {
+        n["NodeManagerAddress"]: task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(expect)
+        for n in nodes
+    }
     try:
         done = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:
-        raise ConfigError(f"the shared-storage check did not finish on every node within {timeout_s:.0f} s "
-                          f"({type(e).__name__}): is every node up?") from None
+        raise ConfigError(
+            f"the shared-storage check did not finish on every node within {timeout_s:.0f} s "
+            f"({type(e).__name__}): is every node up?"
+        ) from None
     finally:
         (Path(out_dir) / MARKER).unlink(missing_ok=True)
     bad = [f"{r['host']} ({ip}) does not see {' and '.join(r['missing'])}" for ip, r in done.items() if r["missing"]]
     if bad:
-        raise ConfigError("; ".join(bad) + ": run.out_dir and model.path must be storage every node mounts at the same "
-                          "path (docs/multihost.md)")
+        raise ConfigError(
+            "; ".join(bad) + ": run.out_dir and model.path must be storage every node mounts at the same "
+            "path (docs/multihost.md)"
+        )
 
 
 def alive_nodes() -> int:
@@ -122,6 +130,7 @@ def check_reachable(cfg, cache_url: str | None) -> None:
     problems = loopback_settings(cfg, cache_url)
     nodes = alive_nodes() if problems else 1
     if nodes > 1:
-        raise ConfigError(f"this cluster has {nodes} nodes, and other hosts would reach their own loopback "
-                          f"through: {'; '.join(problems)}")
-
+        raise ConfigError(
+            f"this cluster has {nodes} nodes, and other hosts would reach their own loopback "
+            f"through: {'; '.join(problems)}"
+        )

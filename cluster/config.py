@@ -13,6 +13,7 @@ from cluster.config_loader import Resources, Section, check_resources
 from cluster.config_services import CacheSection, MetricsSection, TransportSection
 from videoqa.video import PIXEL_FACTOR, FrameSampling
 
+
 class RunSection(Section):
     name: str = "demo"  # the run's name (metrics labels, trackers)
     out_dir: str = "runs/demo"  # checkpoints, rollout logs, metrics and summary go below this (made absolute)
@@ -41,8 +42,9 @@ class VideoSection(Section):
 
     def sampling(self, factor: int = PIXEL_FACTOR) -> FrameSampling:
         """``factor``: the model family's patch x merge (``videoqa.families``), which frame sides are multiples of."""
-        return FrameSampling(self.fps, self.min_frames, self.max_frames, self.nframes, self.min_pixels, self.max_pixels,
-                             factor)
+        return FrameSampling(
+            self.fps, self.min_frames, self.max_frames, self.nframes, self.min_pixels, self.max_pixels, factor
+        )
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -90,14 +92,18 @@ class EngineSection(Section):
     @model_validator(mode="after")
     def _device_resources(self):
         if self.engine_in_process and self.tensor_parallel_size > 1:
-            raise ValueError(f"engine_in_process=true needs tensor_parallel_size=1 (the engine's "
-                             f"{self.tensor_parallel_size} tensor-parallel ranks are processes of their own)")
+            raise ValueError(
+                f"engine_in_process=true needs tensor_parallel_size=1 (the engine's "
+                f"{self.tensor_parallel_size} tensor-parallel ranks are processes of their own)"
+            )
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device=cuda needs num_gpus > 0")
         if self.device == "cuda" and self.num_gpus < self.tensor_parallel_size:
             # the engine's tensor-parallel processes use the GPUs Ray gives its actor (CUDA_VISIBLE_DEVICES)
-            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} needs num_gpus >= "
-                             f"{self.tensor_parallel_size} (the engine's GPUs come from its Ray actor)")
+            raise ValueError(
+                f"tensor_parallel_size={self.tensor_parallel_size} needs num_gpus >= "
+                f"{self.tensor_parallel_size} (the engine's GPUs come from its Ray actor)"
+            )
         return self
 
 
@@ -127,8 +133,10 @@ class RolloutSection(EngineSection):
     @model_validator(mode="after")
     def _worker_bound(self):
         if self.max_workers < self.num_workers:
-            raise ValueError(f"rollout.max_workers={self.max_workers} is below rollout.num_workers={self.num_workers}: "
-                             "raise max_workers")
+            raise ValueError(
+                f"rollout.max_workers={self.max_workers} is below rollout.num_workers={self.num_workers}: "
+                "raise max_workers"
+            )
         return self
 
 
@@ -154,8 +162,9 @@ class LoraSection(Section):
         except re.error as e:
             raise ValueError(f"target_modules is not a valid regular expression: {e}") from None
         if self.sync == "adapter" and not 0 < self.rank <= MAX_SERVED_LORA_RANK:
-            raise ValueError(f"sync=adapter needs 0 < rank <= {MAX_SERVED_LORA_RANK} (vLLM's largest LoRA rank); "
-                             "use sync=merged")
+            raise ValueError(
+                f"sync=adapter needs 0 < rank <= {MAX_SERVED_LORA_RANK} (vLLM's largest LoRA rank); use sync=merged"
+            )
         return self
 
     @property
@@ -297,10 +306,16 @@ class JudgeSection(Section):
     def _model_named(self):
         if self.backend in ("vllm", "http") and not self.model:
             raise ValueError(f"judge.backend={self.backend} needs judge.model")
-        if self.backend == "http" and not is_local_url(self.base_url) and not self.base_url.startswith("https://") \
-                and not self.allow_insecure_http:
-            raise ValueError(f"judge.base_url {self.base_url} is not https: the API key would travel in clear (use "
-                             "https, or set judge.allow_insecure_http=true for a trusted network)")
+        if (
+            self.backend == "http"
+            and not is_local_url(self.base_url)
+            and not self.base_url.startswith("https://")
+            and not self.allow_insecure_http
+        ):
+            raise ValueError(
+                f"judge.base_url {self.base_url} is not https: the API key would travel in clear (use "
+                "https, or set judge.allow_insecure_http=true for a trusted network)"
+            )
         return self
 
 
@@ -328,28 +343,45 @@ class Config(Section):
         if self.rollout.group_size < 2:
             raise ValueError("rollout.group_size must be >= 2 (one sample per prompt has no group to compare with)")
         if self.trainer.prompts_per_step % self.learner.num_ranks:
-            raise ValueError(f"trainer.prompts_per_step={self.trainer.prompts_per_step} must be a multiple of "
-                             f"learner.num_ranks={self.learner.num_ranks} (whole groups go to each rank)")
-        for name, n in (("rollout.max_tokens", self.rollout.max_tokens), ("eval.max_tokens", self.eval.max_tokens),
-                        ("cot.max_tokens", self.cot.max_tokens)):
+            raise ValueError(
+                f"trainer.prompts_per_step={self.trainer.prompts_per_step} must be a multiple of "
+                f"learner.num_ranks={self.learner.num_ranks} (whole groups go to each rank)"
+            )
+        for name, n in (
+            ("rollout.max_tokens", self.rollout.max_tokens),
+            ("eval.max_tokens", self.eval.max_tokens),
+            ("cot.max_tokens", self.cot.max_tokens),
+        ):
             if n >= self.rollout.max_model_len:  # the prompt (with its video tokens) needs room too
-                raise ValueError(f"{name}={n} leaves no room for the prompt in rollout.max_model_len="
-                                 f"{self.rollout.max_model_len}: raise max_model_len or lower {name}")
+                raise ValueError(
+                    f"{name}={n} leaves no room for the prompt in rollout.max_model_len="
+                    f"{self.rollout.max_model_len}: raise max_model_len or lower {name}"
+                )
         if self.rollout.temperature == 0:  # vLLM refuses n > 1 at greedy sampling, and a group would be flat
-            raise ValueError(f"rollout.temperature=0 gives rollout.group_size={self.rollout.group_size} identical "
-                             "samples: set rollout.temperature > 0 (e.g. 1.0)")
+            raise ValueError(
+                f"rollout.temperature=0 gives rollout.group_size={self.rollout.group_size} identical "
+                "samples: set rollout.temperature > 0 (e.g. 1.0)"
+            )
         if self.cot.samples > 1 and self.cot.temperature == 0:
-            raise ValueError(f"cot.samples={self.cot.samples} at cot.temperature=0 gives {self.cot.samples} identical "
-                             "outputs: set cot.temperature > 0 (e.g. 0.7) or cot.samples=1")
+            raise ValueError(
+                f"cot.samples={self.cot.samples} at cot.temperature=0 gives {self.cot.samples} identical "
+                "outputs: set cot.temperature > 0 (e.g. 0.7) or cot.samples=1"
+            )
         gpus_both_ends = self.rollout.device == "cuda" and self.learner.num_gpus > 0
         if self.transport.backend is None:
             object.__setattr__(self.transport, "backend", "nccl" if gpus_both_ends else "gloo")
         if self.transport.backend == "nccl" and not gpus_both_ends:
-            raise ValueError("transport.backend=nccl needs GPUs on both ends (rollout.device=cuda and "
-                             "learner.num_gpus > 0): use transport.backend=gloo on the CPU")
+            raise ValueError(
+                "transport.backend=nccl needs GPUs on both ends (rollout.device=cuda and "
+                "learner.num_gpus > 0): use transport.backend=gloo on the CPU"
+            )
         if self.sft.batch_size % self.learner.num_ranks:
             raise ValueError(f"sft.batch_size={self.sft.batch_size} must be a multiple of learner.num_ranks")
-        for name, section in (("rollout", self.rollout), ("learner", self.learner), ("reward", self.reward),
-                              ("judge.engine", self.judge.engine)):
+        for name, section in (
+            ("rollout", self.rollout),
+            ("learner", self.learner),
+            ("reward", self.reward),
+            ("judge.engine", self.judge.engine),
+        ):
             check_resources(section.resources, name)
         return self

@@ -33,8 +33,15 @@ class EvalSection(Section):
 
     def sampling(self, video: VideoSection, factor: int = PIXEL_FACTOR) -> FrameSampling:
         """Frames for evaluation: ``nframes`` frames of at most ``max_pixels`` (the video section's minimum)."""
-        return FrameSampling(video.fps, video.min_frames, max(video.max_frames, self.nframes), self.nframes,
-                             min(video.min_pixels, self.max_pixels), self.max_pixels, factor)
+        return FrameSampling(
+            video.fps,
+            video.min_frames,
+            max(video.max_frames, self.nframes),
+            self.nframes,
+            min(video.min_pixels, self.max_pixels),
+            self.max_pixels,
+            factor,
+        )
 
 
 class CotSection(Section):

@@ -33,8 +33,10 @@ Resources = dict[str, float]
 def check_resources(resources: Resources, section: str) -> Resources:
     for name, amount in resources.items():
         if name in ("CPU", "GPU", "memory", "object_store_memory"):
-            raise ValueError(f"{section}.resources names {name!r}: use {section}.num_cpus / num_gpus for CPU and GPU "
-                             "(resources holds Ray custom resources, e.g. {rollout: 1})")
+            raise ValueError(
+                f"{section}.resources names {name!r}: use {section}.num_cpus / num_gpus for CPU and GPU "
+                "(resources holds Ray custom resources, e.g. {rollout: 1})"
+            )
         if not amount > 0:
             raise ValueError(f"{section}.resources.{name}={amount}: an amount must be above 0")
     return resources
@@ -102,8 +104,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _explain(model: type[BaseModel], err: ValidationError, source: str, overridden: set[str] = frozenset()
-             ) -> ConfigError:
+def _explain(
+    model: type[BaseModel], err: ValidationError, source: str, overridden: set[str] = frozenset()
+) -> ConfigError:
     """One line naming each bad key and where it came from: the file, or the command line's dotted override."""
     by_source: dict[str, list[str]] = {}
     known = _known_keys(model)

@@ -16,8 +16,13 @@ def place_paths(cfg, env=os.environ):
     inside its run folder); in a job without it a relative output folder is an error."""
     root = env.get("VIDEOP2R_OUT_ROOT")
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in env  # set by Ray for a job's entrypoint
-    for name, key, output in (("run", "out_dir", True), ("eval", "out_dir", True), ("cot", "out_dir", True),
-                              ("model", "path", False), ("data", "dir", False)):
+    for name, key, output in (
+        ("run", "out_dir", True),
+        ("eval", "out_dir", True),
+        ("cot", "out_dir", True),
+        ("model", "path", False),
+        ("data", "dir", False),
+    ):
         section = getattr(cfg, name)
         value = getattr(section, key)
         if not value or Path(value).is_absolute() or (not output and Path(value).exists()):
@@ -25,9 +30,11 @@ def place_paths(cfg, env=os.environ):
         if root:
             setattr(section, key, str(Path(root) / value))
         elif in_job and output:
-            raise ConfigError(f"{name}.{key}={value} is relative, and this job runs in Ray's temporary copy of the "
-                              "repository: give deploy/submit.sh --out-root DIR (storage the head node writes) or an "
-                              f"absolute {name}.{key}")
+            raise ConfigError(
+                f"{name}.{key}={value} is relative, and this job runs in Ray's temporary copy of the "
+                "repository: give deploy/submit.sh --out-root DIR (storage the head node writes) or an "
+                f"absolute {name}.{key}"
+            )
     return absolute_paths(cfg)
 
 
@@ -36,9 +43,15 @@ def absolute_paths(cfg):
     is not the driver's. Symlinks are kept as given (``os.path.abspath``, not ``resolve``): the link may be the
     path every host shares while its target is one host's mount. Model names that are not local folders (a hub id
     for the tokenizer or judge) stay as they are."""
-    for section, key, always in ((cfg.run, "out_dir", True), (cfg.eval, "out_dir", True), (cfg.cot, "out_dir", True),
-                                 (cfg.model, "path", True), (cfg.data, "dir", True), (cfg.reward, "tokenizer", False),
-                                 (cfg.judge, "model", False)):
+    for section, key, always in (
+        (cfg.run, "out_dir", True),
+        (cfg.eval, "out_dir", True),
+        (cfg.cot, "out_dir", True),
+        (cfg.model, "path", True),
+        (cfg.data, "dir", True),
+        (cfg.reward, "tokenizer", False),
+        (cfg.judge, "model", False),
+    ):
         value = getattr(section, key)
         if section is cfg.judge and cfg.judge.backend != "vllm":  # an endpoint's model name, not a folder
             continue

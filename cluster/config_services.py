@@ -34,8 +34,10 @@ class TransportSection(Section):
     @model_validator(mode="after")
     def _connectable(self):
         if self.host is not None and self.host.strip("[]") in ("0.0.0.0", "::", ""):
-            raise ValueError(f"transport.host={self.host!r} is no address a worker can connect to: leave it unset "
-                             "(each learner uses its node's address) or give that address")
+            raise ValueError(
+                f"transport.host={self.host!r} is no address a worker can connect to: leave it unset "
+                "(each learner uses its node's address) or give that address"
+            )
         return self
 
 

@@ -17,8 +17,9 @@ class ControlPlane:
         import redis
 
         self.run_id = run_id
-        self._client = redis.Redis.from_url(url, password=password, socket_timeout=timeout_s,
-                                            socket_connect_timeout=timeout_s)
+        self._client = redis.Redis.from_url(
+            url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self._errors = (redis.RedisError, OSError)
         self._warned = False
         self.unavailable = 0  # reads or writes that failed
@@ -31,8 +32,9 @@ class ControlPlane:
     def _failed(self, e: Exception) -> None:
         self.unavailable += 1
         if not self._warned:
-            log.warning("control plane (Redis) unavailable (%s): keeping the current rollout worker count",
-                        type(e).__name__)
+            log.warning(
+                "control plane (Redis) unavailable (%s): keeping the current rollout worker count", type(e).__name__
+            )
             self._warned = True
 
     def set_desired_workers(self, n: int) -> None:
@@ -60,8 +62,12 @@ class ControlPlane:
             self.rejected += 1
             if value != self._last_refused:
                 self._last_refused = value
-                log.warning("ignoring a desired rollout worker count of %r: it must be a number from 1 to %s "
-                            "(rollout.max_workers)", value[:40] if isinstance(value, bytes) else value, most)
+                log.warning(
+                    "ignoring a desired rollout worker count of %r: it must be a number from 1 to %s "
+                    "(rollout.max_workers)",
+                    value[:40] if isinstance(value, bytes) else value,
+                    most,
+                )
             return None
         return n
 

@@ -23,8 +23,12 @@ def score_items(rollout, pool, tokenizer, items, eval_cfg, request_ids: list[str
     """Generate one response per loaded sample and score it; ``pool`` None skips the judge (verdict None)."""
     ids = request_ids or [f"eval:{k}:{it.sample.problem_id}" for k, it in enumerate(items)]
     requests = [RolloutRequest(rid, vllm_prompt(tokenizer, it, eval_cfg.prompt)) for rid, it in zip(ids, items)]
-    overrides = {"n": 1, "temperature": eval_cfg.temperature, "top_p": eval_cfg.top_p,
-                 "max_tokens": eval_cfg.max_tokens}
+    overrides = {
+        "n": 1,
+        "temperature": eval_cfg.temperature,
+        "top_p": eval_cfg.top_p,
+        "max_tokens": eval_cfg.max_tokens,
+    }
     results = rollout.generate(requests, step=0, overrides=overrides)
     outputs = [r.responses[0].text for r in results]
     verdicts: list[bool | None] = [None] * len(items)
@@ -34,12 +38,19 @@ def score_items(rollout, pool, tokenizer, items, eval_cfg, request_ids: list[str
     records = []
     for it, text, verdict in zip(items, outputs, verdicts):
         s, parsed = it.sample, parse_response(text)
-        records.append({
-            "problem_id": s.problem_id, "problem_type": s.problem_type, "data_type": s.data_type,
-            "output": text, "prediction": predicted_answer(text), "score": eval_score(text, s.solution, s.problem_type),
-            "mismatch": think_answer_mismatch(text, s.problem_type), "verdict": verdict,
-            "format_ok": parsed.perception_format and parsed.reasoning_format,
-        })
+        records.append(
+            {
+                "problem_id": s.problem_id,
+                "problem_type": s.problem_type,
+                "data_type": s.data_type,
+                "output": text,
+                "prediction": predicted_answer(text),
+                "score": eval_score(text, s.solution, s.problem_type),
+                "mismatch": think_answer_mismatch(text, s.problem_type),
+                "verdict": verdict,
+                "format_ok": parsed.perception_format and parsed.reasoning_format,
+            }
+        )
     return records
 
 
@@ -61,11 +72,14 @@ def summarize(records: list[dict], judged: bool = True) -> dict:
         by_type.setdefault(r["problem_type"], []).append(r["score"])
     told = [r["mismatch"] for r in records if r["mismatch"] is not None]
     out = {
-        "n": len(records), "accuracy": acc, "accuracy_se": acc_se,
+        "n": len(records),
+        "accuracy": acc,
+        "accuracy_se": acc_se,
         "accuracy_by_type": {t: float(np.mean(v)) for t, v in sorted(by_type.items())},
         "rows_by_type": {t: len(v) for t, v in sorted(by_type.items())},
         "format_rate": float(np.mean([r["format_ok"] for r in records])) if records else float("nan"),
-        "mismatch_rate": float(np.mean(told)) if told else float("nan"), "mismatch_rows": len(told),
+        "mismatch_rate": float(np.mean(told)) if told else float("nan"),
+        "mismatch_rows": len(told),
         "per_row_accuracy": scores,
     }
     if judged:
@@ -85,4 +99,8 @@ def paired_gain(before: dict, after: dict, key: str = "per_row_accuracy") -> dic
     """after - before on the same questions, with the standard error of the paired differences."""
     d = np.array(after[key]) - np.array(before[key])
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
-    return {"gain": float(d.mean()), "se": se, "z": float(d.mean() / se) if se > 0 else float("inf") * np.sign(d.mean())}
+    return {
+        "gain": float(d.mean()),
+        "se": se,
+        "z": float(d.mean() / se) if se > 0 else float("inf") * np.sign(d.mean()),
+    }

@@ -53,8 +53,13 @@ class LearnerRank:
     def setup(self, cfg, model_path: str, master: tuple[str, int], with_reference: bool, transport=None) -> dict:
         from learner.deepspeed_setup import pin_interface
 
-        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
-                          MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master[0],
+            MASTER_PORT=str(master[1]),
+        )
         pin_interface(ray.util.get_node_ip_address())  # the world's connections on the node's Ray address
         # Ray gives each actor its GPU (CUDA_VISIBLE_DEVICES), so the local rank inside it is always 0.
         from learner.engine import Learner
@@ -138,8 +143,16 @@ class LearnerRank:
 class LearnerGroup:
     """The learner ranks, driven together. Also the rollout workers' weight source (rank 0's sender)."""
 
-    def __init__(self, cfg, model_path: str, with_reference: bool = True, transport=None, lr: float | None = None,
-                 warmup_steps: int | None = None, timeout_s: float = 600):
+    def __init__(
+        self,
+        cfg,
+        model_path: str,
+        with_reference: bool = True,
+        transport=None,
+        lr: float | None = None,
+        warmup_steps: int | None = None,
+        timeout_s: float = 600,
+    ):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         lcfg = cfg.learner
@@ -152,23 +165,38 @@ class LearnerGroup:
         while not ray.wait([ready], timeout=clock.step())[0]:  # the clock stops while the autoscaler adds nodes
             if clock.expired():
                 ray.util.remove_placement_group(self.placement_group)
-                raise RuntimeError(f"the cluster has no room for the learner within {timeout_s:.0f} s: "
-                                   f"{lacking(bundle, self.world)}: lower learner.num_ranks / num_cpus / num_gpus, "
-                                   "or add nodes")
+                raise RuntimeError(
+                    f"the cluster has no room for the learner within {timeout_s:.0f} s: "
+                    f"{lacking(bundle, self.world)}: lower learner.num_ranks / num_cpus / num_gpus, "
+                    "or add nodes"
+                )
         self.ranks = [
             LearnerRank.options(
-                num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus, resources=dict(lcfg.resources), max_restarts=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i),
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(lcfg.num_cpus))),
-                                          **({} if lcfg.num_gpus else {"DS_ACCELERATOR": "cpu"})}},
+                num_cpus=lcfg.num_cpus,
+                num_gpus=lcfg.num_gpus,
+                resources=dict(lcfg.resources),
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.placement_group, placement_group_bundle_index=i
+                ),
+                runtime_env={
+                    "env_vars": {
+                        "OMP_NUM_THREADS": str(max(1, int(lcfg.num_cpus))),
+                        **({} if lcfg.num_gpus else {"DS_ACCELERATOR": "cpu"}),
+                    }
+                },
             ).remote(i, self.world)
             for i in range(self.world)
         ]
         self.step, self.hosts = 0, [(f"rank {i}", None) for i in range(self.world)]
         self.hosts = self._get([r.host.remote() for r in self.ranks])
         master = self._get(self.ranks[0].address.remote())
-        infos = self._get([r.setup.remote(lcfg, model_path, master, with_reference, transport if i == 0 else None)
-                         for i, r in enumerate(self.ranks)])
+        infos = self._get(
+            [
+                r.setup.remote(lcfg, model_path, master, with_reference, transport if i == 0 else None)
+                for i, r in enumerate(self.ranks)
+            ]
+        )
         self.step = infos[0]["step"]
         self.plan: WeightPlan | None = None
         self._channels: set[str] = set()
@@ -189,9 +217,11 @@ class LearnerGroup:
             # the world cannot go on: its group goes now, or Ray 2.60's GCS re-places the dead node's bundle with no
             # back-off until the job ends (see RolloutGroup._replace_if_node_died)
             ray.util.remove_placement_group(self.placement_group)
-            raise LearnerLost(f"learner {', '.join(lost)} lost (its host is unreachable or its Ray node died) at "
-                              f"step {self.step}; once the host is back, run the same command with "
-                              "run.resume=auto to continue from the last checkpoint in run.out_dir") from e
+            raise LearnerLost(
+                f"learner {', '.join(lost)} lost (its host is unreachable or its Ray node died) at "
+                f"step {self.step}; once the host is back, run the same command with "
+                "run.resume=auto to continue from the last checkpoint in run.out_dir"
+            ) from e
 
     def _unreachable(self, wait_s: float = 60.0, settle_s: float = 45.0) -> list[str]:
         """The ranks whose host is gone, as ``rank N on host (ip)``: on a node Ray declared dead, or no answer
@@ -233,7 +263,7 @@ class LearnerGroup:
 
     def rl_step_async(self, items_ref, rollouts: list[dict], group_size: int, zero_perception: bool) -> list:
         """Starts an update on every rank (whole groups per rank); ``finish_rl_step`` collects it."""
-        groups = [rollouts[i:i + group_size] for i in range(0, len(rollouts), group_size)]
+        groups = [rollouts[i : i + group_size] for i in range(0, len(rollouts), group_size)]
         shards = [[r for g in part for r in g] for part in _shards(groups, self.world)]
         return [r.rl_step.remote(items_ref, s, group_size, zero_perception) for r, s in zip(self.ranks, shards)]
 
@@ -305,13 +335,21 @@ def _shards(xs: list, parts: int) -> list[list]:
     size = len(xs) // parts
     if size * parts != len(xs):
         raise ValueError(f"{len(xs)} items cannot be shared evenly by {parts} learner ranks")
-    return [xs[i * size:(i + 1) * size] for i in range(parts)]
+    return [xs[i * size : (i + 1) * size] for i in range(parts)]
 
 
 def merge_rank_stats(outs: list[dict]) -> dict:
     """Counts add up over ranks; everything else is the ranks' mean (their shards are the same size)."""
-    counts = {"unsplittable", "flat_groups_perception", "flat_groups_reasoning", "flat_groups", "trained_tokens",
-              "perception_tokens", "reasoning_tokens", "vision_tower_calls"}
+    counts = {
+        "unsplittable",
+        "flat_groups_perception",
+        "flat_groups_reasoning",
+        "flat_groups",
+        "trained_tokens",
+        "perception_tokens",
+        "reasoning_tokens",
+        "vision_tower_calls",
+    }
     merged = {}
     for k in outs[0]:
         vals = [o[k] for o in outs]

@@ -26,6 +26,7 @@ JUDGE_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 class RunCount(StrEnum):
     """The driver's run totals (``RLTrainer.counters``, kept in checkpoints)."""
+
     REGENERATED_GROUPS = "regenerated_groups"  # too stale: sampled again before training
     RESAMPLED_GROUPS = "resampled_groups"  # flat groups replaced by fresh prompts (dynamic sampling)
     ZEROED_PERCEPTION_STEPS = "zeroed_perception_steps"  # too many missing verdicts: A_P zeroed for the step
@@ -44,35 +45,57 @@ class RewardMetrics:
         self.registry = r
         self.rollouts = Counter("videop2r_reward_rollouts", "Rollouts scored", registry=r)
         self.judge_outcomes = Counter(
-            "videop2r_judge_outcomes", "Perception verdicts per rollout, by how they were obtained", ["status"], registry=r
+            "videop2r_judge_outcomes",
+            "Perception verdicts per rollout, by how they were obtained",
+            ["status"],
+            registry=r,
         )
-        self.verdicts = Counter("videop2r_judge_verdicts", "Judged rollouts by outcome: yes, no, or no verdict "
-                                "(unparseable, failed, timeout, deadline)", ["outcome"], registry=r)
-        self.judge_calls = Counter("videop2r_judge_calls", "Judge requests sent (after de-duplication and the cache)",
-                                   registry=r)
-        self.judge_seconds = Histogram("videop2r_judge_call_duration_seconds", "Wall time of one judge call (a "
-                                       "reward worker's batch of requests)", buckets=JUDGE_SECONDS_BUCKETS, registry=r)
+        self.verdicts = Counter(
+            "videop2r_judge_verdicts",
+            "Judged rollouts by outcome: yes, no, or no verdict (unparseable, failed, timeout, deadline)",
+            ["outcome"],
+            registry=r,
+        )
+        self.judge_calls = Counter(
+            "videop2r_judge_calls", "Judge requests sent (after de-duplication and the cache)", registry=r
+        )
+        self.judge_seconds = Histogram(
+            "videop2r_judge_call_duration_seconds",
+            "Wall time of one judge call (a reward worker's batch of requests)",
+            buckets=JUDGE_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.cache = Counter("videop2r_verdict_cache", "Verdict-cache operations by result", ["result"], registry=r)
-        self.cache_down_seconds = Counter("videop2r_cache_down_seconds", "Time Redis was unreachable, as the reward "
-                                          "workers saw it", registry=r)
-        self.cache_down_batches = Counter("videop2r_cache_down_batches", "Batches scored while Redis was down",
-                                          registry=r)
-        self.cache_disabled_batches = Counter("videop2r_cache_disabled_batches", "Batches scored with the cache off",
-                                              registry=r)
+        self.cache_down_seconds = Counter(
+            "videop2r_cache_down_seconds", "Time Redis was unreachable, as the reward workers saw it", registry=r
+        )
+        self.cache_down_batches = Counter(
+            "videop2r_cache_down_batches", "Batches scored while Redis was down", registry=r
+        )
+        self.cache_disabled_batches = Counter(
+            "videop2r_cache_disabled_batches", "Batches scored with the cache off", registry=r
+        )
         self.perception_excluded = Counter(
             "videop2r_perception_excluded", "Rollouts left out of perception normalisation (no verdict)", registry=r
         )
-        self.worker_starts = Counter("videop2r_reward_worker_starts", "Reward workers that scored their first batch "
-                                     "(starts and restarts)", registry=r)
-        self.rescored = Counter("videop2r_reward_chunks_rescored", "Reward chunks scored again by another worker (their "
-                                "worker died or its host became unreachable)", registry=r)
+        self.worker_starts = Counter(
+            "videop2r_reward_worker_starts",
+            "Reward workers that scored their first batch (starts and restarts)",
+            registry=r,
+        )
+        self.rescored = Counter(
+            "videop2r_reward_chunks_rescored",
+            "Reward chunks scored again by another worker (their worker died or its host became unreachable)",
+            registry=r,
+        )
         # every counted key -> the (metric, labels) it feeds; checked complete against actors.score_stats
         self.targets: dict[str, list] = {judge_key(s): [(self.judge_outcomes, {"status": s})] for s in JudgeStatus}
         for s in NO_VERDICT:
             self.targets[judge_key(s)].append((self.verdicts, {"outcome": s}))
         self.targets |= {cache_key(c): [(self.cache, {"result": c})] for c in CacheResult}
         self.targets |= {
-            ScoreCount.ROLLOUTS: [(self.rollouts, {})], ScoreCount.JUDGE_CALLS: [(self.judge_calls, {})],
+            ScoreCount.ROLLOUTS: [(self.rollouts, {})],
+            ScoreCount.JUDGE_CALLS: [(self.judge_calls, {})],
             ScoreCount.VERDICT_YES: [(self.verdicts, {"outcome": "yes"})],
             ScoreCount.VERDICT_NO: [(self.verdicts, {"outcome": "no"})],
             ScoreCount.PERCEPTION_EXCLUDED: [(self.perception_excluded, {})],
@@ -105,18 +128,39 @@ class RewardMetrics:
 STEP_GAUGES = {
     "videop2r_step": ((), "RL steps completed", {(): "step"}),
     "videop2r_weight_version": ((), "The learner's weight version", {(): "weight_version"}),
-    "videop2r_reward": (("process", "part"), "Mean reward of the step's rollouts and its parts (VideoP2R Eqs. 3-5)", {
-        ("perception", "total"): "reward_perception", ("reasoning", "total"): "reward_reasoning",
-        ("perception", "accuracy"): "accuracy_perception", ("reasoning", "accuracy"): "accuracy",
-        ("perception", "format"): "format_perception", ("reasoning", "format"): "format_reasoning",
-        ("perception", "length"): "length_perception", ("reasoning", "length"): "length_reasoning"}),
-    "videop2r_judge_yes_ratio": ((), "Share of the step's judged observations found sufficient",
-                                 {(): "judge_yes_rate"}),
-    "videop2r_flat_groups_ratio": (("process",), "Share of groups whose rewards have no variance (no advantage)", {
-        ("perception",): "flat_groups_frac_perception", ("reasoning",): "flat_groups_frac_reasoning"}),
-    "videop2r_segment_tokens": (("segment",), "Mean tokens per rollout in each segment", {
-        ("perception",): "segment_tokens/perception", ("reasoning",): "segment_tokens/reasoning",
-        ("response",): "response_tokens"}),
+    "videop2r_reward": (
+        ("process", "part"),
+        "Mean reward of the step's rollouts and its parts (VideoP2R Eqs. 3-5)",
+        {
+            ("perception", "total"): "reward_perception",
+            ("reasoning", "total"): "reward_reasoning",
+            ("perception", "accuracy"): "accuracy_perception",
+            ("reasoning", "accuracy"): "accuracy",
+            ("perception", "format"): "format_perception",
+            ("reasoning", "format"): "format_reasoning",
+            ("perception", "length"): "length_perception",
+            ("reasoning", "length"): "length_reasoning",
+        },
+    ),
+    "videop2r_judge_yes_ratio": (
+        (),
+        "Share of the step's judged observations found sufficient",
+        {(): "judge_yes_rate"},
+    ),
+    "videop2r_flat_groups_ratio": (
+        ("process",),
+        "Share of groups whose rewards have no variance (no advantage)",
+        {("perception",): "flat_groups_frac_perception", ("reasoning",): "flat_groups_frac_reasoning"},
+    ),
+    "videop2r_segment_tokens": (
+        ("segment",),
+        "Mean tokens per rollout in each segment",
+        {
+            ("perception",): "segment_tokens/perception",
+            ("reasoning",): "segment_tokens/reasoning",
+            ("response",): "response_tokens",
+        },
+    ),
     "videop2r_loss": ((), "Policy loss", {(): "loss"}),
     "videop2r_kl": ((), "KL to the reference (k3)", {(): "kl"}),
     "videop2r_grad_norm": ((), "Gradient norm before clipping", {(): "grad_norm"}),
@@ -127,36 +171,67 @@ STEP_GAUGES = {
     "videop2r_staleness_mean": ((), "Mean weight-version lag of the trained rollouts", {(): "staleness_mean"}),
     "videop2r_staleness_max": ((), "Largest weight-version lag of a trained rollout", {(): "staleness_max"}),
     "videop2r_step_seconds": ((), "Wall time of the last step", {(): "time/step"}),
-    "videop2r_step_phase_seconds": (("phase",), "Time of each phase of the last step", {
-        ("decode",): "time/decode", ("generate",): "time/generate", ("score",): "time/score",
-        ("logprobs",): "time/logprobs", ("update",): "time/optimize", ("sync",): "time/sync"}),
+    "videop2r_step_phase_seconds": (
+        ("phase",),
+        "Time of each phase of the last step",
+        {
+            ("decode",): "time/decode",
+            ("generate",): "time/generate",
+            ("score",): "time/score",
+            ("logprobs",): "time/logprobs",
+            ("update",): "time/optimize",
+            ("sync",): "time/sync",
+        },
+    ),
     "videop2r_sync_seconds": ((), "Weight broadcast time of the last step", {(): "time/sync"}),
-    "videop2r_generated_tokens_per_second": ((), "Tokens generated per second of generation",
-                                             {(): "generated_tokens_per_s"}),
+    "videop2r_generated_tokens_per_second": (
+        (),
+        "Tokens generated per second of generation",
+        {(): "generated_tokens_per_s"},
+    ),
     "videop2r_trained_tokens_per_second": ((), "Tokens trained per second of update", {(): "trained_tokens_per_s"}),
-    "videop2r_padding_ratio": ((), "Share of the update's padded tokens that is padding (learner.micro_batch_tokens "
-                                   "lowers it)", {(): "padding_fraction"}),
-    "videop2r_rollout_workers_desired": ((), "Rollout workers asked for (config or `videop2r scale`)",
-                                         {(): "rollout_workers_desired"}),
+    "videop2r_padding_ratio": (
+        (),
+        "Share of the update's padded tokens that is padding (learner.micro_batch_tokens lowers it)",
+        {(): "padding_fraction"},
+    ),
+    "videop2r_rollout_workers_desired": (
+        (),
+        "Rollout workers asked for (config or `videop2r scale`)",
+        {(): "rollout_workers_desired"},
+    ),
     "videop2r_rollout_workers": ((), "Rollout workers in the group", {(): "rollout_workers"}),
     "videop2r_rollout_workers_ready": ((), "Rollout workers serving", {(): "rollout_workers_ready"}),
     "videop2r_reward_workers": ((), "Reward workers", {(): "reward_workers"}),
-    "videop2r_last_step_timestamp_seconds": ((), "Unix time the last step finished (the run's start before the "
-                                             "first)", {(): "time"}),
+    "videop2r_last_step_timestamp_seconds": (
+        (),
+        "Unix time the last step finished (the run's start before the first)",
+        {(): "time"},
+    ),
 }
 # Run totals in the row (cumulative, so the counters advance by the difference): metric -> (help, row key)
 STEP_TOTALS = {
     "videop2r_generated_tokens": ("Tokens generated", f"total/{RunCount.GENERATED_TOKENS}"),
     "videop2r_trained_tokens": ("Tokens trained", f"total/{RunCount.TRAINED_TOKENS}"),
-    "videop2r_rollout_worker_restarts": ("Rollout workers lost (died or hung) and restarted", "rollout_worker_restarts"),
+    "videop2r_rollout_worker_restarts": (
+        "Rollout workers lost (died or hung) and restarted",
+        "rollout_worker_restarts",
+    ),
     "videop2r_sync_failures": ("Workers that failed to receive a weight version", f"total/{RunCount.SYNC_FAILED}"),
     "videop2r_groups_regenerated": ("Groups sampled again for being too stale", f"total/{RunCount.REGENERATED_GROUPS}"),
     "videop2r_groups_resampled": ("Flat groups replaced (dynamic sampling)", f"total/{RunCount.RESAMPLED_GROUPS}"),
-    "videop2r_perception_zeroed_steps": ("Steps trained without perception advantages (missing verdicts)",
-                                         f"total/{RunCount.ZEROED_PERCEPTION_STEPS}"),
-    "videop2r_nonfinite_steps": ("Steps whose optimizer step was skipped (non-finite)", f"total/{RunCount.NONFINITE_STEPS}"),
-    "videop2r_scale_requests_refused": ("Desired rollout worker counts refused (not 1..rollout.max_workers)",
-                                        f"total/{RunCount.REFUSED_SCALE_REQUESTS}"),
+    "videop2r_perception_zeroed_steps": (
+        "Steps trained without perception advantages (missing verdicts)",
+        f"total/{RunCount.ZEROED_PERCEPTION_STEPS}",
+    ),
+    "videop2r_nonfinite_steps": (
+        "Steps whose optimizer step was skipped (non-finite)",
+        f"total/{RunCount.NONFINITE_STEPS}",
+    ),
+    "videop2r_scale_requests_refused": (
+        "Desired rollout worker counts refused (not 1..rollout.max_workers)",
+        f"total/{RunCount.REFUSED_SCALE_REQUESTS}",
+    ),
 }
 
 _unexported = {f"total/{c}" for c in RunCount} - {key for _, key in STEP_TOTALS.values()}
@@ -168,17 +243,28 @@ class StepMetrics:
     """The run's metrics, served on ``host:port`` (port 0: not served) with prometheus-client's exposition, and
     ``/health``: 200 while steps advance, 503 once none finished for ``stall_after_s``."""
 
-    def __init__(self, port: int = 0, registry: CollectorRegistry | None = None, host: str = "127.0.0.1",
-                 stall_after_s: float = 600.0, run_info: dict | None = None):
+    def __init__(
+        self,
+        port: int = 0,
+        registry: CollectorRegistry | None = None,
+        host: str = "127.0.0.1",
+        stall_after_s: float = 600.0,
+        run_info: dict | None = None,
+    ):
         r = self.registry = registry if registry is not None else CollectorRegistry()
-        self.gauges = {name: Gauge(name, doc, list(labels), registry=r)
-                       for name, (labels, doc, _) in STEP_GAUGES.items()}
+        self.gauges = {
+            name: Gauge(name, doc, list(labels), registry=r) for name, (labels, doc, _) in STEP_GAUGES.items()
+        }
         self.totals = {name: Counter(name, doc, registry=r) for name, (doc, _) in STEP_TOTALS.items()}
         self.skipped = Counter("videop2r_inputs_skipped", "Dataset rows skipped, by reason", ["reason"], registry=r)
         for reason in ("missing", "corrupt"):  # videoqa.loader's reasons, exported as zeros from the start
             self.skipped.labels(reason=reason)
-        self.by_type = Gauge("videop2r_accuracy_by_type", "Mean reasoning accuracy of the step's rollouts by problem "
-                             "type", ["problem_type"], registry=r)
+        self.by_type = Gauge(
+            "videop2r_accuracy_by_type",
+            "Mean reasoning accuracy of the step's rollouts by problem type",
+            ["problem_type"],
+            registry=r,
+        )
         self.rewards = RewardMetrics(r)
         self.info = Info("videop2r_run", "The run: id, algorithm, model", registry=r)
         self.info.info({k: str(v) for k, v in (run_info or {}).items()})
@@ -259,7 +345,9 @@ def _serve(host: str, port: int, registry: CollectorRegistry, health) -> _Server
     except OSError as e:
         from cluster.config_loader import ConfigError
 
-        raise ConfigError(f"metrics.port={port} on metrics.host={host}: {e.strerror or e}; choose a free port "
-                          "(or metrics.port=0 to turn the exporter off)") from None
+        raise ConfigError(
+            f"metrics.port={port} on metrics.host={host}: {e.strerror or e}; choose a free port "
+            "(or metrics.port=0 to turn the exporter off)"
+        ) from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -23,17 +23,22 @@ def _read_config(folder: Path, key: str) -> dict:
     if not folder.exists():
         raise ConfigError(f"{key} {folder} does not exist: point {key} at a model folder")
     if not folder.is_dir():
-        raise ConfigError(f"{key} {folder} is a file, not a model folder: point {key} at the folder holding "
-                          "config.json")
+        raise ConfigError(
+            f"{key} {folder} is a file, not a model folder: point {key} at the folder holding config.json"
+        )
     config = folder / "config.json"
     if not config.is_file():
-        raise ConfigError(f"{key} {folder} is not a Hugging Face model folder (no config.json): point {key} at a "
-                          "Qwen2.5-VL or Qwen3-VL folder (or the hf/ folder `videop2r sft` writes)")
+        raise ConfigError(
+            f"{key} {folder} is not a Hugging Face model folder (no config.json): point {key} at a "
+            "Qwen2.5-VL or Qwen3-VL folder (or the hf/ folder `videop2r sft` writes)"
+        )
     try:
         body = json.loads(config.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{config} cannot be read as JSON ({type(e).__name__}): the model folder is damaged; "
-                          "download or copy it again") from None
+        raise ConfigError(
+            f"{config} cannot be read as JSON ({type(e).__name__}): the model folder is damaged; "
+            "download or copy it again"
+        ) from None
     if not isinstance(body, dict):
         raise ConfigError(f"{config} is not a model config (a JSON object): download or copy the model again")
     return body
@@ -47,16 +52,22 @@ def _check_weights(folder: Path, key: str) -> None:
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise ConfigError(f"{index} has no readable weight_map: the model folder is damaged; download or copy "
-                              "it again") from None
+            raise ConfigError(
+                f"{index} has no readable weight_map: the model folder is damaged; download or copy it again"
+            ) from None
         missing = sorted(s for s in shards if not (folder / s).is_file())
         if missing:
-            raise ConfigError(f"{key} {folder} lacks {len(missing)} of the {len(shards)} weight shards its index "
-                              f"names (first: {missing[0]}): the download is incomplete; download the model again")
+            raise ConfigError(
+                f"{key} {folder} lacks {len(missing)} of the {len(shards)} weight shards its index "
+                f"names (first: {missing[0]}): the download is incomplete; download the model again"
+            )
     elif not any(folder.glob("*.safetensors")):
         other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        hint = (f"it holds {other[0]}: save it as safetensors (model.save_pretrained(folder)) first" if other
-                else "download or copy the model's weights into it")
+        hint = (
+            f"it holds {other[0]}: save it as safetensors (model.save_pretrained(folder)) first"
+            if other
+            else "download or copy the model's weights into it"
+        )
         raise ConfigError(f"{key} {folder} has no weights (*.safetensors): {hint}")
 
 
@@ -68,16 +79,22 @@ def check_policy_model(path: str, key: str = "model.path", device: str | None = 
     body = _read_config(folder, key)
     kind = body.get("model_type")
     if kind not in FAMILIES:  # model_type in config.json -> the family the rollout engine and the learner load
-        raise ConfigError(f"{key} {folder} is a {kind or 'model without a model_type'} checkpoint; this system trains "
-                          f"{supported()}: point {key} at such a folder")
+        raise ConfigError(
+            f"{key} {folder} is a {kind or 'model without a model_type'} checkpoint; this system trains "
+            f"{supported()}: point {key} at such a folder"
+        )
     if device == "cpu" and FAMILIES[kind].not_on_cpu:
-        raise ConfigError(f"{key} {folder} is a {FAMILIES[kind].name} checkpoint, which cannot run with "
-                          f"rollout.device=cpu: {FAMILIES[kind].not_on_cpu}")
+        raise ConfigError(
+            f"{key} {folder} is a {FAMILIES[kind].name} checkpoint, which cannot run with "
+            f"rollout.device=cpu: {FAMILIES[kind].not_on_cpu}"
+        )
     _check_weights(folder, key)
     for wanted, what in ((PROCESSOR_FILES, "video/image processor"), (TOKENIZER_FILES, "tokenizer")):
         if not any((folder / f).is_file() for f in wanted):
-            raise ConfigError(f"{key} {folder} has no {what} ({' or '.join(wanted)}): copy the processor and "
-                              "tokenizer files from the base model into it")
+            raise ConfigError(
+                f"{key} {folder} has no {what} ({' or '.join(wanted)}): copy the processor and "
+                "tokenizer files from the base model into it"
+            )
 
 
 def check_text_model(path: str, key: str) -> None:
@@ -88,8 +105,10 @@ def check_text_model(path: str, key: str) -> None:
         return  # a hub id such as Qwen/Qwen2.5-7B-Instruct
     if key == "reward.tokenizer":
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-            raise ConfigError(f"{key} {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): point {key} at a "
-                              "model folder, or leave it unset to use model.path's")
+            raise ConfigError(
+                f"{key} {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): point {key} at a "
+                "model folder, or leave it unset to use model.path's"
+            )
         return
     _read_config(folder, key)
     _check_weights(folder, key)
@@ -106,16 +125,19 @@ def check_output(path: str, key: str) -> None:
     if not existing.is_dir():
         raise ConfigError(f"{key} {p} cannot be made: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key} {p} cannot be written ({existing} is not writable by this user): choose another "
-                          f"{key}")
+        raise ConfigError(
+            f"{key} {p} cannot be written ({existing} is not writable by this user): choose another {key}"
+        )
 
 
 def check_data_files(data_dir: str, files: list[tuple[str, str]]) -> None:
     """``files``: (config key, file name relative to ``data_dir``) that the command reads."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise ConfigError(f"data.dir {root} {'is a file' if root.exists() else 'does not exist'}: point data.dir at "
-                          "the dataset's folder (`videop2r make-synthetic --out DIR` writes one)")
+        raise ConfigError(
+            f"data.dir {root} {'is a file' if root.exists() else 'does not exist'}: point data.dir at "
+            "the dataset's folder (`videop2r make-synthetic --out DIR` writes one)"
+        )
     for key, name in files:
         f = root / name
         if not f.is_file():
@@ -135,8 +157,9 @@ def check_port(host: str, port: int, key: str) -> None:
         try:
             s.bind((host.strip("[]"), port))
         except OSError as e:
-            raise ConfigError(f"{key}={port} on {host}: {e.strerror or e}; choose a free port (or {key}=0 to turn "
-                              "it off)") from None
+            raise ConfigError(
+                f"{key}={port} on {host}: {e.strerror or e}; choose a free port (or {key}=0 to turn it off)"
+            ) from None
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -148,8 +171,10 @@ def check_tracker_packages(loggers: list[str]) -> None:
     for name in loggers:
         package = TRACKER_PACKAGES.get(name)
         if package and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"trainer.loggers names {name}, but the {package} package is not installed: "
-                              "pip install -e '.[trackers]' (or drop it from trainer.loggers)")
+            raise ConfigError(
+                f"trainer.loggers names {name}, but the {package} package is not installed: "
+                "pip install -e '.[trackers]' (or drop it from trainer.loggers)"
+            )
 
 
 def check_before_start(cfg, command: str) -> None:
@@ -160,8 +185,12 @@ def check_before_start(cfg, command: str) -> None:
     needs_judge = command == "train" or (command == "eval" and cfg.eval.judge) or command == "make-cot"
     if needs_judge and cfg.judge.backend == "vllm":
         check_text_model(cfg.judge.model, "judge.model")
-    out = {"sft": ("run.out_dir", cfg.run.out_dir), "train": ("run.out_dir", cfg.run.out_dir),
-           "eval": ("eval.out_dir", cfg.eval.out_dir), "make-cot": ("cot.out_dir", cfg.cot.out_dir)}[command]
+    out = {
+        "sft": ("run.out_dir", cfg.run.out_dir),
+        "train": ("run.out_dir", cfg.run.out_dir),
+        "eval": ("eval.out_dir", cfg.eval.out_dir),
+        "make-cot": ("cot.out_dir", cfg.cot.out_dir),
+    }[command]
     check_output(out[1], out[0])
     reads = {"sft": [("data.cot_file", cfg.data.cot_file)], "train": [("data.train_file", cfg.data.train_file)]}
     if command in reads:
@@ -187,9 +216,11 @@ def check_local_redis_across_hosts(cache, nodes: int) -> None:
     """``cache.start_local`` serves the other hosts of a cluster of several in clear: refused unless
     ``cache.allow_insecure``."""
     if nodes > 1 and not cache.allow_insecure:
-        raise ConfigError(f"cache.start_local on a cluster of {nodes} nodes would serve its Redis to the other hosts "
-                          "without TLS (the password and the verdicts in clear): set cache.allow_insecure=true on a "
-                          "network you trust, or run a Redis with TLS and give its rediss:// URL in cache.url")
+        raise ConfigError(
+            f"cache.start_local on a cluster of {nodes} nodes would serve its Redis to the other hosts "
+            "without TLS (the password and the verdicts in clear): set cache.allow_insecure=true on a "
+            "network you trust, or run a Redis with TLS and give its rediss:// URL in cache.url"
+        )
 
 
 def check_cache_transport(cache) -> None:
@@ -199,6 +230,8 @@ def check_cache_transport(cache) -> None:
 
     url = (cache.url_env and os.environ.get(cache.url_env)) or cache.url
     if insecure_redis(url) and not cache.allow_insecure:
-        raise ConfigError(f"cache.url {redact_url(url)} reaches Redis on another host without TLS: its password and "
-                          "the verdicts would cross the network in clear; use a rediss:// URL (Redis with TLS), or "
-                          "set cache.allow_insecure=true on a network you trust")
+        raise ConfigError(
+            f"cache.url {redact_url(url)} reaches Redis on another host without TLS: its password and "
+            "the verdicts would cross the network in clear; use a rediss:// URL (Redis with TLS), or "
+            "set cache.allow_insecure=true on a network you trust"
+        )

@@ -86,9 +86,15 @@ def start_reaper() -> str:
     watcher_env = dict(os.environ)  # the watcher carries only the outer commands' tokens, never its own
     os.environ[TOKEN_ENV] = f"{outer}:{token}" if outer else token
     created = psutil.Process().create_time()
-    subprocess.Popen([sys.executable, "-m", "cluster.reaper", str(os.getpid()), repr(created), token],
-                     env=watcher_env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.Popen(
+        [sys.executable, "-m", "cluster.reaper", str(os.getpid()), repr(created), token],
+        env=watcher_env,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     return token
 
 

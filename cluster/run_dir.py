@@ -28,8 +28,21 @@ from pathlib import Path
 CHECKPOINT = re.compile(r"^step_(\d+)$")
 # what a run writes in its folder: none of these may be a symbolic link (a write through one planted by whoever
 # can write the folder would land wherever it points: a config, a model, metrics written into someone's files)
-OWN_ENTRIES = ("config.yaml", "control.json", "metrics.jsonl", "summary.json", "trackers.json", "mlflow.db",
-               "checkpoints", "rollouts", "hf", "adapter", "tensorboard", "wandb", "mlflow-artifacts")
+OWN_ENTRIES = (
+    "config.yaml",
+    "control.json",
+    "metrics.jsonl",
+    "summary.json",
+    "trackers.json",
+    "mlflow.db",
+    "checkpoints",
+    "rollouts",
+    "hf",
+    "adapter",
+    "tensorboard",
+    "wandb",
+    "mlflow-artifacts",
+)
 
 
 class RunExistsError(RuntimeError):
@@ -50,13 +63,17 @@ class RunDir:
         """Creates the folder (or checks that it may be written) and returns the run id."""
         linked = [n for n in OWN_ENTRIES if (self.path / n).is_symlink()]
         if linked:  # before anything is written or removed
-            raise RunExistsError(f"{self.path / linked[0]} is a symbolic link (to {os.readlink(self.path / linked[0])}): "
-                                 "a run writes its own files there, never through a link; remove it or use another "
-                                 "run.out_dir")
+            raise RunExistsError(
+                f"{self.path / linked[0]} is a symbolic link (to {os.readlink(self.path / linked[0])}): "
+                "a run writes its own files there, never through a link; remove it or use another "
+                "run.out_dir"
+            )
         if self.holds_run() and not resume:
             if not force:
-                raise RunExistsError(f"{self.path} already holds a run: pass run.resume=auto to continue it, "
-                                     "--force to start over there, or another run.out_dir")
+                raise RunExistsError(
+                    f"{self.path} already holds a run: pass run.resume=auto to continue it, "
+                    "--force to start over there, or another run.out_dir"
+                )
             for sub in ("checkpoints", "rollouts", "hf", "adapter", "tensorboard", "wandb", "mlflow-artifacts"):
                 shutil.rmtree(self.path / sub, ignore_errors=True)
             for f in ("metrics.jsonl", "summary.json", "control.json", "trackers.json", "mlflow.db"):
@@ -81,11 +98,16 @@ class RunDir:
         for p in paths:
             st = p.lstat()
             if st.st_uid != uid or st.st_mode & 0o022:
-                who = f"owned by uid {st.st_uid}" if st.st_uid != uid else \
-                    f"writable by other users ({oct(st.st_mode & 0o777)})"
-                raise RunExistsError(f"{p} is {who}: resuming loads pickled checkpoint files from {checkpoint}, and "
-                                     f"whoever can change them could run code in the learner; make them yours and "
-                                     f"private (chmod -R go-w {self.path}) or start over in another run.out_dir")
+                who = (
+                    f"owned by uid {st.st_uid}"
+                    if st.st_uid != uid
+                    else f"writable by other users ({oct(st.st_mode & 0o777)})"
+                )
+                raise RunExistsError(
+                    f"{p} is {who}: resuming loads pickled checkpoint files from {checkpoint}, and "
+                    f"whoever can change them could run code in the learner; make them yours and "
+                    f"private (chmod -R go-w {self.path}) or start over in another run.out_dir"
+                )
 
     def write_control(self, run_id: str, redis_url: str | None, password_env: str = "") -> None:
         """Owner-only (0600): a local redis-server's URL carries its password. A managed Redis's password stays in

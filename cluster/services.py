@@ -26,8 +26,14 @@ class RedisServer:
     users of the machine reach it too); ``url`` carries the password, ``address`` is the same without it, for logs.
     ``stop()`` kills it and removes the folder when it made one. ``password`` restarts a server clients know."""
 
-    def __init__(self, workdir: str | Path | None = None, port: int | None = None, start_timeout_s: float = 10.0,
-                 password: str | None = None, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        port: int | None = None,
+        start_timeout_s: float = 10.0,
+        password: str | None = None,
+        host: str = "127.0.0.1",
+    ):
         import redis
 
         if shutil.which("redis-server") is None:
@@ -43,8 +49,20 @@ class RedisServer:
         binds = ["127.0.0.1"] + ([host] if host != "127.0.0.1" else [])
         # the password goes in through stdin's config, not argv (which `ps` shows to every user)
         self.proc = subprocess.Popen(
-            ["redis-server", "-", "--port", str(self.port), "--bind", *binds, "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+            [
+                "redis-server",
+                "-",
+                "--port",
+                str(self.port),
+                "--bind",
+                *binds,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -88,10 +106,17 @@ def _die_with_parent() -> None:
 # shows our progress and the warnings actors log (Redis down, a judge failing).
 # TORCH_CPP_LOG_LEVEL: torch's C++ warnings (the CPU backend's NUMA binding line); TORCH_LOGS=-all: torch's Python
 # loggers at ERROR ("No CUDA runtime is found" on CPU boxes); VIDEOP2R_QUIET: no weight-loading bar per engine.
-QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1", "TRANSFORMERS_VERBOSITY": "error",
-             "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR", "TORCH_LOGS": "-all",
-             "VIDEOP2R_QUIET": "1"}
+QUIET_ENV = {
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "VLLM_CONFIGURE_LOGGING": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
+    "TORCH_LOGS": "-all",
+    "VIDEOP2R_QUIET": "1",
+}
 
 
 # A rollout worker's vLLM engine runs in child processes; when the worker dies (SIGKILL, Ray's OOM killer) they
@@ -113,8 +138,11 @@ def init_ray(verbose: bool = False, **local_kwargs) -> None:
     if ray.is_initialized():
         return
     env = {"TOKENIZERS_PARALLELISM": "false"} if verbose else dict(QUIET_ENV)
-    common = {"log_to_driver": True, "configure_logging": True,
-              "logging_level": logging.INFO if verbose else logging.WARNING}
+    common = {
+        "log_to_driver": True,
+        "configure_logging": True,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
     if os.environ.get("RAY_ADDRESS"):  # a submitted job: its runtime env (deploy/submit.sh) sets the variables
         ray.init(address="auto", **common)
     else:
@@ -145,9 +173,12 @@ def ray_error_line(e: BaseException) -> str | None:
         msg = str(e)
         cls = re.search(r"class_name: (\S+)", msg)
         ip = re.search(r"\bip: (\S+)", msg)
-        why = next((line.strip() for line in msg.splitlines()[1:] if line.strip() and ":" not in line.split()[0]),
-                   "it exited")
-        return f"a {cls.group(1) if cls else 'Ray'} actor died on {_host(ip.group(1)) if ip else 'its node'}: {why[:300]}"
+        why = next(
+            (line.strip() for line in msg.splitlines()[1:] if line.strip() and ":" not in line.split()[0]), "it exited"
+        )
+        return (
+            f"a {cls.group(1) if cls else 'Ray'} actor died on {_host(ip.group(1)) if ip else 'its node'}: {why[:300]}"
+        )
     if isinstance(e, rx.RayError):
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
     return None

@@ -26,8 +26,9 @@ class Dataset:
             raise RowError(f"{self.path} has no rows: point the config at a dataset file with rows")
         # frame sides in multiples of the model family's patch x merge (28 for Qwen2.5-VL, 32 for Qwen3-VL)
         sampling = replace(sampling or cfg.video.sampling(), factor=family_of(cfg.model.path).pixel_factor)
-        self.loader = MediaLoader(self.root, sampling, cfg.data.loader_workers,
-                                  cfg.data.on_bad_media, cfg.video.image_max_pixels)
+        self.loader = MediaLoader(
+            self.root, sampling, cfg.data.loader_workers, cfg.data.on_bad_media, cfg.video.image_max_pixels
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,8 +65,9 @@ class Stack:
             import os
 
             if os.environ.get(cfg.cache.url_env):
-                log.warning("cache.start_local: ignoring %s (this run starts and uses its own redis-server)",
-                            cfg.cache.url_env)
+                log.warning(
+                    "cache.start_local: ignoring %s (this run starts and uses its own redis-server)", cfg.cache.url_env
+                )
             # a private local cluster is this machine alone: loopback; the hosts of a cluster this command joined
             # (now or once it grows) reach it on this node's address
             nodes = alive_nodes()
@@ -118,8 +120,11 @@ def logical_cpus(cfg) -> int:
     import math
     import os
 
-    need = (cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus * 2
-            + cfg.reward.num_workers * cfg.reward.num_cpus)
+    need = (
+        cfg.learner.num_ranks * cfg.learner.num_cpus
+        + cfg.rollout.num_workers * cfg.rollout.num_cpus * 2
+        + cfg.reward.num_workers * cfg.reward.num_cpus
+    )
     if cfg.judge.backend == "vllm":
         need += cfg.judge.num_engines * cfg.judge.engine.num_cpus
     return max(os.cpu_count() or 1, math.ceil(need) + 1)
@@ -130,5 +135,7 @@ def check_judge_fits(cfg, samples) -> None:
     if cfg.judge.backend == "oracle" and samples and not any("facts" in s.extra for s in samples):
         from cluster.config_loader import ConfigError
 
-        raise ConfigError("judge.backend=oracle needs the synthetic task's facts, which these rows lack: use "
-                                "judge.backend=vllm or judge.backend=http (see configs/judge-http.yaml)")
+        raise ConfigError(
+            "judge.backend=oracle needs the synthetic task's facts, which these rows lack: use "
+            "judge.backend=vllm or judge.backend=http (see configs/judge-http.yaml)"
+        )

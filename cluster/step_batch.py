@@ -48,10 +48,17 @@ class StepBatch:
         """What each learner rank needs per rollout (the prompt travels once, by index into ``items``)."""
         out = []
         for (i, resp), r in zip(self.responses(), self.rewards):
-            out.append(dict(prompt_index=i, response_ids=resp.token_ids, r_perception=r.perception,
-                            r_reasoning=r.reasoning, perception_valid=r.perception_valid,
-                            behaviour_logprobs=resp.logprobs,
-                            stale=self.results[i].weight_version < learner_version))
+            out.append(
+                dict(
+                    prompt_index=i,
+                    response_ids=resp.token_ids,
+                    r_perception=r.perception,
+                    r_reasoning=r.reasoning,
+                    perception_valid=r.perception_valid,
+                    behaviour_logprobs=resp.logprobs,
+                    stale=self.results[i].weight_version < learner_version,
+                )
+            )
         return out
 
     def flat_groups(self) -> tuple[list[bool], list[bool]]:
@@ -66,7 +73,7 @@ class StepBatch:
         G = self.group_size
         for j, pos in enumerate(positions):
             self.rows[pos], self.items[pos], self.results[pos] = other.rows[j], other.items[j], other.results[j]
-            self.rewards[pos * G:(pos + 1) * G] = other.rewards[j * G:(j + 1) * G]
+            self.rewards[pos * G : (pos + 1) * G] = other.rewards[j * G : (j + 1) * G]
         self.score_stats += other.score_stats
         self.judge_seconds += other.judge_seconds
 
@@ -75,15 +82,31 @@ class StepBatch:
         rows = []
         for k, ((i, resp), r) in enumerate(zip(self.responses(), self.rewards)):
             s = self.items[i].sample
-            rows.append(dict(
-                step=self.step, prompt_id=s.problem_id, row=self.rows[i], problem_type=s.problem_type,
-                sample_index=k % self.group_size, response=resp.text, response_tokens=len(resp.token_ids),
-                finish_reason=resp.finish_reason, weight_version=self.results[i].weight_version,
-                worker=self.results[i].worker, r_perception=r.perception, r_reasoning=r.reasoning,
-                acc_p=r.acc_p, form_p=r.form_p, len_p=r.len_p, acc_r=r.acc_r, form_r=r.form_r, len_r=r.len_r,
-                verdict=r.verdict, perception_valid=r.perception_valid,
-                **({name: float(v[k]) for name, v in advantages.items()} if advantages else {}),
-            ))
+            rows.append(
+                dict(
+                    step=self.step,
+                    prompt_id=s.problem_id,
+                    row=self.rows[i],
+                    problem_type=s.problem_type,
+                    sample_index=k % self.group_size,
+                    response=resp.text,
+                    response_tokens=len(resp.token_ids),
+                    finish_reason=resp.finish_reason,
+                    weight_version=self.results[i].weight_version,
+                    worker=self.results[i].worker,
+                    r_perception=r.perception,
+                    r_reasoning=r.reasoning,
+                    acc_p=r.acc_p,
+                    form_p=r.form_p,
+                    len_p=r.len_p,
+                    acc_r=r.acc_r,
+                    form_r=r.form_r,
+                    len_r=r.len_r,
+                    verdict=r.verdict,
+                    perception_valid=r.perception_valid,
+                    **({name: float(v[k]) for name, v in advantages.items()} if advantages else {}),
+                )
+            )
         return rows
 
     def reward_summary(self) -> dict:

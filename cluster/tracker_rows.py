@@ -12,24 +12,37 @@ from rewards.parsing import parse_response
 
 # Row key -> tracker key. The names are part of what users build dashboards on: change them only with a note.
 RENAMED = {
-    "reward_perception": "reward/perception/total", "accuracy_perception": "reward/perception/accuracy",
-    "format_perception": "reward/perception/format", "length_perception": "reward/perception/length",
-    "reward_reasoning": "reward/reasoning/total", "accuracy": "reward/reasoning/accuracy",
-    "format_reasoning": "reward/reasoning/format", "length_reasoning": "reward/reasoning/length",
-    "judge_yes_rate": "judge/yes_rate", "missing_verdict_frac": "judge/missing_frac",
+    "reward_perception": "reward/perception/total",
+    "accuracy_perception": "reward/perception/accuracy",
+    "format_perception": "reward/perception/format",
+    "length_perception": "reward/perception/length",
+    "reward_reasoning": "reward/reasoning/total",
+    "accuracy": "reward/reasoning/accuracy",
+    "format_reasoning": "reward/reasoning/format",
+    "length_reasoning": "reward/reasoning/length",
+    "judge_yes_rate": "judge/yes_rate",
+    "missing_verdict_frac": "judge/missing_frac",
     "zeroed_perception": "judge/zeroed_perception",
-    "response_tokens": "rollout/response_tokens", "generated_tokens": "rollout/generated_tokens",
-    "generated_tokens_per_s": "rollout/tokens_per_s", "staleness_mean": "rollout/staleness_mean",
-    "staleness_max": "rollout/staleness_max", "overlapped": "rollout/overlapped",
+    "response_tokens": "rollout/response_tokens",
+    "generated_tokens": "rollout/generated_tokens",
+    "generated_tokens_per_s": "rollout/tokens_per_s",
+    "staleness_mean": "rollout/staleness_mean",
+    "staleness_max": "rollout/staleness_max",
+    "overlapped": "rollout/overlapped",
     "weight_version": "rollout/weight_version",
     "flat_groups_frac_perception": "groups/flat_frac_perception",
     "flat_groups_frac_reasoning": "groups/flat_frac_reasoning",
     "trained_tokens_per_s": "learner/tokens_per_s",
-    "rollout_workers": "workers/rollout", "rollout_workers_ready": "workers/rollout_ready",
-    "rollout_workers_desired": "workers/rollout_desired", "rollout_worker_restarts": "workers/rollout_restarts",
-    "reward_workers": "workers/reward", "reward_worker_starts": "workers/reward_starts",
+    "rollout_workers": "workers/rollout",
+    "rollout_workers_ready": "workers/rollout_ready",
+    "rollout_workers_desired": "workers/rollout_desired",
+    "rollout_worker_restarts": "workers/rollout_restarts",
+    "reward_workers": "workers/reward",
+    "reward_worker_starts": "workers/reward_starts",
     "reward_chunks_rescored": "workers/reward_chunks_rescored",
-    "sync_failed": "sync/failed", "sync_updated": "sync/updated", "sync_mib": "sync/mib",
+    "sync_failed": "sync/failed",
+    "sync_updated": "sync/updated",
+    "sync_mib": "sync/mib",
 }
 KEPT = ("time/", "judge/", "cache/", "total/", "accuracy/", "segment_tokens/")  # already namespaced
 NOT_SCALARS = {"step", "time", "prompt_ids"}
@@ -62,8 +75,24 @@ def scalars(row: dict) -> dict[str, float]:
     return out
 
 
-SAMPLE_COLUMNS = ("step", "prompt_id", "problem_type", "question", "observation", "think", "answer", "r_perception",
-                  "r_reasoning", "acc_p", "form_p", "len_p", "acc_r", "form_r", "len_r", "verdict")
+SAMPLE_COLUMNS = (
+    "step",
+    "prompt_id",
+    "problem_type",
+    "question",
+    "observation",
+    "think",
+    "answer",
+    "r_perception",
+    "r_reasoning",
+    "acc_p",
+    "form_p",
+    "len_p",
+    "acc_r",
+    "form_r",
+    "len_r",
+    "verdict",
+)
 
 
 def samples(rollouts: list[dict], questions: dict[str, str], n: int) -> list[dict]:
@@ -79,8 +108,12 @@ def samples(rollouts: list[dict], questions: dict[str, str], n: int) -> list[dic
         seen.add(r["prompt_id"])
         parsed = parse_response(r["response"])
         row = {c: r.get(c) for c in SAMPLE_COLUMNS}
-        row.update(question=questions.get(r["prompt_id"], ""), observation=parsed.observation or "",
-                   think=parsed.think or "", answer=parsed.answer or "")
+        row.update(
+            question=questions.get(r["prompt_id"], ""),
+            observation=parsed.observation or "",
+            think=parsed.think or "",
+            answer=parsed.answer or "",
+        )
         if row["observation"] == row["think"] == row["answer"] == "":  # unparsable: show what was written
             row["think"] = r["response"]
         out.append(row)
@@ -89,6 +122,7 @@ def samples(rollouts: list[dict], questions: dict[str, str], n: int) -> list[dic
 
 def samples_markdown(rows: list[dict]) -> str:
     """The samples as a Markdown table (TensorBoard's text panel renders it)."""
+
     def cell(v) -> str:
         text = f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
         return text.replace("|", "\\|").replace("\n", " ")
@@ -121,5 +155,5 @@ def ema(values: list[float], weight: float) -> list[float]:
             out.append(v)
             continue
         last, n = last * weight + (1 - weight) * v, n + 1
-        out.append(last / (1 - weight ** n))
+        out.append(last / (1 - weight**n))
     return out

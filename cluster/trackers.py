@@ -87,11 +87,17 @@ class WandB:
 
         self.wandb = wandb
         wid = state.get("id") or uuid.uuid4().hex[:12]
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "videop2r", name=run_id, id=wid,
-                              resume="allow", dir=str(run_dir), config=config, job_type=stage,
-                              group=os.environ.get("WANDB_RUN_GROUP"),
-                              settings=wandb.Settings(console="off", silent=True, init_timeout=60,
-                                                      x_transaction_log_flush_interval=1.0))
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "videop2r",
+            name=run_id,
+            id=wid,
+            resume="allow",
+            dir=str(run_dir),
+            config=config,
+            job_type=stage,
+            group=os.environ.get("WANDB_RUN_GROUP"),
+            settings=wandb.Settings(console="off", silent=True, init_timeout=60, x_transaction_log_flush_interval=1.0),
+        )
         return {"id": wid, "project": self.run.project}
 
     def resent_after(self, state: dict, resumed_step: int) -> int:
@@ -100,8 +106,9 @@ class WandB:
     def send(self, step: int, values: dict, rows: list[dict] | None) -> None:
         data = dict(values)
         if rows:
-            data["samples"] = self.wandb.Table(columns=list(SAMPLE_COLUMNS),
-                                               data=[[r.get(c) for c in SAMPLE_COLUMNS] for r in rows])
+            data["samples"] = self.wandb.Table(
+                columns=list(SAMPLE_COLUMNS), data=[[r.get(c) for c in SAMPLE_COLUMNS] for r in rows]
+            )
         self.run.log(data, step=step, commit=True)  # written now, not when the next step arrives
 
     def finish(self) -> None:
@@ -131,13 +138,14 @@ class MLflow:
             # driver runs in); a server keeps its own
             where = (run_dir / "mlflow-artifacts").as_uri() if uri == own else None
             exp_id = exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=where)
-            self.id = self.client.create_run(exp_id, run_name=run_id, tags={"videop2r.run_id": run_id,
-                                                                           "videop2r.stage": stage}).info.run_id
+            self.id = self.client.create_run(
+                exp_id, run_name=run_id, tags={"videop2r.run_id": run_id, "videop2r.stage": stage}
+            ).info.run_id
             from mlflow.entities import Param
 
             params = [Param(k, v[:6000]) for k, v in flat_params(config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
-                self.client.log_batch(self.id, params=params[i:i + 100])
+                self.client.log_batch(self.id, params=params[i : i + 100])
         return {"run_id": self.id, "uri": uri}
 
     def resent_after(self, state: dict, resumed_step: int) -> int:
@@ -149,7 +157,7 @@ class MLflow:
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in values.items()]
         for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.id, metrics=metrics[i:i + 1000])
+            self.client.log_batch(self.id, metrics=metrics[i : i + 1000])
         if rows:
             self.client.log_text(self.id, json.dumps(rows, indent=1, default=str), f"samples/step_{step:06d}.json")
 
@@ -164,8 +172,9 @@ class Trackers:
     """The trackers of one stage's run. ``log(row, samples)`` after each ``metrics.jsonl`` row; ``shutdown()`` at the
     end (waits up to ``close_timeout_s`` for the thread, then leaves with a warning)."""
 
-    def __init__(self, names: list[str], cfg, run, run_id: str, stage: str, resumed_step: int = 0,
-                 close_timeout_s: float = 60.0):
+    def __init__(
+        self, names: list[str], cfg, run, run_id: str, stage: str, resumed_step: int = 0, close_timeout_s: float = 60.0
+    ):
         self.run, self.run_id, self.stage, self.resumed_step = run, run_id, stage, resumed_step
         self.close_timeout_s = close_timeout_s
         self.failed: list[str] = []
@@ -198,14 +207,21 @@ class Trackers:
         self.queue.put(None)
         self.thread.join(self.close_timeout_s)
         if self.thread.is_alive():
-            log.warning("experiment trackers still busy after %.0f s (%d steps not sent; metrics.jsonl has them): "
-                        "leaving them", self.close_timeout_s, self.queue.qsize())
+            log.warning(
+                "experiment trackers still busy after %.0f s (%d steps not sent; metrics.jsonl has them): leaving them",
+                self.close_timeout_s,
+                self.queue.qsize(),
+            )
         self.thread = None
 
     # -- the thread ---------------------------------------------------------------------------------------------
     def _fail(self, name: str, why) -> None:
         self.failed.append(name)
-        text = why if isinstance(why, str) else f"{type(why).__name__}: {str(why).splitlines()[0][:200] if str(why) else ''}"
+        text = (
+            why
+            if isinstance(why, str)
+            else f"{type(why).__name__}: {str(why).splitlines()[0][:200] if str(why) else ''}"
+        )
         log.warning("experiment tracker %s: %s; the run goes on without it", name, text)
 
     def _save(self) -> None:

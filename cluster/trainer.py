@@ -81,8 +81,10 @@ class RLTrainer:
         tried = 0
         while len(picked) < n:
             if tried > len(self.data) + n:
-                raise RuntimeError(f"fewer than {n} rows of {self.data.path} decode ({dict(self.data.skipped)}): "
-                                   f"{self.data.loader.errors[-1] if self.data.loader.errors else ''}")
+                raise RuntimeError(
+                    f"fewer than {n} rows of {self.data.path} decode ({dict(self.data.skipped)}): "
+                    f"{self.data.loader.errors[-1] if self.data.loader.errors else ''}"
+                )
             want = n - len(picked)
             picked += self.data.load(self.order.take(want))
             tried += want
@@ -94,15 +96,18 @@ class RLTrainer:
 
     def sample(self, step: int, rows: list[int], items: list, salt: str = "") -> StepBatch:
         t1 = time.perf_counter()
-        requests = [RolloutRequest(f"{salt}{k}:{it.sample.problem_id}", vllm_prompt(self.stack.tokenizer, it))
-                    for k, it in enumerate(items)]
+        requests = [
+            RolloutRequest(f"{salt}{k}:{it.sample.problem_id}", vllm_prompt(self.stack.tokenizer, it))
+            for k, it in enumerate(items)
+        ]
         results = self.rollout.generate(requests, step=step, logprobs=True)
         return StepBatch(step, rows, items, results, timings={"generate": time.perf_counter() - t1})
 
     def score(self, batch: StepBatch) -> None:
         t0 = time.perf_counter()
-        scored = self.pool.score([ScoreItem.from_sample(batch.items[i].sample, resp.text)
-                                  for i, resp in batch.responses()])
+        scored = self.pool.score(
+            [ScoreItem.from_sample(batch.items[i].sample, resp.text) for i, resp in batch.responses()]
+        )
         batch.rewards, batch.score_stats = scored.rewards, batch.score_stats + scored.stats
         batch.judge_seconds += scored.judge_seconds
         batch.timings["score"] = batch.timings.get("score", 0.0) + time.perf_counter() - t0
@@ -123,13 +128,18 @@ class RLTrainer:
         missing = batch.missing_verdict_fraction()
         batch.zero_perception = missing > self.cfg.reward.max_missing_frac
         if batch.zero_perception:
-            log.warning("step %d: %.0f%% of the judge's verdicts are missing (reward.max_missing_frac=%.2f): "
-                        "perception advantages zeroed for this step", batch.step, 100 * missing,
-                        self.cfg.reward.max_missing_frac)
+            log.warning(
+                "step %d: %.0f%% of the judge's verdicts are missing (reward.max_missing_frac=%.2f): "
+                "perception advantages zeroed for this step",
+                batch.step,
+                100 * missing,
+                self.cfg.reward.max_missing_frac,
+            )
         batch.learner_version = self.learner.version
         items_ref = ray.put(batch.items)  # each prompt's frames once, shared by every rank
-        refs = self.learner.rl_step_async(items_ref, batch.learner_rollouts(self.learner.version),
-                                          batch.group_size, batch.zero_perception)
+        refs = self.learner.rl_step_async(
+            items_ref, batch.learner_rollouts(self.learner.version), batch.group_size, batch.zero_perception
+        )
         return refs, t0
 
     def finish_update(self, update) -> dict:
@@ -170,28 +180,43 @@ class RLTrainer:
         flat_p, flat_r = batch.flat_groups()
         t, n = batch.timings, max(1, len(batch.rewards))
         row = {
-            "step": batch.step, "time": time.time(), "weight_version": self.learner.version,
+            "step": batch.step,
+            "time": time.time(),
+            "weight_version": self.learner.version,
             **batch.reward_summary(),
             **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
-            "flat_groups_frac_perception": sum(flat_p) / len(flat_p), "flat_groups_frac_reasoning": sum(flat_r) / len(flat_r),
-            "staleness_mean": sum(staleness) / len(staleness), "staleness_max": max(staleness),
-            "missing_verdict_frac": batch.missing_verdict_fraction(), "zeroed_perception": batch.zero_perception,
-            "time/decode": t.get("decode", 0.0), "time/generate": t.get("generate", 0.0), "time/score": t.get("score", 0.0),
-            "time/update": stats["update_s"], "time/update_wait": stats["update_wait_s"], "time/sync": sync.seconds,
+            "flat_groups_frac_perception": sum(flat_p) / len(flat_p),
+            "flat_groups_frac_reasoning": sum(flat_r) / len(flat_r),
+            "staleness_mean": sum(staleness) / len(staleness),
+            "staleness_max": max(staleness),
+            "missing_verdict_frac": batch.missing_verdict_fraction(),
+            "zeroed_perception": batch.zero_perception,
+            "time/decode": t.get("decode", 0.0),
+            "time/generate": t.get("generate", 0.0),
+            "time/score": t.get("score", 0.0),
+            "time/update": stats["update_s"],
+            "time/update_wait": stats["update_wait_s"],
+            "time/sync": sync.seconds,
             "time/logprobs": stats.get("logprobs_s", 0.0),
             "time/optimize": max(0.0, stats["update_s"] - stats.get("logprobs_s", 0.0)),
-            "time/step": wall, "overlapped": overlapped, "generated_tokens": generated,
+            "time/step": wall,
+            "overlapped": overlapped,
+            "generated_tokens": generated,
             "generated_tokens_per_s": generated / max(t.get("generate", 0.0), 1e-9),
             "trained_tokens_per_s": stats.get("trained_tokens", 0) / max(stats["update_s"], 1e-9),
             "segment_tokens/perception": stats.get("perception_tokens", 0.0) / n,
             "segment_tokens/reasoning": stats.get("reasoning_tokens", 0.0) / n,
-            "rollout_workers": self.rollout.num_workers, "rollout_workers_ready": self.rollout.ready_workers,
-            "rollout_workers_desired": self.desired_workers, "rollout_worker_restarts": self.rollout.restarts,
+            "rollout_workers": self.rollout.num_workers,
+            "rollout_workers_ready": self.rollout.ready_workers,
+            "rollout_workers_desired": self.desired_workers,
+            "rollout_worker_restarts": self.rollout.restarts,
             "reward_workers": self.pool.num_workers,
-            "sync_failed": len(sync.failed), "sync_updated": len(sync.updated),
+            "sync_failed": len(sync.failed),
+            "sync_updated": len(sync.updated),
             "sync_mib": plan.nbytes / 2**20 if (plan := getattr(self.learner, "plan", None)) else 0.0,  # per worker
             "prompt_ids": [it.sample.problem_id for it in batch.items],
-            "skipped_media": dict(self.data.skipped), **{f"total/{k}": v for k, v in self.counters.items()},
+            "skipped_media": dict(self.data.skipped),
+            **{f"total/{k}": v for k, v in self.counters.items()},
             **{f"judge/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("judge_")},
             **{f"cache/{k[6:]}": v for k, v in batch.score_stats.items() if k.startswith("cache_")},
             # reward workers that scored their first batch this step: all of them at step 1, then restarts
@@ -203,16 +228,25 @@ class RLTrainer:
         if self.cfg.trainer.log_rollouts:
             self.run.log_rollouts(batch.step, logged)
         if self.trackers is not None:
-            every, questions = self.cfg.trainer.log_samples_every, {it.sample.problem_id: it.sample.problem
-                                                                   for it in batch.items}
-            shown = samples(logged, questions, self.cfg.trainer.log_samples) if every and batch.step % every == 0 else None
+            every, questions = (
+                self.cfg.trainer.log_samples_every,
+                {it.sample.problem_id: it.sample.problem for it in batch.items},
+            )
+            shown = (
+                samples(logged, questions, self.cfg.trainer.log_samples) if every and batch.step % every == 0 else None
+            )
             self.trackers.log(row, shown)
         if self.metrics is not None:
             self.metrics.record_step(row, batch)
         if self.control is not None:
-            self.control.report({"step": batch.step, "weight_version": self.learner.version,
-                                 "rollout_workers": self.rollout.num_workers,
-                                 "max_rollout_workers": self.cfg.rollout.max_workers})
+            self.control.report(
+                {
+                    "step": batch.step,
+                    "weight_version": self.learner.version,
+                    "rollout_workers": self.rollout.num_workers,
+                    "max_rollout_workers": self.cfg.rollout.max_workers,
+                }
+            )
         self.last_row, self.last_step_at = row, time.time()
         for hook in self.hooks:
             hook(self, batch.step)
@@ -240,8 +274,12 @@ class RLTrainer:
         # A batch generated ahead (overlapped mode) is not in the checkpoint: a resume generates it again, so the
         # data order is saved as it was before that batch took its rows.
         order = self.pending.order_before if self.pending is not None else self.order.state()
-        return {"step": self.step, "weight_version": self.learner.version, "order": order,
-                "counters": dict(self.counters)}
+        return {
+            "step": self.step,
+            "weight_version": self.learner.version,
+            "order": order,
+            "counters": dict(self.counters),
+        }
 
     def checkpoint(self) -> None:
         tmp, final = self.run.checkpoint_dir(self.step)

@@ -33,16 +33,19 @@ class BatchStore:
         self.parts = self.path / "parts"
         job = self.path / "job.json"
         if self.path.is_dir() and any(self.path.iterdir()) and not job.is_file():
-            raise RunExistsError(f"{self.path} holds files that are not this command's output: choose an empty or "
-                                 "new output folder")
+            raise RunExistsError(
+                f"{self.path} holds files that are not this command's output: choose an empty or new output folder"
+            )
         if self.parts.is_dir() and any(self.parts.rglob("part_*.parquet")):
             old = json.loads(job.read_text()) if job.is_file() else {}
             if force:
                 shutil.rmtree(self.parts)
             elif old != identity:
                 diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-                raise RunExistsError(f"{self.path} holds records made with other settings ({', '.join(diff)}): pass "
-                                     "--force to delete them and start over, or choose another output folder")
+                raise RunExistsError(
+                    f"{self.path} holds records made with other settings ({', '.join(diff)}): pass "
+                    "--force to delete them and start over, or choose another output folder"
+                )
         self.path.mkdir(parents=True, exist_ok=True)
         job.write_text(json.dumps(identity, indent=1, sort_keys=True))
 
@@ -91,4 +94,3 @@ def load_batch(loader, batch: list) -> tuple[list, list]:
         else:
             loaded.append((row_of[id(sample)], item))
     return loaded, failed
-

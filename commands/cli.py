@@ -22,8 +22,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. rollout.num_workers=2")
 
 
-def _add_run_args(p: argparse.ArgumentParser, force_help: str = "start over in a run.out_dir that already holds a "
-                  "run (its checkpoints and logs are deleted)") -> None:
+def _add_run_args(
+    p: argparse.ArgumentParser,
+    force_help: str = "start over in a run.out_dir that already holds a run (its checkpoints and logs are deleted)",
+) -> None:
     _add_config_args(p)
     p.add_argument("--force", action="store_true", help=force_help)
     p.add_argument("--verbose", action="store_true", help="show vLLM's, Ray's and DeepSpeed's INFO output too")
@@ -39,6 +41,7 @@ def _config(args):
 
 def _at_least(low: int):
     """An argparse type: an integer >= low (a bad value is argparse's one-line usage error, exit 2)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -74,8 +77,15 @@ def cmd_make_synthetic(args) -> int:
         return 2
     _writable_folder(args.out, args.force)
     written = make_synthetic(
-        args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, frames=args.frames, size=args.size, style=args.style,
-        mix=mix, progress=not args.quiet,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        n_eval=args.n_eval,
+        frames=args.frames,
+        size=args.size,
+        style=args.style,
+        mix=mix,
+        progress=not args.quiet,
     )
     for split, path in written.items():
         print(f"{split:6s} {path}")
@@ -168,8 +178,11 @@ def _flag_overrides(args, mapping: dict[str, str]) -> None:
     """Command-line flags become dotted overrides (after the config file's values, before explicit overrides)."""
     import json
 
-    extra = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in mapping.items()
-             if getattr(args, flag) not in (None, [], False)]
+    extra = [
+        f"{key}={json.dumps(getattr(args, flag))}"
+        for flag, key in mapping.items()
+        if getattr(args, flag) not in (None, [], False)
+    ]
     args.overrides = extra + list(args.overrides)
 
 
@@ -179,8 +192,16 @@ def cmd_eval(args) -> int:
     _quiet_logging(args.verbose)
     if args.bench:
         args.bench = [str(Path(b).resolve()) for b in args.bench]
-    _flag_overrides(args, {"bench": "eval.benchmarks", "out": "eval.out_dir", "prompt": "eval.prompt",
-                           "model": "model.path", "judge": "eval.judge"})
+    _flag_overrides(
+        args,
+        {
+            "bench": "eval.benchmarks",
+            "out": "eval.out_dir",
+            "prompt": "eval.prompt",
+            "model": "model.path",
+            "judge": "eval.judge",
+        },
+    )
     run_eval(_config(args), force=args.force, verbose=args.verbose)
     return 0
 
@@ -210,14 +231,20 @@ def cmd_scale(args) -> int:
     try:
         most = (state := plane.state() or {}).get("max_rollout_workers")  # the run's own bound, as it reported it
         if most is not None and args.rollout_workers > most:
-            raise ConfigError(f"--rollout-workers {args.rollout_workers} is above the run's rollout.max_workers={most}: "
-                             "the run would refuse it (restart it with a larger rollout.max_workers)")
+            raise ConfigError(
+                f"--rollout-workers {args.rollout_workers} is above the run's rollout.max_workers={most}: "
+                "the run would refuse it (restart it with a larger rollout.max_workers)"
+            )
         plane.set_desired_workers(args.rollout_workers)
     except redis.RedisError as e:
-        raise FileNotFoundError(f"the run's control plane at {redact_url(control['redis_url'])} is not reachable "
-                                f"({type(e).__name__}): is the run still going?") from None
-    print(f"{control['run_id']}: rollout workers {state.get('rollout_workers', '?')} -> {args.rollout_workers} "
-          "(applied at the next step boundary)")
+        raise FileNotFoundError(
+            f"the run's control plane at {redact_url(control['redis_url'])} is not reachable "
+            f"({type(e).__name__}): is the run still going?"
+        ) from None
+    print(
+        f"{control['run_id']}: rollout workers {state.get('rollout_workers', '?')} -> {args.rollout_workers} "
+        "(applied at the next step boundary)"
+    )
     return 0
 
 
@@ -237,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the main job: tiny model + synthetic task, evaluate, SFT, evaluate, PA-GRPO, "
-                                    "evaluate; summary.json and a reward-curve PNG")
+    p = sub.add_parser(
+        "demo",
+        help="the main job: tiny model + synthetic task, evaluate, SFT, evaluate, PA-GRPO, "
+        "evaluate; summary.json and a reward-curve PNG",
+    )
     _add_run_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -250,21 +280,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="score a checkpoint on benchmark files in the Video-R1 evaluation format "
-                                    "(defaults: the paper's settings); resumes when rerun")
+    p = sub.add_parser(
+        "eval",
+        help="score a checkpoint on benchmark files in the Video-R1 evaluation format "
+        "(defaults: the paper's settings); resumes when rerun",
+    )
     p.add_argument("--model", default=None, help="the checkpoint (a Hugging Face folder; default model.path)")
-    p.add_argument("--bench", action="append", default=[], metavar="FILE",
-                   help="a benchmark file (JSON, JSONL or Parquet; media paths relative to it); repeat for several")
+    p.add_argument(
+        "--bench",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a benchmark file (JSON, JSONL or Parquet; media paths relative to it); repeat for several",
+    )
     p.add_argument("--out", default=None, help="output folder (default eval.out_dir)")
-    p.add_argument("--prompt", choices=("process", "video-r1"), default=None,
-                   help="process: the observation/think/answer prompt (default); video-r1: Video-R1's think/answer "
-                   "prompt, for numbers that compare with theirs")
+    p.add_argument(
+        "--prompt",
+        choices=("process", "video-r1"),
+        default=None,
+        help="process: the observation/think/answer prompt (default); video-r1: Video-R1's think/answer "
+        "prompt, for numbers that compare with theirs",
+    )
     p.add_argument("--judge", action="store_true", help="also judge each observation (perception sufficiency rate)")
     _add_run_args(p, "start over in an output folder that holds records made with other settings (they are deleted)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("make-cot", help="build process-aware CoT (SFT) rows with the paper's funnel: teacher "
-                                        "generation, answer check, judge check; resumes when rerun")
+    p = sub.add_parser(
+        "make-cot",
+        help="build process-aware CoT (SFT) rows with the paper's funnel: teacher "
+        "generation, answer check, judge check; resumes when rerun",
+    )
     p.add_argument("--input", default=None, help="Video-R1 rows (JSON, JSONL or Parquet; default cot.input)")
     p.add_argument("--out", default=None, help="output folder (default cot.out_dir)")
     p.add_argument("--teacher", default=None, help="the teacher checkpoint (default model.path)")
@@ -290,21 +335,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=_at_least(2), default=16, help="frames per video (default 16, at 8 fps; >= 2)")
     p.add_argument("--size", type=_at_least(28), default=112, help="frame side in pixels (default 112; >= 28)")
-    p.add_argument("--style", choices=("varied", "demo"), default="varied",
-                   help="varied: several small shapes (default); demo: one large shape, fixed options (learnable)")
-    p.add_argument("--mix", default=None, metavar="TYPE=W,...",
-                   help='training-row weights per problem type, e.g. "multiple choice=6,OCR=1,free-form=1,numerical=1,'
-                   'regression=1" (default: equal, round-robin); the eval split always has all five equally')
+    p.add_argument(
+        "--style",
+        choices=("varied", "demo"),
+        default="varied",
+        help="varied: several small shapes (default); demo: one large shape, fixed options (learnable)",
+    )
+    p.add_argument(
+        "--mix",
+        default=None,
+        metavar="TYPE=W,...",
+        help='training-row weights per problem type, e.g. "multiple choice=6,OCR=1,free-form=1,numerical=1,'
+        'regression=1" (default: equal, round-robin); the eval split always has all five equally',
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
     p.set_defaults(func=cmd_make_synthetic)
 
     p = sub.add_parser("make-tiny-model", help="build a small random Qwen2.5-VL or Qwen3-VL (tiny_model section)")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
-    p.add_argument("--shape", choices=("tiny", "3b-slice", "7b-slice", "qwen3-vl-8b-slice"), default="tiny",
-                   help="tiny: the tiny_model section's sizes (default); 3b-slice / 7b-slice / qwen3-vl-8b-slice: "
-                   "Qwen2.5-VL-3B / -7B's or Qwen3-VL-8B's exact widths with 2 decoder layers and 4 vision blocks "
-                   "(about 2.3 / 6.7 / 6.7 GB in float32)")
+    p.add_argument(
+        "--shape",
+        choices=("tiny", "3b-slice", "7b-slice", "qwen3-vl-8b-slice"),
+        default="tiny",
+        help="tiny: the tiny_model section's sizes (default); 3b-slice / 7b-slice / qwen3-vl-8b-slice: "
+        "Qwen2.5-VL-3B / -7B's or Qwen3-VL-8B's exact widths with 2 decoder layers and 4 vision blocks "
+        "(about 2.3 / 6.7 / 6.7 GB in float32)",
+    )
     p.add_argument("--family", choices=tuple(FAMILIES), help="the tiny model's family (tiny_model.family)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")

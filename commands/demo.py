@@ -29,8 +29,15 @@ def _inside(path: Path, folder: Path) -> bool:
 DEMO_FILE = "demo.json"  # the settings the demo in this folder runs with
 # What does not change what the demo computes: where it is, whether it resumes, the exporter, the experiment
 # trackers, and the controls (asked for on a finished demo, they are added to it).
-NOT_RESULTS = ("run.out_dir", "run.resume", "metrics", "demo.controls", "trainer.loggers", "trainer.log_samples_every",
-               "trainer.log_samples")
+NOT_RESULTS = (
+    "run.out_dir",
+    "run.resume",
+    "metrics",
+    "demo.controls",
+    "trainer.loggers",
+    "trainer.log_samples_every",
+    "trainer.log_samples",
+)
 
 
 def demo_settings(cfg: Config) -> dict:
@@ -65,14 +72,18 @@ def check_folder(cfg: Config, out: Path, force: bool) -> None:
     if not mine.is_file():
         if (out / "sft").is_dir() or (out / "summary.json").is_file():
             return  # a demo folder from before its settings were recorded: resumed as it always was
-        raise RunExistsError(f"{out} holds files that are not a demo's: choose a new or empty run.out_dir, or pass "
-                             "--force to run the demo there anyway")
+        raise RunExistsError(
+            f"{out} holds files that are not a demo's: choose a new or empty run.out_dir, or pass "
+            "--force to run the demo there anyway"
+        )
     old, new = json.loads(mine.read_text()), demo_settings(cfg)
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
         named = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise RunExistsError(f"{out} holds a demo run with other settings ({named}): choose another run.out_dir, "
-                             "or pass --force to start it over there")
+        raise RunExistsError(
+            f"{out} holds a demo run with other settings ({named}): choose another run.out_dir, "
+            "or pass --force to start it over there"
+        )
 
 
 def ensure_fixtures(cfg: Config, out: Path) -> None:
@@ -81,23 +92,34 @@ def ensure_fixtures(cfg: Config, out: Path) -> None:
     model, data = Path(cfg.model.path), Path(cfg.data.dir)
     if not (model / "config.json").is_file():
         if not _inside(model, out):
-            raise FileNotFoundError(f"model.path {model} has no model; the demo builds the tiny model only under "
-                                    f"run.out_dir ({out})")
+            raise FileNotFoundError(
+                f"model.path {model} has no model; the demo builds the tiny model only under run.out_dir ({out})"
+            )
         from toy.tiny_model import build_tiny_model
 
         print(f"[demo] building the tiny {FAMILIES[cfg.tiny_model.family].name} at {model}")
         build_tiny_model(model, cfg.tiny_model, seed=cfg.run.seed)
     if not (data / cfg.data.train_file).is_file():
         if not _inside(data, out):
-            raise FileNotFoundError(f"data.dir {data} has no {cfg.data.train_file}; the demo writes the synthetic "
-                                    f"task only under run.out_dir ({out})")
+            raise FileNotFoundError(
+                f"data.dir {data} has no {cfg.data.train_file}; the demo writes the synthetic "
+                f"task only under run.out_dir ({out})"
+            )
         from toy.synthetic import make_synthetic
 
         d = cfg.demo
         print(f"[demo] writing the synthetic task to {data}")
-        make_synthetic(data, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed, n_eval=d.eval_rows,
-                       frames=cfg.data.synthetic_frames, size=cfg.data.synthetic_size, style=d.style, mix=d.mix,
-                       n_val=d.val_rows)
+        make_synthetic(
+            data,
+            n=cfg.data.synthetic_n,
+            seed=cfg.data.synthetic_seed,
+            n_eval=d.eval_rows,
+            frames=cfg.data.synthetic_frames,
+            size=cfg.data.synthetic_size,
+            style=d.style,
+            mix=d.mix,
+            n_val=d.val_rows,
+        )
 
 
 def stage_config(cfg: Config, out_dir: Path, **updates) -> Config:
@@ -176,8 +198,12 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
         sft = json.loads(sft_done.read_text())
         ev_untrained = json.loads((out / "eval_untrained.json").read_text())
         t_rl = time.perf_counter()
-        rl = run_train(stage_config(cfg, out / cfg.learner.algorithm, model__path=sft["hf"]), force=force,
-                       stack=stack, evaluate_on=items)
+        rl = run_train(
+            stage_config(cfg, out / cfg.learner.algorithm, model__path=sft["hf"]),
+            force=force,
+            stack=stack,
+            evaluate_on=items,
+        )
         rl_seconds = time.perf_counter() - t_rl
         summary = summarize(cfg, ev_untrained, rl, sft, out, time.perf_counter() - t_start)
         if done and not force:  # a finished demo asked for its controls: keep its measured times
@@ -210,8 +236,9 @@ def sft_stage(cfg: Config, stack: Stack, out: Path, items: list, force: bool) ->
         if d.sft_stop_accuracy > 0 and val_file.is_file():
             val = Dataset(cfg, "val.json")
             stop = evaluator.sft_stop([it for _, it in val.load(list(range(len(val))))], d.sft_stop_accuracy)
-        sft = run_sft(stage_config(cfg, out / "sft"), force=force, stack=stack, should_stop=stop,
-                      check_every=d.sft_check_every)
+        sft = run_sft(
+            stage_config(cfg, out / "sft"), force=force, stack=stack, should_stop=stop, check_every=d.sft_check_every
+        )
         sft["validation_checks"] = evaluator.checks
         (out / "sft" / "summary.json").write_text(json.dumps(sft, indent=1))
         return sft
@@ -223,8 +250,12 @@ def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, r
     """GRPO from the same SFT checkpoint and seeds; SFT continued for the RL stage's wall time."""
     from commands.stages import run_sft, run_train
 
-    grpo = run_train(stage_config(cfg, out / "grpo", model__path=sft["hf"], learner__algorithm="grpo"),
-                     force=force, stack=stack, evaluate_on=items)
+    grpo = run_train(
+        stage_config(cfg, out / "grpo", model__path=sft["hf"], learner__algorithm="grpo"),
+        force=force,
+        stack=stack,
+        evaluate_on=items,
+    )
     per_step = sft["seconds"] / max(1, sft["steps"])
     extra = max(1, int(rl_seconds / per_step))
     import shutil
@@ -234,10 +265,20 @@ def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, r
     more = run_sft(stage_config(cfg, out / "sft-more", sft__steps=sft["steps"] + extra), force=force, stack=stack)
     ev_more = model_eval(stage_config(cfg, out / "sft-more", model__path=more["hf"]), stack, items)
     ev_sft = grpo["eval_start"]
-    return {"grpo": {"accuracy": grpo["eval_end"]["accuracy"], "yes_rate": grpo["eval_end"]["yes_rate"],
-                     "seconds": grpo["seconds"], "gain_over_sft": paired_gain(ev_sft, grpo["eval_end"])},
-            "sft_more": {"extra_steps": extra, "accuracy": ev_more["accuracy"], "yes_rate": ev_more["yes_rate"],
-                         "gain_over_sft": paired_gain(ev_sft, ev_more)}}
+    return {
+        "grpo": {
+            "accuracy": grpo["eval_end"]["accuracy"],
+            "yes_rate": grpo["eval_end"]["yes_rate"],
+            "seconds": grpo["seconds"],
+            "gain_over_sft": paired_gain(ev_sft, grpo["eval_end"]),
+        },
+        "sft_more": {
+            "extra_steps": extra,
+            "accuracy": ev_more["accuracy"],
+            "yes_rate": ev_more["yes_rate"],
+            "gain_over_sft": paired_gain(ev_sft, ev_more),
+        },
+    }
 
 
 def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seconds: float) -> dict:
@@ -245,14 +286,20 @@ def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seco
     stages = {"untrained": untrained, "sft": ev_sft, cfg.learner.algorithm: ev_rl}
     first = _first_step_pass_at_g(out / cfg.learner.algorithm)
     return {
-        "seconds": seconds, "held_out_questions": untrained["n"], "algorithm": cfg.learner.algorithm,
-        "sft_steps": sft["steps"], "sft_stopped_by": sft.get("stopped_by"),
-        "sft_validation_checks": sft.get("validation_checks"), "rl_steps": rl["steps"], "rl_seconds": rl["seconds"],
+        "seconds": seconds,
+        "held_out_questions": untrained["n"],
+        "algorithm": cfg.learner.algorithm,
+        "sft_steps": sft["steps"],
+        "sft_stopped_by": sft.get("stopped_by"),
+        "sft_validation_checks": sft.get("validation_checks"),
+        "rl_steps": rl["steps"],
+        "rl_seconds": rl["seconds"],
         "accuracy": {k: v["accuracy"] for k, v in stages.items()},
         "accuracy_se": {k: v["accuracy_se"] for k, v in stages.items()},
         "accuracy_by_type": {k: v["accuracy_by_type"] for k, v in stages.items()},
         "yes_rate": {k: v["yes_rate"] for k, v in stages.items()},
-        "gain_sft": paired_gain(untrained, ev_sft), "gain_rl": paired_gain(ev_sft, ev_rl),
+        "gain_sft": paired_gain(untrained, ev_sft),
+        "gain_rl": paired_gain(ev_sft, ev_rl),
         "gain_yes_rl": paired_gain(ev_sft, ev_rl, "per_row_yes"),
         "rl_start_training_prompts": first,
     }
@@ -269,8 +316,11 @@ def _first_step_pass_at_g(run: Path) -> dict:
     groups: dict[str, list[float]] = {}
     for r in rows:
         groups.setdefault(r["prompt_id"], []).append(r["acc_r"])
-    return {"mean_sample_accuracy": sum(r["acc_r"] for r in rows) / len(rows),
-            "pass_at_g": sum(max(v) >= 1.0 for v in groups.values()) / len(groups), "prompts": len(groups)}
+    return {
+        "mean_sample_accuracy": sum(r["acc_r"] for r in rows) / len(rows),
+        "pass_at_g": sum(max(v) >= 1.0 for v in groups.values()) / len(groups),
+        "prompts": len(groups),
+    }
 
 
 def print_report(s: dict) -> None:
@@ -282,7 +332,9 @@ def print_report(s: dict) -> None:
         print(f"  {name:16s} {g['gain']:+.3f} +/- {g['se']:.3f} (paired; {g['z']:.1f} SE)")
     f = s.get("rl_start_training_prompts") or {}
     if f:
-        print(f"  at the RL start: pass@G {f['pass_at_g']:.2f} vs mean sampled accuracy {f['mean_sample_accuracy']:.2f}")
+        print(
+            f"  at the RL start: pass@G {f['pass_at_g']:.2f} vs mean sampled accuracy {f['mean_sample_accuracy']:.2f}"
+        )
     for name, c in (s.get("controls") or {}).items():
         print(f"  control {name}: accuracy {c['accuracy']:.3f}, Yes-rate {c['yes_rate']:.3f}")
     print(f"[demo] done in {s['seconds'] / 60:.1f} min")
@@ -299,8 +351,12 @@ def plot_demo(out: Path, summary: dict) -> Path:
     rows = RunDir(out / summary["algorithm"]).metrics()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["step"] for r in rows]
-    for key, label in (("reward_perception", "R_P (perception)"), ("reward_reasoning", "R_R (reasoning)"),
-                       ("accuracy", "accuracy (sampled)"), ("judge_yes_rate", "judge Yes-rate")):
+    for key, label in (
+        ("reward_perception", "R_P (perception)"),
+        ("reward_reasoning", "R_R (reasoning)"),
+        ("accuracy", "accuracy (sampled)"),
+        ("judge_yes_rate", "judge Yes-rate"),
+    ):
         a.plot(steps, [r[key] for r in rows], label=label)
     a.set_xlabel("RL step")
     a.set_title(f"{summary['algorithm']} on the synthetic task")

@@ -34,10 +34,19 @@ def _benchmark_names(files: list[Path]) -> list[str]:
 def _identity(cfg, files: list[Path]) -> dict:
     e = cfg.eval
     judge = f"{cfg.judge.backend}:{cfg.judge.model}" if e.judge else None
-    return {"model": str(Path(cfg.model.path).resolve()), "prompt": e.prompt, "temperature": e.temperature,
-            "top_p": e.top_p, "max_tokens": e.max_tokens, "nframes": e.nframes, "max_pixels": e.max_pixels,
-            "max_rows": e.max_rows, "judge": judge, "seed": cfg.rollout.seed,
-            "benchmarks": {str(f.resolve()): file_digest(f) for f in files}}
+    return {
+        "model": str(Path(cfg.model.path).resolve()),
+        "prompt": e.prompt,
+        "temperature": e.temperature,
+        "top_p": e.top_p,
+        "max_tokens": e.max_tokens,
+        "nframes": e.nframes,
+        "max_pixels": e.max_pixels,
+        "max_rows": e.max_rows,
+        "judge": judge,
+        "seed": cfg.rollout.seed,
+        "benchmarks": {str(f.resolve()): file_digest(f) for f in files},
+    }
 
 
 def load_benchmark(path: Path, max_rows: int | None) -> tuple[list, Counter, list[str]]:
@@ -88,26 +97,40 @@ def _generate(cfg, stack, store: BatchStore, files: list[Path], names: list[str]
     from actors.rollout_group import RolloutGroup
     from videoqa.loader import MediaLoader
 
-    rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype,
-                           num_workers=cfg.rollout.num_workers)
+    rollout = RolloutGroup(
+        cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, num_workers=cfg.rollout.num_workers
+    )
     pool = RewardPool(cfg, tokenizer_path=cfg.model.path) if cfg.eval.judge else None
     bar = tqdm(total=sum(len(v) for v in todo.values()), desc="eval", unit="row", dynamic_ncols=True)
     try:
         for name, path in zip(names, files):
-            loader = MediaLoader(path.parent, cfg.eval.sampling(cfg.video, family_of(cfg.model.path).pixel_factor),
-                                 cfg.data.loader_workers, "skip",
-                                 cfg.video.image_max_pixels)
+            loader = MediaLoader(
+                path.parent,
+                cfg.eval.sampling(cfg.video, family_of(cfg.model.path).pixel_factor),
+                cfg.data.loader_workers,
+                "skip",
+                cfg.video.image_max_pixels,
+            )
             rows, scores = todo[name], []
             for start in range(0, len(rows), cfg.eval.batch_rows):
-                batch = rows[start:start + cfg.eval.batch_rows]
+                batch = rows[start : start + cfg.eval.batch_rows]
                 loaded, failed = load_batch(loader, batch)
-                records = [{"row": row, "problem_id": s.problem_id, "problem_type": s.problem_type, "status": why}
-                           for row, s, why in failed]
+                records = [
+                    {"row": row, "problem_id": s.problem_id, "problem_type": s.problem_type, "status": why}
+                    for row, s, why in failed
+                ]
                 items = [it for _, it in loaded]
                 ids = [f"eval:{name}:{row}" for row, _ in loaded]
                 for (row, it), rec in zip(loaded, score_items(rollout, pool, stack.tokenizer, items, cfg.eval, ids)):
-                    records.append({"row": row, **rec, "status": "ok", "answer": it.sample.answer,
-                                    "data_source": it.sample.data_source})
+                    records.append(
+                        {
+                            "row": row,
+                            **rec,
+                            "status": "ok",
+                            "answer": it.sample.answer,
+                            "data_source": it.sample.data_source,
+                        }
+                    )
                 store.write(name, records)
                 scores.extend(r["score"] for r in records if r["status"] == "ok")
                 bar.update(len(batch))
@@ -124,8 +147,13 @@ def _mean(values: list[float]) -> float:
 
 
 def _collect(cfg, store: BatchStore, names: list[str], files: list[Path], benchmarks: dict) -> dict:
-    out = {"model": cfg.model.path, "prompt": cfg.eval.prompt, "judge": cfg.eval.judge, "benchmarks": {},
-           "malformed_examples": []}
+    out = {
+        "model": cfg.model.path,
+        "prompt": cfg.eval.prompt,
+        "judge": cfg.eval.judge,
+        "benchmarks": {},
+        "malformed_examples": [],
+    }
     for name, path in zip(names, files):
         samples, malformed, messages = benchmarks[name]
         latest = latest_by(store.records(name), "row")
@@ -135,9 +163,13 @@ def _collect(cfg, store: BatchStore, names: list[str], files: list[Path], benchm
         skipped["not run"] = len(samples) - len(records)
         s = summarize(ok, judged=cfg.eval.judge)
         out["benchmarks"][name] = {
-            "file": str(path), "rows": len(samples) + malformed["malformed"], "scored": len(ok),
+            "file": str(path),
+            "rows": len(samples) + malformed["malformed"],
+            "scored": len(ok),
             "skipped": {k: v for k, v in skipped.items() if v},
-            **{k: (None if isinstance(v, float) and v != v else v) for k, v in s.items() if not k.startswith("per_row")},
+            **{
+                k: (None if isinstance(v, float) and v != v else v) for k, v in s.items() if not k.startswith("per_row")
+            },
         }
         out["malformed_examples"].extend(messages)
         if ok:

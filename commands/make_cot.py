@@ -31,11 +31,21 @@ PART = "rows"
 
 def _identity(cfg, source: Path) -> dict:
     c = cfg.cot
-    return {"input": str(source.resolve()), "input_digest": file_digest(source), "max_rows": c.max_rows,
-            "teacher": str(Path(cfg.model.path).resolve()), "samples": c.samples, "temperature": c.temperature,
-            "top_p": c.top_p, "max_tokens": c.max_tokens, "min_accuracy": c.min_accuracy, "seed": cfg.rollout.seed,
-            "judge": f"{cfg.judge.backend}:{cfg.judge.model}", "judge_prompt": PROMPT_VERSION,
-            "frames": asdict(cfg.video.sampling(family_of(cfg.model.path).pixel_factor))}
+    return {
+        "input": str(source.resolve()),
+        "input_digest": file_digest(source),
+        "max_rows": c.max_rows,
+        "teacher": str(Path(cfg.model.path).resolve()),
+        "samples": c.samples,
+        "temperature": c.temperature,
+        "top_p": c.top_p,
+        "max_tokens": c.max_tokens,
+        "min_accuracy": c.min_accuracy,
+        "seed": cfg.rollout.seed,
+        "judge": f"{cfg.judge.backend}:{cfg.judge.model}",
+        "judge_prompt": PROMPT_VERSION,
+        "frames": asdict(cfg.video.sampling(family_of(cfg.model.path).pixel_factor)),
+    }
 
 
 def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
@@ -44,8 +54,9 @@ def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
 
     source = Path(cfg.cot.input)
     if not cfg.cot.input or not source.is_file():
-        raise FileNotFoundError(f"cot.input {cfg.cot.input!r} is not a file: pass --input FILE (Video-R1 JSON, "
-                                "JSONL or Parquet)")
+        raise FileNotFoundError(
+            f"cot.input {cfg.cot.input!r} is not a file: pass --input FILE (Video-R1 JSON, JSONL or Parquet)"
+        )
     check_before_start(cfg, "make-cot")
     samples, malformed = load_samples_skipping(source, cfg.cot.max_rows)
     check_judge_fits(cfg, [s for _, s in samples])
@@ -81,29 +92,39 @@ def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int,
     from videoqa.loader import MediaLoader
 
     c = cfg.cot
-    rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype,
-                           num_workers=cfg.rollout.num_workers)
+    rollout = RolloutGroup(
+        cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, num_workers=cfg.rollout.num_workers
+    )
     pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
-    loader = MediaLoader(source.parent, cfg.video.sampling(family_of(cfg.model.path).pixel_factor),
-                         cfg.data.loader_workers, "skip",
-                         cfg.video.image_max_pixels)
+    loader = MediaLoader(
+        source.parent,
+        cfg.video.sampling(family_of(cfg.model.path).pixel_factor),
+        cfg.data.loader_workers,
+        "skip",
+        cfg.video.image_max_pixels,
+    )
     overrides = {"n": c.samples, "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens}
     bar = tqdm(total=len(todo), desc="make-cot", unit="row", dynamic_ncols=True)
     kept = no_verdict = 0
     stats = Counter()
     try:
         for start in range(0, len(todo), c.batch_rows):
-            batch = todo[start:start + c.batch_rows]
+            batch = todo[start : start + c.batch_rows]
             loaded, failed = load_batch(loader, batch)
-            records = [{"row": row, "problem_id": s.problem_id, "reason": why, "final": False}
-                       for row, s, why in failed]
+            records = [
+                {"row": row, "problem_id": s.problem_id, "reason": why, "final": False} for row, s, why in failed
+            ]
             rows, loaded = [row for row, _ in loaded], [it for _, it in loaded]
             requests = [RolloutRequest(f"cot:{row}", vllm_prompt(stack.tokenizer, it)) for row, it in zip(rows, loaded)]
             results = rollout.generate(requests, step=0, overrides=overrides)
             candidates = [[screen(it.sample, r.text) for r in res.responses] for it, res in zip(loaded, results)]
             # step 3 only for candidates that passed steps 1 and 2 (the judge is the expensive part)
-            to_judge = [(k, j) for k, cands in enumerate(candidates) for j, cand in enumerate(cands)
-                        if needs_judging(cand, c.min_accuracy)]
+            to_judge = [
+                (k, j)
+                for k, cands in enumerate(candidates)
+                for j, cand in enumerate(cands)
+                if needs_judging(cand, c.min_accuracy)
+            ]
             scored = pool.score([ScoreItem.from_sample(loaded[k].sample, candidates[k][j].text) for k, j in to_judge])
             stats += scored.stats
             verdicts = [[None] * len(cands) for cands in candidates]
@@ -126,11 +147,24 @@ def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int,
 
 def _record(row: int, sample: Sample, cands, verdicts, d: Decision) -> dict:
     best = cands[d.index]
-    return {"row": row, "problem_id": sample.problem_id, "reason": d.reason, "final": d.final,
-            "candidate": d.index, "passed_template": d.passed[0], "passed_accuracy": d.passed[1],
-            "passed_judge": d.passed[2], "response": best.text, "observation": best.observation,
-            "think": best.think, "answer": best.answer, "accuracy": best.accuracy, "verdict": verdicts[d.index],
-            "candidates": len(cands), "candidates_formatted": sum(c.format_ok for c in cands)}
+    return {
+        "row": row,
+        "problem_id": sample.problem_id,
+        "reason": d.reason,
+        "final": d.final,
+        "candidate": d.index,
+        "passed_template": d.passed[0],
+        "passed_accuracy": d.passed[1],
+        "passed_judge": d.passed[2],
+        "response": best.text,
+        "observation": best.observation,
+        "think": best.think,
+        "answer": best.answer,
+        "accuracy": best.accuracy,
+        "verdict": verdicts[d.index],
+        "candidates": len(cands),
+        "candidates_formatted": sum(c.format_ok for c in cands),
+    }
 
 
 def _collect(cfg, store: BatchStore, source: Path, samples: list, malformed: list[str]) -> dict:
@@ -146,24 +180,47 @@ def _collect(cfg, store: BatchStore, source: Path, samples: list, malformed: lis
             decided.append(r)
             if r["reason"] == "kept":
                 kept.append(_cot_sample(s, r, source, cfg))
-    decisions = [Decision(r["reason"], r["candidate"], (r["passed_template"], r["passed_accuracy"],
-                                                        r["passed_judge"])) for r in decided]
+    decisions = [
+        Decision(r["reason"], r["candidate"], (r["passed_template"], r["passed_accuracy"], r["passed_judge"]))
+        for r in decided
+    ]
     rows_in = len(samples) + len(malformed)
     out = store.path / "cot.parquet"
     write_parquet(kept, out)
     if latest:
         write_records([latest[i] for i in sorted(latest)], store.path / "funnel.parquet")
-    return {"input": str(source), "teacher": cfg.model.path, "judge": f"{cfg.judge.backend}:{cfg.judge.model}",
-            "rows_in": rows_in, "kept": len(kept), "cot_file": str(out),
-            "funnel": funnel_table(rows_in, decisions, {k: v for k, v in skipped.items() if v}),
-            "retry_hint": "rerun the same command to retry rows whose judge gave no verdict or whose media failed"}
+    return {
+        "input": str(source),
+        "teacher": cfg.model.path,
+        "judge": f"{cfg.judge.backend}:{cfg.judge.model}",
+        "rows_in": rows_in,
+        "kept": len(kept),
+        "cot_file": str(out),
+        "funnel": funnel_table(rows_in, decisions, {k: v for k, v in skipped.items() if v}),
+        "retry_hint": "rerun the same command to retry rows whose judge gave no verdict or whose media failed",
+    }
 
 
 def _cot_sample(s: Sample, r: dict, source: Path, cfg) -> Sample:
     """The kept row as an SFT row: the teacher's observation and think, the dataset's own solution."""
     extra = dict(s.extra)
-    extra.update(cot_response=r["response"], cot_accuracy=r["accuracy"], cot_verdict="Yes",
-                 cot_teacher=cfg.model.path, cot_source_row=r["row"])
-    return Sample(s.problem_id, s.problem, s.data_type, s.problem_type, s.solution,
-                  str(resolve_media(s.path, source.parent).resolve()), list(s.options), s.data_source,
-                  observation=r["observation"], process=r["think"], extra=extra)
+    extra.update(
+        cot_response=r["response"],
+        cot_accuracy=r["accuracy"],
+        cot_verdict="Yes",
+        cot_teacher=cfg.model.path,
+        cot_source_row=r["row"],
+    )
+    return Sample(
+        s.problem_id,
+        s.problem,
+        s.data_type,
+        s.problem_type,
+        s.solution,
+        str(resolve_media(s.path, source.parent).resolve()),
+        list(s.options),
+        s.data_source,
+        observation=r["observation"],
+        process=r["think"],
+        extra=extra,
+    )

@@ -49,12 +49,15 @@ def _bar(total: int, initial: int, desc: str):
 def check_cot_rows(data: Dataset) -> None:
     bad = [s.problem_id for s in data.samples if not (s.observation and s.process)]
     if bad:
-        raise RowError(f"{data.path}: {len(bad)} rows lack the 'observation' or 'process' text SFT trains on "
-                       f"(first: {', '.join(bad[:3])}); use a CoT file (data.cot_file)")
+        raise RowError(
+            f"{data.path}: {len(bad)} rows lack the 'observation' or 'process' text SFT trains on "
+            f"(first: {', '.join(bad[:3])}); use a CoT file (data.cot_file)"
+        )
 
 
-def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None = None, should_stop=None,
-            check_every: int = 0) -> dict:
+def run_sft(
+    cfg, force: bool = False, verbose: bool = False, stack: Stack | None = None, should_stop=None, check_every: int = 0
+) -> dict:
     """``should_stop(learner_group, step) -> str | None``, asked every ``check_every`` steps: a reason to end SFT
     there (the demo stops once validation accuracy shows the skill RL should sharpen, leaving it headroom)."""
     from cluster.learner_group import LearnerGroup
@@ -68,8 +71,14 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
     try:
         stack = stack or Stack(cfg, verbose)
         check_storage(str(run.path), cfg.model.path)  # every host sees the run folder and the model, or none starts
-        learner = LearnerGroup(cfg, cfg.model.path, with_reference=False, lr=cfg.sft.lr,
-                               warmup_steps=cfg.sft.warmup_steps, transport=cfg.transport if should_stop else None)
+        learner = LearnerGroup(
+            cfg,
+            cfg.model.path,
+            with_reference=False,
+            lr=cfg.sft.lr,
+            warmup_steps=cfg.sft.warmup_steps,
+            transport=cfg.transport if should_stop else None,
+        )
         order = IndexOrder(len(data), cfg.run.seed)
         if state:
             learner.load(state["path"])
@@ -83,9 +92,15 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
                 picked += data.load(order.take(B - len(picked)))
             items = [it for _, it in picked]
             stats = learner.sft_step(ray.put(items), len(items))
-            row = {"step": learner.step, "time": time.time(), "loss": stats["loss"],
-                   "skipped_steps": stats["skipped_steps"], "time/step": time.perf_counter() - t0,
-                   "prompt_ids": [it.sample.problem_id for it in items], "skipped_media": dict(data.skipped)}
+            row = {
+                "step": learner.step,
+                "time": time.time(),
+                "loss": stats["loss"],
+                "skipped_steps": stats["skipped_steps"],
+                "time/step": time.perf_counter() - t0,
+                "prompt_ids": [it.sample.problem_id for it in items],
+                "skipped_media": dict(data.skipped),
+            }
             run.log_metrics(row)
             trackers.log(row)
             bar.update(1)
@@ -101,9 +116,16 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
         bar.close()
         learner.save_hf(str(run.path / "hf"))
         learner.shutdown()
-        summary = {"stage": "sft", "steps": learner.step, "final_loss": run.metrics()[-1]["loss"], "stopped_by": stop,
-                   "seconds": time.perf_counter() - t_start, "hf": str(run.path / "hf"),
-                   "skipped_media": dict(data.skipped), "trackers_failed": trackers.failed}
+        summary = {
+            "stage": "sft",
+            "steps": learner.step,
+            "final_loss": run.metrics()[-1]["loss"],
+            "stopped_by": stop,
+            "seconds": time.perf_counter() - t_start,
+            "hf": str(run.path / "hf"),
+            "skipped_media": dict(data.skipped),
+            "trackers_failed": trackers.failed,
+        }
         run.write_summary(summary)
         print(f"[sft] {learner.step} steps, loss {summary['final_loss']:.3f}; model written to {run.path / 'hf'}")
         return summary
@@ -114,8 +136,14 @@ def run_sft(cfg, force: bool = False, verbose: bool = False, stack: Stack | None
 
 
 # -- stage 2 --------------------------------------------------------------------------------------------------------
-def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | None = None, hooks=(),
-              evaluate_on: list | None = None) -> dict:
+def run_train(
+    cfg,
+    force: bool = False,
+    verbose: bool = False,
+    stack: Stack | None = None,
+    hooks=(),
+    evaluate_on: list | None = None,
+) -> dict:
     """RL from ``model.path``. ``evaluate_on``: held-out items evaluated before the first step (fresh runs) and
     after the last (the demo's measurements)."""
     from actors.reward_pool import RewardPool
@@ -130,9 +158,11 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         from cluster.config_loader import ConfigError
 
         # a channel has one receiver per worker; in the group every tensor-parallel rank is a member of its own
-        raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} needs "
-                          "transport.scheme=group (every tensor-parallel rank receives the weights there; a "
-                          "per-worker channel has one receiver)")
+        raise ConfigError(
+            f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} needs "
+            "transport.scheme=group (every tensor-parallel rank receives the weights there; a "
+            "per-worker channel has one receiver)"
+        )
     check_before_start(cfg, "train")  # the config's values first, then what it names on disk
     data = Dataset(cfg, cfg.data.train_file)
     check_judge_fits(cfg, data.samples)
@@ -144,9 +174,12 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         stack = stack or Stack(cfg, verbose)
         check_storage(str(run.path), cfg.model.path)  # every host sees the run folder and the model, or none starts
         # first: a port in use is a start-up error, not one after the engines have loaded
-        metrics = StepMetrics(cfg.metrics.port, host=cfg.metrics.host, stall_after_s=cfg.metrics.stall_after_s,
-                              run_info={"run_id": run_id, "algorithm": cfg.learner.algorithm,
-                                        "model": cfg.model.path})
+        metrics = StepMetrics(
+            cfg.metrics.port,
+            host=cfg.metrics.host,
+            stall_after_s=cfg.metrics.stall_after_s,
+            run_info={"run_id": run_id, "algorithm": cfg.learner.algorithm, "model": cfg.model.path},
+        )
         parts.append(metrics)
         learner = LearnerGroup(cfg, cfg.model.path, with_reference=True, transport=cfg.transport)
         parts.append(learner)
@@ -163,10 +196,19 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         try:
             control.set_desired_workers(cfg.rollout.num_workers)  # this start's count wins over an old request
         except Exception as e:  # noqa: BLE001 - no control plane: the run goes on at its configured size
-            log.warning("control plane at %s unavailable (%s): `videop2r scale` will not reach this run",
-                        redact_url(url), type(e).__name__)
-        rollout = RolloutGroup(cfg.rollout, cfg.transport, cfg.model.path, cfg.model.dtype, source=learner,
-                               lora_rank=cfg.learner.lora.served_rank)
+            log.warning(
+                "control plane at %s unavailable (%s): `videop2r scale` will not reach this run",
+                redact_url(url),
+                type(e).__name__,
+            )
+        rollout = RolloutGroup(
+            cfg.rollout,
+            cfg.transport,
+            cfg.model.path,
+            cfg.model.dtype,
+            source=learner,
+            lora_rank=cfg.learner.lora.served_rank,
+        )
         parts.append(rollout)
         pool = RewardPool(cfg, tokenizer_path=cfg.model.path)
         parts.append(pool)
@@ -175,8 +217,12 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
         trainer.order = order
         trainer.counters.update((state or {}).get("counters", {}))
         trainer.hooks.extend(hooks)
-        summary = {"stage": "train", "run_id": run_id, "algorithm": cfg.learner.algorithm,
-                   "resumed_from": (state or {}).get("path")}
+        summary = {
+            "stage": "train",
+            "run_id": run_id,
+            "algorithm": cfg.learner.algorithm,
+            "resumed_from": (state or {}).get("path"),
+        }
         if evaluate_on:  # measured once, before the first step; a resumed run reads it back
             first = run.path / "eval_start.json"
             if not first.is_file():
@@ -187,17 +233,29 @@ def run_train(cfg, force: bool = False, verbose: bool = False, stack: Stack | No
 
         def progress(tr, row):
             bar.update(1)
-            bar.set_postfix(R_P=f"{row['reward_perception']:.2f}", R_R=f"{row['reward_reasoning']:.2f}",
-                            acc=f"{row['accuracy']:.2f}", s=f"{row['time/step']:.1f}")
+            bar.set_postfix(
+                R_P=f"{row['reward_perception']:.2f}",
+                R_R=f"{row['reward_reasoning']:.2f}",
+                acc=f"{row['accuracy']:.2f}",
+                s=f"{row['time/step']:.1f}",
+            )
 
         trainer.train(progress)
         bar.close()
-        summary.update(steps=trainer.step, seconds=time.perf_counter() - t0, counters=dict(trainer.counters),
-                       stopped_early=trainer.stop_requested, rollout_events=list(rollout.events),
-                       skipped_media=dict(data.skipped), trackers_failed=trackers.failed)
+        summary.update(
+            steps=trainer.step,
+            seconds=time.perf_counter() - t0,
+            counters=dict(trainer.counters),
+            stopped_early=trainer.stop_requested,
+            rollout_events=list(rollout.events),
+            skipped_media=dict(data.skipped),
+            trackers_failed=trackers.failed,
+        )
         if trainer.stop_requested:
-            print(f"[train] stopped at step {trainer.step} with a checkpoint; resume with the same command "
-                  f"(run.resume=auto) and run.out_dir={run.path}")
+            print(
+                f"[train] stopped at step {trainer.step} with a checkpoint; resume with the same command "
+                f"(run.resume=auto) and run.out_dir={run.path}"
+            )
         else:
             learner.save_hf(str(run.path / "hf"))
             summary["hf"] = str(run.path / "hf")

@@ -18,7 +18,9 @@ def group_advantages(
     """
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
     if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a length divisible by group_size={group_size}, got {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D with a length divisible by group_size={group_size}, got {tuple(rewards.shape)}"
+        )
     r = rewards.view(-1, group_size)
     m = torch.ones_like(r, dtype=torch.bool) if valid is None else torch.as_tensor(valid, dtype=torch.bool).view_as(r)
     n = m.sum(1, keepdim=True).clamp(min=1)

@@ -31,13 +31,19 @@ class ScoredInputs:
 def prompt_inputs(processor, item: LoadedSample) -> dict:
     text = processor.apply_chat_template(chat_messages(item.sample), tokenize=False, add_generation_prompt=True)
     if item.video is not None:
-        return processor(text=[text], videos=[item.video.frames], video_metadata=[item.video.metadata()],
-                         do_sample_frames=False, return_tensors="pt")
+        return processor(
+            text=[text],
+            videos=[item.video.frames],
+            video_metadata=[item.video.metadata()],
+            do_sample_frames=False,
+            return_tensors="pt",
+        )
     return processor(text=[text], images=[item.image], return_tensors="pt")
 
 
-def build_inputs(processor, config, items: list[LoadedSample], responses: list[list[int]],
-                 prompts: list[dict] | None = None) -> ScoredInputs:
+def build_inputs(
+    processor, config, items: list[LoadedSample], responses: list[list[int]], prompts: list[dict] | None = None
+) -> ScoredInputs:
     """``prompts`` (from ``prompt_inputs``) may be passed in when the same prompt is scored many times (a group)."""
     prompts = prompts or [prompt_inputs(processor, it) for it in items]
     pad = processor.tokenizer.pad_token_id or 0
@@ -89,8 +95,9 @@ def response_positions(prompt_positions: torch.Tensor, n: int) -> torch.Tensor:
 LOGPROB_CHUNK = 128  # response positions per LM-head call: bounds the float32 logits to (B, 128, V)
 
 
-def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK,
-                      vision: SharedVisionFeatures | None = None) -> torch.Tensor:
+def response_logprobs(
+    model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK, vision: SharedVisionFeatures | None = None
+) -> torch.Tensor:
     """log pi(token) of each generated token, (B, R); 0 where padded. Gradients flow when enabled.
 
     ``vision``: the update's store of each prompt's (frozen) vision features; the model then gets those instead of
@@ -104,8 +111,11 @@ def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK,
     # a DeepSpeed engine or the model itself; under LoRA the transformers model inside peft's wrapper (its adapted
     # layers are in it: the forward goes through the adapters unless they are switched off)
     hf = base_model(getattr(model, "module", model))
-    kwargs = {k: v.to(hf.device) for k, v in batch.model_kwargs.items()  # the inputs go where the model is
-              if vision is None or k not in PIXEL_KEYS}
+    kwargs = {
+        k: v.to(hf.device)
+        for k, v in batch.model_kwargs.items()  # the inputs go where the model is
+        if vision is None or k not in PIXEL_KEYS
+    }
     if vision is not None:
         kwargs["mm_encoder_outputs"] = vision.encoder_outputs(hf, batch.prompts)
     hidden = hf.model(**kwargs, use_cache=False).last_hidden_state  # (B, L, H), after the final norm
@@ -127,7 +137,7 @@ def response_logprobs(model, batch: ScoredInputs, chunk: int = LOGPROB_CHUNK,
 
     parts = []
     for s in range(0, R, chunk):
-        h_c, ids_c = h[:, s:s + chunk], ids[:, s:s + chunk]
+        h_c, ids_c = h[:, s : s + chunk], ids[:, s : s + chunk]
         if torch.is_grad_enabled() and h_c.requires_grad:
             from torch.utils.checkpoint import checkpoint
 

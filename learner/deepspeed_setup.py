@@ -46,8 +46,9 @@ def init_distributed(backend: str) -> None:
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:  # a single process, not started by a launcher
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
     _skip_shm_comm_op()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     # the world's store made here, so that rank 0's listens on MASTER_ADDR only: torch's env:// rendezvous binds
@@ -74,8 +75,9 @@ def _world_store(host: str, port: int, rank: int, world: int, timeout_s: float =
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen()
-        store = dist.TCPStore(host, port, world, True, timeout, wait_for_workers=False,
-                              master_listen_fd=sock.fileno(), use_libuv=True)
+        store = dist.TCPStore(
+            host, port, world, True, timeout, wait_for_workers=False, master_listen_fd=sock.fileno(), use_libuv=True
+        )
     except BaseException:
         sock.close()
         raise
@@ -111,8 +113,16 @@ def ds_config(cfg) -> dict:
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.dtype == "bfloat16"},
-        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8,
-                                                  "weight_decay": cfg.weight_decay, "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.lr,
+                "betas": list(cfg.betas),
+                "eps": 1e-8,
+                "weight_decay": cfg.weight_decay,
+                "torch_adam": True,
+            },
+        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

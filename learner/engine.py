@@ -112,8 +112,9 @@ class Learner(LearnerWeights):
             return None
         return SharedVisionFeatures()
 
-    def _micro_batches(self, indices: list[int], lengths: list[int] | None = None,
-                       at_least: int = 1) -> list[list[int]]:
+    def _micro_batches(
+        self, indices: list[int], lengths: list[int] | None = None, at_least: int = 1
+    ) -> list[list[int]]:
         """Rows in micro-batches (at least ``at_least`` of them): the bound on every forward and backward. By
         rows, contiguous, at most ``micro_batch_size`` each; with ``learner.micro_batch_tokens`` and the rows'
         sequence ``lengths``, by that budget of padded tokens over length-sorted rows. Every rank runs as many
@@ -152,8 +153,9 @@ class Learner(LearnerWeights):
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
             if grads:
                 norm = float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
-            finite = torch.tensor([float(all(bool(torch.isfinite(g).all()) for g in grads))],
-                                  device=self._collective_device)
+            finite = torch.tensor(
+                [float(all(bool(torch.isfinite(g).all()) for g in grads))], device=self._collective_device
+            )
             import torch.distributed as dist
 
             if dist.is_initialized():
@@ -180,7 +182,9 @@ class Learner(LearnerWeights):
         total = max(1, sum(len(t) for t in targets))
         loss_sum = 0.0
         for chunk in self._micro_batches(list(range(len(items))), at_least=self.cfg.grad_accum):
-            batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk], [targets[i] for i in chunk])
+            batch = build_inputs(
+                self.processor, self.model_config, [items[i] for i in chunk], [targets[i] for i in chunk]
+            )
             lp = response_logprobs(self.engine, batch)
             loss = -(lp.sum() / batch.response_mask.sum().clamp(min=1))
             weight = float(batch.response_mask.sum()) / total
@@ -237,35 +241,53 @@ class Learner(LearnerWeights):
             old_lp[chunk] = pad_to(self.logprobs(its, resp, prompts=prm, vision=vision), R)
             if ref_lp is not None:
                 with adapters_off(self.engine.module) if self._reference_is_base else contextlib.nullcontext():
-                    ref_lp[chunk] = pad_to(self.logprobs(its, resp, model=self.reference, prompts=prm, vision=vision),
-                                           R)
+                    ref_lp[chunk] = pad_to(
+                        self.logprobs(its, resp, model=self.reference, prompts=prm, vision=vision), R
+                    )
         logprobs_s = time.perf_counter() - t_logprobs
         behaviour = _behaviour(rollouts, R)
-        is_weight, mismatch = importance_weights(old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens,
-                                          cfg.is_clamp)
+        is_weight, mismatch = importance_weights(
+            old_lp, behaviour, torch.tensor([r.stale for r in rollouts]), tokens, cfg.is_clamp
+        )
         losses, stats_acc, grad_norms = [], [], []
         # every minibatch is checked before the first optimizer step: an uneven last one must not fail mid-update
         minibatches = split(list(range(len(rollouts))), cfg.minibatches, "learner.minibatches")
         if min(len(mb) for mb in minibatches) < cfg.grad_accum:
-            raise ValueError(f"{len(rollouts)} rollouts in learner.minibatches={cfg.minibatches} give a minibatch of "
-                             f"{min(len(mb) for mb in minibatches)}, too few for learner.grad_accum={cfg.grad_accum} "
-                             "micro-batches: lower grad_accum or minibatches")
+            raise ValueError(
+                f"{len(rollouts)} rollouts in learner.minibatches={cfg.minibatches} give a minibatch of "
+                f"{min(len(mb) for mb in minibatches)}, too few for learner.grad_accum={cfg.grad_accum} "
+                "micro-batches: lower grad_accum or minibatches"
+            )
         nonfinite_before, skipped_before = self.nonfinite_losses, self.skipped_steps
         cuts = [self._micro_batches(mb, lengths, cfg.grad_accum) for mb in minibatches]  # the same every epoch
         for _ in range(cfg.update_epochs):
             for mb, cut in zip(minibatches, cuts):  # one optimizer step each
                 step_loss = 0.0
                 for chunk in cut:  # each forward and backward: at most micro_batch_size rows or micro_batch_tokens
-                    batch = build_inputs(self.processor, self.model_config, [items[i] for i in chunk],
-                                         [responses[i] for i in chunk], [prompts[i] for i in chunk])
+                    batch = build_inputs(
+                        self.processor,
+                        self.model_config,
+                        [items[i] for i in chunk],
+                        [responses[i] for i in chunk],
+                        [prompts[i] for i in chunk],
+                    )
                     lp = pad_to(response_logprobs(self.engine, batch, vision=vision), R)
                     idx = torch.tensor(chunk)
 
                     def here(t, idx=idx, device=lp.device):  # this micro-batch's rows of a batch tensor, on its device
                         return None if t is None else t[idx].to(device)
 
-                    loss, st = policy_loss(lp, here(old_lp), here(ref_lp), here(adv), here(tokens), cfg.clip_eps,
-                                           cfg.beta, cfg.aggregation, is_weight=here(is_weight))
+                    loss, st = policy_loss(
+                        lp,
+                        here(old_lp),
+                        here(ref_lp),
+                        here(adv),
+                        here(tokens),
+                        cfg.clip_eps,
+                        cfg.beta,
+                        cfg.aggregation,
+                        is_weight=here(is_weight),
+                    )
                     weight = token_share(tokens, chunk, mb, cfg.aggregation)
                     self._accumulate(loss, weight)
                     step_loss += float(loss.detach()) * weight
@@ -274,17 +296,25 @@ class Learner(LearnerWeights):
                 losses.append(step_loss)
         self.step += 1
         finite = [x for x in losses if math.isfinite(x)]
-        out = {"loss": float(np.mean(finite)) if finite else float("nan"), "unsplittable": unsplittable, **adv_stats,
-               "nonfinite_losses": self.nonfinite_losses - nonfinite_before,
-               "skipped_steps": self.skipped_steps - skipped_before, "lr": self.scheduler.get_last_lr()[0],
-               "mismatch_kl": mismatch, "trained_tokens": int(tokens.sum()),
-               "perception_tokens": float(m_p.sum()), "reasoning_tokens": float(m_r.sum()),
-               # the sampled tokens' mean surprisal under the pre-update policy: a Monte Carlo estimate of its
-               # entropy (no full-vocabulary pass needed)
-               "entropy": float(-(old_lp.float().cpu() * tokens).sum() / tokens.sum().clamp(min=1)),
-               "grad_norm": _finite_mean(grad_norms), "logprobs_s": logprobs_s,
-               # of the update's forwards and backwards (rows x the longest row, summed): right padding
-               "padding_fraction": padding_fraction([c for cut in cuts for c in cut], lengths)}
+        out = {
+            "loss": float(np.mean(finite)) if finite else float("nan"),
+            "unsplittable": unsplittable,
+            **adv_stats,
+            "nonfinite_losses": self.nonfinite_losses - nonfinite_before,
+            "skipped_steps": self.skipped_steps - skipped_before,
+            "lr": self.scheduler.get_last_lr()[0],
+            "mismatch_kl": mismatch,
+            "trained_tokens": int(tokens.sum()),
+            "perception_tokens": float(m_p.sum()),
+            "reasoning_tokens": float(m_r.sum()),
+            # the sampled tokens' mean surprisal under the pre-update policy: a Monte Carlo estimate of its
+            # entropy (no full-vocabulary pass needed)
+            "entropy": float(-(old_lp.float().cpu() * tokens).sum() / tokens.sum().clamp(min=1)),
+            "grad_norm": _finite_mean(grad_norms),
+            "logprobs_s": logprobs_s,
+            # of the update's forwards and backwards (rows x the longest row, summed): right padding
+            "padding_fraction": padding_fraction([c for cut in cuts for c in cut], lengths),
+        }
         if vision is not None:  # prompts whose vision features this update computed (once each)
             out["vision_tower_calls"] = vision.tower_calls
         for k in ("kl", "clip_fraction", "ratio_mean"):
@@ -296,10 +326,13 @@ class Learner(LearnerWeights):
         model). With LoRA the reference is the model the learner started from (adapters off): a LoRA RL run starts
         from the SFT model's hf/ (the merged model), as ``train`` does."""
         if self._reference_is_base:
-            raise ValueError("with learner.lora the KL reference is the model the learner started from (its adapters "
-                             "off): start the RL learner from the SFT model's hf/ instead of resetting it")
+            raise ValueError(
+                "with learner.lora the KL reference is the model the learner started from (its adapters "
+                "off): start the RL learner from the SFT model's hf/ instead of resetting it"
+            )
         if self.reference is not None:
             self.reference.load_state_dict(self.state_dict_for_rollout(), strict=False)
+
 
 def sft_targets(tokenizer, items) -> list[list[int]]:
     """The SFT target ids of CoT rows: observation, think and answer in their tags, then the end-of-turn token."""

@@ -50,7 +50,7 @@ def policy_loss(
         n = mask.sum().clamp(min=1)
         # tokens where the clipped branch is the one min() takes (its gradient is zero): r above 1 + eps with A > 0,
         # or below 1 - eps with A < 0; a ratio outside the range on the other side still gets its gradient
-        clipped = (((ratio > 1 + clip_eps) & (advantages > 0)) | ((ratio < 1 - clip_eps) & (advantages < 0)))
+        clipped = ((ratio > 1 + clip_eps) & (advantages > 0)) | ((ratio < 1 - clip_eps) & (advantages < 0))
         clipped = clipped.to(mask.dtype)
         stats = {
             "kl": float((kl * mask).sum() / n),
@@ -60,8 +60,9 @@ def policy_loss(
     return loss, stats
 
 
-def importance_weights(old_lp: torch.Tensor, behaviour: torch.Tensor | None, stale: torch.Tensor, tokens: torch.Tensor,
-                clamp: float) -> tuple[torch.Tensor | None, float]:
+def importance_weights(
+    old_lp: torch.Tensor, behaviour: torch.Tensor | None, stale: torch.Tensor, tokens: torch.Tensor, clamp: float
+) -> tuple[torch.Tensor | None, float]:
     """(per-token truncated importance weights, mismatch KL).
 
     A stale rollout was sampled by older weights (the behaviour policy mu) than the ones the update starts from

@@ -11,7 +11,7 @@ def split(xs: list, parts: int, what: str = "learner.grad_accum") -> list[list]:
     if len(xs) < parts:
         raise ValueError(f"{len(xs)} samples cannot fill {what}={parts} pieces")
     bounds = [round(i * len(xs) / parts) for i in range(parts + 1)]
-    return [xs[bounds[i]:bounds[i + 1]] for i in range(parts)]
+    return [xs[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 def token_budget(rows: list[int], lengths: list[int], budget: int, parts: int = 1) -> list[list[int]]:
@@ -31,7 +31,7 @@ def token_budget(rows: list[int], lengths: list[int], budget: int, parts: int = 
     while len(out) < parts:
         big = max((b for b in out if len(b) > 1), key=lambda b: len(b) * lengths[b[0]])
         k = out.index(big)
-        out[k:k + 1] = [big[: len(big) // 2], big[len(big) // 2:]]
+        out[k : k + 1] = [big[: len(big) // 2], big[len(big) // 2 :]]
     return out
 
 

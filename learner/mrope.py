@@ -32,7 +32,10 @@ def mrope_positions(
 ) -> tuple[torch.Tensor, int]:
     """(positions of shape (3, len(input_ids)), rope delta = max position + 1 - length)."""
     ids = list(input_ids)
-    images, videos = iter([list(map(int, g)) for g in image_grid_thw]), iter([list(map(int, g)) for g in video_grid_thw])
+    images, videos = (
+        iter([list(map(int, g)) for g in image_grid_thw]),
+        iter([list(map(int, g)) for g in video_grid_thw]),
+    )
     seconds = iter(list(second_per_grid_ts))
     parts: list[torch.Tensor] = []
     next_pos, i = 0, 0
@@ -50,8 +53,10 @@ def mrope_positions(
             wi = torch.arange(w).view(1, 1, -1).expand(t, h, w)
             block = torch.stack([ti.reshape(-1), hi.reshape(-1), wi.reshape(-1)]) + next_pos
             n = t * h * w
-            if ids[i:i + n] != [tok] * n:
-                raise ValueError(f"expected {n} vision tokens at position {i} for grid {(t, h * spatial_merge_size, w * spatial_merge_size)}")
+            if ids[i : i + n] != [tok] * n:
+                raise ValueError(
+                    f"expected {n} vision tokens at position {i} for grid {(t, h * spatial_merge_size, w * spatial_merge_size)}"
+                )
             parts.append(block)
             next_pos = int(block.max()) + 1
             i += n

@@ -17,8 +17,10 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 # modality of transformers' mm_encoder_outputs -> (pixel key, grid key, the model's feature method)
-MODALITIES = {"video": ("pixel_values_videos", "video_grid_thw", "get_video_features"),
-              "image": ("pixel_values", "image_grid_thw", "get_image_features")}
+MODALITIES = {
+    "video": ("pixel_values_videos", "video_grid_thw", "get_video_features"),
+    "image": ("pixel_values", "image_grid_thw", "get_image_features"),
+}
 PIXEL_KEYS = tuple(pix for pix, _, _ in MODALITIES.values())
 
 
@@ -56,11 +58,14 @@ class SharedVisionFeatures:
                 key = (id(p), modality)
                 if key not in self._kept:
                     with torch.no_grad():
-                        res = getattr(hf_model.model, method)(p[pix].to(hf_model.device), p[grid].to(hf_model.device),
-                                                              return_dict=True)
+                        res = getattr(hf_model.model, method)(
+                            p[pix].to(hf_model.device), p[grid].to(hf_model.device), return_dict=True
+                        )
                     deep = getattr(res, "deepstack_features", None)
-                    feats = [(f.detach(), None if deep is None else tuple(layer[i].detach() for layer in deep))
-                             for i, f in enumerate(res.pooler_output)]
+                    feats = [
+                        (f.detach(), None if deep is None else tuple(layer[i].detach() for layer in deep))
+                        for i, f in enumerate(res.pooler_output)
+                    ]
                     self._kept[key] = (p, type(res), feats)
                     self.tower_calls += 1
                 _, kind, feats = self._kept[key]
@@ -71,6 +76,8 @@ class SharedVisionFeatures:
                     out[modality] = BaseModelOutputWithPooling(pooler_output=merged)
                 else:  # layer-major, as the tower returns them: [layer][medium]
                     layers = len(per_media[0][1])
-                    out[modality] = kind(pooler_output=merged,
-                                         deepstack_features=[tuple(d[k] for _, d in per_media) for k in range(layers)])
+                    out[modality] = kind(
+                        pooler_output=merged,
+                        deepstack_features=[tuple(d[k] for _, d in per_media) for k in range(layers)],
+                    )
         return out

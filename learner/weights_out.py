@@ -37,14 +37,20 @@ class LearnerWeights:
                 continue
             if name in merged:
                 layer = merged[name]
-                units.append((name, [layer.base_layer.weight, layer.lora_A["default"].weight,
-                                     layer.lora_B["default"].weight], layer))
+                units.append(
+                    (
+                        name,
+                        [layer.base_layer.weight, layer.lora_A["default"].weight, layer.lora_B["default"].weight],
+                        layer,
+                    )
+                )
             elif not trainable_only:  # everything else is frozen under LoRA and never changes
                 units.append((name, [p], p))
         return units
 
-    def named_weights(self, keep: bool = True, bucket_mb: float = 64,
-                      trainable_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    def named_weights(
+        self, keep: bool = True, bucket_mb: float = 64, trainable_only: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Copies of the full parameters under their Hugging Face names, on the CPU. Under ZeRO-3 they are gathered
         about ``bucket_mb`` at a time (one gather per bucket, not per tensor). Every rank must iterate it (the
         gathers are collectives); ``keep=False`` (ranks other than the writer) takes part without copying.
@@ -160,9 +166,11 @@ def _rng_state() -> dict:
     """This process's RNG states as tensors and numbers, which ``torch.load(weights_only=True)`` reads back."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, python_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "python": (version, torch.tensor(internal, dtype=torch.int64), python_gauss)}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": (version, torch.tensor(internal, dtype=torch.int64), python_gauss),
+    }
 
 
 def _set_rng_state(s: dict) -> None:

@@ -18,8 +18,14 @@ import re
 
 import numpy as np
 
-from rewards.accuracy import (PROBLEM_TYPES, free_form_accuracy, numerical_accuracy, ocr_accuracy, strip_answer_tags,
-                              to_number)
+from rewards.accuracy import (
+    PROBLEM_TYPES,
+    free_form_accuracy,
+    numerical_accuracy,
+    ocr_accuracy,
+    strip_answer_tags,
+    to_number,
+)
 
 _ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _THINK = re.compile(r"<think>\s*(.*?)\s*</think>", re.DOTALL)

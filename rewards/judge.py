@@ -73,6 +73,7 @@ def parse_judgement(text: str | None) -> bool | None:
 def verdict_key(judge_identity: str, question: str, correct_answer: str, observation: str, data_type: str) -> str:
     """Cache key of a verdict: everything the verdict depends on, hashed (sha256): the judge (its full identity:
     model, weights, sampling), the prompt version, and the prompt's inputs (the media word comes from data_type)."""
-    payload = json.dumps([judge_identity, PROMPT_VERSION, question, correct_answer, observation, data_type],
-                         ensure_ascii=False)
+    payload = json.dumps(
+        [judge_identity, PROMPT_VERSION, question, correct_answer, observation, data_type], ensure_ascii=False
+    )
     return hashlib.sha256(payload.encode()).hexdigest()

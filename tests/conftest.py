@@ -68,8 +68,14 @@ def ray_cluster():
 
     os.environ.update(ORPHAN_REAPING)  # a SIGKILLed rollout worker's vLLM engine processes go with it
     # address="local": a private cluster, even if another one (e.g. the ray-job test's) runs on this machine
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+    )
     yield ray
     ray.shutdown()
 
@@ -79,11 +85,26 @@ B, G = 4, 3
 
 
 def overrides(out, model, data, *extra):
-    return [f"run.out_dir={out}", f"model.path={model}", f"data.dir={data}", "rollout.group_size=3",
-            "rollout.max_tokens=48", f"trainer.prompts_per_step={B}", "trainer.checkpoint_every=2",
-            "trainer.steps=4", "trainer.max_staleness=0", "learner.micro_batch_size=12", "cache.retry_after_s=0.5",
-            "sft.steps=120", "sft.batch_size=8", "data.loader_workers=1", "rollout.chunks_per_worker=1",
-            "rollout.num_cpus=1", "learner.num_cpus=1", *extra]
+    return [
+        f"run.out_dir={out}",
+        f"model.path={model}",
+        f"data.dir={data}",
+        "rollout.group_size=3",
+        "rollout.max_tokens=48",
+        f"trainer.prompts_per_step={B}",
+        "trainer.checkpoint_every=2",
+        "trainer.steps=4",
+        "trainer.max_staleness=0",
+        "learner.micro_batch_size=12",
+        "cache.retry_after_s=0.5",
+        "sft.steps=120",
+        "sft.batch_size=8",
+        "data.loader_workers=1",
+        "rollout.chunks_per_worker=1",
+        "rollout.num_cpus=1",
+        "learner.num_cpus=1",
+        *extra,
+    ]
 
 
 def config(*args):

@@ -17,6 +17,7 @@ import pytest
 
 from toy.hosts import Cluster, free_subnet
 
+
 def unavailable() -> str | None:
     if os.geteuid() != 0:
         return "the multi-host harness needs root (network, mount and PID namespaces)"
@@ -92,15 +93,23 @@ def shared(hosts, tiny_model_dir, sft_model):
     return hosts.shared
 
 
-PINS = ["learner.num_ranks=2", "learner.num_cpus=1", "learner.resources.learner=1", "rollout.num_cpus=1",
-        "rollout.resources.rollout=1", "reward.resources.reward=1",
-        "cache.allow_insecure=true"]  # the demo config's start_local Redis, in clear between the harness's hosts
+PINS = [
+    "learner.num_ranks=2",
+    "learner.num_cpus=1",
+    "learner.resources.learner=1",
+    "rollout.num_cpus=1",
+    "rollout.resources.rollout=1",
+    "reward.resources.reward=1",
+    "cache.allow_insecure=true",
+]  # the demo config's start_local Redis, in clear between the harness's hosts
 
 
 def placement_group_states(c: Cluster) -> list[str]:
     """The state of every placement group of the cluster (Ray's state API, asked on the head)."""
-    code = ("import json; from ray.util.state import list_placement_groups; "
-            f"print(json.dumps([g.state for g in list_placement_groups(address={c.dashboard!r}, limit=1000)]))")
+    code = (
+        "import json; from ray.util.state import list_placement_groups; "
+        f"print(json.dumps([g.state for g in list_placement_groups(address={c.dashboard!r}, limit=1000)]))"
+    )
     r = c.run("head", ["python", "-c", code], c.ray_env(), timeout=60)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -150,8 +159,11 @@ def cpu_used(before: dict, after: dict, top: int = 3) -> str:
     for host, _, s in delta.values():
         hosts[host] = hosts.get(host, 0.0) + s
     busiest = sorted(delta.items(), key=lambda kv: -kv[1][2])[:top]
-    return (", ".join(f"{h} {s:.1f}" for h, s in hosts.items()) + "; busiest: "
-            + ", ".join(f"{comm} {pid} on {host} {s:.1f}" for pid, (host, comm, s) in busiest))
+    return (
+        ", ".join(f"{h} {s:.1f}" for h, s in hosts.items())
+        + "; busiest: "
+        + ", ".join(f"{comm} {pid} on {host} {s:.1f}" for pid, (host, comm, s) in busiest)
+    )
 
 
 def stacks(c: Cluster, names=("RolloutWorker", "VLLM::", "LearnerRank", "RewardScorer", "commands.cli")) -> str:

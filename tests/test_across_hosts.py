@@ -15,9 +15,20 @@ def cfg(*overrides):
     return load_config(Config, ROOT / "configs" / "demo.yaml", list(overrides))
 
 
-@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("127.0.1.1", True), ("localhost", True), ("::1", True),
-                                       ("0.0.0.0", True), ("[::]", True), ("10.0.0.5", False),
-                                       ("redis.svc", False), (None, False)])
+@pytest.mark.parametrize(
+    "host,loop",
+    [
+        ("127.0.0.1", True),
+        ("127.0.1.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("0.0.0.0", True),
+        ("[::]", True),
+        ("10.0.0.5", False),
+        ("redis.svc", False),
+        (None, False),
+    ],
+)
 def test_loopback_names(host, loop):
     """Catches: Debian's 127.0.1.1 or the wildcard address taken for a reachable one."""
     assert is_loopback(host) is loop
@@ -26,13 +37,24 @@ def test_loopback_names(host, loop):
 def test_loopback_settings_name_each_service_and_keep_the_password_out():
     """Catches: a loopback judge, cache or transport host passing to other hosts; a cache password in the message;
     a run-started Redis (which binds the node's address) refused."""
-    c = cfg("judge.backend=http", "judge.model=m", "judge.base_url=http://localhost:8000/v1",
-            "cache.start_local=false", "cache.url=redis://:pw@127.0.0.1:6379/0", "transport.host=127.0.0.1")
+    c = cfg(
+        "judge.backend=http",
+        "judge.model=m",
+        "judge.base_url=http://localhost:8000/v1",
+        "cache.start_local=false",
+        "cache.url=redis://:pw@127.0.0.1:6379/0",
+        "transport.host=127.0.0.1",
+    )
     found = loopback_settings(c, c.cache.url)
     assert [f.split()[0] for f in found] == ["cache.url", "judge.base_url", "transport.host"]
     assert not any("pw" in f for f in found)
-    ok = cfg("cache.start_local=true", "judge.backend=http", "judge.model=m", "judge.allow_insecure_http=true",
-             "judge.base_url=http://10.1.2.3:8000/v1")
+    ok = cfg(
+        "cache.start_local=true",
+        "judge.backend=http",
+        "judge.model=m",
+        "judge.allow_insecure_http=true",
+        "judge.base_url=http://10.1.2.3:8000/v1",
+    )
     assert loopback_settings(ok, "redis://127.0.0.1:6379/0") == []
     assert loopback_settings(cfg("cache.enabled=false"), "redis://127.0.0.1:6379/0") == []
 
@@ -42,8 +64,9 @@ def test_a_lone_node_keeps_its_loopback(ray_cluster):
     check_reachable(cfg("cache.url=redis://127.0.0.1:1/0"), "redis://127.0.0.1:1/0")
 
 
-@pytest.mark.parametrize("override,words", [("transport.host=0.0.0.0", "transport.host"),
-                                            ("rollout.temperature=0", "rollout.temperature")])
+@pytest.mark.parametrize(
+    "override,words", [("transport.host=0.0.0.0", "transport.host"), ("rollout.temperature=0", "rollout.temperature")]
+)
 def test_settings_no_host_could_use_are_refused_at_load(override, words):
     """Catches: a wildcard handed to workers as the address to connect to; greedy sampling of a group, which
     vLLM refuses only once the first rollout is requested."""
@@ -55,8 +78,12 @@ def test_the_storage_probe_names_what_a_host_does_not_see(tmp_path, tiny_model_d
     """Catches: a host without the shared run folder or with another model passing the check."""
     out = tmp_path / "run"
     token = write_marker(str(out))
-    expect = {"out_dir": str(out), "token": token, "model_path": str(tiny_model_dir),
-              "model_digest": config_digest(str(tiny_model_dir))}
+    expect = {
+        "out_dir": str(out),
+        "token": token,
+        "model_path": str(tiny_model_dir),
+        "model_digest": config_digest(str(tiny_model_dir)),
+    }
     assert probe(expect)["missing"] == []
     assert probe({**expect, "token": "other"})["missing"] == [f"run.out_dir {out}"]  # another folder at that path
     other = tmp_path / "model"
@@ -74,8 +101,15 @@ def test_paths_are_made_absolute_without_following_symlinks(tmp_path, monkeypatc
     (tmp_path / "link").symlink_to(tmp_path / "real")
     (tmp_path / "judge").mkdir()  # a folder that happens to carry the http judge's model name
     monkeypatch.chdir(tmp_path)
-    c = absolute_paths(cfg("model.path=link", "run.out_dir=runs/x", "judge.backend=http", "judge.model=judge",
-                           "judge.base_url=http://127.0.0.1:8000/v1"))
+    c = absolute_paths(
+        cfg(
+            "model.path=link",
+            "run.out_dir=runs/x",
+            "judge.backend=http",
+            "judge.model=judge",
+            "judge.base_url=http://127.0.0.1:8000/v1",
+        )
+    )
     assert c.model.path == str(tmp_path / "link") and c.run.out_dir == str(tmp_path / "runs" / "x")
     assert c.judge.model == "judge"
     assert os.path.realpath(c.model.path) == str(tmp_path / "real")
@@ -90,13 +124,18 @@ def test_ray_errors_become_one_line_naming_the_host():
     class StepFailed(ValueError):
         pass
 
-    wrapped = rx.RayTaskError("rl_step", "Traceback (most recent call last):\nStepFailed: x", StepFailed("bad batch"),
-                              proctitle="ray::LearnerRank.rl_step", pid=7, ip="10.9.0.12").as_instanceof_cause()
+    wrapped = rx.RayTaskError(
+        "rl_step",
+        "Traceback (most recent call last):\nStepFailed: x",
+        StepFailed("bad batch"),
+        proctitle="ray::LearnerRank.rl_step",
+        pid=7,
+        ip="10.9.0.12",
+    ).as_instanceof_cause()
     assert ray_error_line(wrapped) == "LearnerRank.rl_step failed on 10.9.0.12: StepFailed: bad batch"
     died = rx.ActorDiedError()
     assert ray_error_line(died).startswith("a Ray actor died")
     assert ray_error_line(ValueError("mine")) is None
-
 
 
 def test_only_a_dead_engine_restarts_a_rollout_worker(ray_cluster):
@@ -150,8 +189,7 @@ def test_a_lost_learner_host_is_told_from_a_rank_that_died_on_its_own(ray_cluste
     group.ranks = [ok, died, crashed]
     group.hosts = [("ok", node), ("died (10.0.0.2)", node), ("crashed (10.0.0.3)", crashed_node)]
     t0, real = time.monotonic(), ray.nodes
-    monkeypatch.setattr(ray, "nodes", lambda: real() + [{"NodeID": crashed_node,
-                                                        "Alive": time.monotonic() < t0 + 2}])
+    monkeypatch.setattr(ray, "nodes", lambda: real() + [{"NodeID": crashed_node, "Alive": time.monotonic() < t0 + 2}])
     assert group._unreachable(wait_s=8, settle_s=4) == ["rank 2 on crashed (10.0.0.3)"]
     assert 4 < time.monotonic() - t0 < 20  # the dead rank on a live node was given settle_s
     group.ranks, group.hosts = [ok, silent], [("ok", node), ("silent (10.0.0.4)", node)]

@@ -31,8 +31,9 @@ def ran(*args, timeout=900):
 
 
 def rows_of(out: str, labels) -> dict[str, str]:
-    found = {label: next((line for line in out.splitlines() if line.strip().startswith(label)), None)
-             for label in labels}
+    found = {
+        label: next((line for line in out.splitlines() if line.strip().startswith(label)), None) for label in labels
+    }
     assert all(found.values()), (found, out)
     return found
 
@@ -58,19 +59,37 @@ def test_learner(root):
     cut = rows_of(out, ("by rows (micro_batch_size=4)", "by tokens (micro_batch_tokens=", "tokens / rows step time"))
     padding = {k: float(cut[k].split()[-1]) for k in ("by rows (micro_batch_size=4)", "by tokens (micro_batch_tokens=")}
     assert padding["by tokens (micro_batch_tokens="] < padding["by rows (micro_batch_size=4)"], cut
-    sync = rows_of(out, ("full fine-tuning: the trainable weights", "LoRA: the adapted layers, merged",
-                         "LoRA: the adapters alone", "RL step, full fine-tuning / LoRA"))
+    sync = rows_of(
+        out,
+        (
+            "full fine-tuning: the trainable weights",
+            "LoRA: the adapted layers, merged",
+            "LoRA: the adapters alone",
+            "RL step, full fine-tuning / LoRA",
+        ),
+    )
     mib = {k: float(v.split("MiB")[0].split()[-1]) for k, v in sync.items() if "MiB" in v}
-    assert mib["LoRA: the adapters alone"] < mib["LoRA: the adapted layers, merged"] < \
-        mib["full fine-tuning: the trainable weights"], sync
+    assert (
+        mib["LoRA: the adapters alone"]
+        < mib["LoRA: the adapted layers, merged"]
+        < mib["full fine-tuning: the trainable weights"]
+    ), sync
 
 
 def test_train(root):
     """The RL step split for the three runs, after a 2-step SFT. Catches: a metrics key the table reads renamed
     (KeyError), a run that did not write its steps, the ratio lines gone."""
     out = ran("train", "--root", root, "--steps", 1, "--prompts", 2, "--sft-steps", 2)
-    rows = rows_of(out, ("pa_grpo, synchronous", "pa_grpo, overlapped", "grpo, synchronous",
-                         "overlapped / synchronous step time", "PA-GRPO / GRPO step time"))
+    rows = rows_of(
+        out,
+        (
+            "pa_grpo, synchronous",
+            "pa_grpo, overlapped",
+            "grpo, synchronous",
+            "overlapped / synchronous step time",
+            "PA-GRPO / GRPO step time",
+        ),
+    )
     for run_name in ("pa_grpo, synchronous", "pa_grpo, overlapped", "grpo, synchronous"):
         step = float(rows[run_name].split()[2])
         assert step > 0, rows[run_name]
@@ -81,9 +100,18 @@ def test_eval(root):
     """Evaluation through 1 and 2 workers, then make-cot. Catches an evaluation or make-cot API change and a
     funnel that is not printed."""
     out = ran("eval", "--root", root, "--rows", 4, "--max-tokens", 8)
-    rows = rows_of(out, ("eval, 1 rollout worker", "eval, 2 rollout workers", "eval 2 vs 1 workers",
-                         "eval 2 vs 1 workers, same CPUs", "eval, 2 rollout workers, 2 chunks per worker",
-                         "make-cot end to end", "make-cot funnel"))
+    rows = rows_of(
+        out,
+        (
+            "eval, 1 rollout worker",
+            "eval, 2 rollout workers",
+            "eval 2 vs 1 workers",
+            "eval 2 vs 1 workers, same CPUs",
+            "eval, 2 rollout workers, 2 chunks per worker",
+            "make-cot end to end",
+            "make-cot funnel",
+        ),
+    )
     assert float(rows["eval 2 vs 1 workers"].split()[-1].rstrip("x")) > 0
 
 

@@ -13,8 +13,9 @@ from tests.conftest import ROOT
 
 
 def run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "benchmarks", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_help_lists_the_benchmarks():
@@ -36,7 +37,12 @@ def test_decode_prints_table(tmp_path):
 def test_rewards_prints_table(tmp_path, tiny_model_dir):
     r = run("rewards", "--data", tmp_path / "b", "--model", tiny_model_dir, "--n", 60)
     assert r.returncode == 0, r.stderr[-2000:]
-    for row in ("rule rewards, 1 worker", "cache hit, 1 key (p50 / p99)", "reward pool, 2 Ray worker(s)", "2 vs 1 workers"):
+    for row in (
+        "rule rewards, 1 worker",
+        "cache hit, 1 key (p50 / p99)",
+        "reward pool, 2 Ray worker(s)",
+        "2 vs 1 workers",
+    ):
         assert row in r.stdout
 
 
@@ -60,8 +66,11 @@ def test_multihost_puts_each_receiver_on_its_own_host():
     before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n")
     r = run("multihost", "--mb", 4, "--rounds", 1, "--receivers", 2)
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = {" ".join(x[1:-7]): x for x in (line.replace(",", " ").split() for line in r.stdout.splitlines())
-            if x and x[0] == "2"}
+    rows = {
+        " ".join(x[1:-7]): x
+        for x in (line.replace(",", " ").split() for line in r.stdout.splitlines())
+        if x and x[0] == "2"
+    }
     assert set(rows) == {"per-worker channels", "group gloo broadcast", "group relay"}, r.stdout  # commas gone
     for scheme, x in rows.items():
         hosts_one, hosts_apart, bytes_one, bytes_apart = int(x[-7]), int(x[-6]), float(x[-2]), float(x[-1])
@@ -73,8 +82,9 @@ def test_multihost_puts_each_receiver_on_its_own_host():
 
 def _table(md: str) -> dict[str, list[str]]:
     """The markdown table's rows, by label: the other cells."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
-            if line.startswith("| ")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("| ")
+    ]
     return {r[0]: r[1:] for r in rows[1:]}  # the header row is not a measurement
 
 
@@ -106,8 +116,9 @@ def test_gpu_check_runs_on_the_cpu_and_keeps_an_existing_table(tmp_path):
     assert "NOT GPU figures" in md and "Incomplete" not in md
     rows = _table(md)
     rl = rows["RL step, 3B width, 1 of 36 layers (3b-slice), gradient checkpointing on"]
-    ext = rows["RL step, 3B width extrapolated to 36 layers from 1 and 2 (CPU stand-in for 7B), "
-               "gradient checkpointing on"]
+    ext = rows[
+        "RL step, 3B width extrapolated to 36 layers from 1 and 2 (CPU stand-in for 7B), gradient checkpointing on"
+    ]
     for cells in (rl, ext):
         assert float(cells[0]) > 0 and float(cells[1].replace(",", "")) > 0 and cells[3] == "-"
         assert float(cells[2].split()[0]) > 0 and cells[2].endswith("GiB")
@@ -153,8 +164,9 @@ def test_gpu_wheel_and_check_scripts(tmp_path):
     """
     for script in ("scripts/gpu-wheels.sh", "scripts/gpu-check.sh"):
         assert subprocess.run(["bash", "-n", script], cwd=ROOT).returncode == 0, script
-    r = subprocess.run(["bash", "scripts/gpu-wheels.sh", "--list"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        ["bash", "scripts/gpu-wheels.sh", "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     listed = {line.split("==")[0]: line.split() for line in r.stdout.splitlines()}
     for dist in ("deepspeed", "pydantic", "pydantic-core", "torchvision", "tenacity", "hjson", "py-cpuinfo"):
@@ -164,8 +176,14 @@ def test_gpu_wheel_and_check_scripts(tmp_path):
     for cells in listed.values():
         module = cells[cells.index("module") + 1]
         assert importlib.util.find_spec(module) is not None, module
-    missing = subprocess.run(["bash", "scripts/gpu-check.sh", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                             text=True, env={**os.environ, "GPU_WHEELS": str(tmp_path / "no-wheels")}, timeout=60)
+    missing = subprocess.run(
+        ["bash", "scripts/gpu-check.sh", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GPU_WHEELS": str(tmp_path / "no-wheels")},
+        timeout=60,
+    )
     assert missing.returncode == 2 and "gpu-wheels.sh" in missing.stderr
 
 
@@ -185,9 +203,26 @@ def test_shapes_on_the_3b_slice(tmp_path):
     - peak memory of both roles measured: a row read from the wrong process (0).
     """
     rows_file = tmp_path / "rows.json"
-    r = run("shapes", "--root", tmp_path / "shapes", "--frames", 4, "--size", 112, "--group-size", 2,
-            "--max-tokens", 12, "--zero-stages", 3, "--set", "learner.beta=0", "--json", rows_file,
-            timeout=1500)
+    r = run(
+        "shapes",
+        "--root",
+        tmp_path / "shapes",
+        "--frames",
+        4,
+        "--size",
+        112,
+        "--group-size",
+        2,
+        "--max-tokens",
+        12,
+        "--zero-stages",
+        3,
+        "--set",
+        "learner.beta=0",
+        "--json",
+        rows_file,
+        timeout=1500,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "KL before" in r.stdout and "3b-slice" in r.stdout
     rows = json.loads(rows_file.read_text())
@@ -220,10 +255,21 @@ def test_gpu_check_does_not_extrapolate_a_slope_below_the_noise(tmp_path, monkey
 
     c = gpu.Check(tmp_path, "cpu", dict(gpu.PROFILES["cpu"]), verbose=False)
     measured = {1: 9.2, 2: 7.97}
-    monkeypatch.setattr(c, "learner", lambda name, model, gc: {
-        "step_s": measured[model[1]], "peak_bytes": 2**30 * model[1], "trainable_params": 10**9,
-        "tokens": 1000, "response_tokens": 500, "extra_forwards": 2, "load_s": 1.0, "warmup_s": 1.0,
-        "peak_kind": "peak RSS"})
+    monkeypatch.setattr(
+        c,
+        "learner",
+        lambda name, model, gc: {
+            "step_s": measured[model[1]],
+            "peak_bytes": 2**30 * model[1],
+            "trainable_params": 10**9,
+            "tokens": 1000,
+            "response_tokens": 500,
+            "extra_forwards": 2,
+            "load_s": 1.0,
+            "warmup_s": 1.0,
+            "peak_kind": "peak RSS",
+        },
+    )
     gpu.run_check(c, ["7b"], [True])
     (row,) = c.rows
     assert "step_s" not in row and "not extrapolated" in row["note"] and not row.get("failed")

@@ -2,8 +2,17 @@
 
 from dataclasses import replace
 
-from benchmarks.capacity import (GPUS, MODELS, Layout, Workload, learner_memory, paper_layout, rollout_memory,
-                                 step_times, sync_seconds)
+from benchmarks.capacity import (
+    GPUS,
+    MODELS,
+    Layout,
+    Workload,
+    learner_memory,
+    paper_layout,
+    rollout_memory,
+    step_times,
+    sync_seconds,
+)
 from tests.test_benchmarks import run
 
 
@@ -51,6 +60,13 @@ def test_lora_terms():
 def test_capacity_prints_its_tables():
     r = run("capacity", "--model", "7b", "--gpu", "h100")
     assert r.returncode == 0, r.stderr
-    for line in ("memory per GPU", "step time (s)", "18 h reported", "weight sync vs rollout workers", "512 GPUs",
-                 "learner, LoRA rank 64", "with LoRA rank 64"):
+    for line in (
+        "memory per GPU",
+        "step time (s)",
+        "18 h reported",
+        "weight sync vs rollout workers",
+        "512 GPUs",
+        "learner, LoRA rank 64",
+        "with LoRA rank 64",
+    ):
         assert line in r.stdout

@@ -20,8 +20,18 @@ def run(*args, cwd=ROOT, timeout=600):
 def test_help_lists_commands():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("demo", "sft", "train", "eval", "make-cot", "report", "make-synthetic", "make-tiny-model", "validate-data",
-                "convert-data"):
+    for cmd in (
+        "demo",
+        "sft",
+        "train",
+        "eval",
+        "make-cot",
+        "report",
+        "make-synthetic",
+        "make-tiny-model",
+        "validate-data",
+        "convert-data",
+    ):
         assert cmd in r.stdout
     assert "bench-" not in r.stdout  # benchmarks are `python -m benchmarks` (tests/test_benchmarks.py)
     r = run("demo", "--help")
@@ -30,7 +40,10 @@ def test_help_lists_commands():
 
 def test_eval_and_make_cot_refuse_bad_input_in_one_line(tmp_path, tiny_model_dir, synthetic_dir):
     r = run("eval", "--model", tiny_model_dir, "--out", tmp_path / "e")
-    assert r.returncode == 2 and r.stderr.strip() == "error: no benchmark files: pass --bench FILE (or eval.benchmarks=[...])"
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == "error: no benchmark files: pass --bench FILE (or eval.benchmarks=[...])"
+    )
     r = run("eval", "--model", tiny_model_dir, "--bench", tmp_path / "nope.json", "--out", tmp_path / "e")
     assert r.returncode == 2 and "benchmark file not found" in r.stderr and "nope.json" in r.stderr
     r = run("make-cot", "--input", tmp_path / "nope.json", "--teacher", tiny_model_dir, "--out", tmp_path / "c")
@@ -44,8 +57,13 @@ def test_eval_and_make_cot_refuse_bad_input_in_one_line(tmp_path, tiny_model_dir
     (tmp_path / "real.json").write_text(json.dumps(rows))  # rows like a real dataset's: no synthetic facts
     r = run("make-cot", "--input", tmp_path / "real.json", "--teacher", tiny_model_dir, "--out", tmp_path / "c")
     assert r.returncode == 2 and "judge.backend=oracle needs the synthetic task's facts" in r.stderr
-    r = run("train", f"model.path={tiny_model_dir}", f"data.dir={tmp_path}", "data.train_file=real.json",
-            f"run.out_dir={tmp_path / 'r'}")  # the same for RL: refused before the run folder exists
+    r = run(
+        "train",
+        f"model.path={tiny_model_dir}",
+        f"data.dir={tmp_path}",
+        "data.train_file=real.json",
+        f"run.out_dir={tmp_path / 'r'}",
+    )  # the same for RL: refused before the run folder exists
     assert r.returncode == 2 and "judge.backend=oracle needs" in r.stderr and not (tmp_path / "r").exists()
     r = run("train", f"model.path={tiny_model_dir}", "rollout.tensor_parallel_size=2", f"run.out_dir={tmp_path / 'r'}")
     assert r.returncode == 2 and "needs transport.scheme=group" in r.stderr and r.stderr.strip().count("\n") == 0
@@ -100,7 +118,10 @@ def test_unreadable_data_files_are_one_line_errors(tmp_path, synthetic_dir):
     (tmp_path / "fake.parquet").write_text("not parquet")
     expect = {"binary.json": "not a text file", "folder.json": "is a folder", "fake.parquet": "not a readable Parquet"}
     for name, reason in expect.items():
-        for cmd in (("validate-data", tmp_path / name), ("convert-data", tmp_path / name, "--out", tmp_path / "o.parquet")):
+        for cmd in (
+            ("validate-data", tmp_path / name),
+            ("convert-data", tmp_path / name, "--out", tmp_path / "o.parquet"),
+        ):
             r = run(*cmd)
             assert r.returncode == 2 and reason in r.stderr and r.stderr.strip().count("\n") == 0, (cmd, r.stderr)
     # an upper-case suffix is still Parquet
@@ -126,10 +147,16 @@ def test_make_synthetic_and_convert(tmp_path):
     before = (tmp_path / "cot.parquet").read_bytes()
     again = run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "cot.parquet")
     assert again.returncode == 2 and "--force" in again.stderr and (tmp_path / "cot.parquet").read_bytes() == before
-    assert run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "cot.parquet", "--force").returncode == 0
+    assert (
+        run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "cot.parquet", "--force").returncode == 0
+    )
     src = (tmp_path / "s" / "cot.json").read_bytes()
     same = run("convert-data", tmp_path / "s" / "cot.json", "--out", tmp_path / "s" / "cot.json", "--force")
-    assert same.returncode == 2 and "is the input file" in same.stderr and (tmp_path / "s" / "cot.json").read_bytes() == src
+    assert (
+        same.returncode == 2
+        and "is the input file" in same.stderr
+        and (tmp_path / "s" / "cot.json").read_bytes() == src
+    )
     train = (tmp_path / "s" / "train.json").read_text()
     over = run("make-synthetic", "--out", tmp_path / "s", "--n", 7, "--seed", 2, "--quiet")
     assert over.returncode == 2 and "not empty" in over.stderr and (tmp_path / "s" / "train.json").read_text() == train
@@ -137,8 +164,20 @@ def test_make_synthetic_and_convert(tmp_path):
 
 
 def test_make_synthetic_style_and_mix(tmp_path):
-    r = run("make-synthetic", "--out", tmp_path / "d", "--n", 8, "--n-eval", 5, "--style", "demo",
-            "--mix", "multiple choice=3, OCR=1", "--quiet")
+    r = run(
+        "make-synthetic",
+        "--out",
+        tmp_path / "d",
+        "--n",
+        8,
+        "--n-eval",
+        5,
+        "--style",
+        "demo",
+        "--mix",
+        "multiple choice=3, OCR=1",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert m["style"] == "demo" and m["mix"] == {"multiple choice": 3.0, "OCR": 1.0}
@@ -165,8 +204,11 @@ def test_make_tiny_model_size_from_overrides(tmp_path):
     q3 = run("make-tiny-model", "--out", tmp_path / "q3", "--family", "qwen3_vl", "tiny_model.num_layers=1")
     assert q3.returncode == 0 and "tiny Qwen3-VL written" in q3.stdout, q3.stderr
     cfg = json.loads((tmp_path / "q3" / "config.json").read_text())
-    assert (cfg["model_type"], cfg["vision_config"]["patch_size"], cfg["text_config"]["num_hidden_layers"]) == \
-        ("qwen3_vl", 16, 1)
+    assert (cfg["model_type"], cfg["vision_config"]["patch_size"], cfg["text_config"]["num_hidden_layers"]) == (
+        "qwen3_vl",
+        16,
+        1,
+    )
 
 
 @pytest.mark.vllm
@@ -174,11 +216,24 @@ def test_demo_end_to_end(tmp_path):
     """The main job as a user starts it, on tiny budgets: builds model and data inside its folder, evaluates,
     SFT, evaluates, PA-GRPO, evaluates; writes summary.json and the PNG; a rerun finds it complete."""
     out = tmp_path / "run"
-    small = [f"run.out_dir={out}", f"model.path={out}/model", f"data.dir={out}/data", "data.synthetic_n=20",
-             "demo.eval_rows=10", "eval.max_rows=10", "sft.steps=20", "trainer.steps=2", "trainer.prompts_per_step=2",
-             "demo.val_rows=6", "demo.sft_check_every=10",
-             "rollout.group_size=2", "rollout.max_tokens=16", "eval.max_tokens=16", "rollout.num_cpus=1",
-             "learner.num_cpus=1"]
+    small = [
+        f"run.out_dir={out}",
+        f"model.path={out}/model",
+        f"data.dir={out}/data",
+        "data.synthetic_n=20",
+        "demo.eval_rows=10",
+        "eval.max_rows=10",
+        "sft.steps=20",
+        "trainer.steps=2",
+        "trainer.prompts_per_step=2",
+        "demo.val_rows=6",
+        "demo.sft_check_every=10",
+        "rollout.group_size=2",
+        "rollout.max_tokens=16",
+        "eval.max_tokens=16",
+        "rollout.num_cpus=1",
+        "learner.num_cpus=1",
+    ]
     r = run("demo", "--config", "configs/demo.yaml", *small, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -203,16 +258,22 @@ def test_demo_end_to_end(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
-    into = run("demo", "--config", "configs/demo.yaml", f"run.out_dir={mine}", f"model.path={mine}/model",
-               f"data.dir={mine}/data")
+    into = run(
+        "demo",
+        "--config",
+        "configs/demo.yaml",
+        f"run.out_dir={mine}",
+        f"model.path={mine}/model",
+        f"data.dir={mine}/data",
+    )
     assert into.returncode == 2 and "not a demo's" in into.stderr and "--force" in into.stderr, into.stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "my notes"
     # a model path outside the demo's folder is never generated into
     elsewhere = tmp_path / "my-model"
-    bad = run("demo", "--config", "configs/demo.yaml", *small[:1], f"run.out_dir={tmp_path}/other",
-              f"model.path={elsewhere}")
+    bad = run(
+        "demo", "--config", "configs/demo.yaml", *small[:1], f"run.out_dir={tmp_path}/other", f"model.path={elsewhere}"
+    )
     assert bad.returncode == 2 and "has no model" in bad.stderr and not elsewhere.exists()
-
 
 
 def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
@@ -222,9 +283,21 @@ def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
         run_dir = tmp_path / name
         run_dir.mkdir()
         (run_dir / "config.yaml").write_text(f"learner:\n  algorithm: {algorithm}\n")
-        rows = [{"step": s, "reward_perception": 1 + rate * s, "reward_reasoning": 2 - rate * s,
-                 "accuracy/OCR": rate * s, "accuracy/numerical": 0.5, "judge_yes_rate": 0.4, "kl": 0.01 * s,
-                 "mismatch_kl": 1e-9 * s, "entropy": 2.0 - rate, "time/step": 3.0} for s in (1, 2, 3)]
+        rows = [
+            {
+                "step": s,
+                "reward_perception": 1 + rate * s,
+                "reward_reasoning": 2 - rate * s,
+                "accuracy/OCR": rate * s,
+                "accuracy/numerical": 0.5,
+                "judge_yes_rate": 0.4,
+                "kl": 0.01 * s,
+                "mismatch_kl": 1e-9 * s,
+                "entropy": 2.0 - rate,
+                "time/step": 3.0,
+            }
+            for s in (1, 2, 3)
+        ]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "r.png"
     r = run("report", tmp_path / "pa", tmp_path / "g", "--out", out)
@@ -233,8 +306,12 @@ def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
     plotted = write_report([tmp_path / "pa", tmp_path / "g"], tmp_path / "again.png")
     assert plotted["perception reward R_P"]["pa (pa_grpo)"] == ([1, 2, 3], [1.1, 1.2, 1.3])
     assert plotted["reasoning reward R_R"]["g (grpo)"][1] == [1.95, 1.9, 1.85]
-    assert set(plotted["accuracy by problem type"]) == {"pa (pa_grpo): OCR", "pa (pa_grpo): numerical",
-                                                        "g (grpo): OCR", "g (grpo): numerical"}
+    assert set(plotted["accuracy by problem type"]) == {
+        "pa (pa_grpo): OCR",
+        "pa (pa_grpo): numerical",
+        "g (grpo): OCR",
+        "g (grpo): numerical",
+    }
     assert plotted["mismatch KL (vLLM vs learner)"]["g (grpo)"][1] == pytest.approx([1e-9, 2e-9, 3e-9], rel=1e-9)
     assert plotted["entropy of the sampled tokens"]["pa (pa_grpo)"][1] == [1.9, 1.9, 1.9]
     # smoothed: TensorBoard's debiased moving average (a constant stays constant; a ramp lags behind)

@@ -36,12 +36,14 @@ def describe(procs) -> list[str]:
 
 
 ORPHAN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
-COMMAND = ("import subprocess, sys, time\n"
-           "from cluster.reaper import start_reaper\n"
-           "start_reaper()\n"
-           f"subprocess.Popen([sys.executable, '-c', {ORPHAN!r}], start_new_session=True)\n"
-           "print('ready', flush=True)\n"
-           "time.sleep(600)\n")
+COMMAND = (
+    "import subprocess, sys, time\n"
+    "from cluster.reaper import start_reaper\n"
+    "start_reaper()\n"
+    f"subprocess.Popen([sys.executable, '-c', {ORPHAN!r}], start_new_session=True)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
 
 
 def _wait_gone(mark: str, seconds: float) -> list[str]:
@@ -63,7 +65,9 @@ def test_the_reaper_ends_what_nothing_else_would():
     cmd = subprocess.Popen([sys.executable, "-c", COMMAND], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert cmd.stdout.readline().strip() == "ready"
-        orphan = [p for p in carrying(mark) if "SIG_IGN" in " ".join(p.cmdline()) and p.pid not in (bystander.pid, cmd.pid)]
+        orphan = [
+            p for p in carrying(mark) if "SIG_IGN" in " ".join(p.cmdline()) and p.pid not in (bystander.pid, cmd.pid)
+        ]
         assert len(orphan) == 1 and orphan[0].environ().get("VIDEOP2R_COMMAND_TOKENS")
         os.kill(cmd.pid, signal.SIGKILL)
         cmd.wait()
@@ -95,9 +99,27 @@ def test_a_sigkilled_command_leaves_nothing_running(tmp_path, tiny_model_dir, sy
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["TEST_MARK"] = mark
     log = open(tmp_path / "eval.log", "w")
-    proc = subprocess.Popen([VIDEOP2R, "eval", "--config", "configs/demo.yaml", "--bench", synthetic_dir / "eval.json",
-                             "--model", tiny_model_dir, "--out", tmp_path / "e", "eval.max_tokens=1024",
-                             "eval.batch_rows=1", "rollout.engine_in_process=false"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            VIDEOP2R,
+            "eval",
+            "--config",
+            "configs/demo.yaml",
+            "--bench",
+            synthetic_dir / "eval.json",
+            "--model",
+            tiny_model_dir,
+            "--out",
+            tmp_path / "e",
+            "eval.max_tokens=1024",
+            "eval.batch_rows=1",
+            "rollout.engine_in_process=false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:

@@ -60,8 +60,12 @@ def test_cross_field_validation():
     assert cfg.rollout.device == "cuda"
     with pytest.raises(ConfigError, match="tensor_parallel_size=4 needs num_gpus >= 4"):  # a TP teacher or judge
         load_config(Config, None, ["rollout.device=cuda", "rollout.num_gpus=2", "rollout.tensor_parallel_size=4"])
-    assert load_config(Config, None, ["judge.engine.device=cuda", "judge.engine.num_gpus=4",
-                                      "judge.engine.tensor_parallel_size=4"]).judge.engine.tensor_parallel_size == 4
+    assert (
+        load_config(
+            Config, None, ["judge.engine.device=cuda", "judge.engine.num_gpus=4", "judge.engine.tensor_parallel_size=4"]
+        ).judge.engine.tensor_parallel_size
+        == 4
+    )
     with pytest.raises(ConfigError, match="video.min_frames=20 is above video.max_frames=16"):
         load_config(Config, None, ["video.min_frames=20"])
     with pytest.raises(ConfigError, match="video.min_pixels"):
@@ -74,8 +78,12 @@ def test_cross_field_validation():
     assert load_config(Config, None, ["cot.samples=4", "cot.temperature=0.7"]).cot.samples == 4
     with pytest.raises(ConfigError, match="transport.backend=nccl needs GPUs on both ends"):
         load_config(Config, None, ["transport.backend=nccl", "learner.num_gpus=1", "learner.backend=nccl"])
-    assert load_config(Config, None, ["transport.backend=nccl", "learner.num_gpus=1", "rollout.device=cuda",
-                                      "rollout.num_gpus=1"]).transport.backend == "nccl"
+    assert (
+        load_config(
+            Config, None, ["transport.backend=nccl", "learner.num_gpus=1", "rollout.device=cuda", "rollout.num_gpus=1"]
+        ).transport.backend
+        == "nccl"
+    )
     # a cross-field error caused by an override says so, not "the file is wrong"
     with pytest.raises(ConfigError, match=r"^.*demo.yaml with the command-line overrides: rollout.max_tokens"):
         load_config(Config, DEMO, ["rollout.max_tokens=4096"])
@@ -107,8 +115,11 @@ def test_passwords_in_urls_are_redacted_when_shown_or_saved(tmp_path):
     from cluster.config_loader import dump_config, redact
     from cluster.run_dir import RunDir
 
-    cfg = load_config(Config, DEMO, ["cache.url=redis://:s3cret@redis-master:6379/0",
-                                     "judge.base_url=https://user:tok3n@judge.example/v1"])
+    cfg = load_config(
+        Config,
+        DEMO,
+        ["cache.url=redis://:s3cret@redis-master:6379/0", "judge.base_url=https://user:tok3n@judge.example/v1"],
+    )
     shown = dump_config(cfg)
     assert "s3cret" not in shown and "tok3n" not in shown
     assert "redis://:***@redis-master:6379/0" in shown and "https://user:***@judge.example/v1" in shown
@@ -117,7 +128,10 @@ def test_passwords_in_urls_are_redacted_when_shown_or_saved(tmp_path):
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "s3cret" not in saved and "redis://:***@" in saved
     assert cfg.cache.url == "redis://:s3cret@redis-master:6379/0"  # the running config keeps it
-    assert redact(["http://127.0.0.1:8000/v1", "redis://host:6379"]) == ["http://127.0.0.1:8000/v1", "redis://host:6379"]
+    assert redact(["http://127.0.0.1:8000/v1", "redis://host:6379"]) == [
+        "http://127.0.0.1:8000/v1",
+        "redis://host:6379",
+    ]
 
 
 def test_one_url_redaction_covers_raw_at_signs_and_query_passwords():
@@ -160,7 +174,13 @@ def test_device_dependent_defaults_and_the_paper_config():
     assert load_config(Config, None, ["learner.num_gpus=1", "learner.dtype=float32"]).learner.dtype == "float32"
     paper = load_config(Config, ROOT / "configs" / "paper-7b-gpu.yaml")
     lr = paper.learner
-    assert (lr.backend, lr.dtype, lr.zero_stage, lr.gradient_checkpointing, lr.num_ranks) == ("nccl", "bfloat16", 3, True, 4)
+    assert (lr.backend, lr.dtype, lr.zero_stage, lr.gradient_checkpointing, lr.num_ranks) == (
+        "nccl",
+        "bfloat16",
+        3,
+        True,
+        4,
+    )
     assert paper.transport.backend == "nccl" and paper.rollout.group_size == 8 and paper.trainer.steps == 1000
 
 

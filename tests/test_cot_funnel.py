@@ -23,16 +23,19 @@ def test_screen_checks_the_template_then_the_accuracy():
     assert screen(NUM, cot("8")).accuracy == pytest.approx(0.8)  # the task's accuracy reward: 1 - |8-10|/10
 
 
-@pytest.mark.parametrize("texts, verdicts, reason, index", [
-    ([cot("B")], [True], "kept", 0),
-    ([cot("B")], [False], "judge_no", 0),
-    ([cot("B")], [None], "judge_missing", 0),  # no verdict decides nothing: retried
-    ([cot("A")], [None], "accuracy", 0),
-    (["no tags"], [None], "template", 0),
-    (["no tags", cot("A"), cot("B")], [None, None, True], "kept", 2),
-    ([cot("B"), cot("B", obs="other")], [False, True], "kept", 1),  # the one the judge accepted
-    ([cot("B"), cot("B", obs="other")], [False, None], "judge_missing", 1),  # one still unanswered: ask again
-])
+@pytest.mark.parametrize(
+    "texts, verdicts, reason, index",
+    [
+        ([cot("B")], [True], "kept", 0),
+        ([cot("B")], [False], "judge_no", 0),
+        ([cot("B")], [None], "judge_missing", 0),  # no verdict decides nothing: retried
+        ([cot("A")], [None], "accuracy", 0),
+        (["no tags"], [None], "template", 0),
+        (["no tags", cot("A"), cot("B")], [None, None, True], "kept", 2),
+        ([cot("B"), cot("B", obs="other")], [False, True], "kept", 1),  # the one the judge accepted
+        ([cot("B"), cot("B", obs="other")], [False, None], "judge_missing", 1),  # one still unanswered: ask again
+    ],
+)
 def test_decide(texts, verdicts, reason, index):
     d = decide([screen(MC, t) for t in texts], verdicts, 0.6)
     assert (d.reason, d.index) == (reason, index)
@@ -48,8 +51,12 @@ def test_the_threshold_is_inclusive_and_the_most_accurate_passing_sample_wins():
 
 
 def test_funnel_table_counts_each_step():
-    ds = [Decision("kept", 0, (True, True, True)), Decision("judge_no", 0, (True, True, False)),
-          Decision("accuracy", 0, (True, False, False)), Decision("template", 0, (False, False, False))]
+    ds = [
+        Decision("kept", 0, (True, True, True)),
+        Decision("judge_no", 0, (True, True, False)),
+        Decision("accuracy", 0, (True, False, False)),
+        Decision("template", 0, (False, False, False)),
+    ]
     table = dict(funnel_table(5, ds, {"malformed": 1}))
     assert table["rows in"] == 5
     assert [table[f"passed {s}"] for s in ("template", "accuracy", "judge")] == [3, 2, 1]

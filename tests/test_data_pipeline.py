@@ -42,8 +42,19 @@ def test_make_cot_funnel_resumes_and_sft_trains_on_its_output(ray_cluster, sft_m
     from commands.stages import run_sft
 
     src, out = cot_input(demo_data, tmp_path / "in.json"), tmp_path / "cot"
-    cfg = lambda: config(tmp_path / "unused", sft_model, demo_data, f"cot.input={src}", f"cot.out_dir={out}",  # noqa
-                         "cot.max_tokens=64", "cot.batch_rows=6", "cot.min_accuracy=0.0")
+
+    def cfg():
+        return config(
+            tmp_path / "unused",
+            sft_model,
+            demo_data,
+            f"cot.input={src}",
+            f"cot.out_dir={out}",
+            "cot.max_tokens=64",
+            "cot.batch_rows=6",
+            "cot.min_accuracy=0.0",
+        )
+
     summary = run_make_cot(cfg())
     f = funnel(out)
     assert f["rows in"] == N + 2 and f["skipped: malformed"] == 1 and f["skipped: missing media"] == 1
@@ -81,8 +92,17 @@ def test_make_cot_funnel_resumes_and_sft_trains_on_its_output(ray_cluster, sft_m
     assert s["steps"] == 3 and (sft_out / "hf" / "config.json").is_file()
 
     with pytest.raises(RunExistsError, match="min_accuracy"):  # other settings never mix into these records
-        run_make_cot(config(tmp_path / "unused", sft_model, demo_data, f"cot.input={src}", f"cot.out_dir={out}",
-                            "cot.max_tokens=64", "cot.batch_rows=6"))
+        run_make_cot(
+            config(
+                tmp_path / "unused",
+                sft_model,
+                demo_data,
+                f"cot.input={src}",
+                f"cot.out_dir={out}",
+                "cot.max_tokens=64",
+                "cot.batch_rows=6",
+            )
+        )
 
 
 def test_make_cot_with_the_vllm_judge(ray_cluster, sft_model, tiny_model_dir, demo_data, tmp_path):
@@ -91,9 +111,21 @@ def test_make_cot_with_the_vllm_judge(ray_cluster, sft_model, tiny_model_dir, de
     from commands.make_cot import run_make_cot
 
     src, out = cot_input(demo_data, tmp_path / "in.json", n=4), tmp_path / "cot"
-    summary = run_make_cot(config(tmp_path / "unused", sft_model, demo_data, f"cot.input={src}", f"cot.out_dir={out}",
-                                  "cot.max_tokens=64", "cot.min_accuracy=0.0", "judge.backend=vllm",
-                                  f"judge.model={tiny_model_dir}", "judge.max_tokens=8", "judge.engine.num_cpus=1"))
+    summary = run_make_cot(
+        config(
+            tmp_path / "unused",
+            sft_model,
+            demo_data,
+            f"cot.input={src}",
+            f"cot.out_dir={out}",
+            "cot.max_tokens=64",
+            "cot.min_accuracy=0.0",
+            "judge.backend=vllm",
+            f"judge.model={tiny_model_dir}",
+            "judge.max_tokens=8",
+            "judge.engine.num_cpus=1",
+        )
+    )
     f = funnel(out)
     assert f["rows in"] == 6 and f["passed accuracy"] > 0  # some rows reached the judge
     assert f["kept"] + f["dropped: judge_no"] + f["dropped: judge_missing"] == f["passed accuracy"]
@@ -116,10 +148,25 @@ def benchmark_file(synthetic_dir, folder):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (84, 84, 3), dtype=np.uint8)).save(folder / "images" / "dots.png")
     rows = [r for r in read_rows(synthetic_dir / "eval.json") if r["data_type"] == "video"][:4]
-    rows.append({"problem_id": "img-1", "problem": "How many dots are in the image?", "data_type": "image",
-                 "problem_type": "numerical", "solution": "<answer>3</answer>", "path": "./images/dots.png"})
-    rows.append({"problem_id": "broken", "problem": "?", "data_type": "video", "problem_type": "numerical",
-                 "path": "./videos/x.mp4"})  # no solution
+    rows.append(
+        {
+            "problem_id": "img-1",
+            "problem": "How many dots are in the image?",
+            "data_type": "image",
+            "problem_type": "numerical",
+            "solution": "<answer>3</answer>",
+            "path": "./images/dots.png",
+        }
+    )
+    rows.append(
+        {
+            "problem_id": "broken",
+            "problem": "?",
+            "data_type": "video",
+            "problem_type": "numerical",
+            "path": "./videos/x.mp4",
+        }
+    )  # no solution
     rows.append({**rows[0], "problem_id": "gone", "path": "./videos/missing.mp4"})
     path = folder / "eval_mini.json"
     path.write_text(json.dumps(rows))
@@ -132,9 +179,17 @@ def test_eval_on_a_video_r1_benchmark(ray_cluster, tiny_model_dir, synthetic_dir
     from cluster.config_loader import load_config
 
     bench, out = benchmark_file(synthetic_dir, tmp_path), tmp_path / "eval"
-    args = [f"model.path={tiny_model_dir}", f"eval.benchmarks={json.dumps([str(bench)])}", f"eval.out_dir={out}",
-            "eval.max_tokens=24", "eval.nframes=4", "eval.max_pixels=3136", "eval.batch_rows=3",
-            "rollout.num_cpus=1", "data.loader_workers=1"]
+    args = [
+        f"model.path={tiny_model_dir}",
+        f"eval.benchmarks={json.dumps([str(bench)])}",
+        f"eval.out_dir={out}",
+        "eval.max_tokens=24",
+        "eval.nframes=4",
+        "eval.max_pixels=3136",
+        "eval.batch_rows=3",
+        "rollout.num_cpus=1",
+        "data.loader_workers=1",
+    ]
     cfg = lambda *extra: load_config(Config, ROOT / "configs" / "demo.yaml", args + list(extra))  # noqa: E731
     summary = run_eval(cfg())
     b = summary["benchmarks"]["eval_mini"]

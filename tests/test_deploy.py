@@ -27,8 +27,11 @@ def _promtool(*args) -> subprocess.CompletedProcess:
 def test_prometheus_config_and_alert_rules_pass_promtool():
     """`check` catches a broken file; `test rules` runs alerts_test.yml, where each alert must fire on the series
     that should trip it and stay quiet on the ones that should not (a wrong threshold or `for` fails it)."""
-    for args in (("check", "config", "prometheus.yml"), ("check", "rules", "alerts.yml"),
-                 ("test", "rules", "alerts_test.yml")):
+    for args in (
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts_test.yml"),
+    ):
         r = _promtool(*args)
         out = r.stdout + r.stderr
         assert r.returncode == 0 and "SUCCESS" in out and "FAILED" not in out, (args, out)
@@ -38,8 +41,9 @@ def test_alert_rule_tests_catch_a_wrong_threshold(tmp_path):
     rules = (MONITORING / "alerts.yml").read_text().replace("> 0.05", "> 0.5")
     (tmp_path / "alerts.yml").write_text(rules)
     (tmp_path / "alerts_test.yml").write_text((MONITORING / "alerts_test.yml").read_text())
-    r = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     out = r.stdout + r.stderr  # (the verdict is read from the report: its exit status was once 0 here)
     assert "FAILED" in out and "alertname: VideoP2RJudgeFailures" in out and "SUCCESS" not in out, out
 
@@ -62,8 +66,16 @@ def test_dashboard_json_is_the_builders_and_uses_its_variables():
     own = [q for q in dash.queries(shipped) if "videop2r_" in q]
     assert own and all('instance=~"$instance"' in q for q in own)  # every run panel follows the chosen run
     titles = {p["title"] for p in panels}
-    for want in ("Perception vs reasoning reward", "Step time split", "Weight sync", "Staleness (weight versions)",
-                 "Workers", "Accuracy by problem type", "KL", "Judge call latency"):
+    for want in (
+        "Perception vs reasoning reward",
+        "Step time split",
+        "Weight sync",
+        "Staleness (weight versions)",
+        "Workers",
+        "Accuracy by problem type",
+        "KL",
+        "Judge call latency",
+    ):
         assert want in titles
     stacked = {p["title"] for p in panels if p["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"}
     assert "Step time split" in stacked
@@ -80,7 +92,9 @@ def test_grafana_provisioning_points_at_the_dashboards():
     port = re.search(r"port=(\d+)", script).group(1)
     assert ds["datasources"][0]["url"] == f"http://127.0.0.1:{port}"
     prov = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/videop2r.yml").read_text())
-    assert prov["providers"][0]["type"] == "file" and prov["providers"][0]["options"]["path"] == "${VIDEOP2R_DASHBOARDS}"
+    assert (
+        prov["providers"][0]["type"] == "file" and prov["providers"][0]["options"]["path"] == "${VIDEOP2R_DASHBOARDS}"
+    )
     readme = (ROOT / "docs" / "monitoring.md").read_text()
     folder = re.search(r"VIDEOP2R_DASHBOARDS=\$PWD/([^\s`]+)", readme).group(1)
     provisioning = re.search(r"cfg:default\.paths\.provisioning=\$PWD/([^\s`]+)", readme).group(1)
@@ -93,8 +107,11 @@ def _strict(schema):
     """Unknown fields become errors (kubectl apply --validate=strict), except where Kubernetes keeps them."""
     if isinstance(schema, dict):
         schema = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
     elif isinstance(schema, list):
         schema = [_strict(x) for x in schema]
@@ -144,10 +161,12 @@ def test_kuberay_roles_secrets_and_monitoring_fit_together():
     assert args[:2] == ["videop2r", "train"] and args[2] == "--config"
     cfg = load_config(Config, ROOT / "configs" / Path(args[3]).name, args[4:])
     assert cfg.metrics.host == "0.0.0.0" and cfg.metrics.port == 9400 and Path(cfg.run.out_dir).is_absolute()
-    demand = {"rollout": cfg.rollout.resources.get("rollout", 0) * cfg.rollout.num_workers,
-              "learner": cfg.learner.resources.get("learner", 0) * cfg.learner.num_ranks,
-              "reward": cfg.reward.resources.get("reward", 0) * cfg.reward.num_workers
-              + cfg.judge.engine.resources.get("reward", 0) * cfg.judge.num_engines}
+    demand = {
+        "rollout": cfg.rollout.resources.get("rollout", 0) * cfg.rollout.num_workers,
+        "learner": cfg.learner.resources.get("learner", 0) * cfg.learner.num_ranks,
+        "reward": cfg.reward.resources.get("reward", 0) * cfg.reward.num_workers
+        + cfg.judge.engine.resources.get("reward", 0) * cfg.judge.num_engines,
+    }
     for role, n in demand.items():
         assert 0 < n <= offered[role], (role, n, offered[role])
 
@@ -183,13 +202,18 @@ def test_kuberay_head_needs_the_token_and_only_its_own_pods_reach_it():
     assert env["RAY_AUTH_MODE"]["value"] == "token"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": auth["secretName"], "key": "auth_token"}
 
-    ray_pods = [cluster["spec"]["headGroupSpec"]["template"], submitter] + \
-        [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
+    ray_pods = [cluster["spec"]["headGroupSpec"]["template"], submitter] + [
+        g["template"] for g in cluster["spec"]["workerGroupSpecs"]
+    ]
     redis_pod = next(d for d in _docs("redis.yaml") if d["kind"] == "Deployment")["spec"]["template"]
 
     def fenced_by(labels):
-        return [p for p in policies if "Ingress" in p["spec"]["policyTypes"]
-                and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        return [
+            p
+            for p in policies
+            if "Ingress" in p["spec"]["policyTypes"]
+            and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
 
     for pod in ray_pods + [redis_pod]:
         assert fenced_by(pod["metadata"]["labels"]), pod["metadata"]["labels"]
@@ -203,19 +227,30 @@ def test_kuberay_head_needs_the_token_and_only_its_own_pods_reach_it():
     # only the cluster's own pods reach Redis, and they all do
     (redis_policy,) = fenced_by(redis_pod["metadata"]["labels"])
     (rule,) = redis_policy["spec"]["ingress"]
-    assert all(rule["from"][0]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-               for pod in ray_pods)
+    assert all(
+        rule["from"][0]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items() for pod in ray_pods
+    )
     # Prometheus may reach exactly the ports the PodMonitor scrapes
-    numbers = {pt["name"]: pt["containerPort"] for pod in ray_pods for c in pod["spec"]["containers"]
-               for pt in c.get("ports", [])}
+    numbers = {
+        pt["name"]: pt["containerPort"]
+        for pod in ray_pods
+        for c in pod["spec"]["containers"]
+        for pt in c.get("ports", [])
+    }
     scraped = {numbers[e["port"]] for e in monitor["spec"]["podMetricsEndpoints"]}
-    (prom,) = [r for p in policies for r in p["spec"]["ingress"]
-               if any(f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "prometheus"
-                      for f in r["from"])]
+    (prom,) = [
+        r
+        for p in policies
+        for r in p["spec"]["ingress"]
+        if any(
+            f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "prometheus"
+            for f in r["from"]
+        )
+    ]
     assert {pt["port"] for pt in prom["ports"]} == scraped
 
 
-GIB = 2 ** 30
+GIB = 2**30
 GPU_CONFIGS = ("paper-7b-gpu.yaml", "paper-7b-lora-gpu.yaml", "make-cot-gpu.yaml", "eval-gpu.yaml")
 
 
@@ -228,8 +263,9 @@ def _kuberay_across_hosts_problems(cluster: dict, job: dict, redis: list[dict], 
     from cluster.services import ORPHAN_REAPING
 
     problems = []
-    groups = [("head", cluster["spec"]["headGroupSpec"])] + [(g["groupName"], g)
-                                                             for g in cluster["spec"]["workerGroupSpecs"]]
+    groups = [("head", cluster["spec"]["headGroupSpec"])] + [
+        (g["groupName"], g) for g in cluster["spec"]["workerGroupSpecs"]
+    ]
     env_names, shared = set(), None
     for role, group in groups:
         pod = group["template"]["spec"]
@@ -244,7 +280,7 @@ def _kuberay_across_hosts_problems(cluster: dict, job: dict, redis: list[dict], 
             shm = volumes.get(mounts.get("/dev/shm"), {}).get("emptyDir", {})
             if shm.get("medium") != "Memory" or not str(shm.get("sizeLimit", "")).endswith("Gi"):
                 problems.append(f"{role}: {c['name']} has no memory-backed /dev/shm with a sizeLimit in Gi")
-            elif int(group["rayStartParams"].get("object-store-memory", 2 ** 62)) >= int(shm["sizeLimit"][:-2]) * GIB:
+            elif int(group["rayStartParams"].get("object-store-memory", 2**62)) >= int(shm["sizeLimit"][:-2]) * GIB:
                 problems.append(f"{role}: object-store-memory not set below the /dev/shm size (Ray takes 95% of it)")
             mine = {p for p, name in mounts.items() if "persistentVolumeClaim" in volumes.get(name, {})}
             shared = mine if shared is None else shared & mine  # the shared volume: mounted alike on every node
@@ -266,8 +302,9 @@ def _kuberay_across_hosts_problems(cluster: dict, job: dict, redis: list[dict], 
         if cfg.cache.enabled:
             url = urlparse(cfg.cache.url)
             if (url.hostname, url.port) != (redis_host, redis_port) or url.password:
-                problems.append(f"{name}: cache.url={cfg.cache.url} is not redis://{redis_host}:{redis_port} "
-                                "with no password in it")
+                problems.append(
+                    f"{name}: cache.url={cfg.cache.url} is not redis://{redis_host}:{redis_port} with no password in it"
+                )
             if cfg.cache.password_env not in env_names:
                 problems.append(f"{name}: cache.password_env={cfg.cache.password_env} is set on no pod")
         if cfg.judge.backend == "http" and cfg.judge.api_key_env not in env_names:
@@ -297,20 +334,27 @@ def test_kuberay_manifests_and_gpu_configs_fit_across_hosts():
         return ([c["spec"]["headGroupSpec"]] + c["spec"]["workerGroupSpecs"])[i]["template"]["spec"]["containers"][0]
 
     assert "rollout: ray-worker lacks RAY_process_group_cleanup_enabled" in broken(
-        lambda c: container(c, 1).update(env=[e for e in container(c, 1)["env"] if "RAY_" not in e["name"]]))
+        lambda c: container(c, 1).update(env=[e for e in container(c, 1)["env"] if "RAY_" not in e["name"]])
+    )
     assert "head: ray-head has no memory-backed /dev/shm" in broken(
-        lambda c: container(c, 0).update(volumeMounts=container(c, 0)["volumeMounts"][:1]))
+        lambda c: container(c, 0).update(volumeMounts=container(c, 0)["volumeMounts"][:1])
+    )
     assert "reward: ray-worker has no memory-backed /dev/shm" in broken(
-        lambda c: c["spec"]["workerGroupSpecs"][2]["template"]["spec"]["volumes"][1]["emptyDir"].pop("medium"))
+        lambda c: c["spec"]["workerGroupSpecs"][2]["template"]["spec"]["volumes"][1]["emptyDir"].pop("medium")
+    )
     assert "rollout: object-store-memory" in broken(
-        lambda c: c["spec"]["workerGroupSpecs"][0]["rayStartParams"].pop("object-store-memory"))
+        lambda c: c["spec"]["workerGroupSpecs"][0]["rayStartParams"].pop("object-store-memory")
+    )
     assert "backoffLimit" in broken(lambda j: j["spec"].update(backoffLimit=0), "job")
-    assert "run.resume=auto" in broken(lambda j: j["spec"].update(
-        entrypoint=j["spec"]["entrypoint"].replace("run.resume=auto", "")), "job")
-    for override, want in (("model.path=/models/Qwen2.5-VL-7B-Instruct", "model.path=/models"),
-                           ("judge.model=/models/Qwen2.5-72B-Instruct", "judge.model=/models"),
-                           ("cache.url=redis://redis-master:6379/0", "cache.url=redis://redis-master"),
-                           ("cache.url=redis://:pw@videop2r-redis:6379/0", "with no password")):
+    assert "run.resume=auto" in broken(
+        lambda j: j["spec"].update(entrypoint=j["spec"]["entrypoint"].replace("run.resume=auto", "")), "job"
+    )
+    for override, want in (
+        ("model.path=/models/Qwen2.5-VL-7B-Instruct", "model.path=/models"),
+        ("judge.model=/models/Qwen2.5-72B-Instruct", "judge.model=/models"),
+        ("cache.url=redis://redis-master:6379/0", "cache.url=redis://redis-master"),
+        ("cache.url=redis://:pw@videop2r-redis:6379/0", "with no password"),
+    ):
         wrong = load_config(Config, ROOT / "configs" / "paper-7b-gpu.yaml", [override])
         assert want in "\n".join(_kuberay_across_hosts_problems(cluster, job, redis, {"paper-7b-gpu.yaml": wrong}))
 
@@ -327,12 +371,26 @@ def _walk(node):
 
 # -- deploy/submit.sh: refusals before anything is uploaded ----------------------------------------------------------
 def _submit(*args, env=None):
-    return subprocess.run([str(ROOT / "deploy" / "submit.sh"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:9", **(env or {})})
+    return subprocess.run(
+        [str(ROOT / "deploy" / "submit.sh"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:9", **(env or {})},
+    )
 
 
-@pytest.mark.parametrize("arg", ["judge.api_key=abc", "cache.url=redis://:pw@host:6379/0", "x.auth_token=1",
-                                 "cache.url=redis://host:6379/0?password=pw", "cache.url=redis://:p@ss@host/0"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "judge.api_key=abc",
+        "cache.url=redis://:pw@host:6379/0",
+        "x.auth_token=1",
+        "cache.url=redis://host:6379/0?password=pw",
+        "cache.url=redis://:p@ss@host/0",
+    ],
+)
 def test_submit_refuses_a_secret_on_the_command_line(arg):
     r = _submit("--", "train", arg)
     assert r.returncode == 2 and "would put a secret in the job's command line" in r.stderr

@@ -67,14 +67,19 @@ def test_run_dir_refuses_to_overwrite_and_commits_checkpoints_atomically(tmp_pat
 
 
 def _rewards(p, r, verdict=True):
-    return ProcessRewards(acc_p=p, form_p=0, len_p=0, acc_r=r, form_r=0, len_r=0, verdict=verdict,
-                          perception_valid=True)
+    return ProcessRewards(
+        acc_p=p, form_p=0, len_p=0, acc_r=r, form_r=0, len_r=0, verdict=verdict, perception_valid=True
+    )
 
 
 def _batch(versions, G=2):
-    items = [SimpleNamespace(sample=SimpleNamespace(problem_id=f"p{i}", problem_type="OCR")) for i in range(len(versions))]
-    results = [RolloutResult(f"p{i}", [1], [Response([5, 6], "x", "stop", [-0.1, -0.2]) for _ in range(G)], v, "w0")
-               for i, v in enumerate(versions)]
+    items = [
+        SimpleNamespace(sample=SimpleNamespace(problem_id=f"p{i}", problem_type="OCR")) for i in range(len(versions))
+    ]
+    results = [
+        RolloutResult(f"p{i}", [1], [Response([5, 6], "x", "stop", [-0.1, -0.2]) for _ in range(G)], v, "w0")
+        for i, v in enumerate(versions)
+    ]
     return StepBatch(3, list(range(len(versions))), items, results)
 
 
@@ -172,8 +177,10 @@ def test_local_redis_goes_with_a_killed_driver(tmp_path):
 
     import psutil
 
-    code = ("from cluster.services import RedisServer; import sys, time; s = RedisServer(); "
-            "print(s.proc.pid, flush=True); time.sleep(600)")
+    code = (
+        "from cluster.services import RedisServer; import sys, time; s = RedisServer(); "
+        "print(s.proc.pid, flush=True); time.sleep(600)"
+    )
     driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     redis_pid = int(driver.stdout.readline())
     assert psutil.pid_exists(redis_pid)
@@ -215,11 +222,17 @@ def test_control_plane_refuses_worker_counts_out_of_range(redis_server, tmp_path
     RunDir(run).write_control("bounds-test", redis_server.url)
     plane.report({"step": 1, "rollout_workers": 2, "max_rollout_workers": 8})
     redis_server.client.set(key, b"2")
-    r = subprocess.run([str(Path(sys.executable).parent / "videop2r"), "scale", "--run", str(run), "--rollout-workers", "9"], capture_output=True,
-                       text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "videop2r"), "scale", "--run", str(run), "--rollout-workers", "9"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --rollout-workers 9 is above the run's rollout.max_workers=8: the run would refuse it (restart "
-        "it with a larger rollout.max_workers)"], r.stderr
+        "it with a larger rollout.max_workers)"
+    ], r.stderr
     assert redis_server.client.get(key) == b"2"  # nothing written
 
 
@@ -250,8 +263,9 @@ def test_run_folder_is_never_written_through_a_link(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     (work / "runs").symlink_to(victim)
-    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "clean"], cwd=work, capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        ["make", "-f", str(ROOT / "Makefile"), "clean"], cwd=work, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and "removing the link only" in r.stdout, r.stdout + r.stderr
     assert not (work / "runs").exists() and (victim / "precious").read_text() == "mine"
 

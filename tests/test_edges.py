@@ -18,16 +18,21 @@ from videoqa.sampler import IndexOrder
 
 
 def _rewards(**kw):
-    base = dict(acc_p=0.0, form_p=0.0, len_p=0.0, acc_r=0.0, form_r=0.0, len_r=0.0, verdict=None,
-                perception_valid=True)
+    base = dict(acc_p=0.0, form_p=0.0, len_p=0.0, acc_r=0.0, form_r=0.0, len_r=0.0, verdict=None, perception_valid=True)
     return ProcessRewards(**{**base, **kw})
 
 
 def _batch(versions, G=2, types=None):
-    items = [SimpleNamespace(sample=SimpleNamespace(problem_id=f"p{i}", problem_type=(types or ["OCR"] * 9)[i]))
-             for i in range(len(versions))]
-    results = [RolloutResult(f"p{i}", [1], [Response([5] * (i + k + 1), "x", "stop", [-0.1] * (i + k + 1))
-                                            for k in range(G)], v, "w0") for i, v in enumerate(versions)]
+    items = [
+        SimpleNamespace(sample=SimpleNamespace(problem_id=f"p{i}", problem_type=(types or ["OCR"] * 9)[i]))
+        for i in range(len(versions))
+    ]
+    results = [
+        RolloutResult(
+            f"p{i}", [1], [Response([5] * (i + k + 1), "x", "stop", [-0.1] * (i + k + 1)) for k in range(G)], v, "w0"
+        )
+        for i, v in enumerate(versions)
+    ]
     return StepBatch(3, list(range(len(versions))), items, results)
 
 
@@ -36,8 +41,12 @@ def test_learner_rollouts_carry_each_rollouts_own_rewards_and_flags():
     """Catches R_P and R_R swapped, the validity flag dropped or inverted, the behaviour log-probs or the response
     ids of another rollout, and `stale` with <= for < (a rollout of the learner's own version is not stale)."""
     b = _batch([2, 1])
-    b.rewards = [_rewards(acc_p=1, form_p=1, acc_r=0.25), _rewards(form_r=1, perception_valid=False),
-                 _rewards(acc_p=1), _rewards(acc_r=1, len_r=0.2)]
+    b.rewards = [
+        _rewards(acc_p=1, form_p=1, acc_r=0.25),
+        _rewards(form_r=1, perception_valid=False),
+        _rewards(acc_p=1),
+        _rewards(acc_r=1, len_r=0.2),
+    ]
     rows = b.learner_rollouts(learner_version=2)
     assert [r["r_perception"] for r in rows] == [2, 0, 1, 0]
     assert [r["r_reasoning"] for r in rows] == [0.25, 1, 0, 1.2]
@@ -77,10 +86,12 @@ def test_reward_summary_keys_each_read_their_own_part():
     """Every part given a distinct value: catches one key reading another part (acc_p for acc_r, len_r for len_p),
     a mean over the wrong count, the yes-rate counting unjudged rollouts, and per-type accuracy mixing types."""
     b = _batch([1, 1], types=["OCR", "numerical"])
-    b.rewards = [_rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=1, form_r=1, len_r=0.2, verdict=True),
-                 _rewards(form_p=1, acc_r=0.5, verdict=False),
-                 _rewards(form_r=1),
-                 _rewards(acc_p=1, form_p=1, verdict=True)]
+    b.rewards = [
+        _rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=1, form_r=1, len_r=0.2, verdict=True),
+        _rewards(form_p=1, acc_r=0.5, verdict=False),
+        _rewards(form_r=1),
+        _rewards(acc_p=1, form_p=1, verdict=True),
+    ]
     s = b.reward_summary()
     assert s["reward_perception"] == pytest.approx((2.2 + 1 + 0 + 2) / 4)
     assert s["reward_reasoning"] == pytest.approx((2.2 + 0.5 + 1 + 0) / 4)
@@ -104,8 +115,9 @@ def test_excluded_perception_under_pa_grpo_leaves_reasoning_alone():
     perception group's statistics, but keeps its reasoning advantage. Catches the validity mask passed to the
     reasoning group too, or not to the perception one."""
     valid = torch.tensor([True, True, False, True])
-    a_p, a_r, stats = process_advantages(torch.tensor([1.0, 0.0, 5.0, 1.0]), torch.tensor([1.0, 0.0, 1.0, 0.0]),
-                                         4, "pa_grpo", valid)
+    a_p, a_r, stats = process_advantages(
+        torch.tensor([1.0, 0.0, 5.0, 1.0]), torch.tensor([1.0, 0.0, 1.0, 0.0]), 4, "pa_grpo", valid
+    )
     assert a_p[2] == 0 and a_p[[0, 1, 3]].tolist() == pytest.approx([0.7071, -1.4142, 0.7071], abs=1e-3)
     assert a_r.tolist() == pytest.approx([1, -1, 1, -1], abs=1e-4)
     assert stats == {"flat_groups_perception": 0, "flat_groups_reasoning": 0}
@@ -133,14 +145,17 @@ def test_micro_batch_helpers_at_their_boundaries():
 
 
 # -- parsing, rewards, the mismatch rules --------------------------------------------------------------------------
-@pytest.mark.parametrize("text, perception_ok, reasoning_ok", [
-    ("<observation>o</observation></observation><think>t</think><answer>a</answer>", False, True),  # repeated close
-    ("<observation>o</observation><think>t</think></answer><answer>a</answer>", True, False),  # stray close first
-    ("<observation>o</observation>\n\n<think>t</think>\n<answer>a</answer>\n", True, True),  # whitespace is fine
-    ("<observation>o</observation>x<think>t</think><answer>a</answer>", True, False),  # text between processes
-    ("<observation>o</observation><think>t</think><answer>a</answer>x", True, False),  # text after the answer
-    ("x<observation>o</observation><think>t</think><answer>a</answer>", False, True),  # a preamble
-])
+@pytest.mark.parametrize(
+    "text, perception_ok, reasoning_ok",
+    [
+        ("<observation>o</observation></observation><think>t</think><answer>a</answer>", False, True),  # repeated close
+        ("<observation>o</observation><think>t</think></answer><answer>a</answer>", True, False),  # stray close first
+        ("<observation>o</observation>\n\n<think>t</think>\n<answer>a</answer>\n", True, True),  # whitespace is fine
+        ("<observation>o</observation>x<think>t</think><answer>a</answer>", True, False),  # text between processes
+        ("<observation>o</observation><think>t</think><answer>a</answer>x", True, False),  # text after the answer
+        ("x<observation>o</observation><think>t</think><answer>a</answer>", False, True),  # a preamble
+    ],
+)
 def test_format_with_stray_or_repeated_tags(text, perception_ok, reasoning_ok):
     p = parse_response(text)
     assert (p.perception_format, p.reasoning_format) == (perception_ok, reasoning_ok)
@@ -151,24 +166,41 @@ def test_length_bonus_needs_the_format_even_when_accurate():
     parsed = parse_response("<observation>o</observation><think>t</think> 5")  # no answer tags
     r = process_rewards(parsed, "5", "numerical", True, 200, 400, LengthRule())
     assert r.form_r == 0 and r.len_r == 0
-    r = process_rewards(parse_response("<observation>o</observation><think>t</think><answer>5</answer>"), "5",
-                        "numerical", True, 128, 512, LengthRule())
+    r = process_rewards(
+        parse_response("<observation>o</observation><think>t</think><answer>5</answer>"),
+        "5",
+        "numerical",
+        True,
+        128,
+        512,
+        LengthRule(),
+    )
     assert (r.len_p, r.len_r) == (0.2, 0.2)  # both ends of the windows are inside them
-    r = process_rewards(parse_response("<observation>o</observation><think>t</think><answer>5</answer>"), "5",
-                        "numerical", True, 127, 513, LengthRule())
+    r = process_rewards(
+        parse_response("<observation>o</observation><think>t</think><answer>5</answer>"),
+        "5",
+        "numerical",
+        True,
+        127,
+        513,
+        LengthRule(),
+    )
     assert (r.len_p, r.len_r) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("output, ptype, expect", [
-    ("<think>it is -3</think><answer>-3</answer>", "numerical", False),  # negative numbers keep their sign
-    ("<think>it is -3</think><answer>3</answer>", "numerical", True),
-    ("<think>about 2.004</think><answer>2.0</answer>", "regression", False),  # equal at 2 decimals
-    ("<think>about 2.006</think><answer>2.0</answer>", "regression", True),
-    ("<think>so the ANSWER is b? no, Option C</think><answer>C</answer>", "multiple choice", False),  # cue's case
-    ("<think>the answer is B</think><answer>(C) red</answer>", "multiple choice", True),
-    ("<think>no letter here</think><answer>C</answer>", "multiple choice", None),
-    ("<think>t</think><answer>  </answer>", "numerical", None),
-])
+@pytest.mark.parametrize(
+    "output, ptype, expect",
+    [
+        ("<think>it is -3</think><answer>-3</answer>", "numerical", False),  # negative numbers keep their sign
+        ("<think>it is -3</think><answer>3</answer>", "numerical", True),
+        ("<think>about 2.004</think><answer>2.0</answer>", "regression", False),  # equal at 2 decimals
+        ("<think>about 2.006</think><answer>2.0</answer>", "regression", True),
+        ("<think>so the ANSWER is b? no, Option C</think><answer>C</answer>", "multiple choice", False),  # cue's case
+        ("<think>the answer is B</think><answer>(C) red</answer>", "multiple choice", True),
+        ("<think>no letter here</think><answer>C</answer>", "multiple choice", None),
+        ("<think>t</think><answer>  </answer>", "numerical", None),
+    ],
+)
 def test_think_answer_mismatch_rules(output, ptype, expect):
     assert think_answer_mismatch(output, ptype) is expect
 
@@ -179,8 +211,14 @@ def test_mrope_with_a_non_integer_temporal_factor():
     flooring, the factor skipped when it is not 1, and text resuming at the wrong position after the block."""
     V = 9
     ids = [1, V, V, V, V, 2]  # t=4 temporal patches of 1x1 merged tokens (grid h = w = 2 before the merge)
-    pos, delta = mrope_positions(ids, video_grid_thw=[[4, 2, 2]], second_per_grid_ts=[0.375], image_token_id=8,
-                                 video_token_id=V, tokens_per_second=2.0)  # factor 0.75
+    pos, delta = mrope_positions(
+        ids,
+        video_grid_thw=[[4, 2, 2]],
+        second_per_grid_ts=[0.375],
+        image_token_id=8,
+        video_token_id=V,
+        tokens_per_second=2.0,
+    )  # factor 0.75
     assert pos[0].tolist() == [0, 1, 1, 2, 3, 4]  # 1 + floor([0, .75, 1.5, 2.25])
     assert pos[1].tolist() == [0, 1, 1, 1, 1, 4] and delta == 5 - 6
 
@@ -204,14 +242,40 @@ def test_log_rows_write_each_rollouts_own_fields():
     field's value (acc_p under acc_r), sample_index counting across groups, and advantages written off by one."""
     b = _batch([4, 7])
     b.results[1].worker = "w1"
-    b.rewards = [_rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=0.5, form_r=1, len_r=0.2, verdict=True),
-                 _rewards(form_p=1, verdict=False, perception_valid=False), _rewards(acc_r=1), _rewards(form_r=1)]
+    b.rewards = [
+        _rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=0.5, form_r=1, len_r=0.2, verdict=True),
+        _rewards(form_p=1, verdict=False, perception_valid=False),
+        _rewards(acc_r=1),
+        _rewards(form_r=1),
+    ]
     rows = b.log_rows({"advantage_perception": [0.1, 0.2, 0.3, 0.4], "advantage_reasoning": [1, 2, 3, 4]})
     first = rows[0]
-    assert {k: first[k] for k in ("step", "prompt_id", "row", "problem_type", "sample_index", "response",
-                                  "response_tokens", "finish_reason", "weight_version", "worker")} == dict(
-        step=3, prompt_id="p0", row=0, problem_type="OCR", sample_index=0, response="x", response_tokens=1,
-        finish_reason="stop", weight_version=4, worker="w0")
+    assert {
+        k: first[k]
+        for k in (
+            "step",
+            "prompt_id",
+            "row",
+            "problem_type",
+            "sample_index",
+            "response",
+            "response_tokens",
+            "finish_reason",
+            "weight_version",
+            "worker",
+        )
+    } == dict(
+        step=3,
+        prompt_id="p0",
+        row=0,
+        problem_type="OCR",
+        sample_index=0,
+        response="x",
+        response_tokens=1,
+        finish_reason="stop",
+        weight_version=4,
+        worker="w0",
+    )
     assert (first["r_perception"], first["r_reasoning"]) == (pytest.approx(2.2), pytest.approx(1.7))
     assert [first[k] for k in ("acc_p", "form_p", "len_p", "acc_r", "form_r", "len_r")] == [1, 1, 0.2, 0.5, 1, 0.2]
     assert first["verdict"] is True and first["perception_valid"] is True
@@ -229,11 +293,18 @@ def test_model_positions_reads_the_config_and_the_processor_outputs():
     and second_per_grid_ts ignored: a video of 2 temporal patches 1.5 s apart at 2 tokens/s is 3 positions apart."""
     from learner.mrope import model_positions
 
-    config = SimpleNamespace(model_type="qwen2_5_vl", image_token_id=8, video_token_id=9,
-                             vision_config=SimpleNamespace(spatial_merge_size=2, tokens_per_second=2))
+    config = SimpleNamespace(
+        model_type="qwen2_5_vl",
+        image_token_id=8,
+        video_token_id=9,
+        vision_config=SimpleNamespace(spatial_merge_size=2, tokens_per_second=2),
+    )
     ids = [1, 8, 2, 9, 9, 3]
-    out = {"image_grid_thw": torch.tensor([[1, 2, 2]]), "video_grid_thw": torch.tensor([[2, 2, 2]]),
-           "second_per_grid_ts": [1.5]}
+    out = {
+        "image_grid_thw": torch.tensor([[1, 2, 2]]),
+        "video_grid_thw": torch.tensor([[2, 2, 2]]),
+        "second_per_grid_ts": [1.5],
+    }
     pos = model_positions(config, ids, out)
     assert pos.shape == (3, 1, 6)
     assert pos[0, 0].tolist() == [0, 1, 2, 3, 6, 7] and pos[1, 0].tolist() == [0, 1, 2, 3, 3, 7]
@@ -248,8 +319,15 @@ def test_model_positions_reads_the_config_and_the_processor_outputs():
 def _sample(**kw):
     from videoqa.schema import Sample
 
-    base = dict(problem_id="q1", problem=" What moves? ", data_type="video", problem_type="multiple choice",
-                solution="<answer>B</answer>", path="v.mp4", options=["A. a cat", "B. a dog"])
+    base = dict(
+        problem_id="q1",
+        problem=" What moves? ",
+        data_type="video",
+        problem_type="multiple choice",
+        solution="<answer>B</answer>",
+        path="v.mp4",
+        options=["A. a cat", "B. a dog"],
+    )
     return Sample(**{**base, **kw})
 
 
@@ -264,24 +342,32 @@ def test_prompts_are_the_trained_text():
     assert user_text(s) == (
         "What moves?\nOptions:\nA. a cat\nB. a dog\n"
         "First describe what you observe in the video that is needed to answer the question, inside "
-        "<observation> </observation> tags, beginning with \"Based on the question, I need to notice\". "
+        '<observation> </observation> tags, beginning with "Based on the question, I need to notice". '
         "Then reason step by step from those observations inside <think> </think> tags, beginning with "
-        "\"Based on the observations,\". Finally give your answer inside <answer> </answer> tags."
-        " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags.")
+        '"Based on the observations,". Finally give your answer inside <answer> </answer> tags.'
+        " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags."
+    )
     ocr = user_text(_sample(problem_type="OCR", data_type="image"))
     assert "observe in the image" in ocr and ocr.endswith(
-        " Please transcribe text from the image clearly and provide your text answer within the <answer> </answer> tags.")
+        " Please transcribe text from the image clearly and provide your text answer within the <answer> </answer> tags."
+    )
     r1 = user_text(s, "video-r1")
-    assert r1.startswith(" What moves? Options:\nA. a cat\nB. a dog\n\nPlease think about this question as if you "
-                         "were a human pondering deeply.")
-    assert "Provide your detailed reasoning between the <think> and </think> tags, and then give your final answer " \
-           "between the <answer> and </answer> tags. Please provide only the single option letter" in r1
+    assert r1.startswith(
+        " What moves? Options:\nA. a cat\nB. a dog\n\nPlease think about this question as if you "
+        "were a human pondering deeply."
+    )
+    assert (
+        "Provide your detailed reasoning between the <think> and </think> tags, and then give your final answer "
+        "between the <answer> and </answer> tags. Please provide only the single option letter" in r1
+    )
     assert user_text(_sample(problem_type="numerical"), "video-r1").endswith(
-        " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.")
+        " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags."
+    )
     with pytest.raises(ValueError, match="unknown prompt style"):
         user_text(s, "chat")
-    assert chat_messages(s) == [{"role": "user", "content": [{"type": "video"},
-                                                              {"type": "text", "text": user_text(s)}]}]
+    assert chat_messages(s) == [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user_text(s)}]}
+    ]
     assert chat_messages(s, "video-r1")[0]["content"][1]["text"] == r1
     row = _sample(observation=" I see a dog ", process=" so B ")
     assert sft_target(row) == "<observation>I see a dog</observation><think>so B</think><answer>B</answer>"
@@ -296,8 +382,9 @@ def test_loading_skips_malformed_rows_and_keeps_their_indices(tmp_path):
 
     from videoqa.schema import load_samples_skipping
 
-    good = dict(problem_id="a", problem="q", data_type="video", problem_type="OCR", solution="<answer>x</answer>",
-                path="v.mp4")
+    good = dict(
+        problem_id="a", problem="q", data_type="video", problem_type="OCR", solution="<answer>x</answer>", path="v.mp4"
+    )
     rows = [good, {"problem_id": "b"}, {**good, "problem_id": "c"}, {**good, "problem_id": "d"}]
     f = tmp_path / "rows.json"
     f.write_text(json.dumps(rows))
@@ -315,10 +402,22 @@ def test_frame_sampling_of_the_video_and_eval_sections():
     v = VideoSection(fps=3.0, min_frames=2, max_frames=8, nframes=6, min_pixels=5 * 28 * 28, max_pixels=9 * 28 * 28)
     s = v.sampling()
     assert (s.fps, s.min_frames, s.max_frames, s.nframes, s.min_pixels, s.max_pixels) == (
-        3.0, 2, 8, 6, 5 * 28 * 28, 9 * 28 * 28)
+        3.0,
+        2,
+        8,
+        6,
+        5 * 28 * 28,
+        9 * 28 * 28,
+    )
     e = EvalSection(nframes=12, max_pixels=4 * 28 * 28).sampling(v)
     assert (e.fps, e.min_frames, e.max_frames, e.nframes, e.min_pixels, e.max_pixels) == (
-        3.0, 2, 12, 12, 4 * 28 * 28, 4 * 28 * 28)
+        3.0,
+        2,
+        12,
+        12,
+        4 * 28 * 28,
+        4 * 28 * 28,
+    )
     e = EvalSection(nframes=4, max_pixels=20 * 28 * 28).sampling(v)
     assert (e.max_frames, e.min_pixels) == (8, 5 * 28 * 28)
 
@@ -326,8 +425,18 @@ def test_frame_sampling_of_the_video_and_eval_sections():
 def test_process_rewards_as_a_dict():
     """Catches as_dict dropping a part or writing R_R as R_P."""
     d = _rewards(acc_p=1, form_p=1, len_p=0.2, acc_r=0.5, verdict=True).as_dict()
-    assert d == dict(acc_p=1, form_p=1, len_p=0.2, acc_r=0.5, form_r=0.0, len_r=0.0, verdict=True,
-                     perception_valid=True, perception=pytest.approx(2.2), reasoning=0.5)
+    assert d == dict(
+        acc_p=1,
+        form_p=1,
+        len_p=0.2,
+        acc_r=0.5,
+        form_r=0.0,
+        len_r=0.0,
+        verdict=True,
+        perception_valid=True,
+        perception=pytest.approx(2.2),
+        reasoning=0.5,
+    )
 
 
 def test_validate_file_row_by_row(tmp_path, synthetic_dir):
@@ -343,12 +452,23 @@ def test_validate_file_row_by_row(tmp_path, synthetic_dir):
     (tmp_path / "media").mkdir()
     shutil.copy(video, tmp_path / "media" / "ok.mp4")
     (tmp_path / "media" / "bad.jpg").write_text("not an image")
-    good = dict(problem_id="a", problem="q", data_type="video", problem_type="OCR", solution="<answer>x</answer>",
-                path="media/ok.mp4")
-    rows = [good, {**good, "problem_id": "b", "path": "media/gone.mp4"}, {**good},  # a duplicate id
-            {**good, "problem_id": "c", "data_type": "image", "path": "media/bad.jpg"},
-            {**good, "problem_id": "d", "data_type": "audio", "path": "media/gone.mp4"}, ["not", "a", "row"],
-            {k: v for k, v in good.items() if k != "problem_id"}]
+    good = dict(
+        problem_id="a",
+        problem="q",
+        data_type="video",
+        problem_type="OCR",
+        solution="<answer>x</answer>",
+        path="media/ok.mp4",
+    )
+    rows = [
+        good,
+        {**good, "problem_id": "b", "path": "media/gone.mp4"},
+        {**good},  # a duplicate id
+        {**good, "problem_id": "c", "data_type": "image", "path": "media/bad.jpg"},
+        {**good, "problem_id": "d", "data_type": "audio", "path": "media/gone.mp4"},
+        ["not", "a", "row"],
+        {k: v for k, v in good.items() if k != "problem_id"},
+    ]
     f = tmp_path / "rows.json"
     f.write_text(json.dumps(rows))
     n, problems = validate_file(f)

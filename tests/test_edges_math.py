@@ -9,14 +9,26 @@ from rewards import think_answer_mismatch
 
 
 # -- accuracy rules, the policy loss, advantages at their edges -------------------------------------------------------
-@pytest.mark.parametrize("answer, truth, ptype, expect", [
-    ("3.14", "3.14", "numerical", 1.0), ("3.141", "3.14", "numerical", 1.0), ("3.2", "3.14", "numerical", 0.0),
-    ("3.0", "3", "numerical", 0.0),  # only one side has a decimal point
-    ("0", "0", "regression", 1.0), ("1", "0", "regression", 0.0),  # relative error undefined at 0: only 0 is right
-    ("x", "5", "regression", 0.0), ("5", "x", "regression", 0.0), ("7.5", "5", "regression", 0.5),
-    ("", "", "OCR", 1.0), ("a", " ", "OCR", 0.0), (" ", "a b", "OCR", 0.0), ("a c", "a b", "OCR", 0.5),
-    ("", "a cat", "free-form", 0.0), ("a cat", "", "free-form", 0.0),
-])
+@pytest.mark.parametrize(
+    "answer, truth, ptype, expect",
+    [
+        ("3.14", "3.14", "numerical", 1.0),
+        ("3.141", "3.14", "numerical", 1.0),
+        ("3.2", "3.14", "numerical", 0.0),
+        ("3.0", "3", "numerical", 0.0),  # only one side has a decimal point
+        ("0", "0", "regression", 1.0),
+        ("1", "0", "regression", 0.0),  # relative error undefined at 0: only 0 is right
+        ("x", "5", "regression", 0.0),
+        ("5", "x", "regression", 0.0),
+        ("7.5", "5", "regression", 0.5),
+        ("", "", "OCR", 1.0),
+        ("a", " ", "OCR", 0.0),
+        (" ", "a b", "OCR", 0.0),
+        ("a c", "a b", "OCR", 0.5),
+        ("", "a cat", "free-form", 0.0),
+        ("a cat", "", "free-form", 0.0),
+    ],
+)
 def test_accuracy_rules_at_their_edges(answer, truth, ptype, expect):
     """Catches rounding to the wrong precision, the zero-truth rule dropped or inverted, a non-number not scored
     0, and the empty-text rules of OCR and free-form inverted."""
@@ -63,6 +75,7 @@ def test_policy_loss_defaults_one_token_and_masked_stats():
     at_edge = torch.log(torch.tensor([[1.25, 0.5]]))
     _, s = policy_loss(at_edge, torch.zeros(1, 2), None, torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), clip_eps=0.25)
     assert s["clip_fraction"] == 0.5
-    _, s = policy_loss(torch.log(torch.tensor([[0.5, 1.5]])), torch.zeros(1, 2), None, torch.tensor([[0.0, 0.0]]),
-                       torch.ones(1, 2))
+    _, s = policy_loss(
+        torch.log(torch.tensor([[0.5, 1.5]])), torch.zeros(1, 2), None, torch.tensor([[0.0, 0.0]]), torch.ones(1, 2)
+    )
     assert s["clip_fraction"] == 0.0  # a zero advantage is never clipped

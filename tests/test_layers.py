@@ -5,6 +5,7 @@ that points up fails here too.
 
 Catches: a runtime module importing a command (e.g. cluster/ calling into commands.stages), a reward or the math
 importing Ray-side plumbing, a library module importing a benchmark or a fixture."""
+
 import ast
 import sys
 from pathlib import Path
@@ -53,5 +54,7 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     (tmp_path / "rewards").mkdir()
     (tmp_path / "rewards" / "y.py").write_text("import toy.synthetic\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert sorted(violations()) == ["cluster/x.py (cluster/, layer 3) imports commands/ (layer 4)",
-                            "rewards/y.py imports toy/ (a fixture or benchmark) from a library layer"]
+    assert sorted(violations()) == [
+        "cluster/x.py (cluster/, layer 3) imports commands/ (layer 4)",
+        "rewards/y.py imports toy/ (a fixture or benchmark) from a library layer",
+    ]

@@ -16,8 +16,9 @@ from tests.conftest import ROOT
 
 
 def learner_cfg(*overrides):
-    return load_config(Config, ROOT / "configs" / "demo.yaml",
-                       ["learner.lr=1e-3", "learner.micro_batch_size=4", *overrides])
+    return load_config(
+        Config, ROOT / "configs" / "demo.yaml", ["learner.lr=1e-3", "learner.micro_batch_size=4", *overrides]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +105,23 @@ def test_micro_batch_size_bounds_every_forward_and_the_cut_does_not_change_the_g
     through in one micro-batch or in four (an ignored bound, or micro-batches weighted equally, would show)."""
     grads, seen, padding = {}, {}, {}
     for mbs in (2, 8, "tokens"):
-        cut = ["learner.micro_batch_size=8", "learner.micro_batch_tokens=700"] if mbs == "tokens" else \
-            [f"learner.micro_batch_size={mbs}"]
+        cut = (
+            ["learner.micro_batch_size=8", "learner.micro_batch_tokens=700"]
+            if mbs == "tokens"
+            else [f"learner.micro_batch_size={mbs}"]
+        )
         learner = Learner(learner_cfg("learner.zero_stage=0", *cut), str(tiny_model_dir))
         rows = seen.setdefault(mbs, [])
         learner.engine.module.model.register_forward_pre_hook(  # the decoder: every scoring and update forward
-            lambda module, args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+            lambda module, args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+        )
         captured = grads.setdefault(mbs, [])
         step = learner._optimizer_step
 
         def capture(step=step, learner=learner, captured=captured):
-            captured.append({n: p.grad.clone() for n, p in learner.engine.module.named_parameters()
-                             if p.grad is not None})
+            captured.append(
+                {n: p.grad.clone() for n, p in learner.engine.module.named_parameters() if p.grad is not None}
+            )
             return step()
 
         learner._optimizer_step = capture
@@ -140,8 +146,9 @@ def _token_advantages(learner, rollouts, width):
     from learner import process_advantages, token_advantages
     from learner.masks import process_masks
 
-    a_p, a_r, _ = process_advantages(torch.tensor([r.r_perception for r in rollouts]),
-                                     torch.tensor([r.r_reasoning for r in rollouts]), 4, "pa_grpo")
+    a_p, a_r, _ = process_advantages(
+        torch.tensor([r.r_perception for r in rollouts]), torch.tensor([r.r_reasoning for r in rollouts]), 4, "pa_grpo"
+    )
     m_p, m_r = torch.zeros(len(rollouts), width), torch.zeros(len(rollouts), width)
     for i, r in enumerate(rollouts):
         p, q, _ = process_masks(learner.processor.tokenizer, r.response_ids)
@@ -215,8 +222,9 @@ def test_learner_logprobs_match_vllm(vllm_engine, tiny_model_dir, synthetic_dir,
 
 
 def test_gradient_accumulation_steps_once_per_call(tiny_model_dir, cot_items):
-    learner = Learner(learner_cfg("learner.zero_stage=2", "learner.grad_accum=2", "learner.minibatches=2"),
-                      str(tiny_model_dir))
+    learner = Learner(
+        learner_cfg("learner.zero_stage=2", "learner.grad_accum=2", "learner.minibatches=2"), str(tiny_model_dir)
+    )
     targets = targets_for(learner, cot_items)
     learner.sft_step(cot_items, targets)
     assert learner.engine.global_steps == 1  # two micro-batches, one optimizer step
@@ -252,14 +260,25 @@ def test_vision_features_once_per_prompt_per_update(stage, tiny_model_dir, cot_i
     its partitioned weights."""
     out = {}
     for share in (False, True):
-        learner = Learner(learner_cfg(f"learner.zero_stage={stage}", "learner.minibatches=2", "learner.update_epochs=2",
-                                      "learner.micro_batch_size=3", f"learner.share_vision_features={str(share).lower()}"),
-                          str(tiny_model_dir))
+        learner = Learner(
+            learner_cfg(
+                f"learner.zero_stage={stage}",
+                "learner.minibatches=2",
+                "learner.update_epochs=2",
+                "learner.micro_batch_size=3",
+                f"learner.share_vision_features={str(share).lower()}",
+            ),
+            str(tiny_model_dir),
+        )
         assert learner.reference is not None
         calls, grads, order = [], [], []
         for model in (learner.engine.module, learner.reference):
-            model.model.visual.register_forward_pre_hook(lambda *a, calls=calls, order=order: calls.append(1) or order.append("tower"))
-        learner.engine.module.model.language_model.register_forward_pre_hook(lambda *a, order=order: order.append("decoder"))
+            model.model.visual.register_forward_pre_hook(
+                lambda *a, calls=calls, order=order: calls.append(1) or order.append("tower")
+            )
+        learner.engine.module.model.language_model.register_forward_pre_hook(
+            lambda *a, order=order: order.append("decoder")
+        )
         step = learner._optimizer_step
 
         def capture(step=step, learner=learner, grads=grads):
@@ -274,8 +293,15 @@ def test_vision_features_once_per_prompt_per_update(stage, tiny_model_dir, cot_i
         calls.clear()
         order.clear()
         stats = learner.rl_step(rollouts, group_size=4)
-        out[share] = dict(calls=len(calls), grads=grads, stats=stats, before=before, ref=ref, order=list(order),
-                          after=learner.logprobs(items, responses))
+        out[share] = dict(
+            calls=len(calls),
+            grads=grads,
+            stats=stats,
+            before=before,
+            ref=ref,
+            order=list(order),
+            after=learner.logprobs(items, responses),
+        )
     assert out[False]["calls"] == 14 and out[True]["calls"] == 2 == out[True]["stats"]["vision_tower_calls"]
     assert "vision_tower_calls" not in out[False]["stats"]
     # both towers' runs before the first decoder forward: under ZeRO-3 each run gathers the partitioned tower with
@@ -300,8 +326,10 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir, cot_item
     backward and recompute, 2.6x the step time on an H200)."""
     grads, calls, vision_calls, vision_grad = {}, {}, {}, {}
     for on in (False, True):
-        learner = Learner(learner_cfg("learner.zero_stage=0", f"learner.gradient_checkpointing={str(on).lower()}"),
-                          str(tiny_model_dir))
+        learner = Learner(
+            learner_cfg("learner.zero_stage=0", f"learner.gradient_checkpointing={str(on).lower()}"),
+            str(tiny_model_dir),
+        )
         layer = learner.engine.module.model.language_model.layers[0]
         calls[on], vision_calls[on], vision_grad[on] = [], [], []
         # a pre-hook: the recompute stops early once it has what the backward needs, before forward hooks would run
@@ -345,7 +373,7 @@ def test_response_logprobs_in_chunks_never_build_the_full_logits(tiny_model_dir,
     logits = model(**batch.model_kwargs).logits  # the reference: all (B, L, V) logits
     rows = []
     for i, P in enumerate(batch.prompt_lengths):
-        lp = torch.log_softmax(logits[i, P - 1:P - 1 + 40].float(), -1)
+        lp = torch.log_softmax(logits[i, P - 1 : P - 1 + 40].float(), -1)
         ids = batch.response_ids[i]
         rows.append(lp[torch.arange(len(ids)).clamp(max=lp.shape[0] - 1), ids] * batch.response_mask[i])
     full = torch.stack(rows)

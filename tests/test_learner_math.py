@@ -112,8 +112,9 @@ def test_gradient_routing():
     (ratios away from 1, so a dropped ratio, swapped masks or a flipped sign all show)."""
     torch.manual_seed(0)
     logp = (torch.randn(2, 6) - 2).requires_grad_(True)
-    old = logp.detach() + torch.tensor([[0.05, -0.08, 0.1, -0.05, 0.02, 0.5],
-                                        [-0.1, 0.07, 0.03, -0.02, 0.09, -0.04]])  # ratios 0.90-1.11, one of 0.61
+    old = logp.detach() + torch.tensor(
+        [[0.05, -0.08, 0.1, -0.05, 0.02, 0.5], [-0.1, 0.07, 0.03, -0.02, 0.09, -0.04]]
+    )  # ratios 0.90-1.11, one of 0.61
     m_p = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.float32)
     m_r = 1 - m_p
     a_p, a_r = torch.tensor([1.5, -0.5]), torch.tensor([-1.0, 2.0])
@@ -194,12 +195,16 @@ def test_logprobs_and_loss_stay_on_the_model_device(monkeypatch):
     B, L, R, H, V = 2, 9, 4, 8, 16
     batch = ScoredInputs(  # built on the CPU, as build_inputs does
         model_kwargs={"input_ids": torch.randint(0, V, (B, L)), "attention_mask": torch.ones(B, L, dtype=torch.long)},
-        response_ids=torch.randint(0, V, (B, R)), response_mask=torch.ones(B, R), prompt_lengths=[5, 4])
+        response_ids=torch.randint(0, V, (B, R)),
+        response_mask=torch.ones(B, R),
+        prompt_lengths=[5, 4],
+    )
     from torch._subclasses import fake_impls
 
     # the loss's float() statistics are device-to-host reads on a GPU; a fake tensor has no value to read: 0.0
-    monkeypatch.setitem(fake_impls.op_implementations_dict, torch.ops.aten._local_scalar_dense.default,
-                        lambda fake_mode, func, arg: 0.0)
+    monkeypatch.setitem(
+        fake_impls.op_implementations_dict, torch.ops.aten._local_scalar_dense.default, lambda fake_mode, func, arg: 0.0
+    )
     with FakeTensorMode(allow_non_fake_inputs=True):
         cuda = torch.device("cuda", 0)
         seen = []
@@ -216,6 +221,12 @@ def test_logprobs_and_loss_stay_on_the_model_device(monkeypatch):
             return t.to(lp.device)
 
         adv = token_advantages(torch.randn(B), torch.randn(B), torch.ones(B, R), torch.zeros(B, R))
-        loss, _ = policy_loss(lp, here(lp.detach().cpu()), here(lp.detach().cpu()), here(adv), here(torch.ones(B, R)),
-                              is_weight=here(torch.ones(B, R)))
+        loss, _ = policy_loss(
+            lp,
+            here(lp.detach().cpu()),
+            here(lp.detach().cpu()),
+            here(adv),
+            here(torch.ones(B, R)),
+            is_weight=here(torch.ones(B, R)),
+        )
         assert loss.device == cuda

@@ -40,15 +40,28 @@ def test_local_head_stop_ends_only_its_own_head(ray_cluster, tmp_path):
     venv_bin = str(Path(sys.executable).parent)
     home = tmp_path / "home"
     home.mkdir()
-    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")},
-           "PATH": f"{venv_bin}:{os.environ['PATH']}", "VIDEOP2R_HEAD_DIR": str(tmp_path / "state"),
-           "RAY_GCS_PORT": str(free_port()), "RAY_NUM_CPUS": "1", "HOME": str(home)}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")},
+        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+        "VIDEOP2R_HEAD_DIR": str(tmp_path / "state"),
+        "RAY_GCS_PORT": str(free_port()),
+        "RAY_NUM_CPUS": "1",
+        "HOME": str(home),
+    }
     script = str(ROOT / "deploy" / "local-head.sh")
-    ports = [f"--{k}={free_port()}" for k in ("ray-client-server-port", "dashboard-agent-listen-port",
-                                               "metrics-export-port", "runtime-env-agent-port")]
+    ports = [
+        f"--{k}={free_port()}"
+        for k in (
+            "ray-client-server-port",
+            "dashboard-agent-listen-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+        )
+    ]
     dashboard = free_port()
-    started = subprocess.run([script, "start", str(dashboard), "--", *ports], env=env, capture_output=True,
-                             text=True, timeout=180)
+    started = subprocess.run(
+        [script, "start", str(dashboard), "--", *ports], env=env, capture_output=True, text=True, timeout=180
+    )
     pgid = int((tmp_path / "state" / "head.pgid").read_text())
     try:
         assert started.returncode == 0, started.stdout + started.stderr

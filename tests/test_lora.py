@@ -35,8 +35,11 @@ def targets(learner, items):
 
 
 def rollouts(items, tgt):
-    return [Rollout(items[g], tgt[g][: 6 + 4 * j], r_perception=float(j), r_reasoning=float(j % 2))
-            for g in range(2) for j in range(3)]
+    return [
+        Rollout(items[g], tgt[g][: 6 + 4 * j], r_perception=float(j), r_reasoning=float(j % 2))
+        for g in range(2)
+        for j in range(3)
+    ]
 
 
 def base_logprobs(model_dir, items, responses):
@@ -197,8 +200,19 @@ def test_an_adapter_sync_run_serves_the_learner_policy_through_vllm_lora(ray_clu
 
     out = tmp_path / "rl"
     torch.manual_seed(0)
-    run_train(config(out, sft_model, demo_data, "trainer.steps=3", "trainer.checkpoint_every=0", "learner.lr=1e-3",
-                     "learner.lora.rank=8", "learner.lora.alpha=16", "learner.lora.sync=adapter"))
+    run_train(
+        config(
+            out,
+            sft_model,
+            demo_data,
+            "trainer.steps=3",
+            "trainer.checkpoint_every=0",
+            "learner.lr=1e-3",
+            "learner.lora.rank=8",
+            "learner.lora.alpha=16",
+            "learner.lora.sync=adapter",
+        )
+    )
     rows = RunDir(out).metrics()
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["sync_updated"] == 1 and r["sync_failed"] == 0 for r in rows), rows

@@ -14,7 +14,9 @@ from videoqa.schema import load_samples
 def test_response_with_media_tokens_is_scored(tiny_model_dir, synthetic_dir, test_config):
     cfg = load_config(Config, None, ["learner.zero_stage=0", "learner.beta=0"])
     learner = Learner(cfg, str(tiny_model_dir), with_reference=False)
-    item = next(iter(MediaLoader(synthetic_dir, test_config.video.sampling())(load_samples(synthetic_dir / "train.json")[:1])))
+    item = next(
+        iter(MediaLoader(synthetic_dir, test_config.video.sampling())(load_samples(synthetic_dir / "train.json")[:1]))
+    )
     tok = learner.processor.tokenizer
     video, image = tok.convert_tokens_to_ids("<|video_pad|>"), tok.convert_tokens_to_ids("<|image_pad|>")
     plain = tok.encode("<observation>a</observation><think>b</think>", add_special_tokens=False)

@@ -19,10 +19,14 @@ def test_every_score_counter_reaches_its_metric():
     m = RewardMetrics()
     value = lambda name, **labels: m.registry.get_sample_value(name, labels) or 0.0  # noqa: E731
     expected = {
-        judge_key(JudgeStatus.FAILED): [("videop2r_judge_outcomes_total", {"status": "failed"}),
-                                        ("videop2r_judge_verdicts_total", {"outcome": "failed"})],
+        judge_key(JudgeStatus.FAILED): [
+            ("videop2r_judge_outcomes_total", {"status": "failed"}),
+            ("videop2r_judge_verdicts_total", {"outcome": "failed"}),
+        ],
         judge_key(JudgeStatus.CACHED): [("videop2r_judge_outcomes_total", {"status": "cached"})],
-        cache_key(CacheResult.SKIPPED_UNAVAILABLE): [("videop2r_verdict_cache_total", {"result": "skipped_unavailable"})],
+        cache_key(CacheResult.SKIPPED_UNAVAILABLE): [
+            ("videop2r_verdict_cache_total", {"result": "skipped_unavailable"})
+        ],
         ScoreCount.VERDICT_YES: [("videop2r_judge_verdicts_total", {"outcome": "yes"})],
         ScoreCount.VERDICT_NO: [("videop2r_judge_verdicts_total", {"outcome": "no"})],
         ScoreCount.CACHE_DOWN_SECONDS: [("videop2r_cache_down_seconds_total", {})],
@@ -53,22 +57,34 @@ def test_step_metrics_serve_gauges_totals_and_health():
     port = free_port()
     m = StepMetrics(port, stall_after_s=0.5, run_info={"run_id": "r1", "algorithm": "pa_grpo", "model": "/m"})
     try:
-        row = {"step": 3, "reward_perception": 1.5, "accuracy_perception": 0.75, "accuracy": 0.5, "time/optimize": 2.0,
-               "accuracy/multiple choice": 0.25, f"total/{RunCount.GENERATED_TOKENS}": 100,
-               "skipped_media": {"corrupt": 2}, "rollout_worker_restarts": 1}
+        row = {
+            "step": 3,
+            "reward_perception": 1.5,
+            "accuracy_perception": 0.75,
+            "accuracy": 0.5,
+            "time/optimize": 2.0,
+            "accuracy/multiple choice": 0.25,
+            f"total/{RunCount.GENERATED_TOKENS}": 100,
+            "skipped_media": {"corrupt": 2},
+            "rollout_worker_restarts": 1,
+        }
         m.record_step(row)
         status, text = _get(port, "/health")
         assert status == 200 and text.startswith("ok")
         status, text = _get(port, "/metrics")
         assert status == 200
-        for line in ('videop2r_step 3.0', 'videop2r_reward{part="total",process="perception"} 1.5',
-                     'videop2r_reward{part="accuracy",process="perception"} 0.75',
-                     'videop2r_reward{part="accuracy",process="reasoning"} 0.5',
-                     'videop2r_step_phase_seconds{phase="update"} 2.0',
-                     'videop2r_accuracy_by_type{problem_type="multiple choice"} 0.25',
-                     'videop2r_generated_tokens_total 100.0', 'videop2r_inputs_skipped_total{reason="corrupt"} 2.0',
-                     'videop2r_rollout_worker_restarts_total 1.0',
-                     'videop2r_run_info{algorithm="pa_grpo",model="/m",run_id="r1"} 1.0'):
+        for line in (
+            "videop2r_step 3.0",
+            'videop2r_reward{part="total",process="perception"} 1.5',
+            'videop2r_reward{part="accuracy",process="perception"} 0.75',
+            'videop2r_reward{part="accuracy",process="reasoning"} 0.5',
+            'videop2r_step_phase_seconds{phase="update"} 2.0',
+            'videop2r_accuracy_by_type{problem_type="multiple choice"} 0.25',
+            "videop2r_generated_tokens_total 100.0",
+            'videop2r_inputs_skipped_total{reason="corrupt"} 2.0',
+            "videop2r_rollout_worker_restarts_total 1.0",
+            'videop2r_run_info{algorithm="pa_grpo",model="/m",run_id="r1"} 1.0',
+        ):
             assert line in text, line
         # run totals are cumulative in the row: the counters advance by the difference
         m.record_step({**row, f"total/{RunCount.GENERATED_TOKENS}": 160, "skipped_media": {"corrupt": 3}})
@@ -95,13 +111,18 @@ def test_vllm_engine_metrics_are_published_under_ray_names():
     from actors.engine_metrics import published_values
 
     labels = {"model_name": "/models/x", "engine": "0"}
-    got = published_values([
-        M(name="vllm:generation_tokens", labels=labels, value=12),
-        M(name="vllm:kv_cache_usage_perc", labels=labels, value=None),
-        M(name="vllm:time_to_first_token_seconds", labels=labels, count=3, sum=0.6),
-        M(name="vllm:cache_config_info", labels=labels, value=1.0),  # not exported (a label per setting)
-    ], "rollout-0")
-    assert got == {("vllm_generation_tokens_total", ("rollout-0", "0")): 12.0,
-                   ("vllm_kv_cache_usage_perc", ("rollout-0", "0")): 0.0,
-                   ("vllm_time_to_first_token_seconds_count", ("rollout-0", "0")): 3.0,
-                   ("vllm_time_to_first_token_seconds_sum", ("rollout-0", "0")): 0.6}
+    got = published_values(
+        [
+            M(name="vllm:generation_tokens", labels=labels, value=12),
+            M(name="vllm:kv_cache_usage_perc", labels=labels, value=None),
+            M(name="vllm:time_to_first_token_seconds", labels=labels, count=3, sum=0.6),
+            M(name="vllm:cache_config_info", labels=labels, value=1.0),  # not exported (a label per setting)
+        ],
+        "rollout-0",
+    )
+    assert got == {
+        ("vllm_generation_tokens_total", ("rollout-0", "0")): 12.0,
+        ("vllm_kv_cache_usage_perc", ("rollout-0", "0")): 0.0,
+        ("vllm_time_to_first_token_seconds_count", ("rollout-0", "0")): 3.0,
+        ("vllm_time_to_first_token_seconds_sum", ("rollout-0", "0")): 0.6,
+    }

@@ -29,8 +29,18 @@ import urllib.parse
 import pytest
 
 from tests.conftest import ROOT
-from tests.hosts_harness import (PINS, SECRET, cpu_by_process, cpu_used, job_id, job_logs, placement,
-                                 placement_group_states, stacks, submit)
+from tests.hosts_harness import (
+    PINS,
+    SECRET,
+    cpu_by_process,
+    cpu_used,
+    job_id,
+    job_logs,
+    placement,
+    placement_group_states,
+    stacks,
+    submit,
+)
 from toy.hosts import Cluster
 
 pytestmark = pytest.mark.vllm
@@ -50,29 +60,72 @@ def test_sft_then_train_across_hosts_through_host_faults(hosts, shared):
     from cluster.run_dir import RunDir
 
     c = hosts
-    judge = c.popen("head", ["python", "-m", "toy.judge_server", "--host", c.head.ip, "--port", str(JUDGE_PORT)],
-                    c.ray_env(), stdout=open(c.state / "judge.log", "w"), stderr=subprocess.STDOUT)
-    sft = submit(c, "sft", "--config", "configs/demo.yaml", "run.out_dir=sft", f"model.path={shared}/tiny-model",
-                  f"data.dir={shared}/few", "sft.steps=4", "sft.batch_size=2", *PINS)
+    judge = c.popen(
+        "head",
+        ["python", "-m", "toy.judge_server", "--host", c.head.ip, "--port", str(JUDGE_PORT)],
+        c.ray_env(),
+        stdout=open(c.state / "judge.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    sft = submit(
+        c,
+        "sft",
+        "--config",
+        "configs/demo.yaml",
+        "run.out_dir=sft",
+        f"model.path={shared}/tiny-model",
+        f"data.dir={shared}/few",
+        "sft.steps=4",
+        "sft.batch_size=2",
+        *PINS,
+    )
     assert "succeeded" in sft.stdout + sft.stderr, (sft.stdout + sft.stderr)[-3000:]
     sft_out = shared / "runs" / "sft"
     assert [r["step"] for r in RunDir(sft_out).metrics()] == [1, 2, 3, 4]  # a world across learn0 and learn1
     assert (sft_out / "hf" / "config.json").is_file()
 
-    train = ["train", "--config", "configs/demo.yaml", f"model.path={shared}/sft-model", f"data.dir={shared}/few",
-             f"trainer.prompts_per_step={B}", f"rollout.group_size={G}", "rollout.max_tokens=48", "rollout.temperature=0.01",
-             "trainer.steps=100000", "trainer.checkpoint_every=2", "judge.backend=http", "judge.model=judge",
-             "judge.allow_insecure_http=true", "cache.start_local=true", "metrics.host=0.0.0.0",
-             f"metrics.port={METRICS_PORT}", "reward.num_workers=2", "rollout.chunk_timeout_s=60",
-             "transport.timeout_s=30", *PINS]
+    train = [
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        f"model.path={shared}/sft-model",
+        f"data.dir={shared}/few",
+        f"trainer.prompts_per_step={B}",
+        f"rollout.group_size={G}",
+        "rollout.max_tokens=48",
+        "rollout.temperature=0.01",
+        "trainer.steps=100000",
+        "trainer.checkpoint_every=2",
+        "judge.backend=http",
+        "judge.model=judge",
+        "judge.allow_insecure_http=true",
+        "cache.start_local=true",
+        "metrics.host=0.0.0.0",
+        f"metrics.port={METRICS_PORT}",
+        "reward.num_workers=2",
+        "rollout.chunk_timeout_s=60",
+        "transport.timeout_s=30",
+        *PINS,
+    ]
     refused = submit(c, *train, "run.out_dir=refused", f"judge.base_url=http://127.0.0.1:{JUDGE_PORT}/v1")
     text = refused.stdout + refused.stderr
-    assert "failed" in text and f"error: this cluster has {len(c.hosts)} nodes" in text and "judge.base_url" in text, text[-3000:]
+    assert "failed" in text and f"error: this cluster has {len(c.hosts)} nodes" in text and "judge.base_url" in text, (
+        text[-3000:]
+    )
     assert "Traceback" not in text and RunDir(shared / "runs" / "refused").metrics() == []
     # a run folder on the head host's own disk: the other hosts are named before anything starts
-    private = submit(c, "sft", "--config", "configs/demo.yaml", "run.out_dir=/tmp/not-shared",
-                      f"model.path={shared}/tiny-model", f"data.dir={shared}/few", "sft.steps=1", "sft.batch_size=2",
-                      *PINS)
+    private = submit(
+        c,
+        "sft",
+        "--config",
+        "configs/demo.yaml",
+        "run.out_dir=/tmp/not-shared",
+        f"model.path={shared}/tiny-model",
+        f"data.dir={shared}/few",
+        "sft.steps=1",
+        "sft.batch_size=2",
+        *PINS,
+    )
     text = private.stdout + private.stderr
     assert "failed" in text and "does not see run.out_dir /tmp/not-shared" in text, text[-3000:]
     assert all(f"{h.name} ({h.ip}) does not see" in text for h in c.hosts[1:]) and "head (" not in text, text[-3000:]
@@ -82,16 +135,29 @@ def test_sft_then_train_across_hosts_through_host_faults(hosts, shared):
     steps = Steps(c, RunDir(shared / "runs" / "rl"), [job_id(submit(c, *rl, wait=False))])
     # a real Prometheus on the head host (deploy/monitoring/prometheus.sh): the driver's exporter and, through the
     # head's service-discovery file, every node's Ray metrics across the hosts
-    prom = c.popen("head", [str(ROOT / "deploy" / "monitoring" / "prometheus.sh"), "--driver",
-                            f"{c.head.ip}:{METRICS_PORT}", "--port", str(PROMETHEUS_PORT), "--interval", "1s"],
-                   c.ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = c.popen(
+        "head",
+        [
+            str(ROOT / "deploy" / "monitoring" / "prometheus.sh"),
+            "--driver",
+            f"{c.head.ip}:{METRICS_PORT}",
+            "--port",
+            str(PROMETHEUS_PORT),
+            "--interval",
+            "1s",
+        ],
+        c.ray_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _across_hosts(c, steps)
         resumed_from = _host_faults(c, steps, rl)
     finally:  # a job left running would hold the hosts' resources for whatever runs next
         for j in steps.jobs:
-            stop = c.run("head", ["ray", "job", "stop", "--address", c.dashboard, j], c.ray_env(), timeout=180,
-                         check=False)
+            stop = c.run(
+                "head", ["ray", "job", "stop", "--address", c.dashboard, j], c.ray_env(), timeout=180, check=False
+            )
         judge.kill()
         prom.kill()
     assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -105,8 +171,15 @@ def test_sft_then_train_across_hosts_through_host_faults(hosts, shared):
     assert len(shards) == 2, shards  # each learner host's rank wrote its own shard, on the shared folder
     assert not (ROOT / "rl").exists() and not (ROOT / "sft").exists()  # relative run folders went to --out-root
     for h in c.hosts:  # nothing of the runs on any host's own disk
-        left = c.run(h, ["sh", "-c", f"find /tmp /dev/shm {ROOT / 'runs'} \\( -name 'step_0*' -o -name 'latest' "
-                                     "-o -name '*.safetensors' -o -name 'mp_rank_*' \\) -print"])
+        left = c.run(
+            h,
+            [
+                "sh",
+                "-c",
+                f"find /tmp /dev/shm {ROOT / 'runs'} \\( -name 'step_0*' -o -name 'latest' "
+                "-o -name '*.safetensors' -o -name 'mp_rank_*' \\) -print",
+            ],
+        )
         assert left.stdout.strip() == "", (h.name, left.stdout)
 
 
@@ -129,8 +202,10 @@ class Steps:
     def fail(self, what: str):
         print(stacks(self.c))
         # the head's object store and raylet (the full suite's host-fault failure had the driver blocked in ray.put)
-        for cmd in (["ray", "memory", "--stats-only", "--address", self.c.ray_address],
-                    ["sh", "-c", "tail -n 40 /tmp/ray/session_latest/logs/raylet.out; df -h /tmp /dev/shm"]):
+        for cmd in (
+            ["ray", "memory", "--stats-only", "--address", self.c.ray_address],
+            ["sh", "-c", "tail -n 40 /tmp/ray/session_latest/logs/raylet.out; df -h /tmp /dev/shm"],
+        ):
             r = self.c.run("head", cmd, self.c.ray_env(), timeout=60, check=False)
             print(f"--- head: {' '.join(cmd)}\n{(r.stdout + r.stderr)[-4000:]}")
         raise AssertionError(f"timed out waiting for {what}: {job_logs(self.c, self.job)[-4000:]}")
@@ -150,19 +225,26 @@ class Steps:
                 self.fail(f"step {n}")
             time.sleep(0.02)
         rows = self.run.metrics()
-        for r in rows[self.shown:]:
-            phases = " ".join(f"{k[5:]} {r[k]:.1f}" for k in ("time/generate", "time/score", "time/update",
-                                                               "time/sync") if r.get(k, 0) >= 0.05)
-            print(f"{time.monotonic() - self.t0:6.1f}s step {r['step']}: {r['time/step']:.1f}s ({phases}), workers "
-                  f"ready {r['rollout_workers_ready']}, restarts {r['rollout_worker_restarts']}, rescored "
-                  f"{r['reward_chunks_rescored']}")
-        if rows[self.shown:]:  # CPU seconds each host took since the last rows shown (2 cores shared by all)
+        for r in rows[self.shown :]:
+            phases = " ".join(
+                f"{k[5:]} {r[k]:.1f}"
+                for k in ("time/generate", "time/score", "time/update", "time/sync")
+                if r.get(k, 0) >= 0.05
+            )
+            print(
+                f"{time.monotonic() - self.t0:6.1f}s step {r['step']}: {r['time/step']:.1f}s ({phases}), workers "
+                f"ready {r['rollout_workers_ready']}, restarts {r['rollout_worker_restarts']}, rescored "
+                f"{r['reward_chunks_rescored']}"
+            )
+        if rows[self.shown :]:  # CPU seconds each host took since the last rows shown (2 cores shared by all)
             cpu = cpu_by_process(self.c)
             import psutil
 
             mem, swap = psutil.virtual_memory(), psutil.swap_memory()
-            print(f"  cpu s: {cpu_used(self.cpu, cpu)}; memory available {mem.available / 2**30:.1f} GiB, "
-                  f"swap used {swap.used / 2**30:.1f} GiB")
+            print(
+                f"  cpu s: {cpu_used(self.cpu, cpu)}; memory available {mem.available / 2**30:.1f} GiB, "
+                f"swap used {swap.used / 2**30:.1f} GiB"
+            )
             self.cpu = cpu
         self.shown = len(rows)
         return rows
@@ -175,8 +257,10 @@ class Steps:
 
 
 def _status(c: Cluster, job: str) -> str:
-    code = ("import sys; from ray.job_submission import JobSubmissionClient; "
-            "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)")
+    code = (
+        "import sys; from ray.job_submission import JobSubmissionClient; "
+        "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)"
+    )
     return c.run("head", ["python", "-c", code, c.dashboard, job], c.ray_env(), timeout=60).stdout.strip()
 
 
@@ -198,16 +282,28 @@ def _across_hosts(c: Cluster, steps: Steps) -> None:
     totals = {k: sum(r.get(k, 0) for r in rows) for k in ("cache/writes", "cache/hits", "judge/ok")}
     assert totals["cache/writes"] > 0 and totals["cache/hits"] > 0 and totals["judge/ok"] > 0, totals
     assert not any(k in r for r in rows for k in ("cache/down", "judge/failed", "judge/timeout")), rows[-1]
-    scraped = c.run("roll0", ["python", "-c", "import urllib.request; print(urllib.request.urlopen("
-                              f"'http://{c.head.ip}:{METRICS_PORT}/metrics', timeout=10).read().decode())"], c.ray_env())
+    scraped = c.run(
+        "roll0",
+        [
+            "python",
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen("
+            f"'http://{c.head.ip}:{METRICS_PORT}/metrics', timeout=10).read().decode())",
+        ],
+        c.ray_env(),
+    )
     assert "videop2r_run_info" in scraped.stdout
-    scale = c.run("learn0", ["videop2r", "scale", "--run", str(run.path), "--rollout-workers", "2"], c.ray_env(),
-                  check=False)
+    scale = c.run(
+        "learn0", ["videop2r", "scale", "--run", str(run.path), "--rollout-workers", "2"], c.ray_env(), check=False
+    )
     assert scale.returncode == 0 and "-> 2" in scale.stdout, scale.stdout + scale.stderr
     # while the new worker loads: Prometheus
     targets = _check_prometheus(lambda path, **p: _prom_on(c, PROMETHEUS_PORT, path, **p), run, steps.wait_for)
-    ray_hosts = {t["labels"]["instance"].rsplit(":", 1)[0] for t in targets
-                 if t["labels"]["job"] == "ray" and t["health"] == "up"}
+    ray_hosts = {
+        t["labels"]["instance"].rsplit(":", 1)[0]
+        for t in targets
+        if t["labels"]["job"] == "ray" and t["health"] == "up"
+    }
     assert ray_hosts == {h.ip for h in c.hosts}, targets  # every host's Ray metrics, scraped from the head
     steps.wait_for(lambda: run.metrics()[-1]["rollout_workers_ready"] == 2, "the second rollout worker", 240)
     steps.wait_for(lambda: len({x["worker"] for x in run.read_rollouts()[-4:]}) == 2, "both workers serving")
@@ -246,8 +342,13 @@ def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> str:
             c.reboot(name)  # as a restarted pod (a node Ray declared dead does not rejoin by itself)
             faulted.remove(name)
         print("rebooted roll0 and reward0")
-        steps.wait_for(lambda: (lambda r: r["rollout_workers_ready"] == 2 and r["sync_updated"] == 2)(
-            steps.rows(steps.lines() + 1)[-1]), "roll0's worker to rejoin", 240)
+        steps.wait_for(
+            lambda: (lambda r: r["rollout_workers_ready"] == 2 and r["sync_updated"] == 2)(
+                steps.rows(steps.lines() + 1)[-1]
+            ),
+            "roll0's worker to rejoin",
+            240,
+        )
         rows = steps.rows(steps.lines() + 1)
         assert rows[-1]["mismatch_kl"] < 1e-6  # both workers sampled with the learner's current weights
         # -- a rollout host's raylet killed --------------------------------------------------------------------------
@@ -287,8 +388,10 @@ def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> str:
     # -- the same command again: it resumes from the checkpoint on the shared folder --------------------------------
     steps.jobs.append(job_id(submit(c, *rl, wait=False)))
     saved = int(ckpt.name.split("_")[1])
-    steps.wait_for(lambda: steps.lines() >= saved + 2 and run.metrics()[-1]["step"] >= saved + 2,
-                   f"the resumed run to reach step {saved + 2}")
+    steps.wait_for(
+        lambda: steps.lines() >= saved + 2 and run.metrics()[-1]["step"] >= saved + 2,
+        f"the resumed run to reach step {saved + 2}",
+    )
     assert f"resuming {run.path} from step {saved}" in job_logs(c, steps.job) and saved <= stopped_at
     rows, order = run.metrics(), IndexOrder(4, seed=0)
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
@@ -303,8 +406,17 @@ def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> str:
 def _prom_on(c: Cluster, port: int, path: str, **params) -> dict:
     """Prometheus's API, asked on the head host (it listens on that host's loopback)."""
     url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-    r = c.run("head", ["python", "-c", "import sys, urllib.request; "
-                       "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())", url], c.ray_env(), timeout=60)
+    r = c.run(
+        "head",
+        [
+            "python",
+            "-c",
+            "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+            url,
+        ],
+        c.ray_env(),
+        timeout=60,
+    )
     body = json.loads(r.stdout)
     assert body["status"] == "success", body
     return body["data"]
@@ -327,16 +439,23 @@ def _check_prometheus(prom, run, wait_for) -> list:
     wait_for(ready, "Prometheus to scrape the exporter", timeout=120)
     instances = [s["instance"] for s in prom("series", **{"match[]": f'videop2r_run_info{{run_id="{run_id}"}}'})]
     dashboard = json.loads(dashboard_py.OUT.read_text())
-    queries = [e.replace("$instance", "|".join(instances)).replace("$__rate_interval", "30s")
-               for e in dashboard_py.queries(dashboard)]
+    queries = [
+        e.replace("$instance", "|".join(instances)).replace("$__rate_interval", "30s")
+        for e in dashboard_py.queries(dashboard)
+    ]
     empty = queries
     deadline = time.monotonic() + 120  # Ray's agents export the workers' metrics every few seconds
     while empty and time.monotonic() < deadline:
         empty = [q for q in empty if not prom("query", query=q)["result"]]
         time.sleep(2 if empty else 0)
     assert not empty, empty
-    wait_for(lambda: all(r.get("lastEvaluation", "0001").startswith("20")
-                         for g in prom("rules")["groups"] for r in g["rules"]), "the rules' evaluation", 60)
+    wait_for(
+        lambda: all(
+            r.get("lastEvaluation", "0001").startswith("20") for g in prom("rules")["groups"] for r in g["rules"]
+        ),
+        "the rules' evaluation",
+        60,
+    )
     rules = [r for g in prom("rules")["groups"] for r in g["rules"]]
     wanted = (ROOT / "deploy" / "monitoring" / "alerts.yml").read_text().count("- alert: ")  # every rule loaded
     assert len(rules) == wanted and all(r["health"] == "ok" for r in rules), rules

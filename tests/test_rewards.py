@@ -34,7 +34,14 @@ def test_parse_well_formed():
         ("<observation>o</observation><think>t</think><answer></answer>", "o", "t", "", True, False),  # empty
         ("<observation></observation><think>t</think><answer>B</answer>", "", "t", "B", False, True),
         ("<observation>o<think>t</think></observation><answer>B</answer>", None, None, "B", False, False),  # nested
-        ("<observation>o</observation><think>t</think><answer>B</answer><answer>C</answer>", "o", "t", None, True, False),
+        (
+            "<observation>o</observation><think>t</think><answer>B</answer><answer>C</answer>",
+            "o",
+            "t",
+            None,
+            True,
+            False,
+        ),
         ("<observation>o</observation><think>t<answer>B</answer>", "o", None, None, True, False),  # unclosed think
         ("<observation>o</observation><answer>B</answer><think>t</think>", "o", "t", "B", True, False),  # wrong order
         ("<observation>o</observation><think>t</think><answer>B</answer> trailing", "o", "t", "B", True, False),

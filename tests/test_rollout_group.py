@@ -84,15 +84,25 @@ def _hf_scores(model, processor, item, tokens):
     M-RoPE positions vLLM uses (``learner.mrope``)."""
     from learner.mrope import model_positions
 
-    inputs = processor(text=[render_prompt(processor.tokenizer, item)], videos=[item.video.frames],
-                       video_metadata=[item.video.metadata()], do_sample_frames=False, return_tensors="pt")
+    inputs = processor(
+        text=[render_prompt(processor.tokenizer, item)],
+        videos=[item.video.frames],
+        video_metadata=[item.video.metadata()],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
     n = len(tokens)
     ids = torch.cat([inputs["input_ids"], torch.tensor([tokens])], 1)
     pos = model_positions(model.config, ids[0].tolist(), inputs)
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
-                       pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"]).logits[0]
-    lsm = torch.log_softmax(logits[-n - 1:-1], -1)
+        logits = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=pos,
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_grid_thw=inputs["video_grid_thw"],
+        ).logits[0]
+    lsm = torch.log_softmax(logits[-n - 1 : -1], -1)
     return lsm[torch.arange(n), torch.tensor(tokens)], lsm.argmax(-1).tolist()
 
 
@@ -107,14 +117,16 @@ def test_weight_sync_matches_transformers(group, items, processor, tiny_model_di
     greedy = {"temperature": 0.0, "n": 1, "max_tokens": 16}
     # text only: greedy generation in vLLM equals the perturbed model's in transformers, token for token
     text = processor.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Which direction does the red square move?"}], tokenize=False,
-        add_generation_prompt=True)
+        [{"role": "user", "content": "Which direction does the red square move?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     out = group.generate([RolloutRequest("text", {"prompt": text})], overrides=greedy)[0]
     assert out.weight_version == 1
     ids = processor.tokenizer(text, return_tensors="pt").input_ids
     with torch.no_grad():
         ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
-    assert out.responses[0].token_ids == ref[0, ids.shape[1]:].tolist()
+    assert out.responses[0].token_ids == ref[0, ids.shape[1] :].tolist()
     # video: vLLM's greedy tokens are the perturbed model's greedy choices, with the same log-probs, and not the
     # original model's (so the vision tower's weights arrived too)
     res = group.generate(requests_for(items[:2], processor), overrides=greedy, logprobs=True)
@@ -149,7 +161,9 @@ def test_learner_weights_reach_the_workers(group, items, processor, tiny_model_d
     cfg = load_config(Config, None, ["learner.zero_stage=3", "learner.lr=1e-2", "learner.micro_batch_size=4"])
     learner = Learner(cfg, str(tiny_model_dir), with_reference=False)
     tok = learner.processor.tokenizer
-    targets = [tok.encode("<observation>x</observation><think>y</think><answer>A</answer>", add_special_tokens=False)] * 4
+    targets = [
+        tok.encode("<observation>x</observation><think>y</think><answer>A</answer>", add_special_tokens=False)
+    ] * 4
     # everything first: earlier tests gave the workers another model's vision tower, which a run never does
     group.source.update(dict(learner.named_weights()), version=group.source.version + 1)
     group.sync_weights()
@@ -160,8 +174,11 @@ def test_learner_weights_reach_the_workers(group, items, processor, tiny_model_d
     assert sent and not any(n.startswith("model.visual") for n in sent)
     group.source.update(sent, version=version)
     group.sync_weights()
-    res = group.generate(requests_for(items[:2], processor, "l-"), overrides={"temperature": 0.0, "n": 1,
-                                                                               "max_tokens": 12}, logprobs=True)
+    res = group.generate(
+        requests_for(items[:2], processor, "l-"),
+        overrides={"temperature": 0.0, "n": 1, "max_tokens": 12},
+        logprobs=True,
+    )
     assert {r.weight_version for r in res} == {version}
     ours = learner.logprobs(items[:2], [r.responses[0].token_ids for r in res])
     for i, r in enumerate(res):
@@ -192,7 +209,9 @@ def test_add_and_remove_workers_between_steps(group, items, processor, tiny_mode
     # a worker the cluster has no room for: a bounded wait, then an error naming what it lacks; nothing left behind
     group.cfg.num_cpus, cpus = 1000, group.cfg.num_cpus
     try:
-        with pytest.raises(TimeoutError, match=r"could not be placed: 1 x \{CPU: 1000\} needed; per node: [0-9.]+: CPU "):
+        with pytest.raises(
+            TimeoutError, match=r"could not be placed: 1 x \{CPU: 1000\} needed; per node: [0-9.]+: CPU "
+        ):
             _add_with_timeout(group, 3)
     finally:
         group.cfg.num_cpus = cpus
@@ -313,7 +332,9 @@ def test_worker_dying_during_a_sync(group, items, processor, tiny_model_dir):
     out = group.generate(requests_for(items[:4], processor, "d-"), overrides={"max_tokens": 8})
     assert {r.weight_version for r in out} == {group.source.version}  # nobody served the old weights
     group.wait_until_ready(timeout_s=240)
-    assert group.slots[name].ready and ray.get(group.slots[name].actor.state.remote())["version"] == group.source.version
+    assert (
+        group.slots[name].ready and ray.get(group.slots[name].actor.state.remote())["version"] == group.source.version
+    )
 
 
 def test_a_failing_sender_is_a_sync_outcome_not_the_end_of_the_run(group, items, processor, tiny_model_dir):

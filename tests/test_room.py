@@ -56,9 +56,16 @@ def test_the_autoscaler_is_read_at_most_every_poll():
 
 def test_the_v1_autoscaler_status_counts_launches_and_starting_nodes():
     # the JSON the v1 monitor keeps for `ray status` (its AutoscalerSummary as a dict)
-    status = {"time": 1000.0, "autoscaler_report": {
-        "active_nodes": {"head": 1}, "idle_nodes": {}, "pending_nodes": [["10.0.0.7", "rollout", "setting-up"]],
-        "pending_launches": {"rollout": 2, "reward": 1}, "failed_nodes": []}}
+    status = {
+        "time": 1000.0,
+        "autoscaler_report": {
+            "active_nodes": {"head": 1},
+            "idle_nodes": {},
+            "pending_nodes": [["10.0.0.7", "rollout", "setting-up"]],
+            "pending_launches": {"rollout": 2, "reward": 1},
+            "failed_nodes": [],
+        },
+    }
     assert pending_in_v1_status(status, now=1010) == 4
     # catches: trusting a status its monitor stopped updating (a wait paused by a dead autoscaler)
     assert pending_in_v1_status(status, now=1100) == 0
@@ -66,9 +73,11 @@ def test_the_v1_autoscaler_status_counts_launches_and_starting_nodes():
 
 
 def test_the_message_says_what_each_node_lacks():
-    nodes = [NodeRoom("10.0.0.2", {"CPU": 4}, {"CPU": 4}),
-             NodeRoom("10.0.0.1 (roll0)", {"CPU": 2, "rollout": 1}, {"CPU": 1}),
-             NodeRoom("10.0.0.3", {"CPU": 4, "rollout": 2}, {"CPU": 0.5, "rollout": 2})]
+    nodes = [
+        NodeRoom("10.0.0.2", {"CPU": 4}, {"CPU": 4}),
+        NodeRoom("10.0.0.1 (roll0)", {"CPU": 2, "rollout": 1}, {"CPU": 1}),
+        NodeRoom("10.0.0.3", {"CPU": 4, "rollout": 2}, {"CPU": 0.5, "rollout": 2}),
+    ]
     text = lacking_per_node({"CPU": 1, "rollout": 1, "GPU": 0}, 2, nodes)
     # catches: the old sum over all nodes (CPU 5.5 free, rollout 2 free: it looked as if there were room)
     assert text.startswith("2 x {CPU: 1, rollout: 1} needed; per node: ")
@@ -103,8 +112,11 @@ def test_learner_and_reward_pool_name_what_each_node_lacks(ray_cluster, test_con
     cfg = test_config.model_copy(deep=True)
     cfg.learner.num_cpus = 1000
     t0 = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"no room for the learner within 1 s: 1 x \{CPU: 1000\} needed; per node: "
-                                           r"[0-9.]+: CPU [0-9.]+/8 free"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"no room for the learner within 1 s: 1 x \{CPU: 1000\} needed; per node: "
+        r"[0-9.]+: CPU [0-9.]+/8 free",
+    ):
         LearnerGroup(cfg, "unused", timeout_s=1)
     cfg.reward.num_cpus, cfg.reward.num_workers = 1000, 2
     with pytest.raises(RuntimeError, match=r"2 of 2 reward worker\(s\) did not start within 1 s: 2 x \{CPU: 1000\}"):

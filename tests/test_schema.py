@@ -45,10 +45,14 @@ def test_good_row_and_extra_fields_survive():
         ({"options": ["left", "right"]}, "does not start with a letter"),
         ({"options": "A. left"}, "options is not a list"),
         ({"solution": "<answer> </answer>"}, "empty answer in solution"),
-        ({"problem_type": "numerical", "options": [], "solution": "<answer>three</answer>"},
-         "numerical solution 'three' is not a number"),
-        ({"problem_type": "regression", "options": [], "solution": "<answer>about 4</answer>"},
-         "regression solution 'about 4' is not a number"),
+        (
+            {"problem_type": "numerical", "options": [], "solution": "<answer>three</answer>"},
+            "numerical solution 'three' is not a number",
+        ),
+        (
+            {"problem_type": "regression", "options": [], "solution": "<answer>about 4</answer>"},
+            "regression solution 'about 4' is not a number",
+        ),
     ],
 )
 def test_row_problems(change, reason):
@@ -75,8 +79,19 @@ def test_solution_and_letters():
 
 
 def test_json_jsonl_parquet_round_trip(tmp_path):
-    rows = [GOOD, {**GOOD, "problem_id": 4, "problem_type": "numerical", "options": [], "solution": "<answer>2</answer>",
-                   "observation": "o", "process": "p", "meta": {"k": [1, 2]}}]
+    rows = [
+        GOOD,
+        {
+            **GOOD,
+            "problem_id": 4,
+            "problem_type": "numerical",
+            "options": [],
+            "solution": "<answer>2</answer>",
+            "observation": "o",
+            "process": "p",
+            "meta": {"k": [1, 2]},
+        },
+    ]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     a = load_samples(tmp_path / "d.json")

@@ -6,7 +6,14 @@ import pytest
 from videoqa.prompts import chat_messages, sft_target, user_text
 from videoqa.schema import load_samples
 from toy.synthetic import (
-    COLORS, DIRECTIONS, TASKS, SyntheticTask, make_synthetic, observation_suffices, parse_mix, render_clip,
+    COLORS,
+    DIRECTIONS,
+    TASKS,
+    SyntheticTask,
+    make_synthetic,
+    observation_suffices,
+    parse_mix,
+    render_clip,
     type_sequence,
 )
 from videoqa.validate import validate_file
@@ -14,7 +21,7 @@ from videoqa.video import FrameSampling, load_video
 
 
 def _centroid(frame: np.ndarray, rgb) -> np.ndarray | None:
-    mask = (np.abs(frame.astype(int) - np.array(rgb)).sum(-1) < 60)
+    mask = np.abs(frame.astype(int) - np.array(rgb)).sum(-1) < 60
     if mask.sum() < 4:
         return None
     ys, xs = np.nonzero(mask)
@@ -84,8 +91,15 @@ def test_answers_follow_from_the_pixels(synthetic_dir):
 def test_prompt_format():
     from videoqa.schema import Sample
 
-    s = Sample("1", "Which direction does the red square move?", "video", "multiple choice", "<answer>B</answer>",
-               "x.mp4", options=["A. left", "B. right"])
+    s = Sample(
+        "1",
+        "Which direction does the red square move?",
+        "video",
+        "multiple choice",
+        "<answer>B</answer>",
+        "x.mp4",
+        options=["A. left", "B. right"],
+    )
     text = user_text(s)
     assert "Options:\nA. left\nB. right" in text
     assert text.index("<observation>") < text.index("<think>") < text.index("<answer>")
@@ -99,8 +113,9 @@ def test_prompt_format():
     # Video-R1's evaluation prompt: their question layout ("Options:" straight after the problem), think/answer only
     r1 = user_text(s, "video-r1")
     assert r1.startswith("Which direction does the red square move?Options:\nA. left\nB. right\n\nPlease think")
-    assert "<observation>" not in r1 and r1.endswith("single option letter (e.g., A, B, C, D, etc.) within the "
-                                                     "<answer> </answer> tags.")
+    assert "<observation>" not in r1 and r1.endswith(
+        "single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags."
+    )
     assert "from the image/video" in user_text(Sample("3", "Read it.", "video", "OCR", "STOP", "x.mp4"), "video-r1")
     with pytest.raises(ValueError, match="unknown prompt style"):
         user_text(s, "r1")
@@ -225,7 +240,13 @@ def test_mix_in_make_synthetic(tmp_path):
 
 def test_parse_mix():
     text = "multiple choice=6,OCR=1,free-form=1,numerical=1,regression=1"
-    assert parse_mix(text) == {"multiple choice": 6.0, "OCR": 1.0, "free-form": 1.0, "numerical": 1.0, "regression": 1.0}
+    assert parse_mix(text) == {
+        "multiple choice": 6.0,
+        "OCR": 1.0,
+        "free-form": 1.0,
+        "numerical": 1.0,
+        "regression": 1.0,
+    }
     assert parse_mix(" OCR = 2 , ") == {"OCR": 2.0}
     for bad in ("OCR", "OCR=x", "counting=1", "OCR=0", ""):
         with pytest.raises(ValueError, match="bad mix"):

@@ -53,8 +53,13 @@ def test_generates_from_video_in_transformers(hf, synthetic_dir):
     s = next(x for x in load_samples(synthetic_dir / "train.json") if x.data_type == "video")
     item = next(MediaLoader(synthetic_dir, FrameSampling(nframes=8, max_pixels=3136))([s]))
     prompt = processor.apply_chat_template(chat_messages(s), tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[prompt], videos=[item.video.frames], video_metadata=[item.video.metadata()],
-                       do_sample_frames=False, return_tensors="pt")
+    inputs = processor(
+        text=[prompt],
+        videos=[item.video.frames],
+        video_metadata=[item.video.metadata()],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
     # 8 frames of 56x56 -> grid (4, 4, 4) -> 64 patches -> 16 video tokens after the 2x2 merge
     assert inputs["video_grid_thw"].tolist() == [[4, 4, 4]]
     video_id = model.config.video_token_id
@@ -113,13 +118,27 @@ def test_shaped_configs_keep_the_released_widths():
         full, cut = shape_config(base, ids), shape_config(f"{base}-slice", ids)
         for c, depth, blocks in ((full, layers, 32), (cut, 2, 4)):
             t, v = c.text_config, c.vision_config
-            assert (t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
-                    t.num_key_value_heads) == (vocab, hidden, inter, depth, heads, kv)
+            assert (
+                t.vocab_size,
+                t.hidden_size,
+                t.intermediate_size,
+                t.num_hidden_layers,
+                t.num_attention_heads,
+                t.num_key_value_heads,
+            ) == (vocab, hidden, inter, depth, heads, kv)
             assert t.hidden_size // t.num_attention_heads == 128 and bool(c.tie_word_embeddings) is tied
             assert t.rope_parameters["mrope_section"] == [16, 24, 24] and t.rope_parameters["rope_theta"] == 1e6
-            assert (v.depth, v.hidden_size, v.intermediate_size, v.num_heads, v.out_hidden_size, v.patch_size,
-                    v.spatial_merge_size, v.temporal_patch_size, v.window_size) == \
-                (blocks, 1280, 3420, 16, out, 14, 2, 2, 112)
+            assert (
+                v.depth,
+                v.hidden_size,
+                v.intermediate_size,
+                v.num_heads,
+                v.out_hidden_size,
+                v.patch_size,
+                v.spatial_merge_size,
+                v.temporal_patch_size,
+                v.window_size,
+            ) == (blocks, 1280, 3420, 16, out, 14, 2, 2, 112)
         assert full.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
         assert cut.vision_config.fullatt_block_indexes == [3]
         from transformers import Qwen2_5_VLForConditionalGeneration
@@ -149,13 +168,27 @@ def test_the_qwen3_vl_8b_slice_keeps_the_released_widths():
     full, cut = shape_config("qwen3-vl-8b", ids), shape_config("qwen3-vl-8b-slice", ids)
     for c, depth, blocks, deepstack in ((full, 36, 27, [8, 16, 24]), (cut, 2, 4, [1, 2])):
         t, v = c.text_config, c.vision_config
-        assert (t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
-                t.num_key_value_heads, t.head_dim) == (151936, 4096, 12288, depth, 32, 8, 128)
+        assert (
+            t.vocab_size,
+            t.hidden_size,
+            t.intermediate_size,
+            t.num_hidden_layers,
+            t.num_attention_heads,
+            t.num_key_value_heads,
+            t.head_dim,
+        ) == (151936, 4096, 12288, depth, 32, 8, 128)
         assert t.rope_parameters["mrope_section"] == [24, 20, 20] and t.rope_parameters["mrope_interleaved"]
         assert t.rope_parameters["rope_theta"] == 5e6 and not c.tie_word_embeddings
-        assert (v.depth, v.hidden_size, v.intermediate_size, v.num_heads, v.out_hidden_size, v.patch_size,
-                v.num_position_embeddings, v.deepstack_visual_indexes) == \
-            (blocks, 1152, 4304, 16, 4096, 16, 2304, deepstack)
+        assert (
+            v.depth,
+            v.hidden_size,
+            v.intermediate_size,
+            v.num_heads,
+            v.out_hidden_size,
+            v.patch_size,
+            v.num_position_embeddings,
+            v.deepstack_visual_indexes,
+        ) == (blocks, 1152, 4304, 16, 4096, 16, 2304, deepstack)
     with torch.device("meta"):
         model = Qwen3VLForConditionalGeneration(cut)
     layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters())

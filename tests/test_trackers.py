@@ -19,19 +19,39 @@ from cluster.tracker_rows import ema, flat_params, samples, scalars, tracker_key
 from tests.conftest import ROOT
 from tests.tracker_readers import mlflow_steps, tensorboard_scalars, tensorboard_texts, wandb_steps
 
-ROW = {"step": 3, "time": 1.7e9, "reward_perception": 0.5, "accuracy": 0.25, "loss": -0.1, "kl": 0.01,
-       "overlapped": True, "prompt_ids": ["a", "b"], "skipped_media": {"decode": 2}, "time/update": 1.5,
-       "accuracy/multiple choice (A-D)": 0.5, "judge/ok": 4, "total/generated_tokens": 100}
+ROW = {
+    "step": 3,
+    "time": 1.7e9,
+    "reward_perception": 0.5,
+    "accuracy": 0.25,
+    "loss": -0.1,
+    "kl": 0.01,
+    "overlapped": True,
+    "prompt_ids": ["a", "b"],
+    "skipped_media": {"decode": 2},
+    "time/update": 1.5,
+    "accuracy/multiple choice (A-D)": 0.5,
+    "judge/ok": 4,
+    "total/generated_tokens": 100,
+}
 
 
 def test_scalars_have_stable_namespaced_keys():
     """Catches: a renamed key (dashboards built on the names break), a list or the step sent as a scalar, a key
     MLflow refuses (its characters), a boolean dropped."""
     got = scalars(ROW)
-    assert got == {"reward/perception/total": 0.5, "reward/reasoning/accuracy": 0.25, "learner/loss": -0.1,
-                   "learner/kl": 0.01, "rollout/overlapped": 1.0, "data/skipped_media/decode": 2.0,
-                   "time/update": 1.5, "accuracy/multiple choice _A-D_": 0.5, "judge/ok": 4.0,
-                   "total/generated_tokens": 100.0}
+    assert got == {
+        "reward/perception/total": 0.5,
+        "reward/reasoning/accuracy": 0.25,
+        "learner/loss": -0.1,
+        "learner/kl": 0.01,
+        "rollout/overlapped": 1.0,
+        "data/skipped_media/decode": 2.0,
+        "time/update": 1.5,
+        "accuracy/multiple choice _A-D_": 0.5,
+        "judge/ok": 4.0,
+        "total/generated_tokens": 100.0,
+    }
     assert tracker_key("judge_yes_rate") == "judge/yes_rate" and tracker_key("entropy") == "learner/entropy"
 
 
@@ -39,13 +59,34 @@ def test_samples_one_per_prompt_parsed():
     """Catches: every sample of one group shown instead of one per prompt, the response not split into its parts,
     more than n rows, an unparsable response shown as empty."""
     good = "<observation>a red ball</observation><think>it rolls</think><answer>B</answer>"
-    rows = [dict(step=2, prompt_id=p, problem_type="t", response=good if p != "c" else "rambling", r_perception=1.0,
-                 r_reasoning=0.5, acc_p=1.0, form_p=1.0, len_p=0.0, acc_r=1.0, form_r=1.0, len_r=0.0, verdict=True,
-                 sample_index=k) for p in ("a", "b", "c") for k in range(3)]
+    rows = [
+        dict(
+            step=2,
+            prompt_id=p,
+            problem_type="t",
+            response=good if p != "c" else "rambling",
+            r_perception=1.0,
+            r_reasoning=0.5,
+            acc_p=1.0,
+            form_p=1.0,
+            len_p=0.0,
+            acc_r=1.0,
+            form_r=1.0,
+            len_r=0.0,
+            verdict=True,
+            sample_index=k,
+        )
+        for p in ("a", "b", "c")
+        for k in range(3)
+    ]
     got = samples(rows, {"a": "What rolls?"}, n=5)
     assert [r["prompt_id"] for r in got] == ["a", "b", "c"]
     assert (got[0]["question"], got[0]["observation"], got[0]["think"], got[0]["answer"]) == (
-        "What rolls?", "a red ball", "it rolls", "B")
+        "What rolls?",
+        "a red ball",
+        "it rolls",
+        "B",
+    )
     assert got[2]["think"] == "rambling" and got[2]["answer"] == ""
     assert len(samples(rows, {}, n=2)) == 2
 
@@ -63,8 +104,12 @@ def test_ema_is_debiased_and_skips_gaps():
 
 
 def test_flat_params():
-    assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "x",
-                                                                             "e": "{}"}
+    assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": {}}) == {
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "d": "x",
+        "e": "{}",
+    }
 
 
 # -- the real trackers -------------------------------------------------------------------------------------------
@@ -80,10 +125,27 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-                             str(root / "artifacts"), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -109,8 +171,18 @@ def _row(step: int, value: float) -> dict:
     return {"step": step, "reward_perception": value, "loss": -value, "prompt_ids": ["x"]}
 
 
-SAMPLE = [{"step": 2, "prompt_id": "p", "question": "q?", "observation": "o", "think": "t", "answer": "A",
-           "r_perception": 1.0, "r_reasoning": 0.0}]
+SAMPLE = [
+    {
+        "step": 2,
+        "prompt_id": "p",
+        "question": "q?",
+        "observation": "o",
+        "think": "t",
+        "answer": "A",
+        "r_perception": 1.0,
+        "r_reasoning": 0.0,
+    }
+]
 
 
 def _stage(run, run_id, cfg, steps, value, resumed_step=0, missed=()):
@@ -140,8 +212,9 @@ def test_trackers_get_each_step_once_across_resumes(tmp_path, mlflow_server, mon
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_SERVICE", raising=False)  # wandb sets it in this process: gone again after the test
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    cfg = _cfg(tmp_path / "run", "trainer.loggers=[jsonl,tensorboard,wandb,mlflow]",
-               "cache.url=redis://:hunter2@cache:6379/0")
+    cfg = _cfg(
+        tmp_path / "run", "trainer.loggers=[jsonl,tensorboard,wandb,mlflow]", "cache.url=redis://:hunter2@cache:6379/0"
+    )
     run = RunDir(cfg.run.out_dir)
     run.path.mkdir(parents=True)
     first = _stage(run, "r-1", cfg, [1, 2, 3, 4, 5], 0.0, missed=(5,))
@@ -210,8 +283,11 @@ def test_force_starts_the_trackers_over(tmp_path):
     for f in ("trackers.json", "mlflow.db"):
         (run.path / f).write_text("{}")
     run.prepare(cfg, resume=False, force=True)
-    assert not [p.name for p in run.path.iterdir() if p.name in ("tensorboard", "wandb", "trackers.json", "mlflow.db",
-                                                          "mlflow-artifacts")]
+    assert not [
+        p.name
+        for p in run.path.iterdir()
+        if p.name in ("tensorboard", "wandb", "trackers.json", "mlflow.db", "mlflow-artifacts")
+    ]
 
 
 CHILD = """
@@ -264,6 +340,11 @@ def test_a_killed_driver_under_a_w_and_b_service_resumes_its_run(tmp_path):
     (tmp_path / "run-parent").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     env.pop("WANDB_SERVICE", None)
-    r = subprocess.run([sys.executable, "-c", PARENT, str(tmp_path / "run"), CHILD], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", PARENT, str(tmp_path / "run"), CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and "failed []" in r.stdout and "in use" not in r.stdout, r.stdout + r.stderr[-2000:]

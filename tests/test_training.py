@@ -49,9 +49,21 @@ def test_synchronous_run_writes_its_folder(reference_run, demo_data):
         assert sorted(set(ids)) == sorted(r["prompt_ids"]) and len(ids) == B * G
         assert [f"train-{i:05d}" for i in order.take(B)] == r["prompt_ids"]
     first = [x for x in rollouts if x["step"] == 1]
-    assert {x["weight_version"] for x in first} == {0} and {x["weight_version"] for x in rollouts if x["step"] == 4} == {3}
-    for key in ("response", "r_perception", "r_reasoning", "acc_p", "form_r", "advantage_perception",
-                "advantage_reasoning", "worker", "problem_type", "response_tokens"):
+    assert {x["weight_version"] for x in first} == {0} and {
+        x["weight_version"] for x in rollouts if x["step"] == 4
+    } == {3}
+    for key in (
+        "response",
+        "r_perception",
+        "r_reasoning",
+        "acc_p",
+        "form_r",
+        "advantage_perception",
+        "advantage_reasoning",
+        "worker",
+        "problem_type",
+        "response_tokens",
+    ):
         assert key in first[0]
     assert [p.name for p in run.list_checkpoints()] == ["step_000002", "step_000004"]
     assert (out / "hf" / "config.json").is_file() and json.loads((out / "summary.json").read_text())["steps"] == 4
@@ -59,7 +71,9 @@ def test_synchronous_run_writes_its_folder(reference_run, demo_data):
     # every value the Prometheus exporter reads is in a real step's row (a renamed key would leave its gauge empty)
     from cluster.metrics import STEP_GAUGES, STEP_TOTALS
 
-    wanted = {key for _, _, keys in STEP_GAUGES.values() for key in keys.values()} | {k for _, k in STEP_TOTALS.values()}
+    wanted = {key for _, _, keys in STEP_GAUGES.values() for key in keys.values()} | {
+        k for _, k in STEP_TOTALS.values()
+    }
     assert wanted <= rows[-1].keys(), sorted(wanted - rows[-1].keys())
     assert all(r["grad_norm"] > 0 and r["entropy"] > 0 and r["time/logprobs"] > 0 for r in rows)
 
@@ -72,12 +86,20 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
 
     ref_out, _ = reference_run
     out = tmp_path / "rl"
-    args = [VIDEOP2R, "train", "--config", "configs/demo.yaml", *overrides(out, sft_model, demo_data),
-            "trainer.loggers=[jsonl,tensorboard,wandb,mlflow]", "trainer.log_samples_every=2"]
+    args = [
+        VIDEOP2R,
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        *overrides(out, sft_model, demo_data),
+        "trainer.loggers=[jsonl,tensorboard,wandb,mlflow]",
+        "trainer.log_samples_every=2",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=env)
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     deadline = time.monotonic() + 300
     while not [r for r in RunDir(out).metrics() if r["step"] == 3]:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-3000:]
@@ -95,8 +117,9 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(reference_run, sft_mo
     shown = tensorboard_texts(out / "tensorboard", "samples")  # steps 2 and 4 (log_samples_every=2), once each
     assert len(shown) == 2 and all(t.startswith("| step | prompt_id | problem_type | question |") for t in shown)
     assert sorted(wandb_steps(out / "wandb", key)) == [1, 2, 3, 4]
-    runs, steps, _ = mlflow_steps(f"sqlite:///{out / 'mlflow.db'}", json.loads((out / "control.json").read_text())[
-        "run_id"], key)
+    runs, steps, _ = mlflow_steps(
+        f"sqlite:///{out / 'mlflow.db'}", json.loads((out / "control.json").read_text())["run_id"], key
+    )
     assert runs == 1 and sorted(steps) == [1, 2, 3, 4]
     assert len(list((out / "mlflow-artifacts").rglob("step_*.json"))) == 2  # the samples, in the run folder
     got, want = RunDir(out).metrics(), RunDir(ref_out).metrics()
@@ -129,16 +152,30 @@ def test_grpo_on_two_learner_ranks_from_the_same_start(reference_run, sft_model,
 
     ref_out, _ = reference_run
     out = tmp_path / "grpo"
-    summary = run_train(config(out, sft_model, demo_data, "learner.algorithm=grpo", "learner.num_ranks=2",
-                               "trainer.steps=2", "learner.zero_stage=3", "trainer.drop_flat_groups=true",
-                               "learner.micro_batch_tokens=400"))
+    summary = run_train(
+        config(
+            out,
+            sft_model,
+            demo_data,
+            "learner.algorithm=grpo",
+            "learner.num_ranks=2",
+            "trainer.steps=2",
+            "learner.zero_stage=3",
+            "trainer.drop_flat_groups=true",
+            "learner.micro_batch_tokens=400",
+        )
+    )
     mine, ref = RunDir(out).read_rollouts(), RunDir(ref_out).read_rollouts()
     rows = RunDir(out).metrics()
     assert [r["step"] for r in rows] == [1, 2] and "flat_groups" in rows[0] and rows[1]["mismatch_kl"] < 1e-6
     assert all(0 <= r["padding_fraction"] < 1 for r in rows)
+
     def groups(xs):
-        return {p: [(x["response"], x["r_perception"], x["r_reasoning"]) for x in xs if x["prompt_id"] == p]
-                for p in dict.fromkeys(x["prompt_id"] for x in xs)}
+        return {
+            p: [(x["response"], x["r_perception"], x["r_reasoning"]) for x in xs if x["prompt_id"] == p]
+            for p in dict.fromkeys(x["prompt_id"] for x in xs)
+        }
+
     mine1, ref1 = groups([x for x in mine if x["step"] == 1]), groups([x for x in ref if x["step"] == 1])
     assert len(mine1) == B and all(len(g) == G for g in mine1.values())
     for p in set(ref1) & set(mine1):
@@ -160,14 +197,28 @@ def test_overlapped_run_survives_scaling_and_faults(ray_cluster, sft_model, demo
 
     judge = JudgeServer()
     out = tmp_path / "rl"
-    cfg = config(out, sft_model, demo_data, "trainer.max_staleness=1", "trainer.steps=9", "judge.backend=http",
-                 f"judge.base_url={judge.base_url}", "judge.model=test", "judge.retries=0", "judge.timeout_s=2",
-                 "cache.enabled=true")
+    cfg = config(
+        out,
+        sft_model,
+        demo_data,
+        "trainer.max_staleness=1",
+        "trainer.steps=9",
+        "judge.backend=http",
+        f"judge.base_url={judge.base_url}",
+        "judge.model=test",
+        "judge.retries=0",
+        "judge.timeout_s=2",
+        "cache.enabled=true",
+    )
     events = {}
 
     def scale(n):
-        r = subprocess.run([VIDEOP2R, "scale", "--run", str(out), "--rollout-workers", str(n)], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [VIDEOP2R, "scale", "--run", str(out), "--rollout-workers", str(n)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
 
     def hook(trainer, step):

@@ -30,7 +30,9 @@ def test_grouped_sampling_from_video(vllm_engine, items, tokenizer, test_config)
     prompts = [vllm_prompt(tokenizer, it) for it in items]
     completions, seconds = generate_groups(vllm_engine, prompts, sampling_params(test_config.rollout))
     assert len(completions) == len(items) * g
-    assert [(c.prompt_index, c.sample_index) for c in completions] == [(i, j) for i in range(len(items)) for j in range(g)]
+    assert [(c.prompt_index, c.sample_index) for c in completions] == [
+        (i, j) for i in range(len(items)) for j in range(g)
+    ]
     vocab = len(tokenizer)
     for c in completions:
         assert 0 < len(c.token_ids) <= test_config.rollout.max_tokens
@@ -39,7 +41,7 @@ def test_grouped_sampling_from_video(vllm_engine, items, tokenizer, test_config)
         full = tokenizer.decode(c.token_ids, skip_special_tokens=True)
         # vLLM holds back a trailing incomplete UTF-8 byte sequence: what full decoding adds is only the replacement
         # characters of those bytes (one per byte-token of a random model's output, so possibly several)
-        assert full.startswith(c.text) and set(full[len(c.text):]) <= {"\ufffd"}, (full, c.text)
+        assert full.startswith(c.text) and set(full[len(c.text) :]) <= {"\ufffd"}, (full, c.text)
     texts = [c.text for c in completions if c.prompt_index == 0]
     assert len(set(texts)) > 1, "temperature 1.0 should give different samples within a group"
     assert seconds > 0
@@ -53,8 +55,13 @@ def test_video_tokens_match_the_transformers_processor(vllm_engine, items, tiny_
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     item = items[0]
     out = vllm_engine.generate([vllm_prompt(processor.tokenizer, item)], sampling_params_greedy(), use_tqdm=False)[0]
-    hf = processor(text=[render_prompt(processor.tokenizer, item)], videos=[item.video.frames],
-                   video_metadata=[item.video.metadata()], do_sample_frames=False, return_tensors="pt")
+    hf = processor(
+        text=[render_prompt(processor.tokenizer, item)],
+        videos=[item.video.frames],
+        video_metadata=[item.video.metadata()],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
     assert list(out.prompt_token_ids) == hf["input_ids"][0].tolist()
     video_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
     assert list(out.prompt_token_ids).count(video_id) == 16  # 8 frames of 56x56

@@ -119,8 +119,11 @@ def test_nccl_group_both_ends_on_gpus(algorithm):
         group._pg = Collective(sent, "nccl")
         group.send(plan, named)
         # receivers: group rank 1 forwards to rank 2 in a relay; rank 2 is the second TP rank of a worker (cuda:1)
-        receive = (lambda pg, dev, rank: receive_relayed(pg, plan, rank, 3, dev, chunk_mb=0.004)) \
-            if algorithm == "relay" else (lambda pg, dev, rank: receive_tensors(pg, plan, dev))
+        receive = (
+            (lambda pg, dev, rank: receive_relayed(pg, plan, rank, 3, dev, chunk_mb=0.004))
+            if algorithm == "relay"
+            else (lambda pg, dev, rank: receive_tensors(pg, plan, dev))
+        )
         got1 = dict(receive(Collective(mid, "nccl"), transport_device("nccl", "cuda:0"), 1))
         got2 = dict(receive(Collective(last, "nccl"), transport_device("nccl", "cuda:1"), 2))
     assert sorted(got1) == sorted(got2) == sorted(named)

@@ -21,8 +21,12 @@ from actors.weight_transport import (
 
 
 def test_plan_buckets_by_dtype_and_size():
-    named = {"a": torch.zeros(100, 100), "b": torch.zeros(10, dtype=torch.int64), "c": torch.zeros(300, 1000),
-             "d": torch.zeros(5)}
+    named = {
+        "a": torch.zeros(100, 100),
+        "b": torch.zeros(10, dtype=torch.int64),
+        "c": torch.zeros(300, 1000),
+        "d": torch.zeros(5),
+    }
     plan = plan_buckets(named.items(), version=3, bucket_mb=0.5)  # 0.5 MiB: c (1.2 MB) gets a bucket of its own
     assert plan.version == 3 and sorted(plan.names) == sorted(named)
     by_dtype = {}
@@ -31,7 +35,11 @@ def test_plan_buckets_by_dtype_and_size():
         assert b.numel == sum(e.numel for e in b.entries)
         assert [e.offset for e in b.entries] == [sum(x.numel for x in b.entries[:i]) for i in range(len(b.entries))]
     # a | c (over the limit with a, so it starts a bucket) | d (the bucket holding c is full)
-    assert len(by_dtype["int64"]) == 1 and [[e.name for e in b.entries] for b in by_dtype["float32"]] == [["a"], ["c"], ["d"]]
+    assert len(by_dtype["int64"]) == 1 and [[e.name for e in b.entries] for b in by_dtype["float32"]] == [
+        ["a"],
+        ["c"],
+        ["d"],
+    ]
     assert plan.nbytes == sum(t.numel() * t.element_size() for t in named.values())
     assert WeightPlan.from_dict(plan.to_dict()) == plan
     # an adapter's plan keeps its peft config through the RPC's plain types (lost: the receiver would reload the
@@ -129,7 +137,9 @@ def test_a_foreign_joiner_gets_nothing_and_an_altered_bucket_is_refused():
 def _receive_in_group(host, port, secret, rank, world, plan_dict, algorithm, queue):
     pg = join_channel(host, port, 20, rank=rank, world=world, secret=secret)
     plan = WeightPlan.from_dict(plan_dict)
-    tensors = receive_relayed(pg, plan, rank, world, chunk_mb=0.002) if algorithm == "relay" else receive_tensors(pg, plan)
+    tensors = (
+        receive_relayed(pg, plan, rank, world, chunk_mb=0.002) if algorithm == "relay" else receive_tensors(pg, plan)
+    )
     got = {k: v.clone() for k, v in tensors}
     queue.put((rank, {k: v.numpy() for k, v in got.items()}))
 
@@ -145,8 +155,10 @@ def test_broadcast_group_reaches_every_receiver_and_a_missing_one_fails_in_time(
     group = BroadcastGroup("127.0.0.1", timeout_s=20, algorithm=algorithm, chunk_mb=0.002)
     host, port, secret = group.open(3)
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_receive_in_group, args=(host, port, secret, r, 4, plan.to_dict(), algorithm, queue))
-             for r in (1, 2, 3)]
+    procs = [
+        ctx.Process(target=_receive_in_group, args=(host, port, secret, r, 4, plan.to_dict(), algorithm, queue))
+        for r in (1, 2, 3)
+    ]
     for p in procs:
         p.start()
     group.accept()

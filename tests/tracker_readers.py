@@ -38,8 +38,8 @@ def _wandb_records(path: Path) -> list[bytes]:
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
             pos += block - pos % block
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 1:
             out.append(chunk)
         elif kind == 2:
@@ -76,8 +76,9 @@ def mlflow_steps(uri: str, run_name: str, key: str) -> tuple[int, list[int], dic
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.videop2r.run_id = '{run_name}'")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.videop2r.run_id = '{run_name}'"
+    )
     if not runs:
         return 0, [], {}
     history = client.get_metric_history(runs[0].info.run_id, key)

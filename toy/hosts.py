@@ -35,13 +35,15 @@ RAY_PORT, DASHBOARD_PORT = 6380, 8265
 # PID 1 of each host reaps orphans, as a machine's init does: a dead raylet left as a zombie would look alive to
 # its workers (they poll the raylet's PID), which then never exit
 INIT_NAME = "videop2r-host-init"
-INIT = ("import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n"
-        "        time.sleep(1)")
+INIT = "import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(1)"
 # Node death is detected by the head's health checks; Ray's defaults (a check every 3 s, 5 misses) take 15-30 s.
 # The harness checks every second and gives up after 4 misses of 2 s, so that host faults fit a short test while
 # a node starved for a moment on 2 busy cores is not declared dead.
-HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
-                 "RAY_health_check_failure_threshold": "4"}
+HEALTH_CHECKS = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "2000",
+    "RAY_health_check_failure_threshold": "4",
+}
 
 
 @dataclass
@@ -59,13 +61,15 @@ def default_hosts(subnet: str) -> list[Host]:
     reward host, a spare rollout host that `videop2r scale` fills, and a second reward host (where a cut-off reward
     host's chunk is scored again)."""
     ip = lambda i: f"{subnet}.{10 + i}"  # noqa: E731
-    return [Host("head", ip(0), {}, 1),
-            Host("learn0", ip(1), {"learner": 1}, 2, debian=True),
-            Host("learn1", ip(2), {"learner": 1}, 2, debian=True),
-            Host("roll0", ip(3), {"rollout": 1}, 2),
-            Host("reward0", ip(4), {"reward": 1}, 1, debian=True),
-            Host("roll1", ip(5), {"rollout": 1}, 2),
-            Host("reward1", ip(6), {"reward": 1}, 1)]
+    return [
+        Host("head", ip(0), {}, 1),
+        Host("learn0", ip(1), {"learner": 1}, 2, debian=True),
+        Host("learn1", ip(2), {"learner": 1}, 2, debian=True),
+        Host("roll0", ip(3), {"rollout": 1}, 2),
+        Host("reward0", ip(4), {"reward": 1}, 1, debian=True),
+        Host("roll1", ip(5), {"rollout": 1}, 2),
+        Host("reward1", ip(6), {"reward": 1}, 1),
+    ]
 
 
 class Cluster:
@@ -107,8 +111,11 @@ class Cluster:
         return f"http://{self.head.ip}:{DASHBOARD_PORT}"
 
     def _save(self) -> None:
-        self.file.write_text(json.dumps({"prefix": self.prefix, "subnet": self.subnet,
-                                         "hosts": [asdict(h) for h in self.hosts]}, indent=1))
+        self.file.write_text(
+            json.dumps(
+                {"prefix": self.prefix, "subnet": self.subnet, "hosts": [asdict(h) for h in self.hosts]}, indent=1
+            )
+        )
 
     # -- up / down ---------------------------------------------------------------------------------------------------
     def up(self) -> None:
@@ -155,12 +162,32 @@ class Cluster:
     def _boot(self, h: Host) -> None:
         """The host's mount, UTS and PID namespaces inside its network namespace, kept by an init that is PID 1."""
         (ROOT / "runs").mkdir(exist_ok=True)
-        setup = (f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && "
-                 f"mount -t tmpfs tmpfs {ROOT / 'runs'} && hostname {h.name} && "
-                 f"exec {sys.executable} -c '{INIT}' {INIT_NAME}")
-        keeper = subprocess.Popen(["ip", "netns", "exec", self.netns(h), "unshare", "--mount", "--uts", "--pid",
-                                   "--fork", "--mount-proc", "sh", "-c", setup], start_new_session=True,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        setup = (
+            f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && "
+            f"mount -t tmpfs tmpfs {ROOT / 'runs'} && hostname {h.name} && "
+            f"exec {sys.executable} -c '{INIT}' {INIT_NAME}"
+        )
+        keeper = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns(h),
+                "unshare",
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "sh",
+                "-c",
+                setup,
+            ],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         h.pid, deadline = 0, time.monotonic() + 10
         while not h.pid:
             h.pid = _pid_one(keeper.pid)
@@ -219,26 +246,58 @@ class Cluster:
 
     def ray_env(self) -> dict:
         venv = Path(sys.executable).parent
-        return {"PATH": f"{venv}:{os.environ.get('PATH', '/usr/bin:/bin')}", "RAY_AUTH_MODE": "token",
-                # a stopped job gets SIGTERM, and SIGKILL only after this (time to write its checkpoint)
-                "RAY_JOB_STOP_WAIT_TIME_S": "60",
-                # a dead rollout worker's vLLM engine processes die with it (as on every node of a real cluster)
-                "RAY_process_group_cleanup_enabled": "true",
-                # torch's compiled CPU kernels in one cache for all hosts, outside their own /tmp: vLLM's CPU engine
-                # compiles them (~25 s of the 2 cores) in every fresh /tmp, i.e. at every worker start on a host
-                "TORCHINDUCTOR_CACHE_DIR": str(self.state / "inductor-cache"), **HEALTH_CHECKS}
+        return {
+            "PATH": f"{venv}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "RAY_AUTH_MODE": "token",
+            # a stopped job gets SIGTERM, and SIGKILL only after this (time to write its checkpoint)
+            "RAY_JOB_STOP_WAIT_TIME_S": "60",
+            # a dead rollout worker's vLLM engine processes die with it (as on every node of a real cluster)
+            "RAY_process_group_cleanup_enabled": "true",
+            # torch's compiled CPU kernels in one cache for all hosts, outside their own /tmp: vLLM's CPU engine
+            # compiles them (~25 s of the 2 cores) in every fresh /tmp, i.e. at every worker start on a host
+            "TORCHINDUCTOR_CACHE_DIR": str(self.state / "inductor-cache"),
+            **HEALTH_CHECKS,
+        }
 
     def start_ray(self, object_store_mb: int = 150) -> None:
         """A Ray head on the first host, every other host joined to it with its role's resources."""
         common = ["--disable-usage-stats", f"--object-store-memory={object_store_mb * 2**20}"]
         h = self.head
-        self.run(h, ["ray", "start", "--head", f"--node-ip-address={h.ip}", f"--port={RAY_PORT}",
-                     "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}", f"--num-cpus={h.num_cpus}",
-                     *common], self.ray_env(), timeout=120)
-        joins = [self.popen(w, ["ray", "start", f"--address={self.ray_address}", f"--node-ip-address={w.ip}",
-                                f"--num-cpus={w.num_cpus}", f"--resources={json.dumps(w.resources)}", *common],
-                            self.ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for w in self.hosts[1:]]
+        self.run(
+            h,
+            [
+                "ray",
+                "start",
+                "--head",
+                f"--node-ip-address={h.ip}",
+                f"--port={RAY_PORT}",
+                "--dashboard-host=0.0.0.0",
+                f"--dashboard-port={DASHBOARD_PORT}",
+                f"--num-cpus={h.num_cpus}",
+                *common,
+            ],
+            self.ray_env(),
+            timeout=120,
+        )
+        joins = [
+            self.popen(
+                w,
+                [
+                    "ray",
+                    "start",
+                    f"--address={self.ray_address}",
+                    f"--node-ip-address={w.ip}",
+                    f"--num-cpus={w.num_cpus}",
+                    f"--resources={json.dumps(w.resources)}",
+                    *common,
+                ],
+                self.ray_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for w in self.hosts[1:]
+        ]
         for w, p in zip(self.hosts[1:], joins):
             out, _ = p.communicate(timeout=180)
             if p.returncode:
@@ -247,9 +306,21 @@ class Cluster:
     def join(self, name: str, object_store_mb: int = 150) -> None:
         """Joins (or re-joins) one host's Ray node to the head."""
         w = self.host(name)
-        self.run(w, ["ray", "start", f"--address={self.ray_address}", f"--node-ip-address={w.ip}",
-                     f"--num-cpus={w.num_cpus}", f"--resources={json.dumps(w.resources)}", "--disable-usage-stats",
-                     f"--object-store-memory={object_store_mb * 2**20}"], self.ray_env(), timeout=180)
+        self.run(
+            w,
+            [
+                "ray",
+                "start",
+                f"--address={self.ray_address}",
+                f"--node-ip-address={w.ip}",
+                f"--num-cpus={w.num_cpus}",
+                f"--resources={json.dumps(w.resources)}",
+                "--disable-usage-stats",
+                f"--object-store-memory={object_store_mb * 2**20}",
+            ],
+            self.ray_env(),
+            timeout=180,
+        )
 
     def link(self, name: str, up: bool) -> None:
         """Cuts a host off the network (or plugs it back in)."""
@@ -358,14 +429,17 @@ def _kill(pid: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/multihost.sh", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["up", "down", "run", "status"], help="run: a command on one host (after --)")
-    p.add_argument("--state", default=os.environ.get("VIDEOP2R_HOSTS_DIR", "/var/tmp/videop2r-hosts"),
-                   help="the harness's folder: hosts.json and shared/ (outside /tmp, which each host has its own)")
+    p.add_argument(
+        "--state",
+        default=os.environ.get("VIDEOP2R_HOSTS_DIR", "/var/tmp/videop2r-hosts"),
+        help="the harness's folder: hosts.json and shared/ (outside /tmp, which each host has its own)",
+    )
     p.add_argument("--subnet", default="10.87.0", help="the first three octets of the hosts' /24 (default 10.87.0)")
     p.add_argument("--host", default="head", help="run: the host to run on")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
     a = p.parse_args(argv[:cut])
-    a.argv = argv[cut + 1:]
+    a.argv = argv[cut + 1 :]
     c = Cluster(a.state, subnet=a.subnet)
     try:
         if a.action == "up":
@@ -377,8 +451,11 @@ def main(argv: list[str] | None = None) -> int:
             ended = c.down()
             print(f"hosts down ({', '.join(ended) or 'none were running'})")
         elif a.action == "status":
-            print("\n".join(f"{h.name} {h.ip} pid={h.pid} {h.resources}" for h in c.hosts) if c.file.exists()
-                  else "no hosts")
+            print(
+                "\n".join(f"{h.name} {h.ip} pid={h.pid} {h.resources}" for h in c.hosts)
+                if c.file.exists()
+                else "no hosts"
+            )
         else:
             if not a.argv:
                 p.error("run needs a command after --")

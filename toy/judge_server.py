@@ -64,8 +64,13 @@ class JudgeServer:
                     prompt = body["messages"][-1]["content"]
                     text = prompt.split("### Observations", 1)[-1].split("First give a brief explanation", 1)[0]
                 payload = {
-                    "id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model", ""),
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 }
                 data = json.dumps(payload).encode()

@@ -22,25 +22,72 @@ from pathlib import Path
 
 # From the released config.json files (Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct).
 TEXT = {
-    "3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-               num_attention_heads=16, num_key_value_heads=2, max_window_layers=70, tie_word_embeddings=True),
-    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-               num_attention_heads=28, num_key_value_heads=4, max_window_layers=28, tie_word_embeddings=False),
+    "3b": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        max_window_layers=70,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_window_layers=28,
+        tie_word_embeddings=False,
+    ),
 }
 ROPE = {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1_000_000.0}
-VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
-              temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
-              hidden_act="silu")
+VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+    hidden_act="silu",
+)
 # From the released config.json of Qwen/Qwen3-VL-8B-Instruct.
 QWEN3_VL_TEXT = {
-    "qwen3-vl-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    "qwen3-vl-8b": dict(
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+    )
 }
-QWEN3_VL_ROPE = {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True,
-                 "rope_theta": 5_000_000.0}
-QWEN3_VL_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
-                       spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
-                       deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh")
+QWEN3_VL_ROPE = {
+    "rope_type": "default",
+    "mrope_section": [24, 20, 20],
+    "mrope_interleaved": True,
+    "rope_theta": 5_000_000.0,
+}
+QWEN3_VL_VISION = dict(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[8, 16, 24],
+    hidden_act="gelu_pytorch_tanh",
+)
 SHAPES = ("3b-slice", "7b-slice", "3b", "7b", "qwen3-vl-8b-slice", "qwen3-vl-8b")
 SLICE = {"text_layers": 2, "vision_blocks": 4}  # the default cut: 2 decoder layers, 3 window blocks + 1 full one
 
@@ -57,8 +104,9 @@ def shape_config(shape: str, ids: dict[str, int], text_layers: int | None = None
         return _qwen3_vl_config(base, sliced, ids, text_layers, vision_blocks)
     text = dict(TEXT[base])
     vision = dict(VISION, out_hidden_size=text["hidden_size"])
-    text["num_hidden_layers"], vision["depth"] = _depths(sliced, text_layers, vision_blocks,
-                                                         text["num_hidden_layers"], vision["depth"])
+    text["num_hidden_layers"], vision["depth"] = _depths(
+        sliced, text_layers, vision_blocks, text["num_hidden_layers"], vision["depth"]
+    )
     if sliced:
         depth = vision["depth"]
         vision["fullatt_block_indexes"] = [i for i in VISION["fullatt_block_indexes"] if i < depth - 1] + [depth - 1]
@@ -67,12 +115,20 @@ def shape_config(shape: str, ids: dict[str, int], text_layers: int | None = None
 
 def _config(cls, architecture: str, text: dict, rope: dict, vision: dict, ids: dict[str, int], positions: int):
     config = cls(
-        text_config=dict(text, max_position_embeddings=positions, rope_parameters=dict(rope), rms_norm_eps=1e-6,
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
+        text_config=dict(
+            text,
+            max_position_embeddings=positions,
+            rope_parameters=dict(rope),
+            rms_norm_eps=1e-6,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=text["tie_word_embeddings"],
     )
     config.architectures = [architecture]
@@ -94,8 +150,9 @@ def _qwen3_vl_config(base: str, sliced: bool, ids: dict[str, int], text_layers, 
 
     text = dict(QWEN3_VL_TEXT[base])
     vision = dict(QWEN3_VL_VISION, out_hidden_size=text["hidden_size"])
-    text["num_hidden_layers"], vision["depth"] = _depths(sliced, text_layers, vision_blocks,
-                                                         text["num_hidden_layers"], vision["depth"])
+    text["num_hidden_layers"], vision["depth"] = _depths(
+        sliced, text_layers, vision_blocks, text["num_hidden_layers"], vision["depth"]
+    )
     if sliced:  # DeepStack: one merger per kept decoder layer (at most 3), from the blocks before the last
         n = min(len(QWEN3_VL_VISION["deepstack_visual_indexes"]), text["num_hidden_layers"], vision["depth"] - 1)
         vision["deepstack_visual_indexes"] = list(range(vision["depth"] - 1 - n, vision["depth"] - 1))
@@ -109,8 +166,15 @@ def text_token_ids(tokenizer) -> list[int]:
     return [i for i in range(len(tokenizer)) if i not in media]
 
 
-def build_shaped_model(out: str | Path, shape: str = "3b-slice", seed: int = 0, text_layers: int | None = None,
-                       vision_blocks: int | None = None, dtype: str = "float32", device: str = "cpu") -> Path:
+def build_shaped_model(
+    out: str | Path,
+    shape: str = "3b-slice",
+    seed: int = 0,
+    text_layers: int | None = None,
+    vision_blocks: int | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> Path:
     """Writes a loadable random model of ``shape`` to ``out`` (weights in ``dtype``, initialised on ``device``: a
     full-depth 7B is built on a GPU in bfloat16) and returns its path."""
     import torch
@@ -131,8 +195,13 @@ def build_shaped_model(out: str | Path, shape: str = "3b-slice", seed: int = 0, 
     processor = build_processor(config.model_type, tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    note = {"shape": shape, "seed": seed, "text_layers": config.text_config.num_hidden_layers,
-            "vision_blocks": config.vision_config.depth, "dtype": dtype,
-            "params": sum(p.numel() for p in model.parameters())}
+    note = {
+        "shape": shape,
+        "seed": seed,
+        "text_layers": config.text_config.num_hidden_layers,
+        "vision_blocks": config.vision_config.depth,
+        "dtype": dtype,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     (out / "videop2r_shape.json").write_text(json.dumps(note, indent=1))
     return out

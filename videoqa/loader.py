@@ -48,8 +48,13 @@ class MediaLoader:
         if sample.data_type == "video":
             return LoadedSample(sample, video=load_video(path, self.sampling))
         return LoadedSample(
-            sample, image=load_image(path, self.sampling.min_pixels,
-                                     max(self.image_max_pixels, self.sampling.min_pixels), self.sampling.factor)
+            sample,
+            image=load_image(
+                path,
+                self.sampling.min_pixels,
+                max(self.image_max_pixels, self.sampling.min_pixels),
+                self.sampling.factor,
+            ),
         )
 
     def _try(self, sample: Sample) -> LoadedSample | MediaError:

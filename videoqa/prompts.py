@@ -12,9 +12,9 @@ from videoqa.schema import Sample
 INSTRUCTION = (
     "{question}\n"
     "First describe what you observe in the {media} that is needed to answer the question, inside "
-    "<observation> </observation> tags, beginning with \"Based on the question, I need to notice\". "
+    '<observation> </observation> tags, beginning with "Based on the question, I need to notice". '
     "Then reason step by step from those observations inside <think> </think> tags, beginning with "
-    "\"Based on the observations,\". Finally give your answer inside <answer> </answer> tags."
+    '"Based on the observations,". Finally give your answer inside <answer> </answer> tags.'
 )
 
 VIDEO_R1_INSTRUCTION = (
@@ -61,7 +61,9 @@ def user_text(sample: Sample, style: str = "process") -> str:
 
 def chat_messages(sample: Sample, style: str = "process") -> list[dict]:
     """One user turn: the video (or image) placeholder first, then the instruction (Qwen2.5-VL's layout)."""
-    return [{"role": "user", "content": [{"type": sample.data_type}, {"type": "text", "text": user_text(sample, style)}]}]
+    return [
+        {"role": "user", "content": [{"type": sample.data_type}, {"type": "text", "text": user_text(sample, style)}]}
+    ]
 
 
 def sft_target(sample: Sample) -> str:

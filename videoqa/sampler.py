@@ -30,7 +30,7 @@ class IndexOrder:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._perm = self._permutation(self.epoch)
             j = min(self.n, self.position + k - len(out))
-            out += [int(i) for i in self._perm[self.position:j]]
+            out += [int(i) for i in self._perm[self.position : j]]
             self.position = j
         return out
 

@@ -147,8 +147,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise RowError(f"{path}: not a text file (JSON or JSONL rows are UTF-8; Parquet files end in .parquet)") \
-            from None
+        raise RowError(
+            f"{path}: not a text file (JSON or JSONL rows are UTF-8; Parquet files end in .parquet)"
+        ) from None
     if suffix == ".jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), 1):

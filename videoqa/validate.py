@@ -44,7 +44,9 @@ def probe_media(path: Path, data_type: str) -> str | None:
     return None
 
 
-def validate_file(path: str | Path, root: str | Path | None = None, check_media: bool = True) -> tuple[int, list[Problem]]:
+def validate_file(
+    path: str | Path, root: str | Path | None = None, check_media: bool = True
+) -> tuple[int, list[Problem]]:
     """(number of rows, problems). Media paths are resolved against ``root`` (default: the file's folder)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent

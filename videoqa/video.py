@@ -91,7 +91,9 @@ def floor_by(x: float, f: int) -> int:
     return math.floor(x / f) * f
 
 
-def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PIXEL_FACTOR) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PIXEL_FACTOR
+) -> tuple[int, int]:
     """Target (height, width): multiples of ``factor``, area within [min_pixels, max_pixels], aspect kept."""
     if min(height, width) <= 0:
         raise ValueError(f"bad frame size {height}x{width}")
@@ -158,14 +160,18 @@ def load_video(path: str | Path, sampling: FrameSampling = TRAIN_SAMPLING, num_t
         raise MediaError(f"unusable video {path}: {e} (drop the row)") from None
     except (RuntimeError, decord.DECORDError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MediaError(f"cannot decode video {path}: {first} (re-encode it, e.g. with ffmpeg, or drop the row)") from None
-    h, w = _target_size(frames.shape[1], frames.shape[2], sampling.min_pixels, sampling.max_pixels, path, "video",
-                        sampling.factor)
+        raise MediaError(
+            f"cannot decode video {path}: {first} (re-encode it, e.g. with ffmpeg, or drop the row)"
+        ) from None
+    h, w = _target_size(
+        frames.shape[1], frames.shape[2], sampling.min_pixels, sampling.max_pixels, path, "video", sampling.factor
+    )
     return VideoClip(frames=_resize(frames, h, w), indices=idx, native_fps=fps, total_frames=total)
 
 
-def load_image(path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int = 256 * 28 * 28,
-               factor: int = PIXEL_FACTOR) -> np.ndarray:
+def load_image(
+    path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int = 256 * 28 * 28, factor: int = PIXEL_FACTOR
+) -> np.ndarray:
     """An RGB image (H, W, 3 uint8) resized to multiples of ``factor`` within the pixel budget."""
     path = Path(path)
     if not path.is_file():
@@ -183,8 +189,9 @@ def load_image(path: str | Path, min_pixels: int = 4 * 28 * 28, max_pixels: int 
     return _resize(arr[None], h, w)[0]
 
 
-def _target_size(height: int, width: int, min_pixels: int, max_pixels: int, path: Path, kind: str,
-                 factor: int = PIXEL_FACTOR) -> tuple[int, int]:
+def _target_size(
+    height: int, width: int, min_pixels: int, max_pixels: int, path: Path, kind: str, factor: int = PIXEL_FACTOR
+) -> tuple[int, int]:
     """smart_resize, with a frame shape it refuses (aspect ratio over MAX_RATIO, an empty frame) as a MediaError:
     the loader skips and counts it like a corrupt file instead of crashing."""
     try:
