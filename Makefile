@@ -24,11 +24,12 @@ format: setup  # rewrites the code in the project's style (what `make lint` chec
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-# The documentation site (mkdocs.yml): built into site/ with warnings as errors, as CI builds it; the configuration
+# The documentation site (mkdocs.yml): built into site/ with warnings as errors, as CI builds it (never --quiet:
+# mkdocs then stops counting the warnings --strict fails on); the configuration
 # reference page is checked against the pydantic models (scripts/config_reference.py writes it).
 docs: setup
 	.venv/bin/python scripts/config_reference.py --check
-	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 docs-serve: setup
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve

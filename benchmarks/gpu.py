@@ -21,15 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.gpu_table import fmt_bytes, peak_tflops, render
+
 ROWS = ("3b", "7b", "precision", "lmhead")
-# Dense bf16 peak (no sparsity), TFLOP/s, by what torch.cuda.get_device_name contains; the first match wins.
-PEAK_TFLOPS = (
-    ("H200 NVL", 835.0, "H200 NVL"),
-    ("H200", 989.0, "H200 SXM"),
-    ("H100 PCIe", 756.0, "H100 PCIe"),
-    ("H100 NVL", 835.0, "H100 NVL"),
-    ("H100", 989.0, "H100 SXM"),
-)
 PROFILES = {  # the paper's shapes on a GPU; a CPU run that finishes in a minute or two on 2 cores
     "cuda": dict(
         frames=16,
@@ -58,18 +52,6 @@ PROFILES = {  # the paper's shapes on a GPU; a CPU run that finishes in a minute
         freeze_embeddings=True,
     ),
 }
-GIB = 2**30
-
-
-def peak_tflops(name: str) -> tuple[float, str] | None:
-    for key, tflops, label in PEAK_TFLOPS:
-        if key in name:
-            return tflops, label
-    return None
-
-
-def _fmt_bytes(b) -> str:
-    return "-" if b is None else f"{b / GIB:.2f} GiB"
 
 
 class Check:
@@ -162,7 +144,7 @@ class Check:
     def rl_row(self, label: str, r: dict, note: str = "") -> dict:
         row = {"kind": "rl_step", "label": label, "result": r}
         if "error" in r:  # out of memory is a finding (it does not fit); a crash is a failed check
-            note = r["error"] + (f" (peak {_fmt_bytes(r['peak_bytes'])} allocated)" if r.get("peak_bytes") else "")
+            note = r["error"] + (f" (peak {fmt_bytes(r['peak_bytes'])} allocated)" if r.get("peak_bytes") else "")
             return {**row, "note": note, "failed": not (r.get("oom") or r.get("skipped"))}
         flops = (6 + 2 * r["extra_forwards"]) * r["trainable_params"] * r["tokens"]
         note = note or (
@@ -198,65 +180,6 @@ class Check:
                 default=str,
             )
         )
-
-
-def render(c: Check) -> str:
-    s, cpu = c.s, c.device == "cpu"
-    from benchmarks.gpu_step import frame_size
-
-    h, w = frame_size(s["pixels"])
-    lines = ["# GPU check (`python -m benchmarks gpu`)", ""]
-    if cpu:
-        lines += [
-            "**CPU run (`--device cpu`): these are NOT GPU figures.** The check's code on 3B-width slices "
-            f"({s['layers']} decoder layer(s), 1 vision block) at small sizes; float32, gloo; the embeddings "
-            "(tied to the LM head) frozen as well as the vision tower, to fit the box; memory is the process's "
-            "peak RSS (getrusage; reset per measurement through /proc/self/clear_refs); no MFU.",
-            "",
-        ]
-    else:
-        name = c.info.get("device_name", "?")
-        peak = peak_tflops(name)
-        mem = c.info.get("device_memory")
-        lines += [
-            f"Device: {name} ({_fmt_bytes(mem)}), torch {c.info.get('torch', '?')}, "
-            f"CUDA {c.info.get('cuda', '?')}; bf16, DeepSpeed ZeRO-2, nccl world of one. MFU against "
-            + (f"{peak[0]:.0f} TFLOP/s (dense bf16 peak of the {peak[1]})" if peak else "no known peak (MFU -)")
-            + "; memory is torch.cuda.max_memory_allocated over the timed steps.",
-            "",
-        ]
-    lines += [
-        f"Batch: G={s['group']} rollouts of one prompt, {s['frames']} frames of {h}x{w} "
-        f"({s['pixels']}x28x28 px), responses of {s['resp_min']}-{s['resp_max']} random text tokens; "
-        f"micro-batch {s['micro_batch']}; "
-        f"PA-GRPO, beta 0.04 (old log-probs and the KL reference: 2 no-grad forwards); vision tower frozen "
-        f"(`learner.freeze`); median of {s['steps']} step(s) after a warm-up step.",
-        "",
-        "| measurement | step s | tokens/s | peak memory | MFU | note |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in c.rows:
-        if row["kind"] == "rl_step":
-            if "step_s" not in row:
-                lines.append(f"| {row['label']} | - | - | - | - | {row['note']} |")
-                continue
-            mfu = "-" if row.get("mfu") is None else f"{row['mfu']:.2f}"
-            lines.append(
-                f"| {row['label']} | {row['step_s']:.2f} | {row['tokens_per_s']:,.0f} | "
-                f"{_fmt_bytes(row['peak_bytes'])} | {mfu} | {row['note']} |"
-            )
-        else:
-            lines.append(f"| {row['label']} | - | - | {row.get('memory', '-')} | - | {row['note']} |")
-    lines += [
-        "",
-        "tokens/s: prompt + response tokens of the G rows per step. MFU: model FLOPs (6 x trainable params x "
-        "tokens for the policy's forward and backward, 2 x trainable params x tokens for each no-grad forward; "
-        "the frozen vision tower, attention's quadratic term and checkpointing's recompute are not counted) "
-        "per second over the card's peak.",
-    ]
-    if not c.done:
-        lines += ["", "**Incomplete**: the check stopped (or is still running) before its last row."]
-    return "\n".join(lines) + "\n"
 
 
 def _extrapolate(a: dict, b: dict, la: int, lb: int, target: int) -> dict:
@@ -315,9 +238,9 @@ def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
                     {
                         "kind": "lmhead",
                         "label": "LM head: chunked (response_logprobs) vs full logits, no-grad",
-                        "memory": f"{_fmt_bytes(ch)} vs {_fmt_bytes(fu)}",
+                        "memory": f"{fmt_bytes(ch)} vs {fmt_bytes(fu)}",
                         "note": f"above the weights and inputs; chunked/full {ch / max(fu, 1):.2f}; peak "
-                        f"{_fmt_bytes(r['chunked']['peak_bytes'])} vs {_fmt_bytes(r['full']['peak_bytes'])}; "
+                        f"{fmt_bytes(r['chunked']['peak_bytes'])} vs {fmt_bytes(r['full']['peak_bytes'])}; "
                         f"V={r['vocab']:,}, {toks}; max diff {r['chunked_vs_full_max_diff']:.2g}",
                         "result": r,
                     }
@@ -340,7 +263,7 @@ def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
                 continue
             note = (
                 f"measured {res[la]['step_s']:.2f} / {res[lb]['step_s']:.2f} s, "
-                f"{_fmt_bytes(res[la]['peak_bytes'])} / {_fmt_bytes(res[lb]['peak_bytes'])} at {la} / {lb} layers"
+                f"{fmt_bytes(res[la]['peak_bytes'])} / {fmt_bytes(res[lb]['peak_bytes'])} at {la} / {lb} layers"
             )
             if res[lb]["step_s"] <= res[la]["step_s"]:  # the layers' cost is below the steps' noise: a line through
                 c.add(
@@ -356,7 +279,7 @@ def run_check(c: Check, rows: list[str], checkpointing: list[bool]) -> None:
             e = _extrapolate(res[la], res[lb], la, lb, target)
             mem = c.info.get("device_memory")
             if mem and e["peak_bytes"] > mem:
-                note += f"; over the card's {_fmt_bytes(mem)}: would not fit"
+                note += f"; over the card's {fmt_bytes(mem)}: would not fit"
             c.add(c.rl_row(label, e, note=note))
     c.drop_models()
 

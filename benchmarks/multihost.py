@@ -23,7 +23,8 @@ SCHEMES = {"per-worker channels": "channels", "group, gloo broadcast": "collecti
 
 
 def run_bench_multihost(mb: float = 64, rounds: int = 3, receivers: tuple[int, ...] = (1, 2, 4)) -> int:
-    from toy.hosts import Cluster, free_subnet
+    from toy.hosts import Cluster
+    from toy.netns import free_subnet
 
     if os.geteuid() != 0:
         print(

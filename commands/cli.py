@@ -13,133 +13,21 @@ from pathlib import Path
 
 from actors.redaction import redact_url
 from cluster.config_loader import ConfigError
-from cluster.config_paths import place_paths
+from commands.args import add_config_args, add_run_args, at_least, config_from_args
+from commands.data_files import (
+    OutputExistsError,
+    cmd_convert_data,
+    cmd_make_synthetic,
+    cmd_make_tiny_model,
+    cmd_validate_data,
+)
 from videoqa.families import FAMILIES
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML run config (see configs/); defaults apply when omitted")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, e.g. rollout.num_workers=2")
-
-
-def _add_run_args(
-    p: argparse.ArgumentParser,
-    force_help: str = "start over in a run.out_dir that already holds a run (its checkpoints and logs are deleted)",
-) -> None:
-    _add_config_args(p)
-    p.add_argument("--force", action="store_true", help=force_help)
-    p.add_argument("--verbose", action="store_true", help="show vLLM's, Ray's and DeepSpeed's INFO output too")
-
-
-def _config(args):
-    from cluster.config import Config
-    from cluster.config_loader import load_config
-
-    family = [f"tiny_model.family={args.family}"] if getattr(args, "family", None) else []  # --family: shorthand
-    return place_paths(load_config(Config, args.config, args.overrides + family))
-
-
-def _at_least(low: int):
-    """An argparse type: an integer >= low (a bad value is argparse's one-line usage error, exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
-        return value
-
-    return parse
-
-
-class OutputExistsError(RuntimeError):
-    """A command would write over something the user owns."""
-
-
-def _writable_folder(out: str, force: bool) -> None:
-    """Generators write only into a new or empty folder (``--force``: into a non-empty one, replacing their files)."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise OutputExistsError(f"--out {p} is a file, not a folder: choose a folder path")
-    if p.is_dir() and any(p.iterdir()) and not force:
-        raise OutputExistsError(f"--out {p} is not empty: choose a new folder, or pass --force to write over its files")
-
-
-def cmd_make_synthetic(args) -> int:
-    from toy.synthetic import make_synthetic, parse_mix
-
-    try:
-        mix = parse_mix(args.mix) if args.mix else None
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _writable_folder(args.out, args.force)
-    written = make_synthetic(
-        args.out,
-        n=args.n,
-        seed=args.seed,
-        n_eval=args.n_eval,
-        frames=args.frames,
-        size=args.size,
-        style=args.style,
-        mix=mix,
-        progress=not args.quiet,
-    )
-    for split, path in written.items():
-        print(f"{split:6s} {path}")
-    return 0
-
-
-def cmd_make_tiny_model(args) -> int:
-    from toy.tiny_model import build_tiny_model
-    from videoqa.families import family
-
-    cfg = _config(args)
-    _writable_folder(args.out, args.force)
-    if args.shape == "tiny":
-        out = build_tiny_model(args.out, cfg.tiny_model, seed=args.seed)
-        print(f"tiny {family(cfg.tiny_model.family).name} written to {out}")
-        return 0
-    from toy.shaped_model import build_shaped_model
-
-    out = build_shaped_model(args.out, args.shape, seed=args.seed)
-    print(f"random model of shape {args.shape} written to {out}")
-    return 0
-
-
-def cmd_validate_data(args) -> int:
-    from videoqa.validate import validate_file
-
-    n, problems = validate_file(args.file, root=args.root, check_media=not args.no_media)
-    for p in problems:
-        print(p)
-    bad = len({p.row for p in problems})
-    print(f"{args.file}: {n} rows, {bad} bad", file=sys.stderr)
-    return 1 if problems else 0
-
-
-def cmd_convert_data(args) -> int:
-    from videoqa.schema import load_samples, write_parquet
-
-    out = Path(args.out or Path(args.file).with_suffix(".parquet"))
-    if out.resolve() == Path(args.file).resolve():
-        raise OutputExistsError(f"--out {out} is the input file: choose another output path")
-    if out.exists() and not args.force:
-        raise OutputExistsError(f"{out} exists: choose another --out, or pass --force to replace it")
-    samples = load_samples(args.file)
-    tmp = out.with_name(f".tmp_{out.name}")  # written whole, then renamed: a failed write leaves no half file
-    write_parquet(samples, tmp)
-    tmp.replace(out)
-    print(f"{len(samples)} rows -> {out}")
-    return 0
 
 
 def cmd_show_config(args) -> int:
     from cluster.config_loader import dump_config
 
-    print(dump_config(_config(args)), end="")
+    print(dump_config(config_from_args(args)), end="")
     return 0
 
 
@@ -153,14 +41,14 @@ def cmd_demo(args) -> int:
     from commands.demo import run_demo
 
     _quiet_logging(args.verbose)
-    return run_demo(_config(args), force=args.force, verbose=args.verbose)
+    return run_demo(config_from_args(args), force=args.force, verbose=args.verbose)
 
 
 def cmd_sft(args) -> int:
     from commands.stages import run_sft
 
     _quiet_logging(args.verbose)
-    run_sft(_config(args), force=args.force, verbose=args.verbose)
+    run_sft(config_from_args(args), force=args.force, verbose=args.verbose)
     return 0
 
 
@@ -168,7 +56,7 @@ def cmd_train(args) -> int:
     from commands.stages import run_train
 
     _quiet_logging(args.verbose)
-    summary = run_train(_config(args), force=args.force, verbose=args.verbose)
+    summary = run_train(config_from_args(args), force=args.force, verbose=args.verbose)
     if not summary.get("stopped_early"):
         print(f"[train] {summary['steps']} steps ({summary['algorithm']}); model written to {summary.get('hf')}")
     return 0
@@ -202,7 +90,7 @@ def cmd_eval(args) -> int:
             "judge": "eval.judge",
         },
     )
-    run_eval(_config(args), force=args.force, verbose=args.verbose)
+    run_eval(config_from_args(args), force=args.force, verbose=args.verbose)
     return 0
 
 
@@ -213,7 +101,7 @@ def cmd_make_cot(args) -> int:
     if args.input:
         args.input = str(Path(args.input).resolve())
     _flag_overrides(args, {"input": "cot.input", "out": "cot.out_dir", "teacher": "model.path"})
-    run_make_cot(_config(args), force=args.force, verbose=args.verbose)
+    run_make_cot(config_from_args(args), force=args.force, verbose=args.verbose)
     return 0
 
 
@@ -269,15 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: tiny model + synthetic task, evaluate, SFT, evaluate, PA-GRPO, "
         "evaluate; summary.json and a reward-curve PNG",
     )
-    _add_run_args(p)
+    add_run_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sft", help="stage 1: SFT on the process-aware CoT rows; writes run.out_dir/hf")
-    _add_run_args(p)
+    add_run_args(p)
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("train", help="stage 2: PA-GRPO (or learner.algorithm=grpo) from model.path, the SFT model")
-    _add_run_args(p)
+    add_run_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -302,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prompt, for numbers that compare with theirs",
     )
     p.add_argument("--judge", action="store_true", help="also judge each observation (perception sufficiency rate)")
-    _add_run_args(p, "start over in an output folder that holds records made with other settings (they are deleted)")
+    add_run_args(p, "start over in an output folder that holds records made with other settings (they are deleted)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -313,12 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="Video-R1 rows (JSON, JSONL or Parquet; default cot.input)")
     p.add_argument("--out", default=None, help="output folder (default cot.out_dir)")
     p.add_argument("--teacher", default=None, help="the teacher checkpoint (default model.path)")
-    _add_run_args(p, "start over in an output folder that holds records made with other settings (they are deleted)")
+    add_run_args(p, "start over in an output folder that holds records made with other settings (they are deleted)")
     p.set_defaults(func=cmd_make_cot)
 
     p = sub.add_parser("scale", help="change a running `train`'s rollout worker count (at its next step boundary)")
     p.add_argument("--run", required=True, help="the run's out_dir")
-    p.add_argument("--rollout-workers", type=_at_least(1), required=True)
+    p.add_argument("--rollout-workers", type=at_least(1), required=True)
     p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("report", help="reward curves of training runs (overlaid) from their metrics.jsonl, as a PNG")
@@ -330,11 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-synthetic", help="write the synthetic video QA task (all five problem types)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=_at_least(1), default=200, help="training rows (default 200)")
-    p.add_argument("--n-eval", type=_at_least(1), default=None, help="evaluation rows (default max(5, n/4))")
+    p.add_argument("--n", type=at_least(1), default=200, help="training rows (default 200)")
+    p.add_argument("--n-eval", type=at_least(1), default=None, help="evaluation rows (default max(5, n/4))")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=_at_least(2), default=16, help="frames per video (default 16, at 8 fps; >= 2)")
-    p.add_argument("--size", type=_at_least(28), default=112, help="frame side in pixels (default 112; >= 28)")
+    p.add_argument("--frames", type=at_least(2), default=16, help="frames per video (default 16, at 8 fps; >= 2)")
+    p.add_argument("--size", type=at_least(28), default=112, help="frame side in pixels (default 112; >= 28)")
     p.add_argument(
         "--style",
         choices=("varied", "demo"),
@@ -365,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=tuple(FAMILIES), help="the tiny model's family (tiny_model.family)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_make_tiny_model)
 
     p = sub.add_parser("validate-data", help="report every bad row of a dataset file; exit 1 if any")
@@ -381,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert_data)
 
     p = sub.add_parser("show-config", help="print the resolved config (after overrides) as YAML")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_show_config)
     return parser
 

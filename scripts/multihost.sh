@@ -7,4 +7,4 @@
 # docs/multihost.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m toy.hosts "$@"
+exec .venv/bin/python -m toy.multihost_cli "$@"

@@ -40,6 +40,16 @@ def test_config():
     )
 
 
+@pytest.fixture(scope="module")
+def cot_items(synthetic_dir, test_config):
+    """Eight CoT rows of the synthetic set, loaded with their media (the learner tests' batch)."""
+    from videoqa.loader import MediaLoader
+    from videoqa.schema import load_samples
+
+    samples = load_samples(synthetic_dir / "cot.json")[:8]
+    return list(MediaLoader(synthetic_dir, test_config.video.sampling())(samples))
+
+
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir, test_config):
     """The session's vLLM engine of the tiny Qwen2.5-VL (about 20 s to start on 2 cores), with the rollout

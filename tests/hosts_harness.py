@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from toy.hosts import Cluster, free_subnet
+from toy.hosts import Cluster
+from toy.netns import free_subnet
 
 
 def unavailable() -> str | None:
@@ -123,6 +124,14 @@ def job_id(r: subprocess.CompletedProcess) -> str:
 def job_logs(c: Cluster, job: str) -> str:
     r = c.run("head", ["ray", "job", "logs", "--address", c.dashboard, job], c.ray_env(), timeout=60, check=False)
     return r.stdout + r.stderr
+
+
+def job_status(c: Cluster, job: str) -> str:
+    code = (
+        "import sys; from ray.job_submission import JobSubmissionClient; "
+        "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)"
+    )
+    return c.run("head", ["python", "-c", code, c.dashboard, job], c.ray_env(), timeout=60).stdout.strip()
 
 
 def _procs(c: Cluster):

@@ -19,12 +19,10 @@ placement group with no back-off while no node has room: steps slowed to minutes
 suite); the rollout group now starts such a worker in a new group, and the test checks that no group is left
 re-placing."""
 
-import importlib.util
 import json
 import re
 import subprocess
 import time
-import urllib.parse
 
 import pytest
 
@@ -36,11 +34,13 @@ from tests.hosts_harness import (
     cpu_used,
     job_id,
     job_logs,
+    job_status,
     placement,
     placement_group_states,
     stacks,
     submit,
 )
+from tests.hosts_prometheus import check_prometheus, prom_on
 from toy.hosts import Cluster
 
 pytestmark = pytest.mark.vllm
@@ -256,14 +256,6 @@ class Steps:
         return self.lines()
 
 
-def _status(c: Cluster, job: str) -> str:
-    code = (
-        "import sys; from ray.job_submission import JobSubmissionClient; "
-        "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)"
-    )
-    return c.run("head", ["python", "-c", code, c.dashboard, job], c.ray_env(), timeout=60).stdout.strip()
-
-
 def _across_hosts(c: Cluster, steps: Steps) -> None:
     """The run's placement, sync, cache, judge, exporter and Prometheus across the hosts; then scaled up."""
     run = steps.run
@@ -298,7 +290,7 @@ def _across_hosts(c: Cluster, steps: Steps) -> None:
     )
     assert scale.returncode == 0 and "-> 2" in scale.stdout, scale.stdout + scale.stderr
     # while the new worker loads: Prometheus
-    targets = _check_prometheus(lambda path, **p: _prom_on(c, PROMETHEUS_PORT, path, **p), run, steps.wait_for)
+    targets = check_prometheus(lambda path, **p: prom_on(c, PROMETHEUS_PORT, path, **p), run, steps.wait_for)
     ray_hosts = {
         t["labels"]["instance"].rsplit(":", 1)[0]
         for t in targets
@@ -369,11 +361,11 @@ def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> str:
         faulted.append("learn1")
         print("crashed learn1")
         crashed = time.monotonic()
-        while _status(c, job) not in ("FAILED", "SUCCEEDED", "STOPPED"):
+        while job_status(c, job) not in ("FAILED", "SUCCEEDED", "STOPPED"):
             if time.monotonic() - crashed > 150:
                 steps.fail("the job to stop")
             time.sleep(1)
-        assert _status(c, job) == "FAILED"
+        assert job_status(c, job) == "FAILED"
         text = job_logs(c, job)
         named = rf"error: LearnerLost: learner rank [01] on learn1 \({re.escape(c.host('learn1').ip)}\) lost"
         assert re.search(named, text) and text.count("LearnerLost") == 1, text[-3000:]
@@ -401,64 +393,3 @@ def _host_faults(c: Cluster, steps: Steps, rl: list[str]) -> str:
         ids = sorted(x["prompt_id"] for x in rollouts if x["step"] == r["step"])
         assert ids == sorted(r["prompt_ids"] * G), (r["step"], ids)
     return ckpt.name
-
-
-def _prom_on(c: Cluster, port: int, path: str, **params) -> dict:
-    """Prometheus's API, asked on the head host (it listens on that host's loopback)."""
-    url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-    r = c.run(
-        "head",
-        [
-            "python",
-            "-c",
-            "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
-            url,
-        ],
-        c.ray_env(),
-        timeout=60,
-    )
-    body = json.loads(r.stdout)
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-def _check_prometheus(prom, run, wait_for) -> list:
-    """The dashboard's variables resolved as Grafana does, then every panel query has a result; every alert rule
-    has been evaluated without error; Ray's nodes are scraped through their service-discovery file."""
-    spec = importlib.util.spec_from_file_location("dashboard", ROOT / "deploy" / "monitoring" / "dashboard.py")
-    dashboard_py = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dashboard_py)
-    run_id = json.loads((run.path / "control.json").read_text())["run_id"]
-
-    def ready() -> bool:
-        try:
-            return run_id in prom("label/run_id/values", **{"match[]": "videop2r_run_info"})
-        except RuntimeError:  # Prometheus not answering yet
-            return False
-
-    wait_for(ready, "Prometheus to scrape the exporter", timeout=120)
-    instances = [s["instance"] for s in prom("series", **{"match[]": f'videop2r_run_info{{run_id="{run_id}"}}'})]
-    dashboard = json.loads(dashboard_py.OUT.read_text())
-    queries = [
-        e.replace("$instance", "|".join(instances)).replace("$__rate_interval", "30s")
-        for e in dashboard_py.queries(dashboard)
-    ]
-    empty = queries
-    deadline = time.monotonic() + 120  # Ray's agents export the workers' metrics every few seconds
-    while empty and time.monotonic() < deadline:
-        empty = [q for q in empty if not prom("query", query=q)["result"]]
-        time.sleep(2 if empty else 0)
-    assert not empty, empty
-    wait_for(
-        lambda: all(
-            r.get("lastEvaluation", "0001").startswith("20") for g in prom("rules")["groups"] for r in g["rules"]
-        ),
-        "the rules' evaluation",
-        60,
-    )
-    rules = [r for g in prom("rules")["groups"] for r in g["rules"]]
-    wanted = (ROOT / "deploy" / "monitoring" / "alerts.yml").read_text().count("- alert: ")  # every rule loaded
-    assert len(rules) == wanted and all(r["health"] == "ok" for r in rules), rules
-    targets = prom("targets")["activeTargets"]
-    assert {t["labels"]["job"] for t in targets if t["health"] == "up"} == {"videop2r", "ray"}, targets  # both scraped
-    return targets

@@ -17,7 +17,6 @@ brings it back with fresh disks and joins its Ray node again."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from toy.netns import _is_pid_one_of, _kill, _netns_pids, _pid_one, sh
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_PORT, DASHBOARD_PORT = 6380, 8265
@@ -374,97 +375,3 @@ class Cluster:
         self._boot(h)
         self._save()
         self.join(name)
-
-
-def free_subnet() -> str:
-    """A 10.x.0.0/24 that no interface of this machine uses."""
-    taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-    for third in range(87, 250):
-        if f" 10.{third}.0." not in taken:
-            return f"10.{third}.0"
-    raise RuntimeError("no free 10.x.0.0/24 subnet")
-
-
-def sh(argv: list[str]) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip() or r.returncode}")
-
-
-def _nspid(pid: int) -> list[str]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                return line.split()[1:]
-    except OSError:
-        pass
-    return []
-
-
-def _pid_one(parent: int) -> int:
-    """The child of ``parent`` (unshare) that is PID 1 of its new PID namespace."""
-    try:
-        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        return 0
-    return next((int(k) for k in kids if _nspid(int(k))[-1:] == ["1"]), 0)
-
-
-def _netns_pids(ns: str) -> list[int]:
-    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-    return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
-
-
-def _is_pid_one_of(pid: int, ns: str) -> bool:
-    return _nspid(pid)[-1:] == ["1"] and pid in _netns_pids(ns)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="scripts/multihost.sh", description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=["up", "down", "run", "status"], help="run: a command on one host (after --)")
-    p.add_argument(
-        "--state",
-        default=os.environ.get("VIDEOP2R_HOSTS_DIR", "/var/tmp/videop2r-hosts"),
-        help="the harness's folder: hosts.json and shared/ (outside /tmp, which each host has its own)",
-    )
-    p.add_argument("--subnet", default="10.87.0", help="the first three octets of the hosts' /24 (default 10.87.0)")
-    p.add_argument("--host", default="head", help="run: the host to run on")
-    argv = sys.argv[1:] if argv is None else argv
-    cut = argv.index("--") if "--" in argv else len(argv)
-    a = p.parse_args(argv[:cut])
-    a.argv = argv[cut + 1 :]
-    c = Cluster(a.state, subnet=a.subnet)
-    try:
-        if a.action == "up":
-            c.up()
-            c.start_ray()
-            print(f"hosts up: {', '.join(f'{h.name}={h.ip}' for h in c.hosts)}; shared folder {c.shared}")
-            print(f"RAY_ADDRESS={c.dashboard}  (run a command on a host: {p.prog} run --host head -- CMD)")
-        elif a.action == "down":
-            ended = c.down()
-            print(f"hosts down ({', '.join(ended) or 'none were running'})")
-        elif a.action == "status":
-            print(
-                "\n".join(f"{h.name} {h.ip} pid={h.pid} {h.resources}" for h in c.hosts)
-                if c.file.exists()
-                else "no hosts"
-            )
-        else:
-            if not a.argv:
-                p.error("run needs a command after --")
-            return subprocess.run(c.command(a.host, a.argv, c.ray_env())).returncode
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
