@@ -119,6 +119,7 @@ def outcome_from_text(text: str | None) -> Outcome:
 
 class OracleJudge:
     model_id = "oracle:synthetic-facts"
+    reads_facts = True  # its verdict depends on the row's facts, not only on the prompt's texts: they key the cache
 
     def verdicts(self, requests: list[JudgeRequest], deadline: float) -> list[Outcome]:
         # imported here: the synthetic generator (a test/demo fixture, toy/) is only needed by this stand-in judge

@@ -143,7 +143,8 @@ class RewardScorer:
             if not needs_judge(p):
                 keys.append(None)
                 continue
-            k = verdict_key(self.judge.model_id, it.question, it.correct_answer, p.observation, it.data_type)
+            facts = it.facts if getattr(self.judge, "reads_facts", False) else None
+            k = verdict_key(self.judge.model_id, it.question, it.correct_answer, p.observation, it.data_type, facts)
             keys.append(k)
             requests.setdefault(k, JudgeRequest(it.question, it.correct_answer, p.observation, it.data_type, it.facts))
         outcomes = self._judge(requests, stats, seconds) if requests else {}

@@ -326,6 +326,10 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # a connection that sends nothing (or half a request) is closed after this many seconds instead of holding its
+    # thread for ever: the exporter may listen on 0.0.0.0 (metrics.host), where anyone on the network can connect
+    timeout = 10
+
     def log_message(self, *args) -> None:  # a scrape every few seconds is not console news
         pass
 

@@ -70,10 +70,20 @@ def parse_judgement(text: str | None) -> bool | None:
     return found.pop() == "yes"
 
 
-def verdict_key(judge_identity: str, question: str, correct_answer: str, observation: str, data_type: str) -> str:
+def verdict_key(
+    judge_identity: str,
+    question: str,
+    correct_answer: str,
+    observation: str,
+    data_type: str,
+    facts: dict | None = None,
+) -> str:
     """Cache key of a verdict: everything the verdict depends on, hashed (sha256): the judge (its full identity:
-    model, weights, sampling), the prompt version, and the prompt's inputs (the media word comes from data_type)."""
-    payload = json.dumps(
-        [judge_identity, PROMPT_VERSION, question, correct_answer, observation, data_type], ensure_ascii=False
-    )
+    model, weights, sampling), the prompt version, and the prompt's inputs (the media word comes from data_type).
+    ``facts``: the row's own facts, for a judge that reads them (the synthetic task's oracle): two rows with the same
+    texts but other facts can deserve other verdicts. Keys without facts are unchanged."""
+    parts = [judge_identity, PROMPT_VERSION, question, correct_answer, observation, data_type]
+    if facts is not None:
+        parts.append(facts)
+    payload = json.dumps(parts, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()

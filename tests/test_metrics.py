@@ -126,3 +126,25 @@ def test_vllm_engine_metrics_are_published_under_ray_names():
         ("vllm_time_to_first_token_seconds_count", ("rollout-0", "0")): 3.0,
         ("vllm_time_to_first_token_seconds_sum", ("rollout-0", "0")): 0.6,
     }
+
+
+def test_an_idle_connection_is_closed_and_does_not_hold_the_exporter(monkeypatch):
+    """A client that connects and sends nothing is cut off after the handler's timeout (catches an exporter with no
+    socket timeout: on 0.0.0.0 anyone could hold its threads for ever), and scrapes meanwhile are still answered."""
+    import socket
+
+    from cluster import metrics
+
+    monkeypatch.setattr(metrics._QuietHandler, "timeout", 0.5)
+    port = free_port()
+    m = StepMetrics(port)
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        assert _get(port, "/health")[0] == 200  # answered while the idle connections are open
+        time.sleep(1.0)
+        for s in idle:
+            s.settimeout(3)
+            assert s.recv(1) == b""  # the server closed it (without a timeout, recv waits and times out here)
+            s.close()
+    finally:
+        m.close()

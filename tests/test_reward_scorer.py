@@ -70,6 +70,24 @@ def test_duplicate_observations_are_judged_once(cot):
     assert batch.stats["judge_calls"] == 1 and batch.stats["judge_ok"] == 8
 
 
+def test_the_oracle_tells_apart_rows_with_the_same_texts_but_other_facts(cot, redis_server):
+    """The oracle's verdict depends on the row's facts: two rollouts with the same question, answer and observation
+    but other facts get their own verdicts, in one batch and through the shared cache (catches a verdict key, or the
+    batch's dedup, that leaves the facts out: the second row would get the first one's cached Yes)."""
+    import dataclasses
+
+    mc = next(s for s in cot if s.extra.get("facts", {}).get("kind") == "direction")
+    right = ScoreItem.from_sample(mc, sft_target(mc))
+    other = dataclasses.replace(right, facts={**right.facts, "target": "no such shape"})
+    batch = scorer(cfg_with("cache.enabled=false")).score([right, other])
+    assert [r.acc_p for r in batch.rewards] == [1.0, 0.0] and batch.stats["judge_calls"] == 2
+    redis_server.client.flushall()
+    cfg = cfg_with(f"cache.url={redis_server.url}")
+    assert scorer(cfg).score([right]).rewards[0].acc_p == 1.0
+    second = scorer(cfg).score([other])  # another worker, the same texts: not the first row's cached verdict
+    assert second.rewards[0].acc_p == 0.0 and second.stats["cache_hits"] == 0
+
+
 def test_cache_shared_across_workers_and_ttl(cot, redis_server):
     redis_server.client.flushall()
     cfg = cfg_with(f"cache.url={redis_server.url}", "cache.ttl_s=2")

@@ -3,6 +3,7 @@
 import pytest
 
 from rewards import (
+    PROMPT_VERSION,
     LengthRule,
     accuracy_reward,
     judge_prompt,
@@ -157,6 +158,16 @@ def test_verdict_key_depends_on_every_input():
         keys.add(verdict_key(*changed))
     assert len(keys) == len(base) + 1 and all(len(k) == 64 for k in keys)
     assert verdict_key(*base[:4], "image") != verdict_key(*base)  # the prompt says "an image" vs "a video"
+    # a judge that reads the row's facts: they are part of the key, in any order of their fields
+    with_facts = verdict_key(*base, {"target": "red", "end": "left"})
+    assert with_facts not in keys and with_facts != verdict_key(*base, {"target": "blue", "end": "left"})
+    assert with_facts == verdict_key(*base, {"end": "left", "target": "red"})
+    # keys without facts are what they were (a running cache keeps its entries): the plain sha256 of the JSON list
+    import hashlib
+    import json
+
+    plain = hashlib.sha256(json.dumps(["judge-a", PROMPT_VERSION, "q", "a", "o", "video"]).encode()).hexdigest()
+    assert verdict_key(*base) == plain
 
 
 # -- combined per-process rewards -----------------------------------------------------------------------------
