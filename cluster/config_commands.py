@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from cluster.config_loader import Section
+from rewards import PROBLEM_TYPES
 from videoqa.video import PIXEL_FACTOR, FrameSampling
 
 if TYPE_CHECKING:
@@ -65,7 +66,10 @@ class DemoSection(Section):
     # demo: one large moving shape, fixed option order (learnable by the tiny model); varied: harder
     style: Literal["varied", "demo"] = "demo"
     mix: dict[str, float] | None = None  # training-row weights per problem type; None: equal
-    eval_rows: int = Field(200, ge=5)  # held-out questions, all five types equally
+    eval_rows: int = Field(200, ge=5)  # held-out questions (their problem types: eval_mix)
+    # held-out rows per problem type; None: all five equally. Weighting the trained types measures RL's effect on
+    # more questions of the kind it trains (the summary's trained-type gain); the other types are still reported
+    eval_mix: dict[str, float] | None = None
     # validation rows (the training mix, their own seed; never the held-out rows): SFT stops once greedy accuracy
     # on them reaches sft_stop_accuracy, checked every sft_check_every steps, so RL starts where the skill has
     # appeared but is far from done (sft.steps is the upper bound). 0 disables the check.
@@ -73,6 +77,25 @@ class DemoSection(Section):
     sft_stop_accuracy: float = Field(0.5, ge=0, le=1)  # SFT stops at this validation accuracy (see val_rows)
     sft_check_every: int = Field(20, ge=1)  # SFT steps between validation checks
     controls: bool = False  # also run GRPO from the same SFT checkpoint and SFT continued for the RL stage's time
+
+    @model_validator(mode="after")
+    def _mixes(self):
+        for name in ("mix", "eval_mix"):
+            mix = getattr(self, name)
+            if mix is None:
+                continue
+            bad = sorted(k for k in mix if k not in PROBLEM_TYPES)
+            if bad or any(not w >= 0 for w in mix.values()) or not sum(mix.values()) > 0:
+                raise ValueError(
+                    f"demo.{name}={mix}: weights >= 0 (at least one > 0) for problem types among "
+                    f"{', '.join(PROBLEM_TYPES)}" + (f"; unknown: {', '.join(bad)}" if bad else "")
+                )
+        return self
+
+    @property
+    def trained_types(self) -> list[str]:
+        """The problem types of the training rows (all five when mix is None)."""
+        return sorted(PROBLEM_TYPES if self.mix is None else [t for t, w in self.mix.items() if w > 0])
 
 
 class TinyModelSection(Section):

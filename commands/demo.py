@@ -14,12 +14,15 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cluster.config import Config
 from cluster.evaluate import evaluate, paired_gain
 from cluster.preflight import check_policy_model, check_port
 from videoqa.families import FAMILIES
 from cluster.run_dir import RunExistsError
 from cluster.stack import Dataset, Stack
+from commands.demo_report import plot_demo, print_report
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -119,6 +122,7 @@ def ensure_fixtures(cfg: Config, out: Path) -> None:
             style=d.style,
             mix=d.mix,
             n_val=d.val_rows,
+            eval_mix=d.eval_mix,
         )
 
 
@@ -205,12 +209,14 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
             evaluate_on=items,
         )
         rl_seconds = time.perf_counter() - t_rl
-        summary = summarize(cfg, ev_untrained, rl, sft, out, time.perf_counter() - t_start)
+        # the held-out rows of the types the demo trains: where RL's effect is measured (all rows are reported)
+        trained = [it.sample.problem_type in cfg.demo.trained_types for it in items]
+        summary = summarize(cfg, ev_untrained, rl, sft, out, time.perf_counter() - t_start, trained)
         if done and not force:  # a finished demo asked for its controls: keep its measured times
             summary.update(seconds=done["seconds"], rl_seconds=done["rl_seconds"])
             rl_seconds = done["rl_seconds"]
         if cfg.demo.controls:
-            summary["controls"] = run_controls(cfg, stack, out, sft, items, rl_seconds, force)
+            summary["controls"] = run_controls(cfg, stack, out, sft, items, rl, trained, rl_seconds, force)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_demo(out, summary)
     from commands.report import write_report
@@ -246,8 +252,35 @@ def sft_stage(cfg: Config, stack: Stack, out: Path, items: list, force: bool) ->
         evaluator.close()
 
 
-def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, rl_seconds: float, force: bool) -> dict:
-    """GRPO from the same SFT checkpoint and seeds; SFT continued for the RL stage's wall time."""
+def on_rows(ev: dict, mask: list[bool]) -> dict:
+    """An evaluation's per-row results on the rows where ``mask`` is true (the trained types' questions)."""
+    return {k: [v for v, m in zip(ev[k], mask) if m] for k in ("per_row_accuracy", "per_row_yes") if k in ev}
+
+
+def gains(before: dict, after: dict, trained: list[bool]) -> dict:
+    """Paired after - before: accuracy on every held-out row and on the trained types' rows, and the Yes-rate."""
+    out = {
+        "accuracy": paired_gain(before, after),
+        "accuracy_trained": paired_gain(*(on_rows(e, trained) for e in (before, after))),
+    }
+    if "per_row_yes" in before and "per_row_yes" in after:
+        out["yes_rate"] = paired_gain(before, after, "per_row_yes")
+    return out
+
+
+def run_controls(
+    cfg: Config,
+    stack: Stack,
+    out: Path,
+    sft: dict,
+    items: list,
+    rl: dict,
+    trained: list,
+    rl_seconds: float,
+    force: bool,
+) -> dict:
+    """GRPO from the same SFT checkpoint and seeds, compared row by row with PA-GRPO; SFT continued for the RL
+    stage's wall time."""
     from commands.stages import run_sft, run_train
 
     grpo = run_train(
@@ -269,9 +302,13 @@ def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, r
         "grpo": {
             "accuracy": grpo["eval_end"]["accuracy"],
             "yes_rate": grpo["eval_end"]["yes_rate"],
+            "mismatch_rate": grpo["eval_end"]["mismatch_rate"],
             "seconds": grpo["seconds"],
             "gain_over_sft": paired_gain(ev_sft, grpo["eval_end"]),
+            "gains_over_sft": gains(ev_sft, grpo["eval_end"], trained),
         },
+        # the paper's comparison: PA-GRPO - GRPO on the same questions, from the same SFT checkpoint and seeds
+        "pa_grpo_minus_grpo": gains(grpo["eval_end"], rl["eval_end"], trained),
         "sft_more": {
             "extra_steps": extra,
             "accuracy": ev_more["accuracy"],
@@ -281,7 +318,7 @@ def run_controls(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, r
     }
 
 
-def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seconds: float) -> dict:
+def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seconds: float, trained: list) -> dict:
     ev_sft, ev_rl = rl["eval_start"], rl["eval_end"]
     stages = {"untrained": untrained, "sft": ev_sft, cfg.learner.algorithm: ev_rl}
     first = _first_step_pass_at_g(out / cfg.learner.algorithm)
@@ -298,8 +335,15 @@ def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seco
         "accuracy_se": {k: v["accuracy_se"] for k, v in stages.items()},
         "accuracy_by_type": {k: v["accuracy_by_type"] for k, v in stages.items()},
         "yes_rate": {k: v["yes_rate"] for k, v in stages.items()},
+        "mismatch_rate": {k: v["mismatch_rate"] for k, v in stages.items()},
+        "trained_types": cfg.demo.trained_types,
+        "trained_questions": sum(trained),
+        "accuracy_trained": {
+            k: float(np.mean(on_rows(v, trained)["per_row_accuracy"] or [np.nan])) for k, v in stages.items()
+        },
         "gain_sft": paired_gain(untrained, ev_sft),
         "gain_rl": paired_gain(ev_sft, ev_rl),
+        "gain_rl_trained": gains(ev_sft, ev_rl, trained)["accuracy_trained"],
         "gain_yes_rl": paired_gain(ev_sft, ev_rl, "per_row_yes"),
         "rl_start_training_prompts": first,
     }
@@ -321,52 +365,3 @@ def _first_step_pass_at_g(run: Path) -> dict:
         "pass_at_g": sum(max(v) >= 1.0 for v in groups.values()) / len(groups),
         "prompts": len(groups),
     }
-
-
-def print_report(s: dict) -> None:
-    acc, se, yes = s["accuracy"], s["accuracy_se"], s["yes_rate"]
-    print(f"\n[demo] held-out reasoning accuracy ({s['held_out_questions']} questions, greedy), perception Yes-rate:")
-    for k in acc:
-        print(f"  {k:10s} accuracy {acc[k]:.3f} +/- {se[k]:.3f}   Yes-rate {yes[k]:.3f}")
-    for name, g in (("SFT - untrained", s["gain_sft"]), ("RL - SFT", s["gain_rl"])):
-        print(f"  {name:16s} {g['gain']:+.3f} +/- {g['se']:.3f} (paired; {g['z']:.1f} SE)")
-    f = s.get("rl_start_training_prompts") or {}
-    if f:
-        print(
-            f"  at the RL start: pass@G {f['pass_at_g']:.2f} vs mean sampled accuracy {f['mean_sample_accuracy']:.2f}"
-        )
-    for name, c in (s.get("controls") or {}).items():
-        print(f"  control {name}: accuracy {c['accuracy']:.3f}, Yes-rate {c['yes_rate']:.3f}")
-    print(f"[demo] done in {s['seconds'] / 60:.1f} min")
-
-
-def plot_demo(out: Path, summary: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cluster.run_dir import RunDir
-
-    rows = RunDir(out / summary["algorithm"]).metrics()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [r["step"] for r in rows]
-    for key, label in (
-        ("reward_perception", "R_P (perception)"),
-        ("reward_reasoning", "R_R (reasoning)"),
-        ("accuracy", "accuracy (sampled)"),
-        ("judge_yes_rate", "judge Yes-rate"),
-    ):
-        a.plot(steps, [r[key] for r in rows], label=label)
-    a.set_xlabel("RL step")
-    a.set_title(f"{summary['algorithm']} on the synthetic task")
-    a.legend()
-    names = list(summary["accuracy"])
-    b.bar(names, [summary["accuracy"][k] for k in names], yerr=[2 * summary["accuracy_se"][k] for k in names])
-    b.set_ylabel("held-out accuracy (greedy), +/- 2 SE")
-    b.set_ylim(0, 1)
-    fig.tight_layout()
-    path = out / "reward_curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -240,6 +240,10 @@ def test_demo_end_to_end(tmp_path):
     assert set(summary["accuracy"]) == {"untrained", "sft", "pa_grpo"} and summary["held_out_questions"] == 10
     assert set(summary["accuracy_by_type"]["sft"]) == {"multiple choice", "numerical", "OCR", "free-form", "regression"}
     assert summary["rl_steps"] == 2 and (out / "reward_curves.png").stat().st_size > 10_000
+    # the held-out rows follow demo.eval_mix (5:1:1:1:1 of 10: 6 direction questions), and RL's gain is also
+    # measured on the trained type's rows alone. Catches a trained-type mask that counts every row.
+    assert summary["trained_types"] == ["multiple choice"] and summary["trained_questions"] == 6
+    assert set(summary["gain_rl_trained"]) == {"gain", "se", "z"} and "on the trained types" in r.stdout
     assert (out / "report.png").stat().st_size > 20_000  # videop2r report's panels, written by the demo too
     # SFT's stop check ran on the validation rows through a rollout worker holding the SFT learner's weights
     assert [c["step"] for c in summary["sft_validation_checks"]] == [10, 20]

@@ -84,6 +84,13 @@ def test_cross_field_validation():
         ).transport.backend
         == "nccl"
     )
+    # the demo's type weights: known problem types only (a typo would silently drop a type), some weight > 0
+    with pytest.raises(ConfigError, match=r"demo.eval_mix=.*unknown: direction"):
+        load_config(Config, None, ['demo.eval_mix={"direction": 1}'])
+    with pytest.raises(ConfigError, match=r"demo.mix=.*at least one > 0"):
+        load_config(Config, None, ['demo.mix={"OCR": 0}'])
+    cfg = load_config(Config, None, ['demo.mix={"OCR": 2, "numerical": 0, "free-form": 1}'])
+    assert cfg.demo.trained_types == ["OCR", "free-form"] and len(load_config(Config).demo.trained_types) == 5
     # a cross-field error caused by an override says so, not "the file is wrong"
     with pytest.raises(ConfigError, match=r"^.*demo.yaml with the command-line overrides: rollout.max_tokens"):
         load_config(Config, DEMO, ["rollout.max_tokens=4096"])

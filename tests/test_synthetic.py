@@ -236,6 +236,11 @@ def test_mix_in_make_synthetic(tmp_path):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["mix"] == {"multiple choice": 3.0, "numerical": 1.0} and m["style"] == "varied"
+    # eval_mix weights the eval split (the demo's held-out rows towards its trained type); train is unchanged
+    make_synthetic(tmp_path / "c", n=12, seed=9, n_eval=10, mix=mix, eval_mix={"multiple choice": 4, "OCR": 1})
+    weighted = [r.problem_type for r in load_samples(tmp_path / "c" / "eval.json")]
+    assert sorted(weighted) == ["OCR"] * 2 + ["multiple choice"] * 8
+    assert (tmp_path / "c" / "train.json").read_text() == (tmp_path / "a" / "train.json").read_text()
 
 
 def test_parse_mix():

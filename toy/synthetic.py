@@ -335,14 +335,15 @@ def make_synthetic(
     style: str = "varied",
     mix: dict[str, float] | None = None,
     n_val: int = 0,
+    eval_mix: dict[str, float] | None = None,
     **kw,
 ) -> dict:
     """Writes ``train.json`` (RL rows), ``cot.json`` (SFT rows with observation/process), ``eval.json`` and Parquet
     copies of each, plus the media, under ``out``. Returns the written paths.
 
     ``style``: ``varied`` or ``demo`` (module docstring). ``mix``: problem type -> weight for the training (and so
-    the CoT) rows; None is round-robin over the five types. The eval split is always round-robin, so that it
-    measures every type whatever the training mix. ``n_val`` > 0 adds ``val.json``: rows of the training mix from
+    the CoT) rows; None is round-robin over the five types. ``eval_mix``: the same for the eval split (None:
+    round-robin, so that it measures every type equally whatever the training mix). ``n_val`` > 0 adds ``val.json``: rows of the training mix from
     their own seed, for decisions during training (e.g. when to stop SFT) that must not look at the eval split.
     ``kw`` goes to ``SyntheticTask`` (frames, size, fps, ...)."""
     out = Path(out)
@@ -350,7 +351,8 @@ def make_synthetic(
     (out / "images").mkdir(parents=True, exist_ok=True)
     n_eval = max(len(TASKS), n // 4) if n_eval is None else n_eval
     mix = None if mix is None else check_mix(mix)
-    splits = {"train": (n, seed, mix), "eval": (n_eval, seed + 1_000_003, None)}
+    eval_mix = None if eval_mix is None else check_mix(eval_mix)
+    splits = {"train": (n, seed, mix), "eval": (n_eval, seed + 1_000_003, eval_mix)}
     if n_val:
         splits["val"] = (n_val, seed + 2_000_003, mix)
     written: dict[str, str] = {}
@@ -370,6 +372,8 @@ def make_synthetic(
             written["cot"] = str(write_json(samples, out / "cot.json"))
             write_parquet(samples, out / "cot.parquet")
     manifest = {"n": n, "n_eval": n_eval, "n_val": n_val, "seed": seed, "style": style, "mix": mix, **kw, **written}
+    if eval_mix is not None:
+        manifest["eval_mix"] = eval_mix
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return written
 
