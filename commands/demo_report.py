@@ -28,7 +28,7 @@ def print_report(s: dict) -> None:
             f"  at the RL start: pass@G {f['pass_at_g']:.2f} vs mean sampled accuracy {f['mean_sample_accuracy']:.2f}"
         )
     for name, c in (s.get("controls") or {}).items():
-        if "accuracy" in c:
+        if isinstance(c.get("accuracy"), float):  # a control run (pa_grpo_minus_grpo holds paired gains instead)
             print(f"  control {name}: accuracy {c['accuracy']:.3f}, Yes-rate {c['yes_rate']:.3f}")
     print(f"[demo] done in {s['seconds'] / 60:.1f} min")
 
