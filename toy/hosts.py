@@ -374,4 +374,13 @@ class Cluster:
         sh(["ip", "link", "set", self.veth(h), "up"])
         self._boot(h)
         self._save()
-        self.join(name)
+        try:
+            self.join(name)
+        except RuntimeError:
+            # a pod whose start failed is restarted once more, fresh. Seen once in three suite runs (2026-11-27):
+            # `ray start` on the rebooted host stopped at the head's object-spilling folder ("The fallback directory
+            # ... does not exist"); the same test passed on its rerun. A join that fails twice still fails the run.
+            self.crash(name)
+            self._boot(h)
+            self._save()
+            self.join(name)
