@@ -59,7 +59,7 @@ def _source_notes(cls: type) -> tuple[dict[str, str], dict[str, str]]:
             above.insert(0, comments[row])
             row -= 1
         own = [comments[r] for r in range(node.lineno, node.end_lineno + 1) if r in comments]
-        notes[node.target.id] = " ".join(above + own).replace("noqa:", "").strip()
+        notes[node.target.id] = " ".join(above + own)
         types[node.target.id] = ast.get_source_segment(src, node.annotation)
     return notes, types
 
@@ -79,8 +79,6 @@ def _default(field) -> str:
         return "required"
     else:
         value = field.default
-    if isinstance(value, BaseModel):
-        return ""
     return f"`{json.dumps(value)}`"
 
 
@@ -105,10 +103,9 @@ def render() -> str:
     parts = [HEADER]
     for name, field in Config.model_fields.items():
         section = field.annotation
-        doc = inspect.cleandoc(section.__doc__ or "") if section.__doc__ != Config.__base__.__doc__ else ""
         parts.append(f"\n## `{name}`\n")
-        if doc and "Create a new model" not in doc:
-            parts.append(" ".join(doc.split()) + "\n")
+        if section.__doc__:  # the section's own docstring (a class without one has None)
+            parts.append(" ".join(section.__doc__.split()) + "\n")
         parts.append("\n| key | type | default | description |\n|---|---|---|---|")
         for key, annotation, default, description in rows(section, f"{name}."):
             parts.append(f"| `{key}` | `{_cell(annotation)}` | {_cell(default)} | {_cell(description)} |")
