@@ -4,8 +4,8 @@ rollout workers, the reward pool with the oracle judge, the DeepSpeed learner as
 Redis, the metrics endpoint), measure; write ``summary.json`` and a reward-curve PNG.
 
 Each stage resumes (its own run folder under ``run.out_dir``), so a rerun continues where an interrupted one
-stopped. ``demo.controls=true`` adds the honest controls: GRPO from the same SFT checkpoint with the same seeds, and
-SFT continued for the wall time the RL stage took.
+stopped. The GRPO control (``demo.grpo_control``, on by default) trains GRPO from the same SFT checkpoint with the same
+seeds and compares it with PA-GRPO row by row; ``demo.controls=true`` adds SFT continued for the RL stage's wall time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from cluster.config import Config
 from cluster.evaluate import evaluate, paired_gain
@@ -23,6 +22,7 @@ from videoqa.families import FAMILIES
 from cluster.run_dir import RunExistsError
 from cluster.stack import Dataset, Stack
 from commands.demo_report import plot_demo, print_report
+from commands.demo_summary import gains, stage_accuracy, summarize
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -37,6 +37,7 @@ NOT_RESULTS = (
     "run.resume",
     "metrics",
     "demo.controls",
+    "demo.grpo_control",
     "trainer.loggers",
     "trainer.log_samples_every",
     "trainer.log_samples",
@@ -183,7 +184,7 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
     out = Path(cfg.run.out_dir).resolve()
     check_folder(cfg, out, force)
     done = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else None
-    if done and not force and ("controls" in done or not cfg.demo.controls):
+    if done and not force and not controls_missing(cfg, done):
         print(f"[demo] {out}/summary.json exists: the demo is complete (pass --force to run it again)")
         print_report(done)
         return 0
@@ -211,18 +212,26 @@ def run_demo(cfg: Config, force: bool = False, verbose: bool = False) -> int:
         rl_seconds = time.perf_counter() - t_rl
         # the held-out rows of the types the demo trains: where RL's effect is measured (all rows are reported)
         trained = [it.sample.problem_type in cfg.demo.trained_types for it in items]
-        summary = summarize(cfg, ev_untrained, rl, sft, out, time.perf_counter() - t_start, trained)
-        if done and not force:  # a finished demo asked for its controls: keep its measured times
-            summary.update(seconds=done["seconds"], rl_seconds=done["rl_seconds"])
-            rl_seconds = done["rl_seconds"]
-        if cfg.demo.controls:
-            summary["controls"] = run_controls(cfg, stack, out, sft, items, rl, trained, rl_seconds, force)
+        summary = summarize(cfg, ev_untrained, rl, sft, out, trained)
+        if done and not force:  # a finished demo asked for its controls: keep its RL stage's measured time
+            summary["rl_seconds"] = rl_seconds = done["rl_seconds"]
+        controls = {} if force or not done else dict(done.get("controls") or {})  # a finished demo's are kept
+        for name in controls_missing(cfg, None if force else done):
+            if name == "grpo":
+                controls.update(grpo_control(cfg, stack, out, sft, items, rl, trained, force))
+            else:
+                controls.update(sft_more_control(cfg, stack, out, sft, items, rl, rl_seconds, force))
+        if controls:
+            summary["controls"] = controls
+        # the whole demo's wall time, its controls included (over both invocations when they were added later)
+        summary["seconds"] = time.perf_counter() - t_start + (done["seconds"] if done and not force else 0.0)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_demo(out, summary)
     from commands.report import write_report
 
-    runs = [out / cfg.learner.algorithm] + ([out / "grpo"] if (out / "grpo" / "metrics.jsonl").is_file() else [])
-    write_report(runs, out / "report.png", force=True)  # the demo's own folder: its previous report is replaced
+    runs = [out / cfg.learner.algorithm] + ([out / "grpo"] if "grpo" in summary.get("controls", {}) else [])
+    # the demo's own folder: its previous report is replaced
+    write_report(runs, out / "report.png", force=True, held_out=stage_accuracy(summary))
     print_report(summary)
     return 0
 
@@ -252,36 +261,10 @@ def sft_stage(cfg: Config, stack: Stack, out: Path, items: list, force: bool) ->
         evaluator.close()
 
 
-def on_rows(ev: dict, mask: list[bool]) -> dict:
-    """An evaluation's per-row results on the rows where ``mask`` is true (the trained types' questions)."""
-    return {k: [v for v, m in zip(ev[k], mask) if m] for k in ("per_row_accuracy", "per_row_yes") if k in ev}
-
-
-def gains(before: dict, after: dict, trained: list[bool]) -> dict:
-    """Paired after - before: accuracy on every held-out row and on the trained types' rows, and the Yes-rate."""
-    out = {
-        "accuracy": paired_gain(before, after),
-        "accuracy_trained": paired_gain(*(on_rows(e, trained) for e in (before, after))),
-    }
-    if "per_row_yes" in before and "per_row_yes" in after:
-        out["yes_rate"] = paired_gain(before, after, "per_row_yes")
-    return out
-
-
-def run_controls(
-    cfg: Config,
-    stack: Stack,
-    out: Path,
-    sft: dict,
-    items: list,
-    rl: dict,
-    trained: list,
-    rl_seconds: float,
-    force: bool,
-) -> dict:
-    """GRPO from the same SFT checkpoint and seeds, compared row by row with PA-GRPO; SFT continued for the RL
-    stage's wall time."""
-    from commands.stages import run_sft, run_train
+def grpo_control(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, rl: dict, trained: list, force: bool):
+    """GRPO from the same SFT checkpoint and seeds, compared row by row with PA-GRPO on the same questions (the
+    paper's comparison): accuracy, on the trained types, the perception Yes-rate; each one's mismatch rate."""
+    from commands.stages import run_train
 
     grpo = run_train(
         stage_config(cfg, out / "grpo", model__path=sft["hf"], learner__algorithm="grpo"),
@@ -289,79 +272,46 @@ def run_controls(
         stack=stack,
         evaluate_on=items,
     )
-    per_step = sft["seconds"] / max(1, sft["steps"])
-    extra = max(1, int(rl_seconds / per_step))
-    import shutil
-
-    if not (out / "sft-more" / "checkpoints").is_dir():  # continue from SFT's last checkpoint (optimizer included)
-        shutil.copytree(out / "sft" / "checkpoints", out / "sft-more" / "checkpoints")
-    more = run_sft(stage_config(cfg, out / "sft-more", sft__steps=sft["steps"] + extra), force=force, stack=stack)
-    ev_more = model_eval(stage_config(cfg, out / "sft-more", model__path=more["hf"]), stack, items)
     ev_sft = grpo["eval_start"]
     return {
         "grpo": {
             "accuracy": grpo["eval_end"]["accuracy"],
+            "accuracy_se": grpo["eval_end"]["accuracy_se"],
             "yes_rate": grpo["eval_end"]["yes_rate"],
             "mismatch_rate": grpo["eval_end"]["mismatch_rate"],
             "seconds": grpo["seconds"],
             "gain_over_sft": paired_gain(ev_sft, grpo["eval_end"]),
             "gains_over_sft": gains(ev_sft, grpo["eval_end"], trained),
         },
-        # the paper's comparison: PA-GRPO - GRPO on the same questions, from the same SFT checkpoint and seeds
         "pa_grpo_minus_grpo": gains(grpo["eval_end"], rl["eval_end"], trained),
+    }
+
+
+def sft_more_control(cfg: Config, stack: Stack, out: Path, sft: dict, items: list, rl: dict, rl_seconds: float, force):
+    """SFT continued from its last checkpoint (optimizer included) for the RL stage's wall time."""
+    import shutil
+
+    from commands.stages import run_sft
+
+    per_step = sft["seconds"] / max(1, sft["steps"])
+    extra = max(1, int(rl_seconds / per_step))
+    if not (out / "sft-more" / "checkpoints").is_dir():
+        shutil.copytree(out / "sft" / "checkpoints", out / "sft-more" / "checkpoints")
+    more = run_sft(stage_config(cfg, out / "sft-more", sft__steps=sft["steps"] + extra), force=force, stack=stack)
+    ev_more = model_eval(stage_config(cfg, out / "sft-more", model__path=more["hf"]), stack, items)
+    return {
         "sft_more": {
             "extra_steps": extra,
             "accuracy": ev_more["accuracy"],
+            "accuracy_se": ev_more["accuracy_se"],
             "yes_rate": ev_more["yes_rate"],
-            "gain_over_sft": paired_gain(ev_sft, ev_more),
-        },
+            "gain_over_sft": paired_gain(rl["eval_start"], ev_more),
+        }
     }
 
 
-def summarize(cfg: Config, untrained: dict, rl: dict, sft: dict, out: Path, seconds: float, trained: list) -> dict:
-    ev_sft, ev_rl = rl["eval_start"], rl["eval_end"]
-    stages = {"untrained": untrained, "sft": ev_sft, cfg.learner.algorithm: ev_rl}
-    first = _first_step_pass_at_g(out / cfg.learner.algorithm)
-    return {
-        "seconds": seconds,
-        "held_out_questions": untrained["n"],
-        "algorithm": cfg.learner.algorithm,
-        "sft_steps": sft["steps"],
-        "sft_stopped_by": sft.get("stopped_by"),
-        "sft_validation_checks": sft.get("validation_checks"),
-        "rl_steps": rl["steps"],
-        "rl_seconds": rl["seconds"],
-        "accuracy": {k: v["accuracy"] for k, v in stages.items()},
-        "accuracy_se": {k: v["accuracy_se"] for k, v in stages.items()},
-        "accuracy_by_type": {k: v["accuracy_by_type"] for k, v in stages.items()},
-        "yes_rate": {k: v["yes_rate"] for k, v in stages.items()},
-        "mismatch_rate": {k: v["mismatch_rate"] for k, v in stages.items()},
-        "trained_types": cfg.demo.trained_types,
-        "trained_questions": sum(trained),
-        "accuracy_trained": {
-            k: float(np.mean(on_rows(v, trained)["per_row_accuracy"] or [np.nan])) for k, v in stages.items()
-        },
-        "gain_sft": paired_gain(untrained, ev_sft),
-        "gain_rl": paired_gain(ev_sft, ev_rl),
-        "gain_rl_trained": gains(ev_sft, ev_rl, trained)["accuracy_trained"],
-        "gain_yes_rl": paired_gain(ev_sft, ev_rl, "per_row_yes"),
-        "rl_start_training_prompts": first,
-    }
-
-
-def _first_step_pass_at_g(run: Path) -> dict:
-    """On the first RL step's prompts: mean sampled accuracy and pass@G (some sample fully right)."""
-    import pyarrow.parquet as pq
-
-    files = sorted((run / "rollouts").glob("step_*.parquet"))
-    if not files:
-        return {}
-    rows = pq.read_table(files[0]).to_pylist()
-    groups: dict[str, list[float]] = {}
-    for r in rows:
-        groups.setdefault(r["prompt_id"], []).append(r["acc_r"])
-    return {
-        "mean_sample_accuracy": sum(r["acc_r"] for r in rows) / len(rows),
-        "pass_at_g": sum(max(v) >= 1.0 for v in groups.values()) / len(groups),
-        "prompts": len(groups),
-    }
+def controls_missing(cfg: Config, done: dict | None) -> list[str]:
+    """The controls the settings ask for that a finished demo's summary lacks (all asked for when none is done)."""
+    have = (done or {}).get("controls") or {}
+    asked = (["grpo"] if cfg.demo.grpo_control else []) + (["sft_more"] if cfg.demo.controls else [])
+    return [c for c in asked if c not in have]

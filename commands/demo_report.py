@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from commands.demo_summary import stage_accuracy
+
 
 def print_report(s: dict) -> None:
     acc, se, yes = s["accuracy"], s["accuracy_se"], s["yes_rate"]
-    print(f"\n[demo] held-out reasoning accuracy ({s['held_out_questions']} questions, greedy), perception Yes-rate:")
-    for k in acc:
-        print(f"  {k:10s} accuracy {acc[k]:.3f} +/- {se[k]:.3f}   Yes-rate {yes[k]:.3f}")
+    mismatch = s.get("mismatch_rate", {})
+    print(
+        f"\n[demo] held-out reasoning accuracy ({s['held_out_questions']} questions, greedy), perception Yes-rate, "
+        "think-answer mismatch rate:"
+    )
+    rows = [(k, acc[k], se[k], yes[k], mismatch.get(k)) for k in acc]
+    for name, c in (s.get("controls") or {}).items():
+        if isinstance(c.get("accuracy"), float):  # a control run (pa_grpo_minus_grpo holds paired gains instead)
+            rows.append(
+                (f"{name} (control)", c["accuracy"], c.get("accuracy_se"), c["yes_rate"], c.get("mismatch_rate"))
+            )
+    for name, a, e, y, m in rows:
+        err = f" +/- {e:.3f}" if e is not None else ""
+        mis = f"   mismatch {m:.3f}" if m is not None else ""
+        print(f"  {name:16s} accuracy {a:.3f}{err}   Yes-rate {y:.3f}{mis}")
     lines = [("SFT - untrained", s["gain_sft"]), ("RL - SFT", s["gain_rl"])]
     if "gain_rl_trained" in s:  # summaries from before the trained-type measurement lack it
         types = ", ".join(s["trained_types"])
@@ -27,9 +41,6 @@ def print_report(s: dict) -> None:
         print(
             f"  at the RL start: pass@G {f['pass_at_g']:.2f} vs mean sampled accuracy {f['mean_sample_accuracy']:.2f}"
         )
-    for name, c in (s.get("controls") or {}).items():
-        if isinstance(c.get("accuracy"), float):  # a control run (pa_grpo_minus_grpo holds paired gains instead)
-            print(f"  control {name}: accuracy {c['accuracy']:.3f}, Yes-rate {c['yes_rate']:.3f}")
     print(f"[demo] done in {s['seconds'] / 60:.1f} min")
 
 
@@ -54,8 +65,9 @@ def plot_demo(out: Path, summary: dict) -> Path:
     a.set_xlabel("RL step")
     a.set_title(f"{summary['algorithm']} on the synthetic task")
     a.legend()
-    names = list(summary["accuracy"])
-    b.bar(names, [summary["accuracy"][k] for k in names], yerr=[2 * summary["accuracy_se"][k] for k in names])
+    held_out = stage_accuracy(summary)  # the stages, then the controls
+    names = list(held_out)
+    b.bar(names, [held_out[k][0] for k in names], yerr=[2 * held_out[k][1] for k in names])
     b.set_ylabel("held-out accuracy (greedy), +/- 2 SE")
     b.set_ylim(0, 1)
     fig.tight_layout()

@@ -26,6 +26,9 @@ PANELS = (  # (title, metric keys: a prefix ending in "/" stands for every key u
 )
 
 
+HELD_OUT = "held-out accuracy by stage"
+
+
 class ReportError(ValueError):
     """A run folder or output path the report cannot use; the message names it."""
 
@@ -70,9 +73,16 @@ def series(rows: list[dict], keys: tuple[str, ...]) -> dict[str, tuple[list[int]
     return out
 
 
-def write_report(runs: list[str | Path], out: str | Path, force: bool = False, smooth: float = 0.0) -> dict[str, dict]:
+def write_report(
+    runs: list[str | Path],
+    out: str | Path,
+    force: bool = False,
+    smooth: float = 0.0,
+    held_out: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, dict]:
     """Draws the report; returns what was plotted: panel title -> line label -> (steps, values), the values
-    smoothed where ``smooth`` > 0 (the raw points are drawn faintly behind)."""
+    smoothed where ``smooth`` > 0 (the raw points are drawn faintly behind). ``held_out`` (stage -> held-out
+    accuracy and its standard error, as the demo measures them) adds a bar panel beside the curves."""
     out = Path(out)
     if not 0 <= smooth < 1:
         raise ReportError(f"--smooth {smooth} must be in [0, 1): 0 draws the raw points, 0.6-0.9 smooths")
@@ -86,9 +96,19 @@ def write_report(runs: list[str | Path], out: str | Path, force: bool = False, s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
+    fig = plt.figure(figsize=(24 if held_out else 20, 8))
+    grid = fig.add_gridspec(2, 5 if held_out else 4)
+    axes = [fig.add_subplot(grid[r, c]) for r in range(2) for c in range(4)]
     plotted: dict[str, dict] = {}
-    for ax, (title, keys) in zip(axes.flat, PANELS):
+    if held_out:
+        plotted[HELD_OUT] = dict(held_out)
+        bars = fig.add_subplot(grid[:, 4])
+        names = list(held_out)
+        bars.bar(names, [held_out[k][0] for k in names], yerr=[2 * held_out[k][1] for k in names], capsize=4)
+        bars.set_ylim(0, 1)
+        bars.set_title(HELD_OUT)
+        bars.set_ylabel("greedy accuracy, +/- 2 SE")
+    for ax, (title, keys) in zip(axes, PANELS):
         lines = plotted.setdefault(title, {})
         for label, rows in loaded:
             for name, (steps, values) in series(rows, keys).items():

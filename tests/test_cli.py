@@ -245,6 +245,15 @@ def test_demo_end_to_end(tmp_path):
     assert summary["trained_types"] == ["multiple choice"] and summary["trained_questions"] == 6
     assert set(summary["gain_rl_trained"]) == {"gain", "se", "z"} and "on the trained types" in r.stdout
     assert (out / "report.png").stat().st_size > 20_000  # videop2r report's panels, written by the demo too
+    # the GRPO control ran by default from the same SFT checkpoint, compared row by row with PA-GRPO. Catches a
+    # demo that skips it, or compares it on other rows or from another start.
+    grpo = summary["controls"]["grpo"]
+    assert len((out / "grpo" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert set(summary["controls"]["pa_grpo_minus_grpo"]) == {"accuracy", "accuracy_trained", "yes_rate"}
+    assert (
+        set(grpo["gain_over_sft"]) == {"gain", "se", "z"} and "mismatch_rate" in grpo and "grpo (control)" in r.stdout
+    )
+    assert "PA-GRPO - GRPO, accuracy trained" in r.stdout and "sft_more" not in summary["controls"]
     # SFT's stop check ran on the validation rows through a rollout worker holding the SFT learner's weights
     assert [c["step"] for c in summary["sft_validation_checks"]] == [10, 20]
     assert (out / "pa_grpo" / "metrics.jsonl").is_file() and (out / "sft" / "hf" / "config.json").is_file()
@@ -318,6 +327,11 @@ def test_report_overlays_runs_and_refuses_bad_input(tmp_path):
     }
     assert plotted["mismatch KL (vLLM vs learner)"]["g (grpo)"][1] == pytest.approx([1e-9, 2e-9, 3e-9], rel=1e-9)
     assert plotted["entropy of the sampled tokens"]["pa (pa_grpo)"][1] == [1.9, 1.9, 1.9]
+    # the demo's report: the stages' held-out accuracy as a bar panel beside the curves (catches it left out)
+    stages = {"sft": (0.378, 0.024), "pa_grpo": (0.459, 0.025), "grpo": (0.452, 0.025)}
+    with_bars = write_report([tmp_path / "pa", tmp_path / "g"], tmp_path / "bars.png", held_out=stages)
+    assert with_bars["held-out accuracy by stage"] == stages and "held-out accuracy by stage" not in plotted
+    assert (tmp_path / "bars.png").stat().st_size > (tmp_path / "again.png").stat().st_size
     # smoothed: TensorBoard's debiased moving average (a constant stays constant; a ramp lags behind)
     smooth = write_report([tmp_path / "pa"], tmp_path / "smooth.png", smooth=0.5)
     assert smooth["entropy of the sampled tokens"]["pa (pa_grpo)"][1] == pytest.approx([1.9, 1.9, 1.9])
