@@ -23,7 +23,7 @@ def print_report(s: dict) -> None:
             )
     for name, a, e, y, m in rows:
         err = f" +/- {e:.3f}" if e is not None else ""
-        mis = f"   mismatch {m:.3f}" if m is not None else ""
+        mis = f"   mismatch {m:.3f}" if m is not None and m == m else ""  # nan: no row where it can be told
         print(f"  {name:16s} accuracy {a:.3f}{err}   Yes-rate {y:.3f}{mis}")
     lines = [("SFT - untrained", s["gain_sft"]), ("RL - SFT", s["gain_rl"])]
     if "gain_rl_trained" in s:  # summaries from before the trained-type measurement lack it

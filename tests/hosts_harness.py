@@ -33,7 +33,7 @@ def unavailable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hosts():
     reason = unavailable()
     if reason:
@@ -81,7 +81,7 @@ print(json.dumps(out))
     return {k: sorted(ips.get(v, v) for v in vs) for k, vs in json.loads(r.stdout.strip().splitlines()[-1]).items()}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def shared(hosts, tiny_model_dir, sft_model):
     """The cluster's shared volume with the inputs: the tiny model for SFT, and the session's SFT model, which knows
     the format, so that train's observations reach the judge from step 1 (the hosts do not see this process's

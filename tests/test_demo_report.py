@@ -21,7 +21,7 @@ def test_the_report_prints_the_trained_type_gain_and_the_controls(capsys):
         "accuracy": {"untrained": 0.0, "sft": 0.378, "pa_grpo": 0.459},
         "accuracy_se": {"untrained": 0.0, "sft": 0.024, "pa_grpo": 0.025},
         "yes_rate": {"untrained": 0.0, "sft": 0.365, "pa_grpo": 0.455},
-        "mismatch_rate": {"untrained": 0.0, "sft": 0.031, "pa_grpo": 0.012},
+        "mismatch_rate": {"untrained": float("nan"), "sft": 0.031, "pa_grpo": 0.012},
         "gain_sft": {"gain": 0.378, "se": 0.024, "z": 15.9},
         "gain_rl": {"gain": 0.080, "se": 0.019, "z": 4.3},
         "trained_types": ["multiple choice"],
@@ -37,6 +37,7 @@ def test_the_report_prints_the_trained_type_gain_and_the_controls(capsys):
     print_report(summary)
     out = capsys.readouterr().out
     assert "pa_grpo          accuracy 0.459 +/- 0.025   Yes-rate 0.455   mismatch 0.012" in out
+    assert "untrained        accuracy 0.000 +/- 0.000   Yes-rate 0.000\n" in out  # no row told: no "nan"
     assert "RL - SFT on the trained types (multiple choice; 222 questions) +0.162 +/- 0.033" in out
     assert "PA-GRPO - GRPO, accuracy trained +0.018 +/- 0.026" in out
     assert "grpo (control)   accuracy 0.452 +/- 0.025   Yes-rate 0.445   mismatch 0.020" in out
