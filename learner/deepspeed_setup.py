@@ -8,14 +8,6 @@ import os
 import torch
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("", 0))  # free on every interface, not only on loopback
-        return s.getsockname()[1]
-
-
 def interface_of(ip: str) -> str | None:
     """The network interface that carries ``ip`` on this host (None if none does)."""
     import psutil
@@ -46,9 +38,9 @@ def init_distributed(backend: str) -> None:
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:  # a single process, not started by a launcher
-        os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
-        )
+        # port 0: its store binds a port the kernel picks. A port probed free and bound later was taken in between
+        # by another process on a busy host (seen: EADDRINUSE with two test sessions side by side)
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     _skip_shm_comm_op()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     # the world's store made here, so that rank 0's listens on MASTER_ADDR only: torch's env:// rendezvous binds
@@ -59,8 +51,8 @@ def init_distributed(backend: str) -> None:
 
 
 def _world_store(host: str, port: int, rank: int, world: int, timeout_s: float = 1800.0):
-    """The default group's TCPStore: rank 0 serves it on ``host:port`` only (a socket bound beforehand); the other
-    ranks connect to it."""
+    """The default group's TCPStore: rank 0 serves it on ``host:port`` only (a socket bound beforehand; port 0 binds
+    one the kernel picks, written back to MASTER_PORT); the other ranks connect to it."""
     import datetime
     import socket
 
@@ -75,6 +67,9 @@ def _world_store(host: str, port: int, rank: int, world: int, timeout_s: float =
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen()
+        if port == 0:
+            port = sock.getsockname()[1]
+            os.environ["MASTER_PORT"] = str(port)
         store = dist.TCPStore(
             host, port, world, True, timeout, wait_for_workers=False, master_listen_fd=sock.fileno(), use_libuv=True
         )

@@ -150,10 +150,10 @@ def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
 from tests.hosts_harness import hosts, shared  # noqa: E402,F401
 
 
-# The test files that take longest (measured, full suite on 2 cores), longest first. `make test` runs two pytest-xdist
-# workers that take whole files (--dist loadfile: a file's module fixtures are made once) in collection order, so
-# the long files start first and the short ones fill in at the end (longest-processing-time scheduling) instead of
-# one long file running alone at the end. Unlisted files follow in their usual order.
+# The test files that take longest (measured, full suite on 2 cores), longest first. With pytest-xdist workers
+# (scripts/test.sh, VIDEOP2R_TEST_WORKERS) that take whole files (--dist loadfile: a file's module fixtures are made
+# once) in collection order, the long files start first and the short ones fill in at the end
+# (longest-processing-time scheduling) instead of one long file running alone at the end. Unlisted files follow.
 LONGEST_FIRST = (
     "test_benchmark_tables.py",
     "test_multihost.py",

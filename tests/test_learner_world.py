@@ -25,3 +25,26 @@ print("ON", sorted({c.laddr.ip for c in psutil.Process().net_connections("tcp")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ON ['127.0.0.1'] 1" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_a_lone_process_world_binds_a_port_the_kernel_picks():
+    """A learner outside any launcher (the benchmarks, `videop2r` on one host without Ray ranks) makes a world of one
+    whose store binds port 0 and writes the port it got into MASTER_PORT. It used to probe a free port and bind it
+    later: another process took it in between (EADDRINUSE, seen with two test sessions side by side). Catches the
+    port not written back (MASTER_PORT left at 0) or the store listening beyond loopback."""
+    import subprocess
+    import sys
+
+    code = """
+import os, psutil
+for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    os.environ.pop(k, None)
+from learner.deepspeed_setup import init_distributed
+init_distributed("gloo")
+port = int(os.environ["MASTER_PORT"])
+print("ON", port > 0, sorted({c.laddr.ip for c in psutil.Process().net_connections("tcp")
+                              if c.status == psutil.CONN_LISTEN and c.laddr.port == port}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ON True ['127.0.0.1']" in r.stdout, r.stdout + r.stderr[-2000:]
