@@ -53,6 +53,8 @@ PROFILES = {  # the paper's shapes on a GPU; a CPU run that finishes in a minute
     ),
 }
 
+WORLD_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
 
 class Check:
     def __init__(self, out: Path, device: str, settings: dict, verbose: bool):
@@ -78,7 +80,9 @@ class Check:
             return {"error": f"skipped: the check's time budget ({self.s['budget_s']:.0f} s) is spent", "skipped": True}
         spec_path, result = self.work / f"{name}.spec.json", self.work / f"{name}.result.json"
         spec_path.write_text(json.dumps(spec))
-        env = dict(os.environ)
+        # each measurement is a world of one: a caller's world variables (a launcher's, or those a lone learner
+        # earlier in the calling process set) would make it rank 0 of a store already bound (EADDRINUSE)
+        env = {k: v for k, v in os.environ.items() if k not in WORLD_VARS}
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         timeout = None if self.left_s() == float("inf") else max(30.0, self.left_s())

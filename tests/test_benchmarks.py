@@ -88,7 +88,7 @@ def _table(md: str) -> dict[str, list[str]]:
     return {r[0]: r[1:] for r in rows[1:]}  # the header row is not a measurement
 
 
-def test_gpu_check_runs_on_the_cpu_and_keeps_an_existing_table(tmp_path):
+def test_gpu_check_runs_on_the_cpu_and_keeps_an_existing_table(tmp_path, monkeypatch):
     """`python -m benchmarks gpu --device cpu` at its smallest sizes, then again into the same --out.
 
     What each assertion catches:
@@ -106,10 +106,22 @@ def test_gpu_check_runs_on_the_cpu_and_keeps_an_existing_table(tmp_path):
     - chunked LM head below full logits and both giving the same log-probs: the comparison measuring the same path
       twice, or the chunked path gathering the wrong positions;
     - the second run exits 2 with one line naming --force and leaves the table as it was: a user's results
-      overwritten; with --force it gets past that check (to the next argument error, which costs nothing).
+      overwritten; with --force it gets past that check (to the next argument error, which costs nothing);
+    - started with a world's variables in its environment whose store port is taken (as a process that ran a lone
+      learner leaves them; the suite once did): the measurements still run, each a world of its own, instead of
+      failing with EADDRINUSE;
     """
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    world = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for k, v in {**world, "MASTER_PORT": str(taken.getsockname()[1])}.items():
+        monkeypatch.setenv(k, v)
     out = tmp_path / "gpu"
     r = run("gpu", "--device", "cpu", "--out", out, "--checkpointing", "on", timeout=900)
+    taken.close()
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     md = (out / "gpu-check.md").read_text()
     assert md in r.stdout  # the table is printed as well as written
