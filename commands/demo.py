@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-
 from cluster.config import Config
 from cluster.evaluate import evaluate, paired_gain
 from cluster.preflight import check_policy_model, check_port
