@@ -19,7 +19,8 @@ PASSWORD = "tls-test-password"
 
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory):
-    """(port, CA file): redis-server serving TLS alone (no plain port), its certificate self-signed for 127.0.0.1."""
+    """(port, CA file): redis-server serving TLS alone (no plain port), its certificate self-signed for 127.0.0.1
+    (by the openssl command, which Debian's ca-certificates package, and so every image that runs pip, brings)."""
     if shutil.which("redis-server") is None or shutil.which("openssl") is None:
         pytest.fail("redis-server and openssl are needed (make setup installs them)")
     d = tmp_path_factory.mktemp("tls")
