@@ -67,6 +67,10 @@ class DataSection(Section):
     loader_workers: int = Field(2, ge=1)  # threads decoding videos and images
     # a missing or corrupt video: skip the row (counted) or stop with its error
     on_bad_media: Literal["skip", "raise"] = "skip"
+    # Folders besides `dir` that rows' media may come from (make-cot's output names its source dataset's files by
+    # absolute path: give that dataset's folder here). A row whose media lies elsewhere (an absolute path, or `..`
+    # climbing out) is skipped and counted as "outside": a dataset's rows do not choose what files a run reads.
+    media_roots: list[str] = []
 
 
 class EngineSection(Section):

@@ -57,4 +57,5 @@ def absolute_paths(cfg):
             continue
         if value and (always or Path(value).exists()):
             setattr(section, key, os.path.abspath(value))
+    cfg.data.media_roots = [os.path.abspath(p) for p in cfg.data.media_roots]
     return cfg

@@ -20,6 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 from actors.score_stats import ALL_KEYS, NO_VERDICT, CacheResult, JudgeStatus, ScoreCount, cache_key, judge_key
+from videoqa.loader import SKIP_REASONS
 
 JUDGE_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -257,7 +258,7 @@ class StepMetrics:
         }
         self.totals = {name: Counter(name, doc, registry=r) for name, (doc, _) in STEP_TOTALS.items()}
         self.skipped = Counter("videop2r_inputs_skipped", "Dataset rows skipped, by reason", ["reason"], registry=r)
-        for reason in ("missing", "corrupt"):  # videoqa.loader's reasons, exported as zeros from the start
+        for reason in SKIP_REASONS:  # exported as zeros from the start
             self.skipped.labels(reason=reason)
         self.by_type = Gauge(
             "videop2r_accuracy_by_type",

@@ -27,7 +27,12 @@ class Dataset:
         # frame sides in multiples of the model family's patch x merge (28 for Qwen2.5-VL, 32 for Qwen3-VL)
         sampling = replace(sampling or cfg.video.sampling(), factor=family_of(cfg.model.path).pixel_factor)
         self.loader = MediaLoader(
-            self.root, sampling, cfg.data.loader_workers, cfg.data.on_bad_media, cfg.video.image_max_pixels
+            self.root,
+            sampling,
+            cfg.data.loader_workers,
+            cfg.data.on_bad_media,
+            cfg.video.image_max_pixels,
+            media_roots=cfg.data.media_roots,
         )
 
     def __len__(self) -> int:

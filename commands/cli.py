@@ -260,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSON, JSONL or Parquet file in the Video-R1 schema")
     p.add_argument("--root", default=None, help="folder the rows' paths are relative to (default: the file's)")
     p.add_argument("--no-media", action="store_true", help="check the schema only, do not open videos/images")
+    p.add_argument(
+        "--media-root",
+        action="append",
+        default=[],
+        help="a folder besides --root that rows' media may come from (repeatable; as data.media_roots)",
+    )
     p.set_defaults(func=cmd_validate_data)
 
     p = sub.add_parser("convert-data", help="convert a Video-R1 JSON/JSONL file to Parquet")

@@ -67,7 +67,7 @@ def cmd_make_tiny_model(args) -> int:
 def cmd_validate_data(args) -> int:
     from videoqa.validate import validate_file
 
-    n, problems = validate_file(args.file, root=args.root, check_media=not args.no_media)
+    n, problems = validate_file(args.file, root=args.root, check_media=not args.no_media, media_roots=args.media_root)
     for p in problems:
         print(p)
     bad = len({p.row for p in problems})

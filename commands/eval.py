@@ -110,6 +110,7 @@ def _generate(cfg, stack, store: BatchStore, files: list[Path], names: list[str]
                 cfg.data.loader_workers,
                 "skip",
                 cfg.video.image_max_pixels,
+                media_roots=cfg.data.media_roots,
             )
             rows, scores = todo[name], []
             for start in range(0, len(rows), cfg.eval.batch_rows):

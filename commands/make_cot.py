@@ -24,6 +24,7 @@ from commands.batch_store import BatchStore, file_digest, latest_by, load_batch,
 from rewards import PROMPT_VERSION
 from videoqa.cot_funnel import Decision, decide, funnel_table, needs_judging, screen
 from videoqa.families import family_of
+from videoqa.loader import SKIP_REASONS
 from videoqa.schema import Sample, load_samples_skipping, resolve_media, write_parquet
 
 PART = "rows"
@@ -77,6 +78,7 @@ def run_make_cot(cfg, force: bool = False, verbose: bool = False) -> dict:
     for msg in malformed[:5]:
         print(f"[make-cot] skipped {msg}")
     print(f"[make-cot] {summary['kept']} rows -> {summary['cot_file']}")
+    print(f"[make-cot] SFT on them with: {' '.join(summary['sft_overrides'])}")
     return summary
 
 
@@ -102,6 +104,7 @@ def _generate(cfg, stack, store: BatchStore, source: Path, todo: list[tuple[int,
         cfg.data.loader_workers,
         "skip",
         cfg.video.image_max_pixels,
+        media_roots=cfg.data.media_roots,
     )
     overrides = {"n": c.samples, "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens}
     bar = tqdm(total=len(todo), desc="make-cot", unit="row", dynamic_ncols=True)
@@ -174,7 +177,7 @@ def _collect(cfg, store: BatchStore, source: Path, samples: list, malformed: lis
         r = latest.get(i)
         if r is None:
             skipped["not run"] += 1
-        elif r["reason"] in ("missing", "corrupt"):
+        elif r["reason"] in SKIP_REASONS:
             skipped[f"{r['reason']} media"] += 1
         else:
             decided.append(r)
@@ -198,7 +201,18 @@ def _collect(cfg, store: BatchStore, source: Path, samples: list, malformed: lis
         "cot_file": str(out),
         "funnel": funnel_table(rows_in, decisions, {k: v for k, v in skipped.items() if v}),
         "retry_hint": "rerun the same command to retry rows whose judge gave no verdict or whose media failed",
+        # the kept rows name their media by absolute path in the source dataset's folders, which SFT must allow
+        "sft_overrides": [
+            f"data.dir={store.path}",
+            f"data.cot_file={out.name}",
+            "data.media_roots=[" + ",".join(map(str, _media_roots(cfg, source))) + "]",
+        ],
     }
+
+
+def _media_roots(cfg, source: Path) -> list[Path]:
+    """The folders the source rows' media may come from: the source file's and ``data.media_roots``."""
+    return [source.parent, *map(Path, cfg.data.media_roots)]
 
 
 def _cot_sample(s: Sample, r: dict, source: Path, cfg) -> Sample:

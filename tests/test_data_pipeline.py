@@ -3,6 +3,7 @@ DeepSpeed learner): `make-cot`'s funnel with the oracle and the vLLM judge, SFT 
 a Video-R1-format benchmark with videos and an image, resuming."""
 
 import json
+import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.vllm
 N = 16  # training rows in make-cot's input
 
 
-def cot_input(demo_data, path, n=N):
-    """``n`` training rows (media paths made absolute), two of them without the synthetic facts the oracle judge
-    needs, one malformed row and one whose video is missing."""
+def cot_input(demo_data, path, n=N, outside=False):
+    """``n`` training rows (media paths made absolute: data.media_roots must name ``demo_data``), two of them without
+    the synthetic facts the oracle judge needs, one malformed row and one whose video is missing; ``outside``: and
+    one whose video exists but climbs out of the input's folder (``../``)."""
     rows = read_rows(demo_data / "train.json")[:n]
     for r in rows:
         r["path"] = str((demo_data / r["path"]).resolve())
@@ -29,6 +31,10 @@ def cot_input(demo_data, path, n=N):
         r.pop("facts", None)
     rows.append({"problem_id": "bad", "problem": "?", "data_type": "video"})
     rows.append({**rows[3], "problem_id": "gone", "path": str(path.parent / "missing.mp4")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if outside:
+        shutil.copy(rows[3]["path"], path.parent.parent / "outside.mp4")
+        rows.append({**rows[3], "problem_id": "outside", "path": "../outside.mp4"})
     path.write_text(json.dumps(rows))
     return path
 
@@ -41,13 +47,14 @@ def test_make_cot_funnel_resumes_and_sft_trains_on_its_output(ray_cluster, sft_m
     from commands.make_cot import run_make_cot
     from commands.stages import run_sft
 
-    src, out = cot_input(demo_data, tmp_path / "in.json"), tmp_path / "cot"
+    src, out = cot_input(demo_data, tmp_path / "in" / "in.json", outside=True), tmp_path / "cot"
 
     def cfg():
         return config(
             tmp_path / "unused",
             sft_model,
             demo_data,
+            f"data.media_roots=[{demo_data}]",
             f"cot.input={src}",
             f"cot.out_dir={out}",
             "cot.max_tokens=64",
@@ -57,7 +64,8 @@ def test_make_cot_funnel_resumes_and_sft_trains_on_its_output(ray_cluster, sft_m
 
     summary = run_make_cot(cfg())
     f = funnel(out)
-    assert f["rows in"] == N + 2 and f["skipped: malformed"] == 1 and f["skipped: missing media"] == 1
+    assert f["rows in"] == N + 3 and f["skipped: malformed"] == 1 and f["skipped: missing media"] == 1
+    assert f["skipped: outside media"] == 1  # a row may not make the run read files outside its media roots
     assert f["passed template"] >= f["passed accuracy"] >= f["passed judge"] == f["kept"] == summary["kept"] > 0
     decided = pq.read_table(out / "funnel.parquet").to_pylist()
     by_id = {r["problem_id"]: r for r in decided}
@@ -82,14 +90,14 @@ def test_make_cot_funnel_resumes_and_sft_trains_on_its_output(ray_cluster, sft_m
     run_make_cot(cfg())
     new = set((out / "parts" / "rows").glob("part_*.parquet")) - set(parts)
     redone = {r["row"] for p in new for r in pq.read_table(p).to_pylist()}
-    retried = {r["row"] for r in decided if not r["final"]} | {N + 1}  # no verdict, and the missing video, again
+    retried = {r["row"] for r in decided if not r["final"]} | {N + 1, N + 2}  # no verdict, media skipped: again
     assert lost <= redone and redone == lost | retried
     assert funnel(out) == f  # temperature 0 with seeded requests: the same outputs, the same decisions
 
     # SFT trains on what the funnel kept
     sft_out = tmp_path / "sft"
-    s = run_sft(config(sft_out, sft_model, out, "data.cot_file=cot.parquet", "sft.steps=3", "sft.batch_size=4"))
-    assert s["steps"] == 3 and (sft_out / "hf" / "config.json").is_file()
+    s = run_sft(config(sft_out, sft_model, out, *summary["sft_overrides"], "sft.steps=3", "sft.batch_size=4"))
+    assert s["steps"] == 3 and (sft_out / "hf" / "config.json").is_file() and not s["skipped_media"]
 
     with pytest.raises(RunExistsError, match="min_accuracy"):  # other settings never mix into these records
         run_make_cot(
@@ -116,6 +124,7 @@ def test_make_cot_with_the_vllm_judge(ray_cluster, sft_model, tiny_model_dir, de
             tmp_path / "unused",
             sft_model,
             demo_data,
+            f"data.media_roots=[{demo_data}]",
             f"cot.input={src}",
             f"cot.out_dir={out}",
             "cot.max_tokens=64",

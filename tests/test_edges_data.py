@@ -241,6 +241,7 @@ def test_validate_file_row_by_row(tmp_path, synthetic_dir):
         {**good, "problem_id": "d", "data_type": "audio", "path": "media/gone.mp4"},
         ["not", "a", "row"],
         {k: v for k, v in good.items() if k != "problem_id"},
+        {**good, "problem_id": "e", "path": "../ok.mp4"},  # outside the folder: what the loader skips
     ]
     f = tmp_path / "rows.json"
     f.write_text(json.dumps(rows))
@@ -248,7 +249,10 @@ def test_validate_file_row_by_row(tmp_path, synthetic_dir):
     by_row = {}
     for p in problems:
         by_row.setdefault(p.row, []).append(p.reason)
-    assert n == 7 and set(by_row) == {"b", "a", "c", "d", "#5", "#6"}, by_row
+    assert n == 8 and set(by_row) == {"b", "a", "c", "d", "#5", "#6", "e"}, by_row
+    assert by_row["e"] == [
+        f"{tmp_path / '..' / 'ok.mp4'} is outside {tmp_path} and the media roots (the loader skips it as 'outside')"
+    ]
     assert by_row["b"] == [f"video not found: {tmp_path / 'media' / 'gone.mp4'}"]
     assert by_row["a"] == ["duplicate problem_id"]
     assert by_row["c"][0].startswith("corrupt image")
@@ -258,6 +262,8 @@ def test_validate_file_row_by_row(tmp_path, synthetic_dir):
     assert str(problems[0]) == f"row b: video not found: {tmp_path / 'media' / 'gone.mp4'}"
     _, unchecked = validate_file(f, check_media=False)
     assert {p.row for p in unchecked} == {"a", "d", "#5", "#6"}
+    _, allowed = validate_file(f, media_roots=[tmp_path.parent])  # --media-root: the row is checked as media
+    assert by_row["e"] != [p.reason for p in allowed if p.row == "e"]
     (tmp_path / "elsewhere").mkdir()
     _, moved = validate_file(f, root=tmp_path / "elsewhere")  # media resolved against root, not the file's folder
     assert "a" in {p.row for p in moved} and any("ok.mp4" in p.reason for p in moved)

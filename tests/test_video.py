@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +112,36 @@ def test_loader_keeps_order_and_counts_skips(tmp_path, synthetic_dir):
     strict = MediaLoader(root, FrameSampling(nframes=4, max_pixels=3136), on_error="raise")
     with pytest.raises(MediaError):
         list(strict(samples))
+
+
+def test_media_outside_the_dataset_folder_is_skipped_unless_its_folder_is_a_media_root(tmp_path, synthetic_dir):
+    """A row naming a real video by absolute path elsewhere, one climbing out with ``..``, and one reaching it through
+    a link its folder's owner made: the first two are skipped as "outside" (a dataset's rows do not choose what
+    files a run reads), the link is followed (judged on the path as written); with the other folder in
+    ``media_roots`` all load. Catches a check that is missing, follows symlinks (a hub snapshot's files are links
+    into its blobs), or compares strings so that /data2 passes as inside /data."""
+    from dataclasses import replace
+
+    root, other = tmp_path / "data", tmp_path / "data2"
+    shutil.copytree(synthetic_dir, root)
+    shutil.copytree(synthetic_dir / "videos", other / "videos")
+    s = load_samples(root / "train.json")[0]
+    (root / "linked").symlink_to(other / "videos")
+    name = Path(s.path).name
+    rows = [
+        replace(s, problem_id="abs", path=str(other / "videos" / name)),
+        replace(s, problem_id="up", path=f"../data2/videos/{name}"),
+        replace(s, problem_id="link", path=f"linked/{name}"),
+        s,
+    ]
+    sampling = FrameSampling(nframes=4, max_pixels=3136)
+    loader = MediaLoader(root, sampling, workers=0)
+    assert [g.sample.problem_id for g in loader(rows)] == ["link", s.problem_id]
+    assert dict(loader.skipped) == {"outside": 2} and "data.media_roots" in loader.errors[0]
+    allowed = MediaLoader(root, sampling, workers=0, media_roots=[other])
+    assert [g.sample.problem_id for g in allowed(rows)] == ["abs", "up", "link", s.problem_id]
+    with pytest.raises(MediaError, match="outside"):
+        list(MediaLoader(root, sampling, on_error="raise")(rows))
 
 
 def _write(path, frames: int, height: int, width: int) -> None:

@@ -1,7 +1,8 @@
 """Loads samples with their decoded media, in order, with a few decode threads ahead of the consumer.
 
-A row whose media is missing or corrupt is skipped and counted by reason (``skipped``), never silently dropped
-and never fatal to a run: the caller exports the counts as metrics. ``on_error="raise"`` turns skips into errors.
+A row whose media is missing or corrupt, or lies outside the dataset's folder and ``media_roots`` ("outside"), is
+skipped and counted by reason (``skipped``), never silently dropped and never fatal to a run: the caller exports the
+counts as metrics. ``on_error="raise"`` turns skips into errors.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from videoqa.schema import Sample, resolve_media
+from videoqa.schema import Sample, outside_roots, resolve_media
 from videoqa.video import FrameSampling, MediaError, VideoClip, load_image, load_video
 
 
@@ -25,6 +26,13 @@ class LoadedSample:
     image: np.ndarray | None = None
 
 
+class OutsideRoots(MediaError):
+    """A row's media path outside the dataset's folder and ``data.media_roots``."""
+
+
+SKIP_REASONS = ("missing", "corrupt", "outside")
+
+
 class MediaLoader:
     def __init__(
         self,
@@ -33,6 +41,7 @@ class MediaLoader:
         workers: int = 2,
         on_error: str = "skip",
         image_max_pixels: int = 256 * 28 * 28,
+        media_roots: Sequence[str | Path] = (),
     ):
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
@@ -40,11 +49,17 @@ class MediaLoader:
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.root, self.sampling, self.workers, self.on_error = Path(root), sampling, workers, on_error
         self.image_max_pixels = image_max_pixels
+        self.roots = (self.root, *map(Path, media_roots))  # the folders rows' media may come from
         self.skipped: Counter[str] = Counter()
         self.errors: list[str] = []  # the last few messages, for logs
 
     def load(self, sample: Sample) -> LoadedSample:
         path = resolve_media(sample.path, self.root)
+        if outside_roots(path, self.roots):
+            raise OutsideRoots(
+                f"{path} is outside the dataset's folder {self.root} and data.media_roots: add the folder it is in "
+                "to data.media_roots if the rows are yours to trust"
+            )
         if sample.data_type == "video":
             return LoadedSample(sample, video=load_video(path, self.sampling))
         return LoadedSample(
@@ -70,7 +85,7 @@ class MediaLoader:
                 yield item
 
     def results(self, samples: Iterable[Sample]) -> Iterator[tuple[Sample, LoadedSample | str]]:
-        """Every sample in input order with its loaded media, or the skip reason ("missing" or "corrupt")."""
+        """Every sample in input order with its loaded media, or the skip reason (one of ``SKIP_REASONS``)."""
         samples = iter(samples)
         if self.workers == 0:
             for s in samples:
@@ -90,7 +105,10 @@ class MediaLoader:
         if isinstance(item, MediaError):
             if self.on_error == "raise":
                 raise item
-            reason = "missing" if "not found" in str(item) else "corrupt"
+            if isinstance(item, OutsideRoots):
+                reason = "outside"
+            else:
+                reason = "missing" if "not found" in str(item) else "corrupt"
             self.skipped[reason] += 1
             self.errors = (self.errors + [str(item)])[-20:]
             return reason

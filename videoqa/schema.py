@@ -13,6 +13,7 @@ SFT (CoT) rows also carry ``observation`` and ``process`` (the think text). Fiel
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,3 +218,16 @@ def resolve_media(path: str, root: str | Path) -> Path:
     """Video-R1 paths are relative to the dataset file's folder (often written ``./Folder/x.mp4``)."""
     p = Path(path)
     return p if p.is_absolute() else Path(root) / p
+
+
+def outside_roots(path: str | Path, roots) -> bool:
+    """Whether ``path`` lies outside every folder of ``roots``: a row naming ``/etc/...`` or climbing out with
+    ``..`` would make the run read files its dataset's author chose. Judged on the path as written (``..``
+    collapsed, symlinks not followed): links inside a dataset folder are its owner's, and a hub snapshot's files are
+    links into the cache's blobs."""
+    p = os.path.normpath(os.path.abspath(path))
+    for root in roots:
+        r = os.path.normpath(os.path.abspath(root))
+        if p == r or p.startswith(r.rstrip(os.sep) + os.sep):
+            return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from videoqa.schema import read_rows, resolve_media, row_problems
+from videoqa.schema import outside_roots, read_rows, resolve_media, row_problems
 from videoqa.video import FRAME_FACTOR, MAX_RATIO
 
 
@@ -45,9 +45,10 @@ def probe_media(path: Path, data_type: str) -> str | None:
 
 
 def validate_file(
-    path: str | Path, root: str | Path | None = None, check_media: bool = True
+    path: str | Path, root: str | Path | None = None, check_media: bool = True, media_roots=()
 ) -> tuple[int, list[Problem]]:
-    """(number of rows, problems). Media paths are resolved against ``root`` (default: the file's folder)."""
+    """(number of rows, problems). Media paths are resolved against ``root`` (default: the file's folder) and must
+    lie in it or in one of ``media_roots`` (as the loader requires, ``data.media_roots``)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     rows = read_rows(path)
@@ -61,7 +62,11 @@ def validate_file(
                 reasons.append("duplicate problem_id")
             seen.add(rid)
         if check_media and isinstance(row, dict) and row.get("path") and row.get("data_type") in ("video", "image"):
-            why = probe_media(resolve_media(str(row["path"]), root), row["data_type"])
+            media = resolve_media(str(row["path"]), root)
+            if outside_roots(media, (root, *media_roots)):
+                why = f"{media} is outside {root} and the media roots (the loader skips it as 'outside')"
+            else:
+                why = probe_media(media, row["data_type"])
             if why:
                 reasons.append(why)
         problems += [Problem(rid, r) for r in reasons]
