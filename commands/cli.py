@@ -294,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
 
         start_reaper()  # run as a program: what it starts (Ray, engines, redis) ends with it, even on a SIGKILL
     try:
+        from cluster.secrets_file import load_secrets_file
+
+        names = load_secrets_file()  # deploy/submit.sh --secrets-dir: the job's secrets, read once, file deleted
+        if names:
+            print(f"[secrets] {', '.join(names)} read from the job's secrets file (deleted)", file=sys.stderr)
         return args.func(args)
     except JudgeAuthError as e:  # raised in a reward actor, it arrives wrapped: its own message is the line
         print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)

@@ -10,8 +10,13 @@
 #   --env NAME         pass the submitting shell's variable NAME to the job (repeatable). These are passed when
 #                      set: VIDEOP2R_JUDGE_API_KEY, VIDEOP2R_REDIS_URL, REDIS_PASSWORD, HF_TOKEN.
 #   --max-upload-mb N  refuse to upload a working directory larger than this (default 100)
-# Secrets travel only as runtime_env environment variables (in a private temporary file, never in the command
-# line that `ray job list` and the dashboard show); a secret-looking `key=value` in the command is refused.
+#   --secrets-dir DIR  a folder the head node reads (shared storage, or its own disk when you submit from it; the job
+#                      must run as you): the variables above go into a file there that only you can read, and the
+#                      job gets only its path (VIDEOP2R_SECRETS_FILE); its command reads it once and deletes it.
+#                      Default for a head on this machine (a loopback RAY_ADDRESS): $TMPDIR or /tmp.
+# Without a secrets folder the variables travel as the job's runtime_env variables, which Ray's job API shows to
+# every token holder and its runtime-env agent logs on the head (a warning says so). Either way they never go into
+# the command line that `ray job list` and the dashboard show: a secret-looking `key=value` there is refused.
 # The working directory excludes .venv, runs, models, .git and weight files. Follow a job with
 # `ray job logs --follow JOB_ID`, stop it with `ray job stop JOB_ID` (it checkpoints first); docs/training.md ("Launching with ray job submit").
 set -euo pipefail
@@ -26,12 +31,13 @@ PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 die() { echo "error: $*" >&2; exit 2; }
 
-out_root="" max_mb=100 submit_opts=() env_names=(VIDEOP2R_JUDGE_API_KEY VIDEOP2R_REDIS_URL REDIS_PASSWORD HF_TOKEN)
+out_root="" secrets_dir="" max_mb=100 submit_opts=() env_names=(VIDEOP2R_JUDGE_API_KEY VIDEOP2R_REDIS_URL REDIS_PASSWORD HF_TOKEN)
 if [[ " $* " == *" -- "* ]]; then
   while [ "$1" != "--" ]; do
     case "$1" in
       --out-root) out_root="$2"; shift 2 ;;
       --env) env_names+=("$2"); shift 2 ;;
+      --secrets-dir) secrets_dir="$2"; shift 2 ;;
       --max-upload-mb) max_mb="$2"; shift 2 ;;
       *) submit_opts+=("$1"); shift ;;
     esac
@@ -41,6 +47,12 @@ fi
 [ $# -gt 0 ] || die "no videop2r command given (deploy/submit.sh [OPTIONS --] COMMAND ARGS...)"
 if [ -n "$out_root" ]; then
   [[ "$out_root" = /* ]] || die "--out-root $out_root is relative; give an absolute path on storage the head node writes"
+fi
+if [ -z "$secrets_dir" ] && [[ "$RAY_ADDRESS" =~ ^(https?://)?(127\.[0-9.]+|localhost|\[::1\])(:|/|$) ]]; then
+  secrets_dir="${TMPDIR:-/tmp}"  # the head is on this machine: it reads this machine's folders
+fi
+if [ -n "$secrets_dir" ]; then
+  [[ "$secrets_dir" = /* && -d "$secrets_dir" ]] || die "--secrets-dir $secrets_dir is not an absolute path to a folder; give one the head node reads"
 fi
 for arg in "$@"; do
   key="${arg%%=*}"; leaf="${key##*.}"
@@ -81,13 +93,24 @@ PYEOF
 umask 077
 renv="$(mktemp /tmp/videop2r-runtime-env.XXXXXX.json)"
 trap 'rm -f "$renv"' EXIT
-"$PY" - "$renv" "$excludes" "$out_root" "${env_names[@]}" <<'PYEOF'
-import json, os, sys
-path, excludes, out_root, names = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4:]
+"$PY" - "$renv" "$excludes" "$out_root" "$secrets_dir" "${env_names[@]}" <<'PYEOF' || exit 2
+import json, os, sys, tempfile
+path, excludes, out_root, secrets_dir, names = sys.argv[1], json.loads(sys.argv[2]), *sys.argv[3:5], sys.argv[5:]
 env = {"VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
        "PYTHONWARNINGS": "ignore", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR",
        "TORCH_LOGS": "-all"}
-env.update({n: os.environ[n] for n in names if os.environ.get(n)})
+secrets = {n: os.environ[n] for n in names if os.environ.get(n)}
+if secrets and secrets_dir:  # a file only this user reads (umask 077); the job reads it once and deletes it
+    fd, spath = tempfile.mkstemp(prefix="videop2r-secrets.", suffix=".json", dir=secrets_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(secrets, f)
+    env["VIDEOP2R_SECRETS_FILE"] = spath
+    print(f"[submit] {', '.join(sorted(secrets))} passed in {spath} (read once by the job)", file=sys.stderr)
+elif secrets:
+    env.update(secrets)
+    print(f"warning: {', '.join(sorted(secrets))} travel in the job's runtime environment, which Ray's job API shows "
+          "to every token holder and its agent logs on the head; --secrets-dir DIR (a folder the head reads) "
+          "keeps them out", file=sys.stderr)
 if out_root:
     env["VIDEOP2R_OUT_ROOT"] = out_root
 with open(path, "w") as f:

@@ -61,7 +61,10 @@ SECRET = "sekrit-" + secrets.token_hex(4)
 
 def submit(c: Cluster, *args, env=None, wait=True, timeout=600) -> subprocess.CompletedProcess:
     extra = {"RAY_ADDRESS": c.dashboard, "VIDEOP2R_JUDGE_API_KEY": SECRET, **(env or {})}
-    cmd = ["deploy/submit.sh", "--out-root", str(c.shared / "runs"), *([] if wait else ["--no-wait"]), "--", *args]
+    secrets = c.shared / "secrets"  # the secret reaches the job in a private file there, not in its runtime env
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    cmd = ["deploy/submit.sh", "--out-root", str(c.shared / "runs"), "--secrets-dir", str(secrets)]
+    cmd += [*([] if wait else ["--no-wait"]), "--", *args]
     return c.run("head", cmd, {**c.ray_env(), **extra}, timeout=timeout, check=False)
 
 
