@@ -26,6 +26,12 @@ cd "$(dirname "$0")/.."
 if [ -z "${RAY_AUTH_MODE:-}" ] && { [ -n "${RAY_AUTH_TOKEN:-}" ] || [ -f "$HOME/.ray/auth_token" ]; }; then
   export RAY_AUTH_MODE=token
 fi
+local_head=0
+[[ "$RAY_ADDRESS" =~ ^(https?://)?(127\.[0-9.]+|localhost|\[::1\])(:|/|$) ]] && local_head=1
+if [ "${RAY_AUTH_MODE:-}" = token ] && [ "$local_head" = 0 ] && [[ "$RAY_ADDRESS" != https://* ]]; then
+  # Ray's dashboard serves plain http: whoever watches that network reads the token (and with it runs jobs)
+  echo "warning: the Ray token goes to $RAY_ADDRESS in clear; reach the head through a tunnel (kubectl port-forward, ssh -L: RAY_ADDRESS=http://127.0.0.1:8265) or an https proxy" >&2
+fi
 RAY="${RAY:-.venv/bin/ray}"
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
@@ -48,7 +54,7 @@ fi
 if [ -n "$out_root" ]; then
   [[ "$out_root" = /* ]] || die "--out-root $out_root is relative; give an absolute path on storage the head node writes"
 fi
-if [ -z "$secrets_dir" ] && [[ "$RAY_ADDRESS" =~ ^(https?://)?(127\.[0-9.]+|localhost|\[::1\])(:|/|$) ]]; then
+if [ -z "$secrets_dir" ] && [ "$local_head" = 1 ]; then
   secrets_dir="${TMPDIR:-/tmp}"  # the head is on this machine: it reads this machine's folders
 fi
 if [ -n "$secrets_dir" ]; then

@@ -119,6 +119,17 @@ def test_secrets_reach_the_job_in_a_private_file_not_its_runtime_env(tmp_path):
     assert r.returncode == 2 and "--secrets-dir rel is not an absolute path" in r.stderr
 
 
+def test_the_ray_token_sent_in_clear_to_a_remote_head_is_warned_about(tmp_path):
+    """Ray's dashboard speaks plain http; the token submit.sh sends with every request is then readable on the
+    network. Catches a warning that is missing, or shown for a head on this machine (where no network is crossed)."""
+    env = {**_fake_ray(tmp_path), "RAY_AUTH_MODE": "token"}
+    r = _submit("--", "train", env={**env, "RAY_ADDRESS": "http://10.0.0.5:8265"})
+    assert r.returncode == 0 and "the Ray token goes to http://10.0.0.5:8265 in clear" in r.stderr
+    for address in ("http://127.0.0.1:8265", "https://ray.example.org"):
+        r = _submit("--", "train", env={**env, "RAY_ADDRESS": address})
+        assert r.returncode == 0 and "in clear" not in r.stderr, address
+
+
 def test_the_command_reads_the_secrets_file_first_and_refuses_a_missing_one(tmp_path, synthetic_dir):
     """The job's entrypoint (`python -m commands.cli`) takes the file before its command runs and says so by name;
     a file already read is a one-line error (exit 2), not a run without its secrets. Catches a CLI that never
