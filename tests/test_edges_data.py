@@ -263,7 +263,7 @@ def test_validate_file_row_by_row(tmp_path, synthetic_dir):
     _, unchecked = validate_file(f, check_media=False)
     assert {p.row for p in unchecked} == {"a", "d", "#5", "#6"}
     _, allowed = validate_file(f, media_roots=[tmp_path.parent])  # --media-root: the row is checked as media
-    assert by_row["e"] != [p.reason for p in allowed if p.row == "e"]
+    assert [p.reason for p in allowed if p.row == "e"] == [f"video not found: {tmp_path / '..' / 'ok.mp4'}"]
     (tmp_path / "elsewhere").mkdir()
     _, moved = validate_file(f, root=tmp_path / "elsewhere")  # media resolved against root, not the file's folder
     assert "a" in {p.row for p in moved} and any("ok.mp4" in p.reason for p in moved)
