@@ -47,6 +47,7 @@ def test_rollout(root):
     assert float(re.search(r"([\d.]+)x raw gloo", rows["weight sync, tiny model"]).group(1)) > 0
 
 
+@pytest.mark.alone  # a 3B-width slice (float32, full vocabulary): not beside other tests' engines
 def test_learner(root):
     """Catches a change in the learner's step or log-prob API that the benchmark calls, the vision-features rows
     lost or their ratio not a number (on the tiny model and a 3B-width slice of 1 vision block, G=2), a token

@@ -88,6 +88,7 @@ def _table(md: str) -> dict[str, list[str]]:
     return {r[0]: r[1:] for r in rows[1:]}  # the header row is not a measurement
 
 
+@pytest.mark.alone  # 3B-width slices in float32 with full-vocabulary logits: not beside other tests' engines
 def test_gpu_check_runs_on_the_cpu_and_keeps_an_existing_table(tmp_path, monkeypatch):
     """`python -m benchmarks gpu --device cpu` at its smallest sizes, then again into the same --out.
 
@@ -199,6 +200,7 @@ def test_gpu_wheel_and_check_scripts(tmp_path):
     assert missing.returncode == 2 and "gpu-wheels.sh" in missing.stderr
 
 
+@pytest.mark.alone  # ~16 GB (learner 8, rollout engine 7.7) of the box's 24
 def test_shapes_on_the_3b_slice(tmp_path):
     """`python -m benchmarks shapes` on the 3B slice (the released 3B widths, 2 decoder layers, 4 vision blocks)
     through the real actors, at CI sizes (4 frames, G=2, 12 tokens, no KL reference to fit beside the suite), under

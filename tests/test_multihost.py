@@ -43,11 +43,11 @@ from tests.hosts_harness import (
 from tests.hosts_prometheus import check_prometheus, prom_on
 from toy.hosts import Cluster
 
-# 260-400 s here, past 900 s in a CI run 2-3x slower; each phase's waits are bounded, so a hang still fails, named
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1500)]
+# 260-400 s here, past 900 s in a CI run 2-3x slower; each phase's waits are bounded, so a hang still fails, named;
+# alone (scripts/test.sh): five Ray nodes with timed waits, not beside other tests' engines
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1500), pytest.mark.alone]
 
-JUDGE_PORT, METRICS_PORT, PROMETHEUS_PORT = 8000, 9400, 9090
-B, G = 2, 2
+JUDGE_PORT, METRICS_PORT, PROMETHEUS_PORT, (B, G) = 8000, 9400, 9090, (2, 2)
 
 
 def test_sft_then_train_across_hosts_through_host_faults(hosts, shared):
