@@ -16,9 +16,12 @@ demo: setup
 test: setup lint docs
 	@bash scripts/test.sh
 
+# ruff, and bash's own syntax check of the shell scripts (a syntax error in scripts/test.sh once failed a suite that
+# had passed, after it ran)
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	@for f in scripts/*.sh deploy/*.sh .ci/run; do bash -n "$$f" || exit 1; done
 
 format: setup  # rewrites the code in the project's style (what `make lint` checks)
 	.venv/bin/ruff format .
