@@ -46,9 +46,11 @@ class LearnerRank:
         return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})", ray.get_runtime_context().get_node_id()
 
     def address(self) -> tuple[str, int]:
-        from cluster.services import free_port
+        """Rank 0's: the world's store address, its port held from now until ``setup`` serves the store on it."""
+        from learner.deepspeed_setup import reserve_store_port
 
-        return ray.util.get_node_ip_address(), free_port()
+        ip = ray.util.get_node_ip_address()
+        return ip, reserve_store_port(ip)
 
     def setup(self, cfg, model_path: str, master: tuple[str, int], with_reference: bool, transport=None) -> dict:
         from learner.deepspeed_setup import pin_interface

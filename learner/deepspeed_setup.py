@@ -51,22 +51,18 @@ def init_distributed(backend: str) -> None:
 
 
 def _world_store(host: str, port: int, rank: int, world: int, timeout_s: float = 1800.0):
-    """The default group's TCPStore: rank 0 serves it on ``host:port`` only (a socket bound beforehand; port 0 binds
-    one the kernel picks, written back to MASTER_PORT); the other ranks connect to it."""
+    """The default group's TCPStore: rank 0 serves it on ``host:port`` only (the socket reserved for it by
+    ``reserve_store_port``, else one bound here; port 0 binds one the kernel picks, written back to MASTER_PORT);
+    the other ranks connect to it."""
     import datetime
-    import socket
 
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=timeout_s)
     if rank != 0:
         return dist.TCPStore(host, port, world, False, timeout)
-    family = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0][0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = _RESERVED.pop((host, port), None) or _listening_socket(host, port)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen()
         if port == 0:
             port = sock.getsockname()[1]
             os.environ["MASTER_PORT"] = str(port)
@@ -78,6 +74,35 @@ def _world_store(host: str, port: int, rank: int, world: int, timeout_s: float =
         raise
     sock.detach()  # the store owns the descriptor now
     return store
+
+
+# rank 0's store sockets bound and listening ahead of the world, by (host, port)
+_RESERVED: dict = {}
+
+
+def reserve_store_port(host: str) -> int:
+    """Binds a port the kernel picks on ``host`` for rank 0's world store and holds it, listening, until
+    ``init_distributed`` makes the store on it; returns the port, for the other ranks' MASTER_PORT. A port probed
+    free and bound later can be taken in between by another process on a busy node (EADDRINUSE)."""
+    sock = _listening_socket(host, 0)
+    port = sock.getsockname()[1]
+    _RESERVED[(host, port)] = sock
+    return port
+
+
+def _listening_socket(host: str, port: int):
+    import socket
+
+    family = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _skip_shm_comm_op() -> None:

@@ -48,3 +48,33 @@ print("ON", port > 0, sorted({c.laddr.ip for c in psutil.Process().net_connectio
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ON True ['127.0.0.1']" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_rank_zeros_store_port_is_held_from_its_reservation_to_the_world():
+    """The learner group asks rank 0 for the world's address before any rank joins; the port is held, listening,
+    from then until the store serves on it. Catches the port only probed free (another process on a busy node takes
+    it before the store binds: EADDRINUSE, the world never forms) and a reservation the store does not use (its own
+    bind of the held port fails)."""
+    import subprocess
+    import sys
+
+    code = """
+import errno, os, socket, psutil
+from learner.deepspeed_setup import init_distributed, reserve_store_port
+port = reserve_store_port("127.0.0.1")
+other = socket.socket()
+other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    other.bind(("127.0.0.1", port)); other.listen(); print("TAKEN BY ANOTHER")
+except OSError as e:
+    print("HELD", e.errno == errno.EADDRINUSE)
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+init_distributed("gloo")
+import torch, torch.distributed as dist
+t = torch.ones(1); dist.all_reduce(t)
+print("ON", len([c for c in psutil.Process().net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "HELD True" in r.stdout and "ON 1" in r.stdout, r.stdout + r.stderr[-2000:]
