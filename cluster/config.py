@@ -70,6 +70,7 @@ class DataSection(Section):
     # Folders besides `dir` that rows' media may come from (make-cot's output names its source dataset's files by
     # absolute path: give that dataset's folder here). A row whose media lies elsewhere (an absolute path, or `..`
     # climbing out) is skipped and counted as "outside": a dataset's rows do not choose what files a run reads.
+    # Each must be an existing folder (checked before Ray starts).
     media_roots: list[str] = []
 
 

@@ -144,6 +144,17 @@ def check_data_files(data_dir: str, files: list[tuple[str, str]]) -> None:
             raise ConfigError(f"{key}={name}: {f} not found: check {key} (relative to data.dir) and data.dir")
 
 
+def check_media_roots(roots: list[str]) -> None:
+    """Each ``data.media_roots`` entry is a folder: a mistyped one would count every row under it as missing media,
+    minutes into the run."""
+    for root in roots:
+        if not Path(root).is_dir():
+            raise ConfigError(
+                f"data.media_roots lists {root}, which {'is a file' if Path(root).exists() else 'does not exist'}: "
+                "list the folders that rows' media lie in"
+            )
+
+
 def check_port(host: str, port: int, key: str) -> None:
     """The port can be bound on ``host`` now (another process holding it would fail the command minutes later)."""
     if not port:
@@ -195,6 +206,7 @@ def check_before_start(cfg, command: str) -> None:
     reads = {"sft": [("data.cot_file", cfg.data.cot_file)], "train": [("data.train_file", cfg.data.train_file)]}
     if command in reads:
         check_data_files(cfg.data.dir, reads[command])
+    check_media_roots(cfg.data.media_roots)
     if command in ("sft", "train"):
         check_tracker_packages(cfg.trainer.loggers)
     if command == "train":
