@@ -150,18 +150,19 @@ def sft_model(ray_cluster, tiny_model_dir, demo_data, tmp_path_factory):
 from tests.hosts_harness import hosts, shared  # noqa: E402,F401
 
 
-# The test files that take longest (measured, full suite on 2 cores), longest first. With pytest-xdist workers
-# (scripts/test.sh, VIDEOP2R_TEST_WORKERS) that take whole files (--dist loadfile: a file's module fixtures are made
-# once) in collection order, the long files start first and the short ones fill in at the end
-# (longest-processing-time scheduling) instead of one long file running alone at the end. Unlisted files follow.
+# The test files that take longest in scripts/test.sh's second phase (measured on 2 workers, 2026-11-28), longest
+# first. With pytest-xdist workers that take whole files (--dist loadfile: a file's module fixtures are made once)
+# in collection order, the long files start first and the short ones fill in at the end (longest-processing-time
+# scheduling) instead of one long file running alone at the end. Unlisted files follow.
 LONGEST_FIRST = (
-    "test_benchmark_tables.py",
-    "test_multihost.py",
     "test_rollout_group.py",
-    "test_benchmarks.py",
+    "test_benchmark_tables.py",
     "test_training.py",
     "test_cli.py",
     "test_data_pipeline.py",
+    "test_benchmarks.py",
+    "test_reward_pool.py",
+    "test_lora.py",
 )
 
 
