@@ -6,8 +6,9 @@
 # waits are timed), then every other test on that many pytest-xdist workers that take whole files (--dist loadfile:
 # a file's module fixtures are made once). One process leaves a core about a third idle (imports, engine and Ray
 # start-ups are single-threaded). VIDEOP2R_TEST_WORKERS=0 runs everything in one process, in name order.
-# Measured on the 2-core, 24 GB box (2026-11-28): 650 s + 1190 s = 31 min, all passed, against 46-55 min in one
-# process on the same day; at least 5.7 GB stayed available throughout the second phase.
+# Measured on the 2-core, 24 GB box (2026-11-28, two runs): 650 s + 1190 s = 31 min and 545 s + 1138 s = 28 min,
+# all passed, against 46-55 min in one process on the same day; at least 7.5 GB stayed available in the first phase
+# and 5.7 GB in the second.
 # With the phases, a `-m` of your own would replace a phase's marker: use VIDEOP2R_TEST_WORKERS=0 for that.
 set -uo pipefail
 cd "$(dirname "$0")/.."
