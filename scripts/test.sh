@@ -27,6 +27,8 @@ echo "== phase 1 of 2: the tests marked 'alone', in one process"
 alone=${PIPESTATUS[0]}
 alone_s=$((SECONDS - start))
 summary_alone="$(grep -a -E '^(FAILED|ERROR) ' "$log")"
+# pytest's 2 is "interrupted" (Ctrl-C), 4 "usage error": the second phase would only repeat them
+if [[ "$alone" == 2 || "$alone" == 4 ]]; then exit "$alone"; fi
 echo "== phase 2 of 2: the other tests on $workers workers"
 "${pytest[@]}" -n "$workers" --dist loadfile -m "not alone" "$@"
 rest=$?

@@ -55,6 +55,8 @@ def test_the_phases_verdict(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     r = run_suite(tmp_path, "-k", "no_such_test")  # nothing at all: pytest's own "no tests ran"
     assert r.returncode == 5, r.stdout[-2000:] + r.stderr[-2000:]
+    r = run_suite(tmp_path, "--no-such-option")  # a usage error (or Ctrl-C) ends it: no second phase
+    assert r.returncode == 4 and "phase 2" not in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
 
 
 def test_one_process_on_request(tmp_path):
