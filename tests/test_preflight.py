@@ -146,7 +146,8 @@ def test_each_command_checks_what_it_reads(tmp_path, tiny_model_dir, synthetic_d
     assert "run.out_dir" in refused(check_before_start, config(*base), "train")
     line = refused(check_before_start, config(*base, f"eval.out_dir={tmp_path / 'r'}"), "eval")
     assert line.startswith("eval.out_dir")
-    # a mistyped data.media_roots entry (every row under it would count as missing media), for every command
+    # a mistyped data.media_roots entry (every row under it would count as missing media), for the commands that
+    # read media and whose other inputs this folder has (sft's CoT file it lacks)
     base = (tmp_path / "r2", *base[1:])
     for command in ("train", "eval", "make-cot"):
         line = refused(check_before_start, config(*base, f"data.media_roots=[{tmp_path / 'nope'}]"), command)
